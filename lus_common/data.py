@@ -1,0 +1,102 @@
+"""The in-memory segmentation set every study uses, and subject-disjoint splits.
+
+Loaders (``hc18``) and phantoms (``phantoms``) both return a :class:`SegmentationSet`, so a
+study switches between real and synthetic data with one parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SegmentationSet:
+    """Images, binary masks and per-image metadata, all of one size.
+
+    Attributes:
+        images: float32 array (N, H, W) scaled to [0, 1].
+        masks: uint8 array (N, H, W) of 0/1.
+        ids: one name per image (file stem or phantom id).
+        groups: subject id per image; splits never put one subject on both sides.
+        spacing_mm: float array (N, 2), millimetres per pixel along (rows, cols) of these arrays.
+        hc_mm: float array (N,), reference head circumference in mm (NaN where unknown).
+        source: where the data came from, e.g. ``"hc18"`` or ``"synthetic"``.
+        synthetic: True for phantom data; figures and tables say so.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    ids: list[str]
+    groups: list[str]
+    spacing_mm: np.ndarray
+    hc_mm: np.ndarray
+    source: str
+    synthetic: bool
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.images)
+        if self.images.shape != self.masks.shape:
+            raise ValueError(
+                f"images {self.images.shape} and masks {self.masks.shape} differ in shape: "
+                "every mask must have its image's size."
+            )
+        for name in ("ids", "groups", "spacing_mm", "hc_mm"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n} images.")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index) -> "SegmentationSet":
+        """The images at ``index`` (an integer array), as a new set."""
+        index = np.asarray(index, dtype=int)
+        return SegmentationSet(
+            images=self.images[index],
+            masks=self.masks[index],
+            ids=[self.ids[i] for i in index],
+            groups=[self.groups[i] for i in index],
+            spacing_mm=self.spacing_mm[index],
+            hc_mm=self.hc_mm[index],
+            source=self.source,
+            synthetic=self.synthetic,
+            info=dict(self.info),
+        )
+
+    @property
+    def label(self) -> str:
+        """Short label for figure titles, e.g. ``"HC18 (real)"`` or ``"SYNTHETIC phantom"``."""
+        return "SYNTHETIC phantom" if self.synthetic else f"{self.source.upper()} (real)"
+
+
+def split_by_group(groups, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split image indices into train and test so that no group (subject) is on both sides.
+
+    Args:
+        groups: one group id per image.
+        test_fraction: wanted share of images in the test part (0 < f < 1).
+        seed: split seed.
+
+    Returns:
+        ``(train_index, test_index)``, sorted integer arrays.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    groups = np.asarray(groups)
+    unique = np.unique(groups)
+    if len(unique) < 2:
+        raise ValueError("At least two subjects are needed to make a train/test split.")
+    order = np.random.default_rng(seed).permutation(unique)
+    counts = {g: c for g, c in zip(*np.unique(groups, return_counts=True))}
+    target = test_fraction * len(groups)
+    test_groups, n_test = [], 0
+    for g in order:
+        if n_test >= target:
+            break
+        test_groups.append(g)
+        n_test += counts[g]
+    test_groups = test_groups[: len(unique) - 1]  # keep at least one subject for training
+    is_test = np.isin(groups, test_groups)
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)

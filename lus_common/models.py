@@ -1,0 +1,203 @@
+"""Model registry and factory: one place knows every architecture and every weight source.
+
+Weights are resolved in this order, and the outcome is always reported (never a silent random
+init):
+
+1. a local file ``<data_dir>/weights/<encoder>.<weights>.safetensors`` (or ``.pth``), so a user
+   can drop ImageNet weights in by hand;
+2. the Hugging Face hub (smp's own source), cache first, then the network if it answers;
+3. otherwise the encoder stays randomly initialised and :class:`WeightsInfo` says
+   ``used="none/random"`` with the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .paths import data_dir
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 convolutions, each followed by batch norm and ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """The plain U-Net baseline of the HC18 paper (Ronneberger et al. 2015), trained from scratch.
+
+    Four encoder levels with ``features`` channels, a bottleneck of twice the last, four
+    transposed-convolution decoder levels and a 1x1 head. With features (64, 128, 256, 512),
+    3 input channels and 1 class it has 31,037,633 parameters (the paper's "about 31M").
+    """
+
+    def __init__(self, in_channels: int = 3, classes: int = 1, features=(64, 128, 256, 512)):
+        super().__init__()
+        self.downs = nn.ModuleList()
+        ch = in_channels
+        for f in features:
+            self.downs.append(DoubleConv(ch, f))
+            ch = f
+        self.bottleneck = DoubleConv(features[-1], features[-1] * 2)
+        self.ups = nn.ModuleList()
+        self.up_convs = nn.ModuleList()
+        for f in reversed(features):
+            self.ups.append(nn.ConvTranspose2d(f * 2, f, kernel_size=2, stride=2))
+            self.up_convs.append(DoubleConv(f * 2, f))
+        self.head = nn.Conv2d(features[0], classes, kernel_size=1)
+        self.depth = len(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for down in self.downs:
+            x = down(x)
+            skips.append(x)
+            x = nn.functional.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for up, conv, skip in zip(self.ups, self.up_convs, reversed(skips)):
+            x = conv(torch.cat([skip, up(x)], dim=1))
+        return self.head(x)
+
+
+@dataclass
+class WeightsInfo:
+    """Which weights a model really carries, recorded with every run."""
+
+    requested: str | None  # e.g. "imagenet", or None for from-scratch models
+    used: str  # "imagenet (local file ...)", "imagenet (hub)", "none/random" or "none (from scratch)"
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+MODELS: dict[str, dict] = {
+    "unet": {"description": "plain U-Net, features 64-128-256-512, from scratch (about 31M)"},
+    "unet_mobilenet_v2": {"description": "smp Unet with a MobileNetV2 encoder", "encoder": "mobilenet_v2"},
+    "unet_resnet50": {"description": "smp Unet with a ResNet50 encoder", "encoder": "resnet50"},
+    "unet_vgg16": {"description": "smp Unet with a VGG16 encoder", "encoder": "vgg16"},
+}
+
+
+def local_weights_path(encoder: str, weights: str) -> Path | None:
+    """The first local weight file for ``encoder``/``weights`` in ``<data_dir>/weights``, or None."""
+    folder = data_dir() / "weights"
+    for ext in ("safetensors", "pth", "pt"):
+        path = folder / f"{encoder}.{weights}.{ext}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_state_dict(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """True when a TCP connection to ``host``:443 opens within ``timeout`` seconds (asked once per process)."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_weights(encoder: str, weights: str) -> tuple[dict | None, str]:
+    from huggingface_hub import hf_hub_download
+    from safetensors.torch import load_file
+    from segmentation_models_pytorch.encoders import encoders
+
+    settings = encoders[encoder]["pretrained_settings"][weights]
+    kwargs = dict(repo_id=settings["repo_id"], filename="model.safetensors", revision=settings["revision"])
+    try:  # the local HF cache first: no network needed
+        return load_file(hf_hub_download(local_files_only=True, **kwargs), device="cpu"), "hub cache"
+    except Exception:
+        pass
+    if not hub_reachable():
+        return None, "no local file, not in the Hugging Face cache, and huggingface.co is unreachable"
+    try:
+        return load_file(hf_hub_download(**kwargs), device="cpu"), "hub download"
+    except Exception as exc:  # network errors, missing revision, ...
+        return None, f"hub download failed: {type(exc).__name__}: {exc}"
+
+
+def resolve_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str | None) -> WeightsInfo:
+    """Load pretrained weights into an smp encoder from the first source that has them.
+
+    Args:
+        encoder: the (randomly initialised) smp encoder module.
+        encoder_name: smp encoder name, e.g. ``"mobilenet_v2"``.
+        weights: smp weight name such as ``"imagenet"``, or None for random.
+
+    Returns:
+        What was really loaded.
+    """
+    from segmentation_models_pytorch.encoders import encoders
+
+    if weights is None:
+        return WeightsInfo(None, "none/random", "no pretrained weights requested")
+    available = list(encoders[encoder_name]["pretrained_settings"])
+    if weights not in available:
+        raise KeyError(f"Unknown weights '{weights}' for encoder '{encoder_name}'. Available: {available}")
+    path = local_weights_path(encoder_name, weights)
+    if path is not None:
+        encoder.load_state_dict(_load_state_dict(path))
+        return WeightsInfo(weights, f"{weights} (local file {path.name})")
+    state, how = _hub_weights(encoder_name, weights)
+    if state is not None:
+        encoder.load_state_dict(state)
+        return WeightsInfo(weights, f"{weights} ({how})")
+    hint = f"put {encoder_name}.{weights}.safetensors into {data_dir() / 'weights'} to use them"
+    return WeightsInfo(weights, "none/random", f"{how}; {hint}")
+
+
+def create_model(name: str, encoder_weights: str | None = None, in_channels: int = 3, classes: int = 1):
+    """Build a registered model and resolve its encoder weights.
+
+    Args:
+        name: a key of :data:`MODELS`.
+        encoder_weights: e.g. ``"imagenet"``; ignored (must be None) for ``"unet"``.
+        in_channels: input channels.
+        classes: output channels (1 for binary segmentation with logits).
+
+    Returns:
+        ``(model, WeightsInfo)``.
+
+    Raises:
+        KeyError: unknown model name (the message lists the known ones).
+    """
+    if name not in MODELS:
+        raise KeyError(f"Unknown model '{name}'. Known models: {sorted(MODELS)}")
+    if name == "unet":
+        if encoder_weights is not None:
+            raise ValueError("The plain U-Net baseline has no pretrained encoder: use encoder_weights=None.")
+        return UNet(in_channels, classes), WeightsInfo(None, "none (from scratch)")
+    import segmentation_models_pytorch as smp
+
+    encoder = MODELS[name]["encoder"]
+    model = smp.Unet(encoder, encoder_weights=None, in_channels=3, classes=classes)
+    info = resolve_encoder_weights(model.encoder, encoder, encoder_weights)
+    if in_channels != 3:
+        model.encoder.set_in_channels(in_channels, pretrained=info.used != "none/random")
+    return model, info
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of (trainable) parameters of a module."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

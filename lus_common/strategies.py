@@ -1,0 +1,117 @@
+"""The eight fine-tuning strategies of Wang et al. (HC18 study) as data, and their application.
+
+In smp's ``Unet`` the decoder holds ``decoder.blocks[0..4]``, block 0 the deepest (next to the
+bottleneck) and block 4 the shallowest. A strategy names the model, whether the encoder is
+pretrained, and which parts train. Counts of trainable parameters follow the authors' code:
+decoder blocks (and the encoder where it trains), the segmentation head not counted.
+
+The head (a 3x3 conv, 145 parameters) trains in every strategy: a fresh head must be fitted to
+the new task. ``head_trains`` records it so the chapter can say it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One fine-tuning strategy."""
+
+    name: str
+    label: str
+    model: str
+    pretrained: bool
+    train_encoder: bool
+    decoder_blocks: tuple[int, ...]  # decoder blocks that train; () none
+    head_trains: bool = True
+
+
+ALL_BLOCKS = (0, 1, 2, 3, 4)
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in [
+        Strategy("baseline", "U-Net baseline (scratch, all trainable)", "unet", False, True, ()),
+        Strategy("decoder", "Decoder (blocks 0-4) trainable", "unet_mobilenet_v2", True, False, ALL_BLOCKS),
+        Strategy("encoder", "Encoder only trainable", "unet_mobilenet_v2", True, True, ()),
+        Strategy("d0", "Decoder block 0 trainable", "unet_mobilenet_v2", True, False, (0,)),
+        Strategy("d01", "Decoder blocks 0,1 trainable", "unet_mobilenet_v2", True, False, (0, 1)),
+        Strategy("d012", "Decoder blocks 0,1,2 trainable", "unet_mobilenet_v2", True, False, (0, 1, 2)),
+        Strategy("d234", "Decoder blocks 2,3,4 trainable", "unet_mobilenet_v2", True, False, (2, 3, 4)),
+        Strategy("d4", "Decoder block 4 trainable", "unet_mobilenet_v2", True, False, (4,)),
+    ]
+}
+
+# The paper's Fig. 1b/1c trainable-parameter figures, to the authors' rounding.
+PAPER_TRAINABLE = {
+    "baseline": 31e6, "decoder": 4.4e6, "encoder": 2.22e6, "d0": 3.76e6,
+    "d01": 4.24e6, "d012": 4.36e6, "d234": 0.164e6, "d4": 6976,
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    """Look up a strategy by name.
+
+    Raises:
+        KeyError: listing the known strategies.
+    """
+    if name not in STRATEGIES:
+        raise KeyError(f"Unknown strategy '{name}'. Known strategies: {list(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def resolve_strategies(names) -> list[Strategy]:
+    """``"all"`` or a list of names to a list of strategies (order kept)."""
+    if names == "all" or names is None:
+        return list(STRATEGIES.values())
+    if isinstance(names, str):
+        names = [names]
+    return [get_strategy(n) for n in names]
+
+
+def apply_strategy(model: nn.Module, strategy: Strategy) -> nn.Module:
+    """Set ``requires_grad`` on the model's parameters as the strategy says.
+
+    Frozen parts are also kept in eval mode during training (see
+    :func:`lus_common.training.train_model`), so their batch-norm statistics stay pretrained.
+
+    Returns:
+        The same model.
+    """
+    if strategy.model == "unet":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.encoder.parameters():
+        p.requires_grad_(strategy.train_encoder)
+    for i in strategy.decoder_blocks:
+        for p in model.decoder.blocks[i].parameters():
+            p.requires_grad_(True)
+    for p in model.segmentation_head.parameters():
+        p.requires_grad_(strategy.head_trains)
+    return model
+
+
+def frozen_modules(model: nn.Module) -> list[nn.Module]:
+    """Top-level parts of a model with no trainable parameter (kept in eval mode when training)."""
+    if not hasattr(model, "decoder"):
+        return []
+    parts = [model.encoder, *model.decoder.blocks]
+    return [m for m in parts if not any(p.requires_grad for p in m.parameters())]
+
+
+def trainable_parameters(model: nn.Module, strategy: Strategy) -> int:
+    """Trainable parameters counted as in the authors' code (segmentation head excluded)."""
+    if strategy.model == "unet":
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    count = 0
+    if strategy.train_encoder:
+        count += sum(p.numel() for p in model.encoder.parameters())
+    for i in strategy.decoder_blocks:
+        count += sum(p.numel() for p in model.decoder.blocks[i].parameters())
+    return count
