@@ -1,0 +1,74 @@
+"""Statistics across seeds and strategies: mean ± std, one-way ANOVA + Tukey HSD, Welch t-test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def mean_std(df: pd.DataFrame, by: str, columns: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation (ddof=1; NaN for one value) of ``columns`` per ``by`` group.
+
+    Returns:
+        A frame indexed by group with ``<col>_mean`` and ``<col>_std`` columns and ``n``.
+    """
+    grouped = df.groupby(by, sort=False)[columns]
+    out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
+    out["n"] = grouped.size()
+    return out
+
+
+def format_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+    """``"96.28 ± 0.31"`` (``std`` NaN gives the mean alone)."""
+    if np.isnan(std):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def anova_tukey(df: pd.DataFrame, group: str, value: str) -> tuple[dict, pd.DataFrame]:
+    """One-way ANOVA across groups, then Tukey's HSD for every pair.
+
+    Args:
+        df: one row per observation.
+        group: column naming the group (e.g. strategy).
+        value: column with the observed value (e.g. Dice).
+
+    Returns:
+        ``(anova, pairs)``: ``anova`` has ``F``, ``p``, ``k`` groups and ``n`` observations;
+        ``pairs`` one row per pair with the mean difference, its 95 % interval and Tukey's p.
+
+    Raises:
+        ValueError: fewer than two groups, or a group with fewer than two observations.
+    """
+    names = list(dict.fromkeys(df[group]))
+    samples = [df.loc[df[group] == g, value].to_numpy(float) for g in names]
+    if len(samples) < 2:
+        raise ValueError("ANOVA needs at least two groups.")
+    small = [g for g, s in zip(names, samples) if len(s) < 2]
+    if small:
+        raise ValueError(f"ANOVA needs at least two observations per group; too few in {small}.")
+    f, p = stats.f_oneway(*samples)
+    tukey = stats.tukey_hsd(*samples)
+    ci = tukey.confidence_interval(confidence_level=0.95)
+    rows = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            rows.append({
+                "a": names[i], "b": names[j],
+                "mean_diff": samples[i].mean() - samples[j].mean(),
+                "ci_low": ci.low[i, j], "ci_high": ci.high[i, j], "p_tukey": tukey.pvalue[i, j],
+            })
+    anova = {"F": float(f), "p": float(p), "k": len(names), "n": int(sum(map(len, samples)))}
+    return anova, pd.DataFrame(rows)
+
+
+def welch_t(a, b) -> dict:
+    """Welch's unequal-variance t-test between two samples.
+
+    Returns:
+        ``{"t", "p", "mean_a", "mean_b"}``.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    res = stats.ttest_ind(a, b, equal_var=False)
+    return {"t": float(res.statistic), "p": float(res.pvalue), "mean_a": a.mean(), "mean_b": b.mean()}
