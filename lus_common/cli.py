@@ -1,0 +1,121 @@
+"""The ``lus`` command: ``lus run``, ``lus book``, ``lus bench``, ``lus data``, ``lus studies``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+
+def _parse_value(text: str):
+    """'3' -> 3, '[0, 1]' -> [0, 1], 'none' -> None, 'hc18' -> 'hc18' (YAML rules)."""
+    value = yaml.safe_load(text)
+    return text if isinstance(value, dict) else value
+
+
+def _cmd_run(args) -> int:
+    from .runner import run_notebook
+
+    params = {name: _parse_value(value) for name, value in args.param}
+    out = run_notebook(args.study, params, profile=args.profile, output=args.output)
+    print(f"executed notebook: {out}")
+    return 0
+
+
+def _cmd_book(args) -> int:
+    from .runner import STUDIES, build_book, run_notebook
+
+    if not args.no_run:
+        for study in STUDIES:
+            print(f"running {study} (profile {args.profile}) ...", flush=True)
+            run_notebook(study, profile=args.profile)
+    html = build_book()
+    print(f"book built: {html / 'index.html'}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import benchmark
+
+    print(json.dumps(benchmark(args.model, args.size, args.batch, args.amp, args.steps, args.device, args.compile)))
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from . import datasets
+
+    if args.action == "fetch":
+        print(f"downloaded: {datasets.fetch(args.name)}")
+    elif args.action == "verify":
+        checked = datasets.verify_dataset(args.name)
+        print(f"{args.name}: {len(checked)} pinned files match the official release")
+    else:
+        for name, ds in datasets.REGISTRY.items():
+            print(f"{name}: {ds.description}")
+    return 0
+
+
+def _cmd_studies(args) -> int:
+    from .runner import STUDIES
+
+    for name, nb in STUDIES.items():
+        print(f"{name}\tnotebooks/{nb}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lus``."""
+    parser = argparse.ArgumentParser(prog="lus", description="Run the lus-tl-book studies and build the book.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute one study notebook with papermill into the book")
+    run.add_argument("study", help="short study name, e.g. hc18_strategies (see `lus studies`)")
+    run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="set a notebook parameter (value parsed as YAML: 3, [0,1], hc18)")
+    run.add_argument("--profile", choices=["smoke", "quick", "paper"], default=None)
+    run.add_argument("--output", default=None, help="executed notebook path (default: book/chapters/)")
+    run.set_defaults(func=_cmd_run)
+
+    book = sub.add_parser("book", help="run every study notebook, then build the HTML book offline")
+    book.add_argument("--profile", choices=["smoke", "quick", "paper"], default="quick")
+    book.add_argument("--no-run", action="store_true", help="build from the notebooks already executed")
+    book.set_defaults(func=_cmd_book)
+
+    bench = sub.add_parser("bench", help="training speed: images/s and TFLOP/s vs an eager fp32 baseline")
+    bench.add_argument("--model", default="unet_mobilenet_v2")
+    bench.add_argument("--size", type=int, default=256)
+    bench.add_argument("--batch", type=int, default=8)
+    bench.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    bench.add_argument("--steps", type=int, default=200)
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the measured variant")
+    bench.set_defaults(func=_cmd_bench)
+
+    data = sub.add_parser("data", help="list, fetch or verify datasets")
+    data.add_argument("action", choices=["list", "fetch", "verify"])
+    data.add_argument("name", nargs="?", default=None)
+    data.set_defaults(func=_cmd_data)
+
+    studies = sub.add_parser("studies", help="list the studies")
+    studies.set_defaults(func=_cmd_studies)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lus`` console command. Errors print one clear line, exit code 2."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "action", None) in ("fetch", "verify") and not args.name:
+        print("lus data: give a dataset name, e.g. `lus data fetch hc18`", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"lus: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
