@@ -8,6 +8,7 @@ loses nothing already computed: the next run reuses it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -73,8 +74,19 @@ def run_notebook(study: str, parameters: dict | None = None, profile: str | None
         raise ValueError(f"Unknown parameter(s) {unknown} for study '{study}'. Known: {sorted(known)}")
     output = Path(output) if output is not None else CHAPTERS / source.name
     output.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(source), str(output), parameters=params, cwd=str(NOTEBOOKS),
-                               progress_bar=progress, kernel_name="python3")
+    # The kernel runs in notebooks/: make relative data and results paths absolute first.
+    for var in ("LUS_DATA_DIR", "LUS_RESULTS_DIR"):
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+    try:
+        papermill.execute_notebook(str(source), str(output), parameters=params, cwd=str(NOTEBOOKS),
+                                   progress_bar=progress, kernel_name="python3")
+    except papermill.PapermillExecutionError as exc:
+        raise RuntimeError(
+            f"{source.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+            f"The partly executed notebook is {output}; finished runs stay in the results store "
+            "and are reused next time."
+        ) from None
     return output
 
 
