@@ -10,8 +10,13 @@ import yaml
 
 
 def _parse_value(text: str):
-    """'3' -> 3, '[0, 1]' -> [0, 1], 'none' -> None, 'hc18' -> 'hc18' (YAML rules)."""
+    """'3' -> 3, '1e-4' -> 0.0001, '[0, 1]' -> [0, 1], 'null' -> None, 'hc18' -> 'hc18'."""
     value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads '1e-4' as text
+        try:
+            return float(value)
+        except ValueError:
+            return value
     return text if isinstance(value, dict) else value
 
 

@@ -1,0 +1,44 @@
+"""Shared fixtures: isolated results and data directories, the real data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lus_common.paths import PROJECT_ROOT
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def real_data_root() -> Path | None:
+    """``$LUS_DATA_DIR`` or ``../shared/data`` beside the project, if it holds HC18."""
+    for candidate in (os.environ.get("LUS_DATA_DIR"), PROJECT_ROOT.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "hc18" / "training_set").is_dir():
+            return Path(candidate).resolve()
+    return None
+
+
+@pytest.fixture
+def real_data(monkeypatch):
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real data not present (set LUS_DATA_DIR or provide ../shared/data)")
+    monkeypatch.setenv("LUS_DATA_DIR", str(root))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_results(tmp_path, monkeypatch):
+    """Every test writes results into its own folder."""
+    monkeypatch.setenv("LUS_RESULTS_DIR", str(tmp_path / "results"))
+    return tmp_path / "results"
+
+
+@pytest.fixture
+def empty_data_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    monkeypatch.setenv("LUS_DATA_DIR", str(folder))
+    return folder

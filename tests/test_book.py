@@ -1,0 +1,61 @@
+"""The book builds offline from a papermill-executed chapter, and its plotly figures render in
+headless Chromium with no network."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from lus_common import runner
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    root = tmp_path_factory.mktemp("book")
+    book = root / "book"
+    shutil.copytree(runner.BOOK, book, ignore=shutil.ignore_patterns("_build", "*.ipynb"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LUS_RESULTS_DIR", str(root / "results"))
+    runner.run_notebook("hc18_strategies", {"device": "cpu"}, profile="smoke",
+                        output=book / "chapters" / "04_hc18_strategies.ipynb", progress=False)
+    mp.undo()
+    return runner.build_book(book)
+
+
+def test_book_pages_exist(built_book):
+    for page in ["index.html", "intro.html", "chapters/04_hc18_strategies.html", "chapters/01_data_reduction.html",
+                 "appendix/performance.html"]:
+        assert (built_book / page).is_file(), page
+
+
+def test_plotly_is_embedded_not_fetched(built_book):
+    html = (built_book / "chapters" / "04_hc18_strategies.html").read_text()
+    assert "Plotly.newPlot" in html
+    assert not re.search(r"<script[^>]+src=\"https?://[^\"]*plot", html), "plotly.js must not come from a CDN"
+    assert "SYNTHETIC phantom" in html
+
+
+def test_build_refuses_missing_chapter(tmp_path):
+    book = tmp_path / "book"
+    shutil.copytree(runner.BOOK, book, ignore=shutil.ignore_patterns("_build", "*.ipynb"))
+    with pytest.raises(FileNotFoundError, match="lus run"):
+        runner.build_book(book)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
+def test_figures_render_offline_in_chromium(built_book, tmp_path):
+    page = (built_book / "chapters" / "04_hc18_strategies.html").as_uri()
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=20000", "--dump-dom", page],
+                         capture_output=True, text=True, timeout=180).stdout
+    # plotly draws each figure as an <svg class="main-svg">; six figures on the page
+    assert dom.count('class="main-svg"') >= 6, "plotly figures did not render"
+    shot = built_book / "chapter04.png"
+    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--virtual-time-budget=20000",
+                    "--window-size=1280,4000", f"--screenshot={shot}", page], capture_output=True, timeout=180)
+    assert shot.is_file() and shot.stat().st_size > 50_000

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+from skimage.draw import ellipse
+
+from lus_common.metrics import head_circumference_mm, segmentation_scores
+from lus_common.phantoms import ellipse_circumference
+
+
+def test_dice_iou_accuracy_of_known_overlap():
+    pred = np.zeros((1, 20, 20))
+    truth = np.zeros((1, 20, 20), np.uint8)
+    pred[0, 0:10, 0:10] = 1  # 100 px
+    truth[0, 0:10, 5:15] = 1  # 100 px, 50 shared
+    s = segmentation_scores(pred, truth).iloc[0]
+    assert s.dice == pytest.approx(0.5)
+    assert s.iou == pytest.approx(50 / 150)
+    assert s.pixel_accuracy == pytest.approx(300 / 400)
+    # background: 250 shared of 350 in the union
+    assert s.miou == pytest.approx((50 / 150 + 250 / 350) / 2)
+
+
+def test_threshold_applies_to_probabilities():
+    pred = np.full((1, 4, 4), 0.4)
+    truth = np.ones((1, 4, 4), np.uint8)
+    assert segmentation_scores(pred, truth, threshold=0.5).dice[0] == pytest.approx(0.0)
+    assert segmentation_scores(pred, truth, threshold=0.3).dice[0] == pytest.approx(1.0)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="differ in shape"):
+        segmentation_scores(np.zeros((1, 4, 4)), np.zeros((1, 4, 5)))
+
+
+def test_ramanujan_circle_and_known_ellipse():
+    assert ellipse_circumference(10, 10) == pytest.approx(2 * np.pi * 10)
+    # a=2, b=1: exact perimeter 9.688448220547...
+    assert ellipse_circumference(2, 1) == pytest.approx(9.688448, rel=1e-5)
+
+
+def test_head_circumference_with_anisotropic_pixels():
+    spacing = (0.2, 0.15)  # mm per row, per column
+    mask = np.zeros((540, 800), np.uint8)
+    rr, cc = ellipse(270, 400, 20 / spacing[0], 30 / spacing[1], shape=mask.shape)  # semi-axes 20, 30 mm
+    mask[rr, cc] = 1
+    assert head_circumference_mm(mask, spacing) == pytest.approx(ellipse_circumference(30, 20), rel=0.005)
+
+
+def test_head_circumference_uses_largest_region_and_nan_when_empty():
+    mask = np.zeros((100, 100), np.uint8)
+    assert np.isnan(head_circumference_mm(mask, (1, 1)))
+    rr, cc = ellipse(50, 50, 20, 20)
+    mask[rr, cc] = 1
+    mask[0:2, 0:2] = 1  # a speck
+    assert head_circumference_mm(mask, (1, 1)) == pytest.approx(2 * np.pi * 20, rel=0.01)

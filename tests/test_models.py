@@ -1,0 +1,43 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lus_common import models
+from lus_common.models import create_model
+
+
+def test_unknown_model_lists_known():
+    with pytest.raises(KeyError, match="Known models"):
+        create_model("unet_efficientnet")
+
+
+def test_unknown_weights_name_is_refused(empty_data_dir):
+    with pytest.raises(KeyError, match="Available"):
+        create_model("unet_mobilenet_v2", encoder_weights="instagram")
+
+
+def test_missing_weights_are_reported_not_hidden(empty_data_dir, monkeypatch):
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(models, "_hub_weights", lambda *a: (None, "no hub in this test"))
+    _, info = create_model("unet_mobilenet_v2", encoder_weights="imagenet")
+    assert info.used == "none/random"
+    assert info.requested == "imagenet"
+    assert "mobilenet_v2.imagenet.safetensors" in info.reason
+
+
+def test_local_weight_file_is_used_first(empty_data_dir):
+    torch.manual_seed(123)
+    source, _ = create_model("unet_mobilenet_v2")
+    (empty_data_dir / "weights").mkdir()
+    state = {k: v.contiguous() for k, v in source.encoder.state_dict().items()}
+    save_file(state, str(empty_data_dir / "weights" / "mobilenet_v2.imagenet.safetensors"))
+    torch.manual_seed(999)
+    model, info = create_model("unet_mobilenet_v2", encoder_weights="imagenet")
+    assert info.used == "imagenet (local file mobilenet_v2.imagenet.safetensors)"
+    w_src = source.encoder.features[0][0].weight
+    assert torch.equal(model.encoder.features[0][0].weight, w_src)
+
+
+def test_scratch_unet_refuses_pretrained_weights():
+    with pytest.raises(ValueError, match="no pretrained encoder"):
+        create_model("unet", encoder_weights="imagenet")

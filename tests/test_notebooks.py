@@ -1,0 +1,82 @@
+"""Source notebooks are clean and well-formed; the HC18 notebook runs end to end under papermill."""
+
+import json
+
+import nbformat
+import pytest
+
+from lus_common import runner
+from lus_common.paths import PROJECT_ROOT
+
+SECTIONS = ["Parameters", "Setup", "Data", "Models", "Training", "Results", "Figures", "Discussion"]
+NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_source_notebook_has_no_outputs(path):
+    nb = nbformat.read(path, 4)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_structure(path):
+    nb = nbformat.read(path, 4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].metadata.get("tags") == ["parameters"]
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+    # plain literals only in the parameters cell: every line is `name = literal  # comment`
+    import ast
+
+    for node in ast.parse(code[0].source).body:
+        assert isinstance(node, ast.Assign)
+        ast.literal_eval(node.value)
+    headings = [line[3:].strip() for c in nb.cells if c.cell_type == "markdown"
+                for line in c.source.splitlines() if line.startswith("## ")]
+    assert headings == SECTIONS
+
+
+def _outputs(nb):
+    text = []
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            assert o.output_type != "error", f"{o.ename}: {o.evalue}"
+            text.append(o.get("text", "") + "".join(o.get("data", {}).get("text/markdown", "")))
+    return "\n".join(text)
+
+
+def test_hc18_smoke_synthetic_end_to_end(tmp_path, isolated_results):
+    out = runner.run_notebook("hc18_strategies", {"device": "cpu"}, profile="smoke",
+                              output=tmp_path / "nb.ipynb", progress=False)
+    nb = nbformat.read(out, 4)
+    text = _outputs(nb)
+    assert "SYNTHETIC phantom" in text and "Weights used" in text
+    folders = sorted((isolated_results / "hc18_strategies").iterdir())
+    assert len(folders) == 8  # 8 strategies x 1 seed
+    for folder in folders:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
+        assert 0 <= metrics["dice"] <= 1 and 0 <= metrics["pixel_accuracy"] <= 1
+        assert metrics["weights_used"] in ("none (from scratch)", "none/random") or "imagenet" in metrics["weights_used"]
+        assert config["synthetic"] is True and config["params"]["epochs"] == 1
+    # Same parameters again: all runs are reused, none recomputed.
+    runner.run_notebook("hc18_strategies", {"device": "cpu"}, profile="smoke", output=tmp_path / "nb2.ipynb",
+                        progress=False)
+    assert "8 reused from the results store" in _outputs(nbformat.read(tmp_path / "nb2.ipynb", 4))
+
+
+def test_hc18_smoke_real_data(tmp_path, real_data):
+    out = runner.run_notebook("hc18_strategies", {"data_source": "hc18", "strategies": ["baseline", "decoder"]},
+                              profile="smoke", output=tmp_path / "nb.ipynb", progress=False)
+    text = _outputs(nbformat.read(out, 4))
+    assert "HC18 (real)" in text and "SYNTHETIC" not in text
+
+
+def test_unknown_notebook_parameter_is_refused():
+    with pytest.raises(ValueError, match="Unknown parameter.*epoch_count.*Known"):
+        runner.run_notebook("hc18_strategies", {"epoch_count": 3})
+
+
+def test_failed_notebook_is_reported(tmp_path, empty_data_dir):
+    with pytest.raises(RuntimeError, match="(?s)FileNotFoundError.*hc18.*partly executed"):
+        runner.run_notebook("hc18_strategies", {"data_source": "hc18"}, profile="smoke",
+                            output=tmp_path / "nb.ipynb", progress=False)

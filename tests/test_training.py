@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from lus_common import hc18_study
+from lus_common.device import resolve_device
+from lus_common.models import create_model
+from lus_common.phantoms import fetal_head_phantom
+from lus_common.training import TrainConfig, augment, predict, to_input, train_model
+
+
+def test_augmentation_moves_image_and_mask_together():
+    x = torch.zeros(6, 3, 32, 32)
+    x[:, :, 4:12, 20:28] = 5.0
+    y = (x[:, :1] > 0).float()
+    gen = torch.Generator().manual_seed(0)
+    xa, ya = augment(x, y, TrainConfig(rotation_deg=25, hflip=True, vflip=True), gen)
+    assert set(ya.unique().tolist()) <= {0.0, 1.0}  # masks stay binary
+    # where the mask is, the image is bright: the two were transformed identically
+    assert (xa[:, 0][ya[:, 0] > 0] > 2.5).float().mean() > 0.9
+    flips = TrainConfig(hflip=True, vflip=True)
+    xf, yf = augment(x, y, flips, torch.Generator().manual_seed(1))
+    assert torch.equal(yf.sum(dim=(1, 2, 3)), y.sum(dim=(1, 2, 3)))  # flips keep the area exactly
+
+
+def test_training_learns_and_is_seeded():
+    d = fetal_head_phantom(16, 64, 0)
+    histories = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model, _ = create_model("unet_mobilenet_v2")
+        histories.append(train_model(model, d.images, d.masks, TrainConfig(epochs=4, batch_size=4, lr=1e-3, seed=0)))
+    h = histories[0]
+    assert list(h.columns[:3]) == ["epoch", "train_loss", "lr"]
+    assert h.train_loss.iloc[-1] < h.train_loss.iloc[0]
+    np.testing.assert_allclose(histories[0].train_loss, histories[1].train_loss, rtol=1e-5)
+    probs = predict(model, d.images[:3])
+    assert probs.shape == (3, 64, 64) and 0 <= probs.min() and probs.max() <= 1
+
+
+def test_model_with_everything_frozen_is_refused():
+    model, _ = create_model("unet_mobilenet_v2")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    d = fetal_head_phantom(4, 32, 0)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        train_model(model, d.images, d.masks, TrainConfig(epochs=1))
+
+
+def test_input_is_three_channel_imagenet_normalised():
+    x = to_input(np.full((2, 8, 8), 0.485, np.float32))
+    assert x.shape == (2, 3, 8, 8) and abs(x[0, 0].mean().item()) < 1e-6
+
+
+def test_no_gpu_gives_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="no CUDA GPU.*device='auto'"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="Unknown device"):
+        resolve_device("tpu")
+
+
+def test_study_params_validate():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        hc18_study.study_params("smoke", image_size=100)
+    with pytest.raises(ValueError, match="Unknown profile"):
+        hc18_study.study_params("fast")
+    with pytest.raises(ValueError, match="Unknown parameter"):
+        hc18_study.study_params("smoke", epoch=3)
+    p = hc18_study.study_params("paper")
+    assert (p["image_size"], p["batch_size"], p["lr"], p["epochs"], len(p["seeds"])) == (512, 10, 1e-4, 20, 4)
+    assert p["rotation_deg"] == 25 and p["hflip"] and p["vflip"] and len(p["strategies"]) == 8
