@@ -20,7 +20,9 @@ def mean_std(df: pd.DataFrame, by: str, columns: list[str]) -> pd.DataFrame:
 
 
 def format_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
-    """``"96.28 ± 0.31"`` (``std`` NaN gives the mean alone)."""
+    """``"96.28 ± 0.31"`` (``std`` NaN gives the mean alone; ``mean`` NaN gives "–")."""
+    if np.isnan(mean):
+        return "–"
     if np.isnan(std):
         return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"

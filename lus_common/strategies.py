@@ -75,8 +75,8 @@ def resolve_strategies(names) -> list[Strategy]:
 def apply_strategy(model: nn.Module, strategy: Strategy) -> nn.Module:
     """Set ``requires_grad`` on the model's parameters as the strategy says.
 
-    Frozen parts are also kept in eval mode during training (see
-    :func:`lus_common.training.train_model`), so their batch-norm statistics stay pretrained.
+    Only ``requires_grad`` changes; whether frozen parts' batch-norm statistics also stay fixed is
+    decided by the caller (``frozen=`` of :func:`lus_common.training.train_model`).
 
     Returns:
         The same model.
