@@ -4,9 +4,8 @@ Trains a few hundred steps on random data held on the device and reports images/
 TFLOP/s. FLOPs of a training step are taken as 3x the forward FLOPs counted by
 ``torch.utils.flop_counter`` (forward + input gradients + weight gradients), the usual
 convention; the counter's own backward count was seen to be 4x forward for these models, which
-would inflate the figure. In the same run
-it trains an eager fp32 baseline of the same model (no autocast, no channels_last) and reports
-the speed-up of the configured variant over it.
+would inflate the figure. In the same run it trains an eager fp32 baseline of the same model (no
+autocast, no channels_last) and reports the speed-up of the configured variant over it.
 """
 
 from __future__ import annotations

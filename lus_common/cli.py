@@ -8,6 +8,8 @@ import sys
 
 import yaml
 
+from .params import PROFILE_NAMES
+
 
 def _parse_value(text: str):
     """'3' -> 3, '1e-4' -> 0.0001, '[0, 1]' -> [0, 1], 'null' -> None, 'hc18' -> 'hc18'."""
@@ -79,12 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("study", help="short study name, e.g. hc18_strategies (see `lus studies`)")
     run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="set a notebook parameter (value parsed as YAML: 3, [0,1], hc18)")
-    run.add_argument("--profile", choices=["smoke", "quick", "paper"], default=None)
+    run.add_argument("--profile", choices=PROFILE_NAMES, default=None)
     run.add_argument("--output", default=None, help="executed notebook path (default: book/chapters/)")
     run.set_defaults(func=_cmd_run)
 
     book = sub.add_parser("book", help="run every study notebook, then build the HTML book offline")
-    book.add_argument("--profile", choices=["smoke", "quick", "paper"], default="quick")
+    book.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
     book.add_argument("--no-run", action="store_true", help="build from the notebooks already executed")
     book.set_defaults(func=_cmd_book)
 

@@ -26,6 +26,7 @@ def segmentation_explorer(images: np.ndarray, truths: np.ndarray, probs: dict[st
     import ipywidgets as w
     from PIL import Image
 
+    from .metrics import segmentation_scores
     from .plots import overlay_rgb
 
     n = min(len(images), *(len(p) for p in probs.values()))
@@ -40,9 +41,8 @@ def segmentation_explorer(images: np.ndarray, truths: np.ndarray, probs: dict[st
         buf = io.BytesIO()
         Image.fromarray(rgb).resize((384, 384), Image.NEAREST).save(buf, format="png")
         picture.value = buf.getvalue()
-        pred = probs[strategy.value][index.value] > threshold.value
-        truth = truths[index.value] > 0
-        dice = 2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1)
+        k = index.value
+        dice = segmentation_scores(probs[strategy.value][k:k + 1], truths[k:k + 1], threshold.value).dice[0]
         caption.value = f"<b>{data_label}</b> — truth green, prediction red — Dice {dice:.3f}"
 
     for control in (index, threshold, strategy):

@@ -19,6 +19,7 @@ from .metrics import hc_absolute_error, head_circumferences, segmentation_scores
 from .models import create_model
 from .params import resolve_params
 from .phantoms import fetal_head_phantom
+from .stats import format_mean_std, mean_std
 from .strategies import Strategy, apply_strategy, frozen_modules, resolve_strategies, trainable_parameters
 from .training import TrainConfig, predict, train_model
 
@@ -175,8 +176,6 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     The HC error is the mean over the test images where an ellipse could be fitted; "HC fit
     failures" counts those where the predicted mask was empty (over all seeds).
     """
-    from .stats import format_mean_std, mean_std
-
     cols = ["pixel_accuracy", "dice", "miou", "hc_error_mm"]
     ms = mean_std(runs, "strategy", cols)
     table = pd.DataFrame(index=ms.index)

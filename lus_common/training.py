@@ -15,6 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .metrics import segmentation_scores
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -188,6 +190,4 @@ def evaluate_loss_dice(model, images, masks, batch_size, device, amp=True) -> di
     p = torch.as_tensor(probs).clamp(1e-6, 1 - 1e-6)
     t = torch.as_tensor(np.asarray(masks, dtype=np.float32))
     loss = F.binary_cross_entropy(p, t).item()
-    from .metrics import segmentation_scores
-
     return {"val_loss": loss, "val_dice": float(segmentation_scores(probs, masks)["dice"].mean())}
