@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass
@@ -24,6 +25,10 @@ class SegmentationSet:
         hc_mm: float array (N,), reference head circumference in mm (NaN where unknown).
         source: where the data came from, e.g. ``"hc18"`` or ``"synthetic"``.
         synthetic: True for phantom data; figures and tables say so.
+        info: free-form description of the generator or loader.
+        layers: more per-pixel maps of the images' shape, by name (e.g. the lung phantom's
+            ``"ribs"`` or ``"dense"`` class map); ``masks`` is the one the study trains on.
+        meta: per-image table (one row per image: patient, video, frame, diagnosis, ...).
     """
 
     images: np.ndarray
@@ -35,6 +40,8 @@ class SegmentationSet:
     source: str
     synthetic: bool
     info: dict = field(default_factory=dict)
+    layers: dict = field(default_factory=dict)
+    meta: pd.DataFrame | None = None
 
     def __post_init__(self):
         n = len(self.images)
@@ -46,6 +53,11 @@ class SegmentationSet:
         for name in ("ids", "groups", "spacing_mm", "hc_mm"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n} images.")
+        for name, layer in self.layers.items():
+            if layer.shape != self.masks.shape:
+                raise ValueError(f"layer '{name}' has shape {layer.shape}, the masks {self.masks.shape}.")
+        if self.meta is not None and len(self.meta) != n:
+            raise ValueError(f"meta has {len(self.meta)} rows for {n} images.")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -63,6 +75,8 @@ class SegmentationSet:
             source=self.source,
             synthetic=self.synthetic,
             info=dict(self.info),
+            layers={name: layer[index] for name, layer in self.layers.items()},
+            meta=None if self.meta is None else self.meta.iloc[index].reset_index(drop=True),
         )
 
     @property

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .data import SegmentationSet
+from ..data import SegmentationSet
 
 # HC18 images are 800x540 pixels of 0.05-0.3 mm; the phantom uses the same aspect.
 _HC18_SHAPE = (540, 800)

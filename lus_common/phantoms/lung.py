@@ -1,0 +1,395 @@
+"""Lung ultrasound B-mode phantom: anatomy, artifacts, videos and labels (papers 1, 2 and 5).
+
+Every frame is formed by :mod:`.bmode` from an echogenicity map and a transmission map drawn in
+beam space (rows = depth along the beam, columns = scan lines), for a linear probe (rectangular
+image) or a convex probe (sector, scan-converted). The maps hold:
+
+- **Chest wall**: skin, subcutaneous fat with thin septa, a fascia line, intercostal muscle.
+- **Ribs**: a bright curved cortical surface; bone passes about 1 % of the beam's amplitude, so
+  everything beneath it lies in a posterior acoustic shadow to the bottom of the image.
+- **Pleural line**: a bright line about 0.5-0.8 mm thick a few millimetres below the rib surface;
+  thickened, irregular and fragmented where the lung beneath is diseased.
+- **A-lines**: reverberations between the transducer and the pleura (air reflects almost all of
+  the beam), so they repeat the pleural line at integer multiples of its depth (2p, 3p, ...), each
+  repeat weaker by a reflection factor, until they sink below the lung's background.
+- **B-lines**: vertical hyperechoic ring-down bands from the pleura to the bottom of the image that
+  do not fade with depth, and that erase the A-lines where they cross them.
+- **Consolidations**: tissue-like (hepatised) hypoechoic regions under an irregular pleura, with
+  an irregular deep border and bright air bronchograms.
+
+**Videos.** Frames of one video share the anatomy and most of the speckle. The chest wall and ribs
+move with small probe jitter; the pleura and all lung artifacts beneath it slide laterally as the
+lung breathes (lung sliding); a quarter of each frame's speckle is redrawn (out-of-plane motion).
+Every frame carries patient, video and frame ids, so splits can be patient- or video-wise.
+
+**Diagnostic classes** (paper 5), drawn per patient, and the rules that generate them:
+
+- ``healthy``: thin smooth pleura (irregularity <= 0.2 mm), A-lines under the whole pleura,
+  0-2 isolated B-lines (normal in a healthy lung), no consolidation.
+- ``COVID-19``: patchy interstitial disease: 3-10 B-lines, some confluent (wide), with spared
+  segments that still show A-lines; pleura over diseased segments thickened (1.2-2.5 mm),
+  irregular (0.4-1.2 mm) and fragmented; 0-2 small subpleural consolidations (2-6 mm wide).
+- ``pneumonia`` (bacterial or other viral): one large lobar consolidation (16-30 mm wide,
+  10-30 mm deep) with air bronchograms; a regular pleura elsewhere, with A-lines; 0-3 focal
+  B-lines beside the consolidation.
+
+**Labels**, all from the same maps, none drawn afterwards: binary structure masks (``pleura``,
+``ribs``, ``alines``, ``blines``, ``consolidation``; only where the beam reaches, not in shadow);
+paper 5's dense 7-class map (A-line, B-line, healthy pleural line, unhealthy pleural line, healthy
+region, unhealthy region, background) and the sparse 4-class map derived from it exactly as the
+paper derives it (:func:`dense_to_sparse`). A pleural segment is *unhealthy* where B-lines or a
+consolidation lie beneath it; the region beneath a pleural segment takes its health.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from ..data import SegmentationSet
+from . import bmode
+
+STRUCTURES = ("pleura", "ribs", "alines", "blines", "consolidation")
+DENSE_CLASSES = ("background", "A-line", "B-line", "healthy pleural line", "unhealthy pleural line",
+                 "healthy region", "unhealthy region")
+SPARSE_CLASSES = ("background", "A-line", "B-line", "pleural line")
+DIAGNOSES = ("healthy", "COVID-19", "pneumonia")
+PROBES = ("linear", "convex")
+TARGETS = STRUCTURES + ("artifacts",)  # "artifacts": pleura, A-lines, B-lines, consolidation (paper 1)
+# Paper 5: healthy + unhealthy pleural line -> pleural line; healthy + unhealthy region -> background.
+DENSE_TO_SPARSE = np.array([0, 1, 2, 3, 3, 0, 0], dtype=np.uint8)
+GENERATOR_VERSION = 1  # bump when the images change, so stored results are not reused
+
+_BIT = {name: np.uint8(1 << i) for i, name in enumerate(STRUCTURES)}
+# Echogenicity (backscattered power) relative to the healthy pleural line.
+_ECHO = {"skin": 7e-3, "fat": 9e-5, "septum": 2e-3, "fascia": 7e-3, "muscle": 4.5e-4, "rib": 3.0,
+         "pleura": 1.0, "air": 2e-5, "sick_air": 5e-5, "bronchogram": 0.1}
+_RIB_TRANSMISSION = 0.01  # amplitude passed by bone
+_NOISE_AMPLITUDE = 10 ** (-95 / 20)  # receiver noise before TGC, relative to the pleura's echo
+_FRAME_DECORRELATION = 0.25  # share of speckle amplitude redrawn every frame
+
+
+def dense_to_sparse(dense: np.ndarray) -> np.ndarray:
+    """Sparse 4-class map from paper 5's dense 7-class map (merge pleura classes, regions to background)."""
+    return DENSE_TO_SPARSE[dense]
+
+
+def _smooth_noise(n: int, scale_px: float, rng: np.random.Generator) -> np.ndarray:
+    """1-D Gaussian-filtered white noise of unit standard deviation."""
+    x = ndimage.gaussian_filter1d(rng.standard_normal(n + 8 * int(scale_px) + 8), scale_px, mode="wrap")
+    x = x[4 * int(scale_px) + 4:][:n]
+    return (x - x.mean()) / (x.std() + 1e-12)
+
+
+def _severity(diagnosis: str, rng: np.random.Generator, overrides: dict) -> dict:
+    """Per-video disease parameters drawn by the diagnostic rules of the module docstring."""
+    if diagnosis == "healthy":
+        s = dict(n_blines=int(rng.choice([0, 0, 0, 1, 2])), wide_blines=0,
+                 pleural_irregularity_mm=rng.uniform(0.0, 0.2), sick_thickness_mm=0.8,
+                 fragmentation=0.0, consolidations=0, consolidation_width_mm=(0, 0),
+                 consolidation_depth_mm=(0, 0), bronchograms=0)
+    elif diagnosis == "COVID-19":
+        s = dict(n_blines=int(rng.integers(3, 11)), wide_blines=int(rng.integers(0, 3)),
+                 pleural_irregularity_mm=rng.uniform(0.4, 1.2), sick_thickness_mm=rng.uniform(1.2, 2.5),
+                 fragmentation=rng.uniform(0.2, 0.5), consolidations=int(rng.choice([0, 0, 1, 2])),
+                 consolidation_width_mm=(2.0, 6.0), consolidation_depth_mm=(2.0, 8.0), bronchograms=1)
+    elif diagnosis == "pneumonia":
+        s = dict(n_blines=int(rng.integers(0, 4)), wide_blines=0,
+                 pleural_irregularity_mm=rng.uniform(0.1, 0.3), sick_thickness_mm=rng.uniform(1.0, 1.8),
+                 fragmentation=rng.uniform(0.0, 0.2), consolidations=1,
+                 consolidation_width_mm=(16.0, 30.0), consolidation_depth_mm=(10.0, 30.0),
+                 bronchograms=int(rng.integers(4, 12)))
+    else:
+        raise ValueError(f"Unknown diagnosis '{diagnosis}'. Known: {DIAGNOSES}")
+    unknown = set(overrides) - set(s)
+    if unknown:
+        raise ValueError(f"Unknown severity parameter(s) {sorted(unknown)}. Known: {sorted(s)}")
+    s.update({k: v for k, v in overrides.items() if v is not None})
+    return s
+
+
+def _video_world(size: int, margin: int, probe: str, chest_wall_mm: float, diagnosis: str,
+                 rng: np.random.Generator, overrides: dict) -> dict:
+    """Beam-space maps of one video, ``margin`` columns wider on each side for motion."""
+    if probe == "linear":
+        depth_mm, width_mm, freq = rng.uniform(40, 60), rng.uniform(38, 46), rng.uniform(5.0, 7.5)
+        geometry = None
+    else:
+        depth_mm, freq = rng.uniform(80, 120), rng.uniform(3.0, 4.5)
+        radius, angle = rng.uniform(40, 60), rng.uniform(55, 70)
+        width_mm = radius * np.deg2rad(angle)  # arc length of the transducer face
+        geometry = bmode.sector_geometry(size, radius, depth_mm, angle)
+    dz, ds = depth_mm / size, width_mm / size
+    cols = size + 2 * margin
+    z = ((np.arange(size) + 0.5) * dz)[:, None].astype(np.float32)  # depth, mm
+    s = ((np.arange(cols) - cols / 2 + 0.5) * ds)[None, :].astype(np.float32)  # lateral, mm
+    sev = _severity(diagnosis, rng, overrides)
+
+    # Chest wall: skin, fat with septa, fascia, muscle down to the pleura (tissue frame).
+    skin = rng.uniform(1.0, 2.0)
+    fat = skin + rng.uniform(0.25, 0.5) * (chest_wall_mm - skin) + 0.6 * _smooth_noise(cols, 40, rng)[None, :]
+    echo_t = np.full((size, cols), _ECHO["muscle"], np.float32)
+    echo_t[z[:, 0] < skin] = _ECHO["skin"]
+    in_fat = (z >= skin) & (z < fat)
+    echo_t[in_fat] = _ECHO["fat"]
+    for _ in range(int(rng.integers(1, 4))):  # thin connective-tissue septa in the fat
+        d = rng.uniform(skin + 0.5, chest_wall_mm * 0.5) + 0.5 * _smooth_noise(cols, 30, rng)[None, :]
+        echo_t[in_fat & (np.abs(z - d) < 0.3)] = _ECHO["septum"]
+    echo_t[np.abs(z - fat) < 0.35] = _ECHO["fascia"]
+
+    # Pleural line: depth profile p(s); health of each column decided by the lung beneath.
+    p = (chest_wall_mm + rng.uniform(-2e-3, 2e-3) * s[0] ** 2 + rng.uniform(-0.04, 0.04) * s[0]).astype(np.float32)
+    half = cols * ds / 2
+    b_pos = rng.uniform(-half, half, sev["n_blines"])
+    b_width = rng.uniform(0.5, 1.4, sev["n_blines"])  # half-width, mm
+    b_width[: sev["wide_blines"]] = rng.uniform(2.5, 5.0, min(sev["wide_blines"], sev["n_blines"]))
+    c_pos = rng.uniform(-0.6 * half, 0.6 * half, sev["consolidations"])
+    c_width = rng.uniform(*sev["consolidation_width_mm"], sev["consolidations"]) / 2
+    c_depth = rng.uniform(*sev["consolidation_depth_mm"], sev["consolidations"])
+    if diagnosis == "pneumonia" and sev["n_blines"]:  # focal B-lines beside the consolidation
+        b_pos = c_pos[0] + rng.choice([-1, 1], sev["n_blines"]) * (c_width[0] + rng.uniform(1, 6, sev["n_blines"]))
+    bprof = np.zeros(cols, np.float32)
+    for c, w in zip(b_pos, b_width):
+        bprof = np.maximum(bprof, 1.0 / (1.0 + ((s[0] - c) / w) ** 6))  # flat-topped, half at +-w
+    cons_cols = np.zeros(cols, bool)
+    for c, w in zip(c_pos, c_width):
+        cons_cols |= np.abs(s[0] - c) < w
+    sick = (bprof > 0.05) | ndimage.binary_dilation(cons_cols, iterations=max(1, int(1.0 / ds)))
+    sick_soft = ndimage.gaussian_filter1d(sick.astype(np.float32), 1.0 / ds)
+    irregular = sev["pleural_irregularity_mm"] * (0.3 + 0.7 * sick_soft)
+    p = p + irregular * _smooth_noise(cols, max(1.0, 0.8 / ds), rng)
+    thick = 0.5 + rng.uniform(0.0, 0.3) + (sev["sick_thickness_mm"] - 0.65) * sick_soft
+    pleura_echo = np.ones(cols, np.float32)
+    if sev["fragmentation"] > 0:  # gaps in the diseased pleura
+        gaps = _smooth_noise(cols, max(1.0, 0.6 / ds), rng) < -1.2 + 1.5 * sev["fragmentation"]
+        pleura_echo = np.where(sick & gaps, 0.12, pleura_echo)
+    pleura_echo = np.where(cons_cols, 0.5 * pleura_echo, pleura_echo)
+    top, bottom = p - thick / 2, p + thick / 2
+
+    # Lung (lung frame): pleura, then air with A-lines, B-lines, consolidations.
+    support = z >= top[None, :]
+    echo_l = np.where(sick[None, :], _ECHO["sick_air"], _ECHO["air"]).astype(np.float32) * np.ones_like(z)
+    bits_l = np.zeros((size, cols), np.uint8)
+    pleura = support & (z <= bottom[None, :])
+    echo_l = np.where(pleura, pleura_echo[None, :], echo_l)
+    bits_l[pleura] |= _BIT["pleura"]
+    reflect = rng.uniform(0.45, 0.65)  # amplitude kept per extra round trip
+    a_thick = np.minimum(thick, 1.0)
+    healthy_cols = ~sick[None, :]
+    a_echo = (1 - bprof)[None, :]
+    for k in range(2, 12):
+        power = reflect ** (2 * (k - 1))
+        if power < 4 * _ECHO["air"] or k * chest_wall_mm > depth_mm + 2:
+            break
+        band = (np.abs(z - k * p[None, :]) <= a_thick[None, :] / 2) & healthy_cols
+        echo_l = np.where(band, np.maximum(echo_l, power * a_echo), echo_l)
+        bits_l[band] |= _BIT["alines"]
+    below = z > bottom[None, :]
+    b_echo = rng.uniform(0.1, 0.3) * bprof[None, :]
+    echo_l = np.where(below, np.maximum(echo_l, b_echo), echo_l)
+    bits_l[below & (bprof[None, :] >= 0.5)] |= _BIT["blines"]
+    cons = np.zeros((size, cols), bool)
+    for c, w, h in zip(c_pos, c_width, c_depth):
+        u = np.clip((s[0] - c) / w, -1, 1)
+        deep = bottom + h * np.sqrt(1 - u**2) * (1 + 0.25 * _smooth_noise(cols, max(1.0, 1.5 / ds), rng))
+        cons |= below & (z < deep[None, :]) & (np.abs(s[0] - c) < w)[None, :]
+    if cons.any():
+        texture = np.exp(0.5 * ndimage.gaussian_filter(rng.standard_normal((size, cols)), (0.8 / dz, 0.8 / ds)) /
+                         0.1).astype(np.float32)
+        echo_l = np.where(cons, rng.uniform(3e-4, 1e-3) * np.clip(texture, 0.2, 5), echo_l)
+        cz, cs = np.nonzero(cons)
+        for i in rng.choice(len(cz), min(sev["bronchograms"], len(cz)), replace=False):
+            r = rng.uniform(0.3, 0.7)
+            dot = cons & (((z - z[cz[i], 0]) / r) ** 2 + ((s - s[0, cs[i]]) / (2.5 * r)) ** 2 < 1)
+            echo_l = np.where(dot, _ECHO["bronchogram"], echo_l)
+        bits_l[cons] |= _BIT["consolidation"]
+        bits_l[cons] &= ~_BIT["blines"]
+
+    dense_l = np.where(sick[None, :], 6, 5).astype(np.uint8) * support
+    dense_l[pleura] = np.where(sick[None, :], 4, 3).astype(np.uint8).repeat(size, 0)[pleura]
+    dense_l[(bits_l & _BIT["alines"]) > 0] = 1
+    dense_l[(bits_l & _BIT["blines"]) > 0] = 2
+
+    # Ribs (tissue frame): cortex arc and the two-way transmission beneath it.
+    transmission = np.ones((size, cols), np.float32)
+    bits_t = np.zeros((size, cols), np.uint8)
+    rib_half, gap = rng.uniform(5.0, 7.0), rng.uniform(14.0, 24.0)
+    pitch = 2 * rib_half + gap
+    if rng.random() < 0.85:  # otherwise the probe lies along an intercostal space: no rib in view
+        first = rng.uniform(-pitch / 2, pitch / 2) + (pitch / 2 if probe == "linear" else 0)
+        centres = first + pitch * np.arange(-4, 5)
+        for c in centres[np.abs(centres) < half + rib_half]:
+            u = (s[0] - c) / rib_half
+            on = np.abs(u) < 1
+            surface = chest_wall_mm - rng.uniform(3.0, 6.0) + rng.uniform(1.5, 3.0) * (1 - np.sqrt(1 - np.clip(u, -1, 1) ** 2))
+            cortex = on[None, :] & (z >= surface[None, :]) & (z < surface[None, :] + 1.0)
+            echo_t = np.where(cortex, _ECHO["rib"], echo_t)
+            bits_t[cortex] |= _BIT["ribs"]
+            edge = np.clip((1 - np.abs(u)) / (0.6 / rib_half), 0, 1)  # half a millimetre of soft edge
+            shade = 1 - (1 - _RIB_TRANSMISSION) * edge
+            transmission = np.where(z >= surface[None, :] + 1.0, np.minimum(transmission, shade[None, :]), transmission)
+
+    return dict(size=size, margin=margin, probe=probe, geometry=geometry, depth_mm=depth_mm, width_mm=width_mm,
+                freq=freq, dz=dz, ds=ds, z=z[:, 0], echo_t=echo_t, bits_t=bits_t, transmission=transmission,
+                support=support, echo_l=echo_l, bits_l=bits_l, dense_l=dense_l, severity=sev,
+                pleural_depth_mm=float(chest_wall_mm), reflect=reflect)
+
+
+def _render_video(world: dict, n_frames: int, rng: np.random.Generator, keep_envelope: bool) -> dict:
+    """Frames of one video: motion, scatterers, PSF, envelope, TGC, log compression, scan conversion."""
+    size, margin, ds, dz = world["size"], world["margin"], world["ds"], world["dz"]
+    f = np.arange(n_frames)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    jitter = rng.uniform(0.0, 0.3) * np.sin(2 * np.pi * f / 60 + phase[0])
+    slide = rng.uniform(0.5, 2.0) * np.sin(2 * np.pi * f / 40 + phase[1])
+    if world["severity"]["consolidations"] and world["severity"]["pleural_irregularity_mm"] > 0.3:
+        slide *= 0.4  # diseased lung slides less
+    o_t = np.clip(np.rint(margin + jitter / ds), 0, 2 * margin).astype(int)
+    o_l = np.clip(np.rint(o_t + slide / ds), 0, 2 * margin).astype(int)
+    cols = np.arange(size)
+    idx_t, idx_l = o_t[:, None] + cols, o_l[:, None] + cols  # (frames, size)
+
+    def take(a, idx):  # (rows, world cols) -> (frames, rows, size)
+        return np.moveaxis(np.take(a, idx, axis=1), 1, 0)
+
+    sel = take(world["support"], idx_l)
+    trans = take(world["transmission"], idx_t)
+    visible = trans > 0.5
+    echo = np.where(sel, take(world["echo_l"], idx_l), take(world["echo_t"], idx_t))
+    bits = np.where(sel, take(world["bits_l"], idx_l), take(world["bits_t"], idx_t))
+    bits = np.where(visible, bits, bits & _BIT["ribs"])
+    dense = np.where(sel & visible, take(world["dense_l"], idx_l), np.uint8(0))
+
+    # Scatterers shared by the video (tissue and lung frames), a quarter redrawn per frame.
+    world_t = rng.standard_normal((size, size + 2 * margin), dtype=np.float32)
+    world_l = rng.standard_normal((size, size + 2 * margin), dtype=np.float32)
+    eps = _FRAME_DECORRELATION
+    scat = np.where(sel, take(world_l, idx_l), take(world_t, idx_t))
+    scat *= np.float32(np.sqrt(1 - eps**2))
+    scat += np.float32(eps) * rng.standard_normal(scat.shape, dtype=np.float32)
+
+    # Depth gains: tissue attenuation, then TGC and overall gain. Both vary slowly with depth, so
+    # they are applied to the scatterer amplitudes before the (short) PSF; receiver noise enters
+    # after attenuation and before TGC, so TGC amplifies it at depth.
+    att = bmode.attenuation_amplitude(world["z"], rng.uniform(0.4, 0.6), world["freq"])
+    gain = bmode.tgc_gain(world["z"], 0.5, world["freq"], rng) * 10 ** (rng.uniform(-2, 3) / 20)
+    g2 = ((att * gain) ** 2).astype(np.float32)[:, None]
+    n2 = ((_NOISE_AMPLITUDE * gain) ** 2).astype(np.float32)[:, None]
+    amp = trans
+    amp *= trans
+    amp *= echo
+    amp *= g2
+    amp += n2
+    np.sqrt(amp, out=amp)
+    axial_sigma = max(1.0, 0.25 * 5.0 / world["freq"] / dz)  # ~2-cycle pulse
+    lateral_sigma = max(1.2, (0.45 if world["probe"] == "linear" else 0.8) / ds)
+    psf = bmode.analytic_psf_spectrum(bmode.padded_shape((size, size)), axial_sigma, lateral_sigma)
+    env = bmode.envelope(amp, psf, rng, scatterers=scat)
+    image = bmode.log_compress(env, 1.0, rng.uniform(55, 65))
+    if world["probe"] == "convex":
+        g = world["geometry"]
+        image = bmode.scan_convert(image, g, order=1)
+        bits, dense = bmode.scan_convert(bits, g, order=0), bmode.scan_convert(dense, g, order=0)
+        if keep_envelope:
+            env = bmode.scan_convert(env, g, order=1)
+        spacing = (g["spacing_mm"], g["spacing_mm"])
+    else:
+        spacing = (dz, ds)
+    return dict(image=image, bits=bits, dense=dense, envelope=env if keep_envelope else None, spacing=spacing)
+
+
+def lung_ultrasound_phantom(n_images: int, n_patients: int | None = None, frames_per_video: int = 16,
+                            image_size: int = 256, probe: str = "mixed", diagnoses=DIAGNOSES,
+                            target: str = "pleura", seed=0, keep_envelope: bool = False,
+                            **severity) -> SegmentationSet:
+    """Lung ultrasound videos of synthetic patients, with every label of papers 1, 2 and 5.
+
+    Args:
+        n_images: total number of frames.
+        n_patients: number of patients (default: one per 4 videos, at least 2). Videos are dealt
+            to patients in turn; a patient keeps one diagnosis and one chest-wall thickness.
+        frames_per_video: frames of each video (the last video may be shorter).
+        image_size: side of the square output images.
+        probe: ``"linear"``, ``"convex"`` or ``"mixed"`` (drawn per video).
+        diagnoses: the diagnostic classes to draw patients from (a name or a sequence of names of
+            :data:`DIAGNOSES`), uniformly.
+        target: the structure that becomes ``masks`` (one of :data:`TARGETS`; ``"artifacts"`` is
+            the union of pleura, A-lines, B-lines and consolidation).
+        seed: int seed or ``np.random.Generator``.
+        keep_envelope: also keep the envelope before log compression in ``info["envelope"]``.
+        **severity: fixed disease parameters overriding the diagnostic rules (``n_blines``,
+            ``wide_blines``, ``pleural_irregularity_mm``, ``sick_thickness_mm``, ``fragmentation``,
+            ``consolidations``, ``consolidation_width_mm``, ``consolidation_depth_mm``,
+            ``bronchograms``).
+
+    Returns:
+        A synthetic :class:`SegmentationSet` with ``groups`` = patient ids, ``layers`` holding one
+        binary mask per structure plus ``"dense"`` and ``"sparse"`` class maps, and ``meta`` with
+        patient, video, frame, probe, diagnosis and severity per image.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"Unknown target '{target}'. Known: {TARGETS}")
+    if probe not in PROBES + ("mixed",):
+        raise ValueError(f"Unknown probe '{probe}'. Known: {PROBES + ('mixed',)}")
+    diagnoses = (diagnoses,) if isinstance(diagnoses, str) else tuple(diagnoses)
+    for d in diagnoses:
+        if d not in DIAGNOSES:
+            raise ValueError(f"Unknown diagnosis '{d}'. Known: {DIAGNOSES}")
+    rng = bmode.as_generator(seed)
+    size = int(image_size)
+    n_videos = -(-n_images // frames_per_video)
+    n_patients = n_patients or max(2, n_videos // 4)
+    if n_patients > n_videos:
+        raise ValueError(f"{n_patients} patients need at least as many videos; {n_images} images of "
+                         f"{frames_per_video} frames make {n_videos}. Lower frames_per_video.")
+    patients = [dict(diagnosis=diagnoses[int(rng.integers(len(diagnoses)))], chest_wall_mm=rng.uniform(10, 22))
+                for _ in range(n_patients)]
+    kinds = [probe if probe != "mixed" else PROBES[int(rng.integers(2))] for _ in range(n_videos)]
+    video_rngs = rng.spawn(n_videos)  # one stream per video: the same images with any thread count
+    starts = [v * frames_per_video for v in range(n_videos)]
+    images = np.empty((n_images, size, size), np.float32)
+    layers = {name: np.empty((n_images, size, size), np.uint8) for name in STRUCTURES + ("dense", "sparse")}
+    masks = layers[target] if target != "artifacts" else np.empty((n_images, size, size), np.uint8)
+    envelopes = np.empty((n_images, size, size), np.float32) if keep_envelope else None
+    spacing = np.empty((n_images, 2))
+
+    def make_video(v: int) -> list[dict]:
+        pid, pat = v % n_patients, patients[v % n_patients]
+        sl = slice(starts[v], min(starts[v] + frames_per_video, n_images))
+        world = _video_world(size, max(4, size // 32), kinds[v], pat["chest_wall_mm"], pat["diagnosis"],
+                             video_rngs[v], severity)
+        out = _render_video(world, sl.stop - sl.start, video_rngs[v], keep_envelope)
+        np.multiply(out["image"], np.float32(1 / 255), out=images[sl])
+        for i, name in enumerate(STRUCTURES):
+            np.bitwise_and(out["bits"] >> i, 1, out=layers[name][sl])
+        if target == "artifacts":
+            any_bit = _BIT["pleura"] | _BIT["alines"] | _BIT["blines"] | _BIT["consolidation"]
+            np.not_equal(out["bits"] & any_bit, 0, out=masks[sl], casting="unsafe")
+        layers["dense"][sl] = out["dense"]
+        layers["sparse"][sl] = dense_to_sparse(out["dense"])
+        spacing[sl] = out["spacing"]
+        if keep_envelope:
+            envelopes[sl] = out["envelope"]
+        sev = world["severity"]
+        return [dict(patient=f"lus_p{pid:03d}", video=f"lus_p{pid:03d}_v{v:04d}", frame=f, probe=kinds[v],
+                     diagnosis=pat["diagnosis"], depth_mm=world["depth_mm"],
+                     pleural_depth_mm=world["pleural_depth_mm"], n_blines=sev["n_blines"],
+                     pleural_irregularity_mm=sev["pleural_irregularity_mm"], consolidations=sev["consolidations"])
+                for f in range(sl.stop - sl.start)]
+
+    # numpy and scipy.fft release the GIL on whole arrays: videos render in parallel threads.
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
+        rows = [row for video in pool.map(make_video, range(n_videos)) for row in video]
+    meta = pd.DataFrame(rows)
+    ids = [f"{r['video']}_f{r['frame']:03d}" for r in rows]
+    info = {"generator": "lung_ultrasound_phantom", "version": GENERATOR_VERSION, "target": target,
+            "probe": probe, "dense_classes": DENSE_CLASSES, "sparse_classes": SPARSE_CLASSES}
+    if keep_envelope:
+        info["envelope"] = envelopes
+    return SegmentationSet(images=images, masks=masks, ids=ids, groups=list(meta["patient"]), spacing_mm=spacing,
+                           hc_mm=np.full(n_images, np.nan), source="synthetic", synthetic=True, info=info,
+                           layers=layers, meta=meta)
