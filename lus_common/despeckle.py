@@ -83,6 +83,7 @@ def shrink_details(image: np.ndarray, wavelet: str = "sym4", levels: int = 3, ru
     """
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"Unknown threshold rule '{rule}'. Known: {THRESHOLD_RULES}")
+    levels = max(1, min(levels, pywt.dwtn_max_level(image.shape, wavelet)))  # small images: fewer levels
     coeffs = pywt.wavedec2(image, wavelet, level=levels, mode="symmetric")
     out = [coeffs[0]]
     for details in coeffs[1:]:

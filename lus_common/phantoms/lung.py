@@ -310,7 +310,7 @@ def lung_ultrasound_phantom(n_images: int, n_patients: int | None = None, frames
 
     Args:
         n_images: total number of frames.
-        n_patients: number of patients (default: one per 4 videos, at least 2). Videos are dealt
+        n_patients: number of patients (default: one per 4 videos, at least 2 when there are 2 videos). Videos are dealt
             to patients in turn; a patient keeps one diagnosis and one chest-wall thickness.
         frames_per_video: frames of each video (the last video may be shorter).
         image_size: side of the square output images.
@@ -342,7 +342,7 @@ def lung_ultrasound_phantom(n_images: int, n_patients: int | None = None, frames
     rng = bmode.as_generator(seed)
     size = int(image_size)
     n_videos = -(-n_images // frames_per_video)
-    n_patients = n_patients or max(2, n_videos // 4)
+    n_patients = n_patients or min(n_videos, max(2, n_videos // 4))
     if n_patients > n_videos:
         raise ValueError(f"{n_patients} patients need at least as many videos; {n_images} images of "
                          f"{frames_per_video} frames make {n_videos}. Lower frames_per_video.")

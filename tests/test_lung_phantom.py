@@ -1,0 +1,197 @@
+"""The lung ultrasound phantom: physics checks with numbers, labels, videos, diagnoses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from lus_common.data import split_by_group
+from lus_common.phantoms import (DENSE_CLASSES, RAYLEIGH_MEAN_OVER_STD, SPARSE_CLASSES, STRUCTURES,
+                                 dense_to_sparse, lung_ultrasound_phantom)
+from lus_common.phantoms import bmode
+
+
+@pytest.fixture(scope="module")
+def healthy_linear():
+    """Healthy lungs on a linear probe with a smooth pleura, envelopes kept."""
+    return lung_ultrasound_phantom(12, n_patients=3, frames_per_video=4, image_size=256, probe="linear",
+                                   diagnoses="healthy", seed=11, keep_envelope=True, n_blines=0,
+                                   pleural_irregularity_mm=0.0)
+
+
+def _clear_columns(data, k, margin_mm=3.0):
+    """Columns with a visible pleura and no rib within ``margin_mm``, and the pleura's top row there."""
+    ribs = ndimage.binary_dilation(data.layers["ribs"][k].any(0), iterations=int(margin_mm / data.spacing_mm[k, 1]))
+    cols = np.flatnonzero(data.layers["pleura"][k].any(0) & ~ribs)
+    return cols, data.layers["pleura"][k][:, cols].argmax(0)
+
+
+def test_rayleigh_speckle_in_the_chest_wall(healthy_linear):
+    d = healthy_linear
+    ratios = []
+    for k in range(len(d)):
+        cols, top = _clear_columns(d, k)
+        dz = d.spacing_mm[k, 0]
+        # Intercostal muscle just above the pleura: one echogenicity, fully developed speckle.
+        window = np.concatenate([d.info["envelope"][k][int(t - 3 / dz): int(t - 1.2 / dz), c] for c, t in zip(cols, top)])
+        ratios.append(window.mean() / window.std())
+    assert RAYLEIGH_MEAN_OVER_STD == pytest.approx(1.913, abs=1e-3)
+    assert np.mean(ratios) == pytest.approx(RAYLEIGH_MEAN_OVER_STD, rel=0.10)
+
+
+def test_envelope_of_uniform_scatterers_is_rayleigh():
+    psf = bmode.analytic_psf_spectrum(bmode.padded_shape((256, 256)), 1.3, 2.8)
+    env = bmode.envelope(np.ones((4, 256, 256), np.float32), psf, np.random.default_rng(0))
+    assert env.mean() / env.std() == pytest.approx(RAYLEIGH_MEAN_OVER_STD, rel=0.05)
+    assert np.mean(env**2) == pytest.approx(1.0, rel=0.05)  # the PSF is normalised to unit power
+
+
+def test_a_lines_at_integer_multiples_of_the_pleural_depth(healthy_linear):
+    d = healthy_linear
+    errors = {}
+    for k in range(len(d)):
+        cols, _ = _clear_columns(d, k)
+        img = ndimage.uniform_filter1d(d.images[k], 5, axis=1)  # a few scan lines against speckle
+        for c in cols[::4]:
+            profile = ndimage.gaussian_filter1d(img[:, c], 1.0)
+            label_rows = np.flatnonzero(d.layers["pleura"][k][:, c])
+            lo = max(label_rows[0] - 4, 0)
+            pleura = lo + int(np.argmax(profile[lo: label_rows[-1] + 5]))
+            depth = pleura + 0.5  # pixels below the transducer face
+            for n in range(2, 6):
+                centre = n * depth - 0.5
+                if centre + 0.25 * depth >= len(profile):
+                    break
+                a, b = int(centre - 0.25 * depth), int(centre + 0.25 * depth)
+                if not d.layers["alines"][k][a:b, c].any():  # repeat too weak to be labelled visible
+                    break
+                errors.setdefault(n, []).append(a + np.argmax(profile[a:b]) - centre)
+    assert 2 in errors and len(errors[2]) > 50
+    for n, e in errors.items():
+        if len(e) < 10:
+            continue
+        assert abs(np.median(e)) <= 2, (n, np.median(e))
+
+
+def test_rib_shadow_is_dark():
+    d = lung_ultrasound_phantom(16, n_patients=4, frames_per_video=4, probe="linear", seed=5)
+    ratios = []
+    for k in range(len(d)):
+        ribs = d.layers["ribs"][k]
+        rib_cols = np.flatnonzero(ribs.sum(0) >= 2)
+        clear, _ = _clear_columns(d, k)
+        if len(rib_cols) < 10 or len(clear) < 10:
+            continue
+        start = int(np.flatnonzero(ribs.any(1)).max()) + 3
+        shadow = d.images[k][start:, rib_cols].mean()
+        beside = d.images[k][start:, clear].mean()
+        ratios.append(shadow / beside)
+    assert len(ratios) >= 5
+    assert max(ratios) < 0.30
+
+
+def test_b_lines_do_not_fade_with_depth():
+    d = lung_ultrasound_phantom(16, n_patients=4, frames_per_video=4, probe="linear", diagnoses="COVID-19", seed=7)
+    ratios = []
+    for k in range(len(d)):
+        bl = d.layers["blines"][k].astype(bool)
+        rows = np.flatnonzero(bl.any(1))
+        if len(rows) < 20:
+            continue
+        dz = d.spacing_mm[k, 0]
+        top = bl & (np.arange(256)[:, None] < rows[0] + 5 / dz) & (np.arange(256)[:, None] >= rows[0] + 1 / dz)
+        bottom = bl & (np.arange(256)[:, None] >= 256 - 26)
+        if top.sum() > 50 and bottom.sum() > 50:
+            ratios.append(d.images[k][bottom].mean() / d.images[k][top].mean())
+    assert len(ratios) >= 5
+    np.testing.assert_allclose(ratios, 1.0, atol=0.20)
+
+
+def test_same_seed_same_images_and_different_seeds_differ():
+    a = lung_ultrasound_phantom(20, frames_per_video=8, image_size=128, seed=3)
+    b = lung_ultrasound_phantom(20, frames_per_video=8, image_size=128, seed=3)
+    c = lung_ultrasound_phantom(20, frames_per_video=8, image_size=128, seed=4)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.layers["dense"], b.layers["dense"])
+    assert np.abs(a.images - c.images).mean() > 0.05
+
+
+def test_labels_are_consistent_with_paper_5():
+    d = lung_ultrasound_phantom(48, frames_per_video=8, image_size=128, seed=2)
+    dense, sparse = d.layers["dense"], d.layers["sparse"]
+    assert len(DENSE_CLASSES) == 7 and len(SPARSE_CLASSES) == 4
+    assert set(np.unique(dense)) <= set(range(7)) and set(np.unique(dense)) >= {0, 1, 3, 5}
+    # Sparse labels: pleura classes merged, healthy and unhealthy regions into background.
+    np.testing.assert_array_equal(sparse, dense_to_sparse(dense))
+    np.testing.assert_array_equal(sparse == 3, np.isin(dense, (3, 4)))
+    np.testing.assert_array_equal(sparse == 0, np.isin(dense, (0, 5, 6)))
+    # The structure masks and the dense classes come from the same maps.
+    np.testing.assert_array_equal(d.layers["alines"] == 1, dense == 1)
+    np.testing.assert_array_equal(d.layers["blines"] == 1, dense == 2)
+    np.testing.assert_array_equal(d.layers["pleura"] == 1, np.isin(dense, (3, 4)))
+    assert not (d.layers["consolidation"].astype(bool) & ~np.isin(dense, (6,))).any()
+    assert not (d.layers["ribs"].astype(bool) & (dense != 0)).any()
+    np.testing.assert_array_equal(d.masks, d.layers["pleura"])
+    assert d.synthetic and d.label == "SYNTHETIC phantom"
+    assert set(STRUCTURES) <= set(d.layers)
+
+
+def test_diagnoses_follow_their_rules():
+    d = lung_ultrasound_phantom(96, n_patients=12, frames_per_video=4, image_size=128, seed=9)
+    per_video = d.meta.groupby("video").first()
+    assert set(per_video["diagnosis"]) == {"healthy", "COVID-19", "pneumonia"}
+    healthy = per_video[per_video["diagnosis"] == "healthy"]
+    covid = per_video[per_video["diagnosis"] == "COVID-19"]
+    pneu = per_video[per_video["diagnosis"] == "pneumonia"]
+    assert (healthy["n_blines"] <= 2).all() and (healthy["consolidations"] == 0).all()
+    assert (covid["n_blines"] >= 3).all()
+    assert (pneu["consolidations"] == 1).all()
+    cons = d.layers["consolidation"].reshape(len(d), -1).sum(1)
+    is_healthy = (d.meta["diagnosis"] == "healthy").to_numpy()
+    assert cons[is_healthy].sum() == 0 and cons[(d.meta["diagnosis"] == "pneumonia").to_numpy()].mean() > 100
+    # Unhealthy pleura (B-lines or consolidation beneath) is rarer in healthy lungs.
+    unhealthy = (d.layers["dense"] == 4).reshape(len(d), -1).sum(1)
+    assert unhealthy[is_healthy].mean() < 0.5 * unhealthy[~is_healthy].mean()
+
+
+def test_videos_share_anatomy_and_ids_allow_patient_and_video_splits():
+    d = lung_ultrasound_phantom(64, n_patients=4, frames_per_video=8, image_size=128, probe="linear", seed=1)
+    m = d.meta
+    assert m.groupby("video")["patient"].nunique().max() == 1
+    assert (m.groupby("video")["frame"].apply(list) == [list(range(8))] * 8).all()
+    same = np.corrcoef(d.images[0].ravel(), d.images[1].ravel())[0, 1]
+    other = np.corrcoef(d.images[0].ravel(), d.images[8].ravel())[0, 1]
+    assert same > 0.5 > other
+    # Frames differ (lung sliding, redrawn speckle) but not entirely.
+    assert 0 < np.abs(d.images[0] - d.images[1]).mean() < np.abs(d.images[0] - d.images[8]).mean()
+    train, test = split_by_group(d.groups, 0.25, seed=0)
+    assert not set(m["patient"][train]) & set(m["patient"][test])
+    train, test = split_by_group(m["video"], 0.25, seed=0)
+    assert not set(m["video"][train]) & set(m["video"][test])
+
+
+def test_convex_probe_is_a_sector_with_black_corners():
+    d = lung_ultrasound_phantom(4, frames_per_video=4, n_patients=1, image_size=128, probe="convex", seed=0)
+    assert (d.images[:, 0, :8] == 0).all() and (d.images[:, -1, :4] == 0).all()  # outside the fan
+    assert d.images[:, 64, 64].min() > 0 and np.allclose(d.spacing_mm[:, 0], d.spacing_mm[:, 1])
+    assert (d.layers["dense"][:, 0, :8] == 0).all()
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(ValueError, match="Unknown target"):
+        lung_ultrasound_phantom(4, target="heart")
+    with pytest.raises(ValueError, match="Unknown diagnosis"):
+        lung_ultrasound_phantom(4, diagnoses="flu")
+    with pytest.raises(ValueError, match="Unknown severity"):
+        lung_ultrasound_phantom(4, n_consolidations=2)
+    with pytest.raises(ValueError, match="patients"):
+        lung_ultrasound_phantom(16, n_patients=5, frames_per_video=8)
+
+
+def test_paper_1_sized_set_is_possible():
+    """5,131 frames of 30 COVID-19 patients: timing goes to `lus bench`, here the shape and ids."""
+    d = lung_ultrasound_phantom(5131, n_patients=30, frames_per_video=40, image_size=64, diagnoses="COVID-19",
+                                target="artifacts", seed=0)
+    assert len(d) == 5131 and d.meta["patient"].nunique() == 30
+    assert d.masks.mean() > 0.02
