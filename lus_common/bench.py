@@ -95,3 +95,42 @@ def benchmark(model: str, size: int, batch: int, amp: bool = False, steps: int =
         "speedup": round(fast["images_per_s"] / base["images_per_s"], 3),
         "gflop_per_step": round(fast["gflop_per_step"], 3), "torch": torch.__version__,
     }
+
+
+PHANTOMS = ("lus", "lus_linear", "lus_convex", "cxr", "salient", "fetal_head")
+
+
+def benchmark_phantom(kind: str, size: int = 256, n: int = 1024, seed: int = 0) -> dict:
+    """Generation speed of a phantom: ``lus bench --phantom lus --size 256``.
+
+    Args:
+        kind: one of :data:`PHANTOMS` (``lus``: lung ultrasound videos of 16 frames, linear and
+            convex probes mixed, all diagnoses).
+        size: square image side.
+        n: images to generate (after a short warm-up).
+        seed: generator seed.
+
+    Returns:
+        One flat dict with ``images_per_s``, ``seconds``, ``n``, ``size`` and the CPU count.
+    """
+    import os
+    import platform
+
+    from . import phantoms
+
+    makers = {
+        "lus": lambda m: phantoms.lung_ultrasound_phantom(m, image_size=size, seed=seed),
+        "lus_linear": lambda m: phantoms.lung_ultrasound_phantom(m, image_size=size, probe="linear", seed=seed),
+        "lus_convex": lambda m: phantoms.lung_ultrasound_phantom(m, image_size=size, probe="convex", seed=seed),
+        "cxr": lambda m: phantoms.chest_xray_phantom(m, size, abnormal_fraction=0.5, seed=seed),
+        "salient": lambda m: phantoms.salient_object_phantom(m, size, seed=seed),
+        "fetal_head": lambda m: phantoms.fetal_head_phantom(m, size, seed=seed),
+    }
+    if kind not in makers:
+        raise KeyError(f"Unknown phantom '{kind}'. Known: {list(makers)}")
+    makers[kind](32)  # warm-up: imports, FFT plans
+    start = time.perf_counter()
+    makers[kind](n)
+    seconds = time.perf_counter() - start
+    return {"phantom": kind, "size": size, "n": n, "images_per_s": round(n / seconds, 1),
+            "seconds": round(seconds, 3), "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}

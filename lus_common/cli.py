@@ -44,8 +44,11 @@ def _cmd_book(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import benchmark
+    from .bench import benchmark, benchmark_phantom
 
+    if args.phantom:
+        print(json.dumps(benchmark_phantom(args.phantom, args.size, args.n)))
+        return 0
     print(json.dumps(benchmark(args.model, args.size, args.batch, args.amp, args.steps, args.device, args.compile)))
     return 0
 
@@ -90,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--no-run", action="store_true", help="build from the notebooks already executed")
     book.set_defaults(func=_cmd_book)
 
-    bench = sub.add_parser("bench", help="training speed: images/s and TFLOP/s vs an eager fp32 baseline")
+    bench = sub.add_parser("bench", help="training speed (images/s, TFLOP/s vs eager fp32), or phantom speed")
     bench.add_argument("--model", default="unet_mobilenet_v2")
     bench.add_argument("--size", type=int, default=256)
     bench.add_argument("--batch", type=int, default=8)
@@ -98,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=200)
     bench.add_argument("--device", default="auto")
     bench.add_argument("--compile", action="store_true", help="torch.compile the measured variant")
+    bench.add_argument("--phantom", default=None, help="time phantom generation instead: lus, lus_linear, "
+                       "lus_convex, cxr, salient or fetal_head")
+    bench.add_argument("--n", type=int, default=1024, help="images to generate with --phantom")
     bench.set_defaults(func=_cmd_bench)
 
     data = sub.add_parser("data", help="list, fetch or verify datasets")

@@ -19,6 +19,7 @@ from .metrics import hc_absolute_error, head_circumferences, segmentation_scores
 from .models import create_model
 from .params import resolve_params
 from .phantoms import fetal_head_phantom
+from .phantoms.fetal_head import GENERATOR_VERSION as PHANTOM_VERSION
 from .stats import format_mean_std, mean_std
 from .strategies import Strategy, apply_strategy, frozen_modules, resolve_strategies, trainable_parameters
 from .training import TrainConfig, predict, train_model
@@ -89,8 +90,10 @@ _RUN_KEYS = ("data_source", "image_size", "n_images", "test_fraction", "split_se
 
 
 def run_params(p: dict, strategy: str, seed: int) -> dict:
-    """The parameters that identify one (strategy, seed) run."""
-    return {**{k: p[k] for k in _RUN_KEYS}, "strategy": strategy, "seed": int(seed)}
+    """The parameters that identify one (strategy, seed) run (with the phantom's version, so a changed
+    generator never reuses stored runs)."""
+    data_version = f"fetal_head_phantom v{PHANTOM_VERSION}" if p["data_source"] == "synthetic" else p["data_source"]
+    return {**{k: p[k] for k in _RUN_KEYS}, "data_version": data_version, "strategy": strategy, "seed": int(seed)}
 
 
 def build_model(strategy: Strategy, encoder_weights: str | None, seed: int):

@@ -10,9 +10,12 @@ All phantoms share one interface: a ``seed`` (int or ``np.random.Generator``) in
 """
 
 from .bmode import RAYLEIGH_MEAN_OVER_STD
+from .cxr import chest_xray_phantom
 from .fetal_head import ellipse_circumference, fetal_head_phantom
 from .lung import (DENSE_CLASSES, DIAGNOSES, SPARSE_CLASSES, STRUCTURES, dense_to_sparse,
                    lung_ultrasound_phantom)
+from .salient import salient_object_phantom
 
 __all__ = ["RAYLEIGH_MEAN_OVER_STD", "ellipse_circumference", "fetal_head_phantom", "lung_ultrasound_phantom",
+           "chest_xray_phantom", "salient_object_phantom",
            "DENSE_CLASSES", "SPARSE_CLASSES", "DIAGNOSES", "STRUCTURES", "dense_to_sparse"]

@@ -4,18 +4,18 @@ Every phantom here takes a ``seed`` (or ``np.random.Generator``) and returns a
 :class:`~lus_common.data.SegmentationSet` marked ``synthetic=True``.
 
 The fetal-head phantom (HC18 study) forms a B-mode image, not a painting: random scatterers with
-an echogenicity map (maternal tissue, amniotic fluid, skull, brain, midline echo), convolved with
-an anisotropic point-spread function, envelope detection, depth attenuation, acoustic shadow
-behind the skull, a convex-probe sector window and log compression. The head is an ellipse
+an echogenicity map (maternal tissue, amniotic fluid, skull, brain, midline echo) seen through the
+analytic point-spread function of :mod:`.bmode` (envelope detection), depth attenuation, acoustic
+shadow behind the skull, a convex-probe sector window and log compression. The head is an ellipse
 defined in millimetres, so its true circumference is known exactly.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from ..data import SegmentationSet
+from . import bmode
 
 # HC18 images are 800x540 pixels of 0.05-0.3 mm; the phantom uses the same aspect.
 _HC18_SHAPE = (540, 800)
@@ -35,17 +35,13 @@ def ellipse_circumference(a, b):
     return np.pi * (3 * (a + b) - np.sqrt((3 * a + b) * (a + 3 * b)))
 
 
-def _rng(seed) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+GENERATOR_VERSION = 2  # 2: speckle formed by the shared B-mode engine (bmode.envelope)
 
 
 def _speckle(echo: np.ndarray, psf_sigma: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
-    """Envelope of a scatterer field with amplitude sqrt(echogenicity) seen through a Gaussian PSF."""
-    amp = np.sqrt(echo)
-    field = amp * (rng.standard_normal(echo.shape) + 1j * rng.standard_normal(echo.shape))
-    re = ndimage.gaussian_filter(field.real, psf_sigma)
-    im = ndimage.gaussian_filter(field.imag, psf_sigma)
-    return np.hypot(re, im)
+    """Envelope of scatterers with echogenicity ``echo`` seen through the shared analytic PSF."""
+    psf = bmode.analytic_psf_spectrum(bmode.padded_shape(echo.shape), max(1.0, psf_sigma[0]), max(1.2, psf_sigma[1]))
+    return bmode.envelope(np.sqrt(echo).astype(np.float32), psf, rng, workers=-1)
 
 
 def fetal_head_phantom(n: int, image_size: int = 256, seed=0) -> SegmentationSet:
@@ -61,7 +57,7 @@ def fetal_head_phantom(n: int, image_size: int = 256, seed=0) -> SegmentationSet
         A synthetic :class:`SegmentationSet` whose ``hc_mm`` is the exact circumference of the
         drawn ellipse (outer skull border) and ``spacing_mm`` the pixel size along (rows, cols).
     """
-    rng = _rng(seed)
+    rng = bmode.as_generator(seed)
     size = int(image_size)
     rows = np.arange(size) + 0.5
     images = np.empty((n, size, size), np.float32)
@@ -115,5 +111,5 @@ def fetal_head_phantom(n: int, image_size: int = 256, seed=0) -> SegmentationSet
     ids = [f"phantom_{k:04d}" for k in range(n)]
     return SegmentationSet(
         images=images, masks=masks, ids=ids, groups=ids, spacing_mm=spacing, hc_mm=hc,
-        source="synthetic", synthetic=True, info={"generator": "fetal_head_phantom"},
+        source="synthetic", synthetic=True, info={"generator": "fetal_head_phantom", "version": GENERATOR_VERSION},
     )
