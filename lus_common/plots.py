@@ -125,3 +125,86 @@ def _palette(i: int) -> str:
 
     colors = plotly.colors.qualitative.Plotly
     return colors[i % len(colors)]
+
+
+# Paper 5's Fig. 2 colours, by dense class index (background, A-line, B-line, healthy pleural line,
+# unhealthy pleural line, healthy region, unhealthy region).
+CLASS_RGB = np.array([[0, 0, 0], [0, 120, 255], [255, 200, 0], [0, 230, 0], [255, 0, 0], [0, 90, 40], [110, 0, 40]],
+                     dtype=np.uint8)
+
+
+def class_overlay_rgb(image: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Grey image with a class map blended on top (class 0 left uncoloured)."""
+    grey = np.repeat((np.clip(image, 0, 1) * 255)[..., None], 3, axis=2)
+    colour = CLASS_RGB[classes].astype(float)
+    a = np.where(classes[..., None] > 0, alpha, 0.0)
+    return ((1 - a) * grey + a * colour).astype(np.uint8)
+
+
+def png_source(panel: np.ndarray) -> str:
+    """A PNG data URI of a grey image in [0, 1] or an RGB uint8 image (compact in the book's HTML)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    z = panel if panel.ndim == 3 else (np.clip(panel, 0, 1) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(z).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def gallery(panels: list[np.ndarray], titles: list[str], data_label: str, title: str, cols: int = 4,
+            height_per_row: int = 260) -> go.Figure:
+    """Images (grey 2-D in [0, 1], or RGB uint8) in a grid with a title per panel."""
+    rows = -(-len(panels) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.06)
+    for i, panel in enumerate(panels):
+        fig.add_trace(go.Image(source=png_source(panel)), i // cols + 1, i % cols + 1)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(title=f"{title} — {data_label}", height=height_per_row * rows + 60,
+                      margin=dict(l=10, r=10, t=80, b=10))
+    return fig
+
+
+def speckle_histogram(samples: np.ndarray, data_label: str) -> go.Figure:
+    """Histogram of envelope samples (scaled to unit mean) against the Rayleigh density of the same mean."""
+    x = np.asarray(samples, dtype=float) / np.mean(samples)
+    sigma = 1 / np.sqrt(np.pi / 2)  # Rayleigh scale for unit mean
+    grid = np.linspace(0, x.max(), 200)
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=x, histnorm="probability density", nbinsx=60, name="phantom envelope"))
+    fig.add_trace(go.Scatter(x=grid, y=grid / sigma**2 * np.exp(-grid**2 / (2 * sigma**2)), name="Rayleigh",
+                             line=dict(width=3)))
+    fig.update_layout(title=f"Envelope in fully developed speckle vs Rayleigh — {data_label}",
+                      xaxis_title="envelope / mean", yaxis_title="density", height=380)
+    return fig
+
+
+def profile_plot(profiles: dict[str, np.ndarray], data_label: str, title: str, x_title: str = "depth (pixels)",
+                 marks: dict[str, float] | None = None) -> go.Figure:
+    """Lines of 1-D profiles by name, with optional vertical marks (e.g. expected A-line depths)."""
+    fig = go.Figure()
+    for i, (name, y) in enumerate(profiles.items()):
+        fig.add_trace(go.Scatter(y=y, name=name, line=dict(color=_palette(i))))
+    for name, x in (marks or {}).items():
+        fig.add_vline(x=x, line_dash="dot", annotation_text=name)
+    fig.update_layout(title=f"{title} — {data_label}", xaxis_title=x_title, yaxis_title="intensity", height=380)
+    return fig
+
+
+def video_player(frames: np.ndarray, data_label: str, title: str) -> go.Figure:
+    """Frames of one video with a play button and a frame slider."""
+    sources = [png_source(f) for f in frames]
+    fig = go.Figure(go.Image(source=sources[0]),
+                    frames=[go.Frame(data=[go.Image(source=s)], name=str(i)) for i, s in enumerate(sources)])
+    steps = [dict(method="animate", label=str(i), args=[[str(i)], dict(mode="immediate", frame=dict(duration=0))])
+             for i in range(len(sources))]
+    fig.update_layout(
+        title=f"{title} — {data_label}", height=460, xaxis=dict(visible=False), yaxis=dict(visible=False),
+        updatemenus=[dict(type="buttons", x=0.0, y=-0.02, buttons=[dict(
+            label="play", method="animate", args=[None, dict(frame=dict(duration=80), fromcurrent=True)])])],
+        sliders=[dict(steps=steps, x=0.12, len=0.88, currentvalue=dict(prefix="frame "))])
+    return fig

@@ -20,8 +20,10 @@ NOTEBOOKS = PROJECT_ROOT / "notebooks"
 BOOK = PROJECT_ROOT / "book"
 CHAPTERS = BOOK / "chapters"
 
-# Short study name -> source notebook. Studies not built yet have a placeholder chapter.
+# Short name -> source notebook of every executed chapter ("phantoms" is the chapter on the synthetic
+# data, the others are studies). Studies not built yet have a placeholder chapter.
 STUDIES: dict[str, str] = {
+    "phantoms": "00_phantoms.ipynb",
     "hc18_strategies": "04_hc18_strategies.ipynb",
 }
 

@@ -23,18 +23,21 @@ def built_book(tmp_path_factory):
     mp.setenv("LUS_RESULTS_DIR", str(root / "results"))
     runner.run_notebook("hc18_strategies", {"device": "cpu"}, profile="smoke",
                         output=book / "chapters" / "04_hc18_strategies.ipynb", progress=False)
+    runner.run_notebook("phantoms", profile="smoke", output=book / "chapters" / "00_phantoms.ipynb", progress=False)
     mp.undo()
     return runner.build_book(book)
 
 
 def test_book_pages_exist(built_book):
-    for page in ["index.html", "intro.html", "chapters/04_hc18_strategies.html", "chapters/01_data_reduction.html",
+    for page in ["index.html", "intro.html", "chapters/00_phantoms.html", "chapters/04_hc18_strategies.html",
+                 "chapters/01_data_reduction.html",
                  "appendix/performance.html"]:
         assert (built_book / page).is_file(), page
 
 
-def test_plotly_is_embedded_not_fetched(built_book):
-    html = (built_book / "chapters" / "04_hc18_strategies.html").read_text()
+@pytest.mark.parametrize("chapter", ["04_hc18_strategies", "00_phantoms"])
+def test_plotly_is_embedded_not_fetched(built_book, chapter):
+    html = (built_book / "chapters" / f"{chapter}.html").read_text()
     assert "Plotly.newPlot" in html
     assert not re.search(r"<script[^>]+src=\"https?://[^\"]*plot", html), "plotly.js must not come from a CDN"
     assert "SYNTHETIC phantom" in html
@@ -48,14 +51,15 @@ def test_build_refuses_missing_chapter(tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
-def test_figures_render_offline_in_chromium(built_book, tmp_path):
-    page = (built_book / "chapters" / "04_hc18_strategies.html").as_uri()
+@pytest.mark.parametrize("chapter, figures", [("04_hc18_strategies", 6), ("00_phantoms", 11)])
+def test_figures_render_offline_in_chromium(built_book, tmp_path, chapter, figures):
+    page = (built_book / "chapters" / f"{chapter}.html").as_uri()
     dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
                           "--virtual-time-budget=20000", "--dump-dom", page],
                          capture_output=True, text=True, timeout=180).stdout
-    # plotly draws each figure as an <svg class="main-svg">; six figures on the page
-    assert dom.count('class="main-svg"') >= 6, "plotly figures did not render"
-    shot = built_book / "chapter04.png"
+    # plotly draws each figure as an <svg class="main-svg"> (or more)
+    assert dom.count('class="main-svg"') >= figures, "plotly figures did not render"
+    shot = built_book / f"{chapter}.png"
     subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--virtual-time-budget=20000",
                     "--window-size=1280,4000", f"--screenshot={shot}", page], capture_output=True, timeout=180)
     assert shot.is_file() and shot.stat().st_size > 50_000

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from lus_common.data import split_by_group
 from lus_common.phantoms import (DENSE_CLASSES, RAYLEIGH_MEAN_OVER_STD, SPARSE_CLASSES, STRUCTURES,
                                  dense_to_sparse, lung_ultrasound_phantom)
-from lus_common.phantoms import bmode
+from lus_common.despeckle import speckle_snr
+from lus_common.phantoms import bmode, checks
 
 
 @pytest.fixture(scope="module")
@@ -20,22 +20,8 @@ def healthy_linear():
                                    pleural_irregularity_mm=0.0)
 
 
-def _clear_columns(data, k, margin_mm=3.0):
-    """Columns with a visible pleura and no rib within ``margin_mm``, and the pleura's top row there."""
-    ribs = ndimage.binary_dilation(data.layers["ribs"][k].any(0), iterations=int(margin_mm / data.spacing_mm[k, 1]))
-    cols = np.flatnonzero(data.layers["pleura"][k].any(0) & ~ribs)
-    return cols, data.layers["pleura"][k][:, cols].argmax(0)
-
-
 def test_rayleigh_speckle_in_the_chest_wall(healthy_linear):
-    d = healthy_linear
-    ratios = []
-    for k in range(len(d)):
-        cols, top = _clear_columns(d, k)
-        dz = d.spacing_mm[k, 0]
-        # Intercostal muscle just above the pleura: one echogenicity, fully developed speckle.
-        window = np.concatenate([d.info["envelope"][k][int(t - 3 / dz): int(t - 1.2 / dz), c] for c, t in zip(cols, top)])
-        ratios.append(window.mean() / window.std())
+    ratios = [speckle_snr(checks.chest_wall_speckle(healthy_linear, k)) for k in range(len(healthy_linear))]
     assert RAYLEIGH_MEAN_OVER_STD == pytest.approx(1.913, abs=1e-3)
     assert np.mean(ratios) == pytest.approx(RAYLEIGH_MEAN_OVER_STD, rel=0.10)
 
@@ -48,62 +34,23 @@ def test_envelope_of_uniform_scatterers_is_rayleigh():
 
 
 def test_a_lines_at_integer_multiples_of_the_pleural_depth(healthy_linear):
-    d = healthy_linear
-    errors = {}
-    for k in range(len(d)):
-        cols, _ = _clear_columns(d, k)
-        img = ndimage.uniform_filter1d(d.images[k], 5, axis=1)  # a few scan lines against speckle
-        for c in cols[::4]:
-            profile = ndimage.gaussian_filter1d(img[:, c], 1.0)
-            label_rows = np.flatnonzero(d.layers["pleura"][k][:, c])
-            lo = max(label_rows[0] - 4, 0)
-            pleura = lo + int(np.argmax(profile[lo: label_rows[-1] + 5]))
-            depth = pleura + 0.5  # pixels below the transducer face
-            for n in range(2, 6):
-                centre = n * depth - 0.5
-                if centre + 0.25 * depth >= len(profile):
-                    break
-                a, b = int(centre - 0.25 * depth), int(centre + 0.25 * depth)
-                if not d.layers["alines"][k][a:b, c].any():  # repeat too weak to be labelled visible
-                    break
-                errors.setdefault(n, []).append(a + np.argmax(profile[a:b]) - centre)
-    assert 2 in errors and len(errors[2]) > 50
+    errors = checks.a_line_depth_errors(healthy_linear)
+    assert len(errors.get(2, [])) > 50 and len(errors.get(3, [])) > 20
     for n, e in errors.items():
-        if len(e) < 10:
-            continue
-        assert abs(np.median(e)) <= 2, (n, np.median(e))
+        if len(e) >= 10:
+            assert abs(np.median(e)) <= 2, (n, np.median(e))
 
 
 def test_rib_shadow_is_dark():
     d = lung_ultrasound_phantom(16, n_patients=4, frames_per_video=4, probe="linear", seed=5)
-    ratios = []
-    for k in range(len(d)):
-        ribs = d.layers["ribs"][k]
-        rib_cols = np.flatnonzero(ribs.sum(0) >= 2)
-        clear, _ = _clear_columns(d, k)
-        if len(rib_cols) < 10 or len(clear) < 10:
-            continue
-        start = int(np.flatnonzero(ribs.any(1)).max()) + 3
-        shadow = d.images[k][start:, rib_cols].mean()
-        beside = d.images[k][start:, clear].mean()
-        ratios.append(shadow / beside)
+    ratios = checks.rib_shadow_ratios(d)
     assert len(ratios) >= 5
     assert max(ratios) < 0.30
 
 
 def test_b_lines_do_not_fade_with_depth():
     d = lung_ultrasound_phantom(16, n_patients=4, frames_per_video=4, probe="linear", diagnoses="COVID-19", seed=7)
-    ratios = []
-    for k in range(len(d)):
-        bl = d.layers["blines"][k].astype(bool)
-        rows = np.flatnonzero(bl.any(1))
-        if len(rows) < 20:
-            continue
-        dz = d.spacing_mm[k, 0]
-        top = bl & (np.arange(256)[:, None] < rows[0] + 5 / dz) & (np.arange(256)[:, None] >= rows[0] + 1 / dz)
-        bottom = bl & (np.arange(256)[:, None] >= 256 - 26)
-        if top.sum() > 50 and bottom.sum() > 50:
-            ratios.append(d.images[k][bottom].mean() / d.images[k][top].mean())
+    ratios = checks.b_line_depth_ratios(d)
     assert len(ratios) >= 5
     np.testing.assert_allclose(ratios, 1.0, atol=0.20)
 

@@ -5,7 +5,7 @@ beam space (rows = depth along the beam, columns = scan lines), for a linear pro
 image) or a convex probe (sector, scan-converted). The maps hold:
 
 - **Chest wall**: skin, subcutaneous fat with thin septa, a fascia line, intercostal muscle.
-- **Ribs**: a bright curved cortical surface; bone passes about 1 % of the beam's amplitude, so
+- **Ribs**: a bright curved cortical surface; bone passes about 0.1 % of the echo amplitude, so
   everything beneath it lies in a posterior acoustic shadow to the bottom of the image.
 - **Pleural line**: a bright line about 0.5-0.8 mm thick a few millimetres below the rib surface;
   thickened, irregular and fragmented where the lung beneath is diseased.
@@ -68,8 +68,8 @@ _BIT = {name: np.uint8(1 << i) for i, name in enumerate(STRUCTURES)}
 # Echogenicity (backscattered power) relative to the healthy pleural line.
 _ECHO = {"skin": 7e-3, "fat": 9e-5, "septum": 2e-3, "fascia": 7e-3, "muscle": 4.5e-4, "rib": 3.0,
          "pleura": 1.0, "air": 2e-5, "sick_air": 5e-5, "bronchogram": 0.1}
-_RIB_TRANSMISSION = 0.01  # amplitude passed by bone
-_NOISE_AMPLITUDE = 10 ** (-95 / 20)  # receiver noise before TGC, relative to the pleura's echo
+_RIB_TRANSMISSION = 1e-3  # two-way amplitude passed by bone (-60 dB)
+_NOISE_AMPLITUDE = 10 ** (-105 / 20)  # receiver noise before TGC, relative to the pleura's echo
 _FRAME_DECORRELATION = 0.25  # share of speckle amplitude redrawn every frame
 
 
@@ -393,3 +393,19 @@ def lung_ultrasound_phantom(n_images: int, n_patients: int | None = None, frames
     return SegmentationSet(images=images, masks=masks, ids=ids, groups=list(meta["patient"]), spacing_mm=spacing,
                            hc_mm=np.full(n_images, np.nan), source="synthetic", synthetic=True, info=info,
                            layers=layers, meta=meta)
+
+
+def formation_steps(image_size: int = 256, probe: str = "linear", diagnosis: str = "COVID-19", seed=0) -> dict:
+    """The intermediate maps of one frame's image formation, for figures.
+
+    Returns:
+        dict of beam-space ``echogenicity_db`` (10 log10 of echogenicity x two-way transmission),
+        ``envelope`` (after PSF, envelope detection and TGC), ``b_mode`` (log compressed, scan
+        converted for a convex probe, in [0, 1]) and ``dense`` (paper 5's classes).
+    """
+    rng = bmode.as_generator(seed)
+    world = _video_world(int(image_size), 0, probe, rng.uniform(12, 20), diagnosis, rng, {})
+    echo = np.where(world["support"], world["echo_l"], world["echo_t"]) * world["transmission"] ** 2
+    out = _render_video(world, 1, rng, keep_envelope=True)
+    return {"echogenicity_db": 10 * np.log10(echo + 1e-12), "envelope": out["envelope"][0],
+            "b_mode": out["image"][0] / 255.0, "dense": out["dense"][0]}
