@@ -16,17 +16,22 @@ TRUTH_RGB = (0, 220, 0)
 PRED_RGB = (255, 40, 40)
 
 
-def learning_curves(histories: pd.DataFrame, data_label: str, metric: str = "val_dice") -> go.Figure:
+def learning_curves(histories: pd.DataFrame, data_label: str, metric: str = "val_dice", group: str = "strategy",
+                    loss_name: str = "BCE", metric_name: str | None = None) -> go.Figure:
     """Training loss and a validation metric per epoch, mean over seeds, one line per group.
 
     Args:
-        histories: rows with ``strategy, seed, epoch, train_loss`` and ``metric``.
+        histories: rows with ``group, seed, epoch, train_loss`` and ``metric``.
         data_label: e.g. ``"SYNTHETIC phantom"``.
         metric: validation column for the right panel.
+        group: column naming the line (strategy, model).
+        loss_name: the training loss, for the left panel's title.
+        metric_name: title of the right panel (default: "test <metric>").
     """
-    mean = histories.groupby(["strategy", "epoch"], sort=False)[["train_loss", metric]].mean().reset_index()
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss (BCE)", f"test {metric.replace('val_', '')}"))
-    for i, (name, g) in enumerate(mean.groupby("strategy", sort=False)):
+    mean = histories.groupby([group, "epoch"], sort=False)[["train_loss", metric]].mean().reset_index()
+    right = metric_name or f"test {metric.replace('val_', '')}"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"training loss ({loss_name})", right))
+    for i, (name, g) in enumerate(mean.groupby(group, sort=False)):
         color = _palette(i)
         fig.add_trace(go.Scatter(x=g.epoch, y=g.train_loss, name=name, legendgroup=name, line=dict(color=color)), 1, 1)
         fig.add_trace(go.Scatter(x=g.epoch, y=g[metric], name=name, legendgroup=name, showlegend=False,

@@ -24,6 +24,7 @@ CHAPTERS = BOOK / "chapters"
 # data, the others are studies). Studies not built yet have a placeholder chapter.
 STUDIES: dict[str, str] = {
     "phantoms": "00_phantoms.ipynb",
+    "cxr_overfitting": "03_cxr_overfitting.ipynb",
     "hc18_strategies": "04_hc18_strategies.ipynb",
 }
 

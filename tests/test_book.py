@@ -24,18 +24,21 @@ def built_book(tmp_path_factory):
     runner.run_notebook("hc18_strategies", {"device": "cpu"}, profile="smoke",
                         output=book / "chapters" / "04_hc18_strategies.ipynb", progress=False)
     runner.run_notebook("phantoms", profile="smoke", output=book / "chapters" / "00_phantoms.ipynb", progress=False)
+    runner.run_notebook("cxr_overfitting", {"device": "cpu"}, profile="smoke",
+                        output=book / "chapters" / "03_cxr_overfitting.ipynb", progress=False)
     mp.undo()
     return runner.build_book(book)
 
 
 def test_book_pages_exist(built_book):
-    for page in ["index.html", "intro.html", "chapters/00_phantoms.html", "chapters/04_hc18_strategies.html",
+    for page in ["index.html", "intro.html", "chapters/00_phantoms.html", "chapters/03_cxr_overfitting.html",
+                 "chapters/04_hc18_strategies.html",
                  "chapters/01_data_reduction.html",
                  "appendix/performance.html"]:
         assert (built_book / page).is_file(), page
 
 
-@pytest.mark.parametrize("chapter", ["04_hc18_strategies", "00_phantoms"])
+@pytest.mark.parametrize("chapter", ["04_hc18_strategies", "00_phantoms", "03_cxr_overfitting"])
 def test_plotly_is_embedded_not_fetched(built_book, chapter):
     html = (built_book / "chapters" / f"{chapter}.html").read_text()
     assert "Plotly.newPlot" in html
@@ -51,7 +54,8 @@ def test_build_refuses_missing_chapter(tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
-@pytest.mark.parametrize("chapter, figures", [("04_hc18_strategies", 6), ("00_phantoms", 11)])
+@pytest.mark.parametrize("chapter, figures", [("04_hc18_strategies", 6), ("00_phantoms", 11),
+                                             ("03_cxr_overfitting", 6)])
 def test_figures_render_offline_in_chromium(built_book, tmp_path, chapter, figures):
     page = (built_book / "chapters" / f"{chapter}.html").as_uri()
     dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",

@@ -97,3 +97,37 @@ def test_phantoms_chapter_smoke(tmp_path):
     assert len(figures) >= 11
     for fig in figures:  # every figure says its images are synthetic
         assert "SYNTHETIC phantom" in fig["layout"]["title"]["text"]
+
+
+def _cxr_runs(results_root):
+    return [json.loads((f / "metrics.json").read_text()) | {"params": json.loads((f / "config.json").read_text())["params"]}
+            for f in sorted((results_root / "cxr_overfitting").iterdir())]
+
+
+def test_cxr_smoke_synthetic_end_to_end(tmp_path, isolated_results):
+    out = runner.run_notebook("cxr_overfitting", {"device": "cpu"}, profile="smoke", output=tmp_path / "nb.ipynb",
+                              progress=False)
+    text = _outputs(nbformat.read(out, 4))
+    assert "SYNTHETIC phantom" in text and "Weights used" in text
+    runs = _cxr_runs(isolated_results)
+    # 3 models + BN momentum 0.9 for the 2 models with batch norm + 3 models at the other curve size
+    assert len(runs) == 8
+    for m in runs:
+        assert 0 <= m["test_dice_inference"] <= 1 and 0 <= m["test_dice_recomputed_bn"] <= 1
+        assert m["weights_used"] in ("none (from scratch)", "none/random") or m["weights_used"].startswith("imagenet")
+        if m["params"]["model"] == "vgg16_unet":  # no batch norm: both modes agree
+            assert m["bn_layers"] == 0 and m["test_dice_inference"] == m["test_dice_training"]
+    runner.run_notebook("cxr_overfitting", {"device": "cpu"}, profile="smoke", output=tmp_path / "nb2.ipynb",
+                        progress=False)
+    assert "8 reused from the results store" in _outputs(nbformat.read(tmp_path / "nb2.ipynb", 4))
+
+
+def test_cxr_smoke_real_shenzhen(tmp_path, real_data, isolated_results):
+    if not (real_data / "shenzhen_cxr").is_dir():
+        pytest.skip("Shenzhen data not present")
+    out = runner.run_notebook("cxr_overfitting", {"data_source": "shenzhen", "device": "cpu"}, profile="smoke",
+                              output=tmp_path / "nb.ipynb", progress=False)
+    text = _outputs(nbformat.read(out, 4))
+    assert "SHENZHEN (real)" in text and "SYNTHETIC" not in text
+    assert all(not json.loads((f / "config.json").read_text())["synthetic"]
+               for f in (isolated_results / "cxr_overfitting").iterdir())

@@ -1,0 +1,290 @@
+"""Keras 3 (torch backend) U-Nets of the chest X-ray study (paper 3), and their weight sources.
+
+Keras is imported lazily, here only: the torch-only parts of ``lus_common`` never import it.
+:func:`keras` sets ``KERAS_BACKEND=torch`` before the first import, so the whole book runs on one
+GPU stack.
+
+Architectures, after the authors' public notebook (paper 3 omits them):
+
+- ``unet``: 3 levels of two 3x3 conv + batch norm + ReLU (32, 64, 128 filters), a 256-filter
+  bottleneck, transposed-conv decoder; 1,931,233 parameters (the issue's "about 1.93M").
+- ``vgg16_unet``: keras.applications VGG16 encoder (trainable; skips from the last conv of blocks
+  1-4), a new 1024-filter bottleneck on block 5, the same decoder block without batch norm;
+  33,981,633 parameters ("about 34.0M"). No batch norm anywhere: the control of the BN finding.
+- ``resnet50_unet``: keras.applications ResNet50 encoder (batch norm with ImageNet statistics; skips
+  at 1, 1/2, 1/4, 1/8, 1/16), dropout 0.5 before the decoder (no batch norm in it); 40,997,537
+  parameters ("about 41.0M").
+
+Keras' batch norm keeps moving averages with momentum 0.99: after the paper's 7 steps x 30 epochs
+they still hold 0.99^210 = 12 % of their initial values, so inference-mode predictions can fail
+while training-mode ones look fine (see :func:`recompute_bn_statistics`).
+
+Weights (``"imagenet"``) are resolved like the torch side's, and never silently replaced:
+
+1. a local file ``<data_dir>/weights/<keras file name>`` (e.g.
+   ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``), so a user can drop weights in;
+2. the Keras cache (``~/.keras/models/``, or ``$KERAS_HOME/models``);
+3. a download by keras.applications when its storage answers;
+4. otherwise random initialisation, recorded as ``used="none/random"`` with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .models import WeightsInfo, hub_reachable
+from .paths import data_dir
+
+MODELS = ("unet", "vgg16_unet", "resnet50_unet")
+# keras.applications' own file names for the include_top=False ImageNet weights.
+WEIGHT_FILES = {
+    "vgg16_unet": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "resnet50_unet": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+}
+WEIGHTS_HOST = "storage.googleapis.com"
+
+
+def keras():
+    """The ``keras`` module on the torch backend.
+
+    Raises:
+        RuntimeError: Keras was already imported with another backend in this process.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras as _keras
+
+    if _keras.backend.backend() != "torch":
+        raise RuntimeError(
+            f"Keras runs on the '{_keras.backend.backend()}' backend here; this book needs the torch backend. "
+            "Set KERAS_BACKEND=torch before Python starts (or restart the kernel) and run again."
+        )
+    return _keras
+
+
+def use_device(device: str = "auto") -> str:
+    """Choose where Keras' torch backend runs, before Keras is first imported.
+
+    Args:
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (checked by :func:`lus_common.device.resolve_device`).
+
+    Returns:
+        The device type Keras uses.
+
+    Raises:
+        RuntimeError: Keras was already imported on another device in this process.
+    """
+    import sys
+
+    from .device import resolve_device
+
+    wanted = resolve_device(device).type
+    if "keras" in sys.modules:
+        from keras.src.backend.torch.core import get_device
+
+        current = str(get_device()).split(":")[0]
+        if current != wanted:
+            raise RuntimeError(f"Keras already runs on '{current}' in this process; restart the kernel to use '{wanted}'.")
+        return current
+    os.environ["KERAS_TORCH_DEVICE"] = wanted
+    keras()
+    return wanted
+
+
+def conv_block(x, filters: int, name: str, batch_norm: bool = True):
+    """Two 3x3 convolutions, each with (optional) batch norm and ReLU: the one decoder/encoder block."""
+    layers = keras().layers
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv{i}")(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    return x
+
+
+def decoder_block(x, skip, filters: int, name: str, batch_norm: bool = True):
+    """2x transposed-conv up-sampling, concatenation with the skip, then :func:`conv_block`."""
+    layers = keras().layers
+    x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{name}_up")(x)
+    x = layers.Concatenate(name=f"{name}_concat")([x, skip])
+    return conv_block(x, filters, name, batch_norm)
+
+
+def _head(x, name: str = "mask"):
+    return keras().layers.Conv2D(1, 1, activation="sigmoid", name=name)(x)
+
+
+def build_unet(image_size: int = 128, filters=(32, 64, 128), bottleneck: int = 256):
+    """U-Net from scratch: 3 encoder levels, a bottleneck, 3 decoder levels, batch norm throughout."""
+    k = keras()
+    inputs = k.Input((image_size, image_size, 3), name="image")
+    x, skips = inputs, []
+    for i, f in enumerate(filters):
+        x = conv_block(x, f, f"enc{i + 1}")
+        skips.append(x)
+        x = k.layers.MaxPooling2D(name=f"enc{i + 1}_pool")(x)
+    x = conv_block(x, bottleneck, "bottleneck")
+    for i, (f, skip) in enumerate(zip(reversed(filters), reversed(skips))):
+        x = decoder_block(x, skip, f, f"dec{i + 1}")
+    return k.Model(inputs, _head(x), name="unet")
+
+
+def build_vgg16_unet(image_size: int = 128, weights: str | None = None):
+    """VGG16 encoder (no batch norm) with a new 1024-filter bottleneck and a U-Net decoder."""
+    k = keras()
+    encoder = k.applications.VGG16(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+    skips = [encoder.get_layer(n).output for n in ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")]
+    x = conv_block(encoder.get_layer("block4_pool").output, 1024, "bottleneck", batch_norm=False)
+    for i, (f, skip) in enumerate(zip((512, 256, 128, 64), reversed(skips))):
+        x = decoder_block(x, skip, f, f"dec{i + 1}", batch_norm=False)
+    return k.Model(encoder.input, _head(x), name="vgg16_unet")
+
+
+def build_resnet50_unet(image_size: int = 128, weights: str | None = None, dropout: float = 0.5):
+    """ResNet50 encoder (batch norm, ImageNet statistics) with dropout and a U-Net decoder."""
+    k = keras()
+    encoder = k.applications.ResNet50(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+    names = ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out")  # 1/2, 1/4, 1/8, 1/16
+    skips = [encoder.inputs[0]] + [encoder.get_layer(n).output for n in names]
+    x = k.layers.Dropout(dropout, name="bottleneck_dropout")(encoder.get_layer("conv5_block3_out").output)
+    for i, (f, skip) in enumerate(zip((512, 256, 128, 64, 32), reversed(skips))):
+        x = decoder_block(x, skip, f, f"dec{i + 1}", batch_norm=False)
+    return k.Model(encoder.input, _head(x), name="resnet50_unet")
+
+
+def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, WeightsInfo]:
+    """Where the ImageNet weights of a model's encoder come from.
+
+    Returns:
+        ``(argument for keras.applications' weights=, WeightsInfo)``; the argument is a file path,
+        ``"imagenet"`` (download) or ``None`` (random).
+    """
+    if name == "unet":
+        return None, WeightsInfo(weights, "none (from scratch)")
+    if weights is None:
+        return None, WeightsInfo(None, "none/random", "no pretrained weights requested")
+    if weights != "imagenet":
+        raise ValueError(f"Unknown weights '{weights}' for {name}: use 'imagenet' or None.")
+    file = WEIGHT_FILES[name]
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    for place, path in (("local file", data_dir() / "weights" / file), ("keras cache", keras_home / "models" / file)):
+        if path.is_file():
+            return str(path), WeightsInfo(weights, f"imagenet ({place} {path})")
+    if hub_reachable(WEIGHTS_HOST):
+        return "imagenet", WeightsInfo(weights, "imagenet (downloaded by keras.applications)")
+    return None, WeightsInfo(weights, "none/random",
+                             f"{file} is not in {data_dir() / 'weights'} nor in {keras_home / 'models'}, and "
+                             f"{WEIGHTS_HOST} is unreachable; put the file in one of those folders")
+
+
+def create_keras_model(name: str, image_size: int = 128, encoder_weights: str | None = "imagenet", seed: int = 0):
+    """Build one of :data:`MODELS` with its weights resolved and recorded.
+
+    Args:
+        name: ``"unet"``, ``"vgg16_unet"`` or ``"resnet50_unet"``.
+        image_size: square input side (a multiple of 32 for the pretrained encoders).
+        encoder_weights: ``"imagenet"`` or ``None``; ignored by ``unet`` (always from scratch).
+        seed: seeds Keras' initialisers.
+
+    Returns:
+        ``(model, WeightsInfo)``.
+
+    Raises:
+        KeyError: an unknown model name (the message lists the known ones).
+    """
+    if name not in MODELS:
+        raise KeyError(f"Unknown Keras model '{name}'. Known: {list(MODELS)}")
+    k = keras()
+    k.utils.set_random_seed(seed)
+    source, info = resolve_keras_weights(name, encoder_weights)
+    if name == "unet":
+        return build_unet(image_size), info
+    builder = build_vgg16_unet if name == "vgg16_unet" else build_resnet50_unet
+    try:
+        return builder(image_size, source), info
+    except Exception as exc:  # a download that fails half-way, or a corrupt file
+        if source is None:
+            raise
+        return builder(image_size, None), WeightsInfo(encoder_weights, "none/random", f"loading failed: {exc}")
+
+
+def _all_layers(model) -> list:
+    """Every layer of a model, nested models flattened."""
+    out = []
+    for layer in model.layers:
+        out += _all_layers(layer) if hasattr(layer, "layers") else [layer]
+    return out
+
+
+def _layers_of(model, kind) -> list:
+    return [layer for layer in _all_layers(model) if isinstance(layer, kind)]
+
+
+def batch_norm_layers(model) -> list:
+    """The model's BatchNormalization layers (nested models included)."""
+    return _layers_of(model, keras().layers.BatchNormalization)
+
+
+def set_bn_momentum(model, momentum: float) -> int:
+    """Set the moving-average momentum of every batch-norm layer; returns how many were set."""
+    layers = batch_norm_layers(model)
+    for layer in layers:
+        layer.momentum = momentum
+    return len(layers)
+
+
+def predict_probabilities(model, x, batch_size: int = 16, training: bool = False):
+    """Sigmoid outputs (N, H, W) as numpy, in inference mode or in training mode.
+
+    Training mode normalises with each batch's own statistics, as during ``fit``; dropout is switched
+    off for it, so only batch norm differs between the two modes.
+    """
+    import numpy as np
+
+    k = keras()
+    dropouts = _layers_of(model, k.layers.Dropout)
+    rates = [layer.rate for layer in dropouts]
+    moving = [(v, k.ops.convert_to_numpy(v.value)) for layer in batch_norm_layers(model)
+              for v in (layer.moving_mean, layer.moving_variance)]
+    try:
+        for layer in dropouts:
+            layer.rate = 0.0
+        out = [k.ops.convert_to_numpy(model(x[i:i + batch_size], training=training))
+               for i in range(0, len(x), batch_size)]
+    finally:
+        for layer, rate in zip(dropouts, rates):
+            layer.rate = rate
+        for variable, value in moving:  # a training-mode call updates the moving statistics: undo it
+            variable.assign(value)
+    return np.concatenate(out)[..., 0]
+
+
+def recompute_bn_statistics(model, x, batch_size: int = 16) -> int:
+    """Replace every batch-norm layer's moving statistics by their average over ``x`` ("precise BN").
+
+    Each batch runs in training mode with momentum ``i / (i + 1)`` for batch ``i``, which makes the
+    moving statistics the running mean of the batch statistics; dropout is off meanwhile.
+
+    Returns:
+        The number of batch-norm layers updated (0: nothing to do).
+    """
+    k = keras()
+    layers = batch_norm_layers(model)
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    dropouts = _layers_of(model, k.layers.Dropout)
+    rates = [layer.rate for layer in dropouts]
+    try:
+        for layer in dropouts:
+            layer.rate = 0.0
+        for i, start in enumerate(range(0, len(x), batch_size)):
+            for layer in layers:
+                layer.momentum = i / (i + 1)
+            model(x[start:start + batch_size], training=True)
+    finally:
+        for layer, m in zip(layers, momenta):
+            layer.momentum = m
+        for layer, rate in zip(dropouts, rates):
+            layer.rate = rate
+    return len(layers)
