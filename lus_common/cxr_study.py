@@ -220,6 +220,43 @@ def run_study(p: dict, splits: dict, progress: bool = True) -> dict:
             "reused": reused}
 
 
+def all_lung_dice(masks: np.ndarray) -> float:
+    """Mean Dice of the trivial prediction "everything is lung" (a model that learnt nothing scores this)."""
+    masks = np.asarray(masks, dtype=float).reshape(len(masks), -1)
+    return float(np.mean(2 * masks.sum(1) / (masks.sum(1) + masks.shape[1])))
+
+
+def findings(runs: pd.DataFrame, p: dict, test_masks: np.ndarray, gap: float = 0.1) -> list[str]:
+    """One sentence per model on the batch-norm question, from the runs' own numbers.
+
+    A model is "stuck" when its test Dice in training mode is within 0.02 of the all-lung Dice.
+    """
+    trivial = all_lung_dice(test_masks)
+    out = []
+    main = main_runs(runs, p)
+    for model, g in main.groupby("model", sort=False):
+        name = MODEL_LABELS[model]
+        infer, train_mode = g["test_dice_inference"].mean(), g["test_dice_training"].mean()
+        fixed = g["test_dice_recomputed_bn"].mean()
+        if abs(train_mode - trivial) < 0.02:
+            out.append(f"**{name}** did not leave the trivial solution (test Dice {train_mode:.3f} in training mode; "
+                       f"predicting all lung scores {trivial:.3f}), so this run cannot speak to batch norm for it.")
+        elif g["bn_layers"].iloc[0] == 0:
+            out.append(f"**{name}** has no batch norm: inference and training mode agree ({infer:.3f}), as the "
+                       "BN explanation predicts.")
+        elif train_mode - infer > gap:
+            other = runs[(runs["model"] == model) & (runs["n_train"] == p["n_train"])
+                         & (runs["bn_momentum"] != KERAS_BN_MOMENTUM)]
+            momentum = (f"; retrained with momentum {other['bn_momentum'].iloc[0]}, inference mode gives "
+                        f"{other['test_dice_inference'].mean():.3f}") if len(other) else ""
+            out.append(f"**{name}** scores {infer:.3f} in inference mode but {train_mode:.3f} with the same weights in "
+                       f"training mode, and {fixed:.3f} in inference mode once its BN statistics are recomputed on "
+                       f"the training set{momentum}: the failure is in the moving statistics, not in the weights.")
+        else:
+            out.append(f"**{name}** shows no inference/training gap here ({infer:.3f} vs {train_mode:.3f}).")
+    return out
+
+
 def main_runs(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     """The runs of the paper's setting: ``n_train`` images, Keras' BN momentum."""
     return runs[(runs["n_train"] == p["n_train"]) & (runs["bn_momentum"] == KERAS_BN_MOMENTUM)]
