@@ -13,6 +13,7 @@ the training set, a retrain with batch-norm momentum 0.9, and a training-set-siz
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from .keras_models import (MODELS, batch_norm_layers, create_keras_model, keras,
                            recompute_bn_statistics, set_bn_momentum)
 from .metrics import segmentation_scores
 from .params import resolve_params
+from .paths import PROJECT_ROOT
 from .phantoms.cxr import GENERATOR_VERSION as PHANTOM_VERSION
 from .phantoms.cxr import chest_xray_phantom
 from .shenzhen import load_shenzhen, percentile_normalize
@@ -255,6 +257,25 @@ def findings(runs: pd.DataFrame, p: dict, test_masks: np.ndarray, gap: float = 0
         else:
             out.append(f"**{name}** shows no inference/training gap here ({infer:.3f} vs {train_mode:.3f}).")
     return out
+
+
+REFERENCE_RUNS = PROJECT_ROOT / "book" / "reference_runs" / "cxr_overfitting_shenzhen_unet.json"
+
+
+def reference_table(path: Path = REFERENCE_RUNS) -> tuple[str, pd.DataFrame]:
+    """The recorded reference runs on real Shenzhen images: ``(description, one row per run)``."""
+    import json
+
+    doc = json.loads(Path(path).read_text())
+    rows = [{"model": MODEL_LABELS[r["params"]["model"]], "BN momentum": r["params"]["bn_momentum"],
+             "seed": r["params"]["seed"], "epochs": r["params"]["epochs"], "image size": r["params"]["image_size"],
+             "train images": r["n_train"],
+             "validation Dice (fit, inference mode)": r["metrics"]["last_val_dice"],
+             "test Dice, inference mode": r["metrics"]["test_dice_inference"],
+             "test Dice, training mode": r["metrics"]["test_dice_training"],
+             "test Dice, BN recomputed": r["metrics"]["test_dice_recomputed_bn"],
+             "weights": r["weights"]["used"]} for r in doc["runs"]]
+    return doc["what"], pd.DataFrame(rows).round(3)
 
 
 def main_runs(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
