@@ -112,37 +112,39 @@ def _severity(diagnosis: str, rng: np.random.Generator, overrides: dict) -> dict
     return s
 
 
-def _video_world(size: int, margin: int, probe: str, chest_wall_mm: float, diagnosis: str,
-                 rng: np.random.Generator, overrides: dict) -> dict:
-    """Beam-space maps of one video, ``margin`` columns wider on each side for motion."""
+def _probe(size: int, probe: str, rng: np.random.Generator) -> tuple[float, float, float, dict | None]:
+    """Imaging depth (mm), face width (mm; arc length for a convex probe), frequency (MHz), sector geometry."""
     if probe == "linear":
-        depth_mm, width_mm, freq = rng.uniform(40, 60), rng.uniform(38, 46), rng.uniform(5.0, 7.5)
-        geometry = None
-    else:
-        depth_mm, freq = rng.uniform(80, 120), rng.uniform(3.0, 4.5)
-        radius, angle = rng.uniform(40, 60), rng.uniform(55, 70)
-        width_mm = radius * np.deg2rad(angle)  # arc length of the transducer face
-        geometry = bmode.sector_geometry(size, radius, depth_mm, angle)
-    dz, ds = depth_mm / size, width_mm / size
-    cols = size + 2 * margin
-    z = ((np.arange(size) + 0.5) * dz)[:, None].astype(np.float32)  # depth, mm
-    s = ((np.arange(cols) - cols / 2 + 0.5) * ds)[None, :].astype(np.float32)  # lateral, mm
-    sev = _severity(diagnosis, rng, overrides)
+        return rng.uniform(40, 60), rng.uniform(38, 46), rng.uniform(5.0, 7.5), None
+    depth_mm, freq = rng.uniform(80, 120), rng.uniform(3.0, 4.5)
+    radius, angle = rng.uniform(40, 60), rng.uniform(55, 70)
+    return depth_mm, radius * np.deg2rad(angle), freq, bmode.sector_geometry(size, radius, depth_mm, angle)
 
-    # Chest wall: skin, fat with septa, fascia, muscle down to the pleura (tissue frame).
+
+def _chest_wall(z: np.ndarray, cols: int, chest_wall_mm: float, rng: np.random.Generator) -> np.ndarray:
+    """Echogenicity of skin, fat with septa, fascia and muscle down to the pleura (tissue frame)."""
     skin = rng.uniform(1.0, 2.0)
     fat = skin + rng.uniform(0.25, 0.5) * (chest_wall_mm - skin) + 0.6 * _smooth_noise(cols, 40, rng)[None, :]
-    echo_t = np.full((size, cols), _ECHO["muscle"], np.float32)
-    echo_t[z[:, 0] < skin] = _ECHO["skin"]
+    echo = np.full((len(z), cols), _ECHO["muscle"], np.float32)
+    echo[z[:, 0] < skin] = _ECHO["skin"]
     in_fat = (z >= skin) & (z < fat)
-    echo_t[in_fat] = _ECHO["fat"]
+    echo[in_fat] = _ECHO["fat"]
     for _ in range(int(rng.integers(1, 4))):  # thin connective-tissue septa in the fat
         d = rng.uniform(skin + 0.5, chest_wall_mm * 0.5) + 0.5 * _smooth_noise(cols, 30, rng)[None, :]
-        echo_t[in_fat & (np.abs(z - d) < 0.3)] = _ECHO["septum"]
-    echo_t[np.abs(z - fat) < 0.35] = _ECHO["fascia"]
+        echo[in_fat & (np.abs(z - d) < 0.3)] = _ECHO["septum"]
+    echo[np.abs(z - fat) < 0.35] = _ECHO["fascia"]
+    return echo
 
-    # Pleural line: depth profile p(s); health of each column decided by the lung beneath.
-    p = (chest_wall_mm + rng.uniform(-2e-3, 2e-3) * s[0] ** 2 + rng.uniform(-0.04, 0.04) * s[0]).astype(np.float32)
+
+def _pleura(s: np.ndarray, ds: float, chest_wall_mm: float, sev: dict, diagnosis: str,
+            rng: np.random.Generator) -> dict:
+    """The pleural line per column (depth, thickness, brightness) and which columns are diseased.
+
+    A column is diseased ("sick") where B-lines or a consolidation lie beneath it; there the line is
+    thicker, more irregular and, in COVID-19-like lungs, fragmented.
+    """
+    cols, x = s.shape[1], s[0]
+    depth = (chest_wall_mm + rng.uniform(-2e-3, 2e-3) * x**2 + rng.uniform(-0.04, 0.04) * x).astype(np.float32)
     half = cols * ds / 2
     b_pos = rng.uniform(-half, half, sev["n_blines"])
     b_width = rng.uniform(0.5, 1.4, sev["n_blines"])  # half-width, mm
@@ -154,30 +156,38 @@ def _video_world(size: int, margin: int, probe: str, chest_wall_mm: float, diagn
         b_pos = c_pos[0] + rng.choice([-1, 1], sev["n_blines"]) * (c_width[0] + rng.uniform(1, 6, sev["n_blines"]))
     bprof = np.zeros(cols, np.float32)
     for c, w in zip(b_pos, b_width):
-        bprof = np.maximum(bprof, 1.0 / (1.0 + ((s[0] - c) / w) ** 6))  # flat-topped, half at +-w
+        bprof = np.maximum(bprof, 1.0 / (1.0 + ((x - c) / w) ** 6))  # flat-topped, half at +-w
     cons_cols = np.zeros(cols, bool)
     for c, w in zip(c_pos, c_width):
-        cons_cols |= np.abs(s[0] - c) < w
+        cons_cols |= np.abs(x - c) < w
     sick = (bprof > 0.05) | ndimage.binary_dilation(cons_cols, iterations=max(1, int(1.0 / ds)))
     sick_soft = ndimage.gaussian_filter1d(sick.astype(np.float32), 1.0 / ds)
     irregular = sev["pleural_irregularity_mm"] * (0.3 + 0.7 * sick_soft)
-    p = p + irregular * _smooth_noise(cols, max(1.0, 0.8 / ds), rng)
+    depth = depth + irregular * _smooth_noise(cols, max(1.0, 0.8 / ds), rng)
     thick = 0.5 + rng.uniform(0.0, 0.3) + (sev["sick_thickness_mm"] - 0.65) * sick_soft
-    pleura_echo = np.ones(cols, np.float32)
+    echo = np.ones(cols, np.float32)
     if sev["fragmentation"] > 0:  # gaps in the diseased pleura
         gaps = _smooth_noise(cols, max(1.0, 0.6 / ds), rng) < -1.2 + 1.5 * sev["fragmentation"]
-        pleura_echo = np.where(sick & gaps, 0.12, pleura_echo)
-    pleura_echo = np.where(cons_cols, 0.5 * pleura_echo, pleura_echo)
-    top, bottom = p - thick / 2, p + thick / 2
+        echo = np.where(sick & gaps, 0.12, echo)
+    echo = np.where(cons_cols, 0.5 * echo, echo)
+    return dict(depth=depth, thick=thick, echo=echo, sick=sick, bprof=bprof, c_pos=c_pos, c_width=c_width,
+                c_depth=c_depth)
 
-    # Lung (lung frame): pleura, then air with A-lines, B-lines, consolidations.
+
+def _lung(z: np.ndarray, s: np.ndarray, dz: float, ds: float, depth_mm: float, chest_wall_mm: float, pl: dict,
+          sev: dict, rng: np.random.Generator) -> dict:
+    """Lung frame: the pleural line, then air with A-lines, B-lines and consolidations, and their labels."""
+    size, cols = len(z), s.shape[1]
+    p, thick, sick, bprof = pl["depth"], pl["thick"], pl["sick"], pl["bprof"]
+    top, bottom = p - thick / 2, p + thick / 2
     support = z >= top[None, :]
-    echo_l = np.where(sick[None, :], _ECHO["sick_air"], _ECHO["air"]).astype(np.float32) * np.ones_like(z)
-    bits_l = np.zeros((size, cols), np.uint8)
+    echo = np.where(sick[None, :], _ECHO["sick_air"], _ECHO["air"]).astype(np.float32) * np.ones_like(z)
+    bits = np.zeros((size, cols), np.uint8)
     pleura = support & (z <= bottom[None, :])
-    echo_l = np.where(pleura, pleura_echo[None, :], echo_l)
-    bits_l[pleura] |= _BIT["pleura"]
-    reflect = rng.uniform(0.45, 0.65)  # amplitude kept per extra round trip
+    echo = np.where(pleura, pl["echo"][None, :], echo)
+    bits[pleura] |= _BIT["pleura"]
+    # A-lines: reverberations between probe and pleura at k x its depth, weaker by `reflect` per round trip.
+    reflect = rng.uniform(0.45, 0.65)
     a_thick = np.minimum(thick, 1.0)
     healthy_cols = ~sick[None, :]
     a_echo = (1 - bprof)[None, :]
@@ -186,37 +196,47 @@ def _video_world(size: int, margin: int, probe: str, chest_wall_mm: float, diagn
         if power < 4 * _ECHO["air"] or k * chest_wall_mm > depth_mm + 2:
             break
         band = (np.abs(z - k * p[None, :]) <= a_thick[None, :] / 2) & healthy_cols
-        echo_l = np.where(band, np.maximum(echo_l, power * a_echo), echo_l)
-        bits_l[band] |= _BIT["alines"]
+        echo = np.where(band, np.maximum(echo, power * a_echo), echo)
+        bits[band] |= _BIT["alines"]
+    # B-lines: ring-down from the pleura to the bottom, constant with depth.
     below = z > bottom[None, :]
-    b_echo = rng.uniform(0.1, 0.3) * bprof[None, :]
-    echo_l = np.where(below, np.maximum(echo_l, b_echo), echo_l)
-    bits_l[below & (bprof[None, :] >= 0.5)] |= _BIT["blines"]
+    echo = np.where(below, np.maximum(echo, rng.uniform(0.1, 0.3) * bprof[None, :]), echo)
+    bits[below & (bprof[None, :] >= 0.5)] |= _BIT["blines"]
+    # Consolidations: tissue-like texture with air bronchograms, an irregular deep border.
     cons = np.zeros((size, cols), bool)
-    for c, w, h in zip(c_pos, c_width, c_depth):
+    for c, w, h in zip(pl["c_pos"], pl["c_width"], pl["c_depth"]):
         u = np.clip((s[0] - c) / w, -1, 1)
         deep = bottom + h * np.sqrt(1 - u**2) * (1 + 0.25 * _smooth_noise(cols, max(1.0, 1.5 / ds), rng))
         cons |= below & (z < deep[None, :]) & (np.abs(s[0] - c) < w)[None, :]
     if cons.any():
         texture = np.exp(0.5 * ndimage.gaussian_filter(rng.standard_normal((size, cols)), (0.8 / dz, 0.8 / ds)) /
                          0.1).astype(np.float32)
-        echo_l = np.where(cons, rng.uniform(3e-4, 1e-3) * np.clip(texture, 0.2, 5), echo_l)
+        echo = np.where(cons, rng.uniform(3e-4, 1e-3) * np.clip(texture, 0.2, 5), echo)
         cz, cs = np.nonzero(cons)
         for i in rng.choice(len(cz), min(sev["bronchograms"], len(cz)), replace=False):
             r = rng.uniform(0.3, 0.7)
             dot = cons & (((z - z[cz[i], 0]) / r) ** 2 + ((s - s[0, cs[i]]) / (2.5 * r)) ** 2 < 1)
-            echo_l = np.where(dot, _ECHO["bronchogram"], echo_l)
-        bits_l[cons] |= _BIT["consolidation"]
-        bits_l[cons] &= ~_BIT["blines"]
+            echo = np.where(dot, _ECHO["bronchogram"], echo)
+        bits[cons] |= _BIT["consolidation"]
+        bits[cons] &= ~_BIT["blines"]
+    dense = np.where(sick[None, :], 6, 5).astype(np.uint8) * support
+    dense[pleura] = np.where(sick[None, :], 4, 3).astype(np.uint8).repeat(size, 0)[pleura]
+    dense[(bits & _BIT["alines"]) > 0] = 1
+    dense[(bits & _BIT["blines"]) > 0] = 2
+    return dict(support=support, echo=echo, bits=bits, dense=dense, reflect=reflect)
 
-    dense_l = np.where(sick[None, :], 6, 5).astype(np.uint8) * support
-    dense_l[pleura] = np.where(sick[None, :], 4, 3).astype(np.uint8).repeat(size, 0)[pleura]
-    dense_l[(bits_l & _BIT["alines"]) > 0] = 1
-    dense_l[(bits_l & _BIT["blines"]) > 0] = 2
 
-    # Ribs (tissue frame): cortex arc and the two-way transmission beneath it.
+def _ribs(z: np.ndarray, s: np.ndarray, ds: float, chest_wall_mm: float, probe: str, echo: np.ndarray,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rib cortex arcs (tissue frame) and the two-way transmission beneath them.
+
+    Returns:
+        ``(echogenicity with the cortex, structure bits, transmission)``.
+    """
+    size, cols = len(z), s.shape[1]
+    half = cols * ds / 2
     transmission = np.ones((size, cols), np.float32)
-    bits_t = np.zeros((size, cols), np.uint8)
+    bits = np.zeros((size, cols), np.uint8)
     rib_half, gap = rng.uniform(5.0, 7.0), rng.uniform(14.0, 24.0)
     pitch = 2 * rib_half + gap
     if rng.random() < 0.85:  # otherwise the probe lies along an intercostal space: no rib in view
@@ -225,18 +245,34 @@ def _video_world(size: int, margin: int, probe: str, chest_wall_mm: float, diagn
         for c in centres[np.abs(centres) < half + rib_half]:
             u = (s[0] - c) / rib_half
             on = np.abs(u) < 1
-            surface = chest_wall_mm - rng.uniform(3.0, 6.0) + rng.uniform(1.5, 3.0) * (1 - np.sqrt(1 - np.clip(u, -1, 1) ** 2))
+            curve = 1 - np.sqrt(1 - np.clip(u, -1, 1) ** 2)
+            surface = chest_wall_mm - rng.uniform(3.0, 6.0) + rng.uniform(1.5, 3.0) * curve
             cortex = on[None, :] & (z >= surface[None, :]) & (z < surface[None, :] + 1.0)
-            echo_t = np.where(cortex, _ECHO["rib"], echo_t)
-            bits_t[cortex] |= _BIT["ribs"]
+            echo = np.where(cortex, _ECHO["rib"], echo)
+            bits[cortex] |= _BIT["ribs"]
             edge = np.clip((1 - np.abs(u)) / (0.6 / rib_half), 0, 1)  # half a millimetre of soft edge
             shade = 1 - (1 - _RIB_TRANSMISSION) * edge
             transmission = np.where(z >= surface[None, :] + 1.0, np.minimum(transmission, shade[None, :]), transmission)
+    return echo, bits, transmission
 
+
+def _video_world(size: int, margin: int, probe: str, chest_wall_mm: float, diagnosis: str,
+                 rng: np.random.Generator, overrides: dict) -> dict:
+    """Beam-space maps of one video, ``margin`` columns wider on each side for motion."""
+    depth_mm, width_mm, freq, geometry = _probe(size, probe, rng)
+    dz, ds = depth_mm / size, width_mm / size
+    cols = size + 2 * margin
+    z = ((np.arange(size) + 0.5) * dz)[:, None].astype(np.float32)  # depth, mm
+    s = ((np.arange(cols) - cols / 2 + 0.5) * ds)[None, :].astype(np.float32)  # lateral, mm
+    sev = _severity(diagnosis, rng, overrides)
+    echo_t = _chest_wall(z, cols, chest_wall_mm, rng)
+    pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng)
+    lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng)
+    echo_t, bits_t, transmission = _ribs(z, s, ds, chest_wall_mm, probe, echo_t, rng)
     return dict(size=size, margin=margin, probe=probe, geometry=geometry, depth_mm=depth_mm, width_mm=width_mm,
                 freq=freq, dz=dz, ds=ds, z=z[:, 0], echo_t=echo_t, bits_t=bits_t, transmission=transmission,
-                support=support, echo_l=echo_l, bits_l=bits_l, dense_l=dense_l, severity=sev,
-                pleural_depth_mm=float(chest_wall_mm), reflect=reflect)
+                support=lung["support"], echo_l=lung["echo"], bits_l=lung["bits"], dense_l=lung["dense"],
+                severity=sev, pleural_depth_mm=float(chest_wall_mm), reflect=lung["reflect"])
 
 
 def _render_video(world: dict, n_frames: int, rng: np.random.Generator, keep_envelope: bool) -> dict:
