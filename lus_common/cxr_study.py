@@ -135,9 +135,9 @@ def run_params(p: dict, model: str, seed: int, n_train: int, bn_momentum: float)
             "n_train": int(n_train), "bn_momentum": float(bn_momentum)}
 
 
-def _scores(probs: np.ndarray, masks: np.ndarray) -> dict:
-    s = segmentation_scores(probs, masks)
-    return {"accuracy": float(s["pixel_accuracy"].mean()), "dice": float(s["dice"].mean())}
+def _summary(per_image: pd.DataFrame) -> dict:
+    """Mean pixel accuracy and Dice of per-image scores."""
+    return {"accuracy": float(per_image["pixel_accuracy"].mean()), "dice": float(per_image["dice"].mean())}
 
 
 def run_one(p: dict, model_name: str, seed: int, n_train: int, bn_momentum: float, splits: dict,
@@ -166,18 +166,20 @@ def run_one(p: dict, model_name: str, seed: int, n_train: int, bn_momentum: floa
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
     metrics = {"weights_used": weights.used, "params": int(model.count_params()), "bn_layers": n_bn,
                "train_seconds": seconds}
+    probs, per_image = {}, None
     for split, (xs, ys) in {"train": (x, y), "test": (xt, yt)}.items():
         for mode in ("inference", "training"):
-            probs = predict_probabilities(model, xs, p["batch_size"], training=mode == "training")
-            for key, value in _scores(probs, ys[..., 0]).items():
+            probs[split, mode] = predict_probabilities(model, xs, p["batch_size"], training=mode == "training")
+            scores = segmentation_scores(probs[split, mode], ys[..., 0])
+            for key, value in _summary(scores).items():
                 metrics[f"{split}_{key}_{mode}"] = value
-    test_probs = predict_probabilities(model, xt, p["batch_size"])
-    train_mode_probs = predict_probabilities(model, xt, p["batch_size"], training=True)
-    per_image = segmentation_scores(test_probs, yt[..., 0])
+            if (split, mode) == ("test", "inference"):
+                per_image = scores
     per_image.insert(0, "id", splits["test"].ids)
     recompute_bn_statistics(model, x, p["batch_size"])
     for split, (xs, ys) in {"train": (x, y), "test": (xt, yt)}.items():
-        for key, value in _scores(predict_probabilities(model, xs, p["batch_size"]), ys[..., 0]).items():
+        scores = segmentation_scores(predict_probabilities(model, xs, p["batch_size"]), ys[..., 0])
+        for key, value in _summary(scores).items():
             metrics[f"{split}_{key}_recomputed_bn"] = value
     last = history.iloc[-1]
     metrics.update({"last_train_accuracy": float(last["accuracy"]), "last_train_dice": float(last["dice"]),
@@ -185,8 +187,8 @@ def run_one(p: dict, model_name: str, seed: int, n_train: int, bn_momentum: floa
     config = {"study": STUDY, "params": rp, "profile": p["profile"], "weights": weights.as_dict(),
               "synthetic": train.synthetic, "n_train": n_train, "n_val": len(xv), "n_test": len(xt),
               "keras": k.__version__, "keras_backend": k.backend.backend(), "environment": results.environment_info()}
-    arrays = {"probs": (test_probs[:keep_predictions] * 255).round().astype(np.uint8),
-              "probs_training_mode": (train_mode_probs[:keep_predictions] * 255).round().astype(np.uint8)}
+    arrays = {"probs": (probs["test", "inference"][:keep_predictions] * 255).round().astype(np.uint8),
+              "probs_training_mode": (probs["test", "training"][:keep_predictions] * 255).round().astype(np.uint8)}
     results.save_run(folder, config, metrics, history, tables={"per_image": per_image}, arrays=arrays)
     return {**results.load_run(folder), "reused": False}
 

@@ -7,6 +7,7 @@ study switches between real and synthetic data with one parameter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -114,3 +115,24 @@ def split_by_group(groups, test_fraction: float, seed: int) -> tuple[np.ndarray,
     test_groups = test_groups[: len(unique) - 1]  # keep at least one subject for training
     is_test = np.isin(groups, test_groups)
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def read_image_mask(image_path: Path, mask_path: Path, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One grey image and its binary mask (threshold 127), resized to ``image_size`` x ``image_size``.
+
+    The image is resized bilinearly to [0, 1] float32; the mask is thresholded first, then resized by
+    nearest neighbour, so it stays binary.
+
+    Raises:
+        ValueError: the image and its mask differ in size.
+    """
+    from PIL import Image
+
+    image, mask = Image.open(image_path).convert("L"), Image.open(mask_path).convert("L")
+    if image.size != mask.size:
+        raise ValueError(f"{Path(image_path).name} is {image.size} but its mask {Path(mask_path).name} is "
+                         f"{mask.size}: every mask must have its image's size.")
+    size = (image_size, image_size)
+    pixels = np.asarray(image.resize(size, Image.BILINEAR), np.float32) / 255
+    binary = Image.fromarray(((np.asarray(mask) > 127) * 255).astype(np.uint8))
+    return pixels, (np.asarray(binary.resize(size, Image.NEAREST)) > 127).astype(np.uint8)

@@ -30,6 +30,7 @@ Weights (``"imagenet"``) are resolved like the torch side's, and never silently 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -233,6 +234,20 @@ def set_bn_momentum(model, momentum: float) -> int:
     return len(layers)
 
 
+@contextlib.contextmanager
+def _dropout_off(model):
+    """Switch every dropout layer off for the block, so training mode differs from inference only in BN."""
+    dropouts = _layers_of(model, keras().layers.Dropout)
+    rates = [layer.rate for layer in dropouts]
+    try:
+        for layer in dropouts:
+            layer.rate = 0.0
+        yield
+    finally:
+        for layer, rate in zip(dropouts, rates):
+            layer.rate = rate
+
+
 def predict_probabilities(model, x, batch_size: int = 16, training: bool = False):
     """Sigmoid outputs (N, H, W) as numpy, in inference mode or in training mode.
 
@@ -242,18 +257,13 @@ def predict_probabilities(model, x, batch_size: int = 16, training: bool = False
     import numpy as np
 
     k = keras()
-    dropouts = _layers_of(model, k.layers.Dropout)
-    rates = [layer.rate for layer in dropouts]
     moving = [(v, k.ops.convert_to_numpy(v.value)) for layer in batch_norm_layers(model)
               for v in (layer.moving_mean, layer.moving_variance)]
     try:
-        for layer in dropouts:
-            layer.rate = 0.0
-        out = [k.ops.convert_to_numpy(model(x[i:i + batch_size], training=training))
-               for i in range(0, len(x), batch_size)]
+        with _dropout_off(model):
+            out = [k.ops.convert_to_numpy(model(x[i:i + batch_size], training=training))
+                   for i in range(0, len(x), batch_size)]
     finally:
-        for layer, rate in zip(dropouts, rates):
-            layer.rate = rate
         for variable, value in moving:  # a training-mode call updates the moving statistics: undo it
             variable.assign(value)
     return np.concatenate(out)[..., 0]
@@ -268,23 +278,17 @@ def recompute_bn_statistics(model, x, batch_size: int = 16) -> int:
     Returns:
         The number of batch-norm layers updated (0: nothing to do).
     """
-    k = keras()
     layers = batch_norm_layers(model)
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
-    dropouts = _layers_of(model, k.layers.Dropout)
-    rates = [layer.rate for layer in dropouts]
     try:
-        for layer in dropouts:
-            layer.rate = 0.0
-        for i, start in enumerate(range(0, len(x), batch_size)):
-            for layer in layers:
-                layer.momentum = i / (i + 1)
-            model(x[start:start + batch_size], training=True)
+        with _dropout_off(model):
+            for i, start in enumerate(range(0, len(x), batch_size)):
+                for layer in layers:
+                    layer.momentum = i / (i + 1)
+                model(x[start:start + batch_size], training=True)
     finally:
         for layer, m in zip(layers, momenta):
             layer.momentum = m
-        for layer, rate in zip(dropouts, rates):
-            layer.rate = rate
     return len(layers)

@@ -14,9 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .data import SegmentationSet
+from .data import SegmentationSet, read_image_mask
 from .paths import dataset_dir
 
 IMAGE_FOLDERS = ("img", "images", "Image", "Images", "Imgs", "gray")
@@ -55,12 +54,9 @@ def load_image_mask_folders(image_dir: Path, mask_dir: Path, image_size: int = 2
     for path in images_paths:
         if path.stem not in masks_by_stem:
             raise FileNotFoundError(f"No mask for {path.name} in {mask_dir} (expected {path.stem}.png or .jpg).")
-        image, mask = Image.open(path).convert("L"), Image.open(masks_by_stem[path.stem]).convert("L")
-        if image.size != mask.size:
-            raise ValueError(f"{path.name} is {image.size} but its mask is {mask.size}: they must match.")
-        images.append(np.asarray(image.resize((image_size, image_size), Image.BILINEAR), np.float32) / 255)
-        binary = Image.fromarray(((np.asarray(mask) > 127) * 255).astype(np.uint8))
-        masks.append((np.asarray(binary.resize((image_size, image_size), Image.NEAREST)) > 127).astype(np.uint8))
+        image, mask = read_image_mask(path, masks_by_stem[path.stem], image_size)
+        images.append(image)
+        masks.append(mask)
     ids = [p.stem for p in images_paths]
     n = len(ids)
     return SegmentationSet(images=np.stack(images), masks=np.stack(masks), ids=ids, groups=ids,

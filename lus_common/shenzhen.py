@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from .data import SegmentationSet
+from .data import SegmentationSet, read_image_mask
 from .paths import dataset_dir
 
 _NAME = re.compile(r"^CHNCXR_(\d{4})_([01])$")
@@ -69,12 +68,9 @@ def load_shenzhen(root: Path | None = None, image_size: int = 128, limit: int | 
     pairs = pairs[:limit] if limit else pairs
     images, masks, ids, abnormal = [], [], [], []
     for path, mask_path in pairs:
-        image, mask = Image.open(path).convert("L"), Image.open(mask_path).convert("L")
-        if image.size != mask.size:
-            raise ValueError(f"{path.name} is {image.size} but its mask {mask_path.name} is {mask.size}.")
-        images.append(np.asarray(image.resize((image_size, image_size), Image.BILINEAR), np.float32) / 255)
-        binary = Image.fromarray(((np.asarray(mask) > 127) * 255).astype(np.uint8))
-        masks.append((np.asarray(binary.resize((image_size, image_size), Image.NEAREST)) > 127).astype(np.uint8))
+        image, mask = read_image_mask(path, mask_path, image_size)
+        images.append(image)
+        masks.append(mask)
         ids.append(path.stem)
         match = _NAME.match(path.stem)
         abnormal.append(int(match.group(2)) if match else -1)

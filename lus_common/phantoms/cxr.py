@@ -15,6 +15,7 @@ The mask is both lung fields minus the heart's shadow, as in the Shenzhen masks.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 
 from ..data import SegmentationSet
@@ -51,8 +52,6 @@ def chest_xray_phantom(n: int, image_size: int = 256, abnormal_fraction: float =
         A synthetic :class:`SegmentationSet`: ``masks`` are the lung fields, ``layers["heart"]``
         the heart, ``layers["opacity"]`` the abnormal opacities; ``meta`` has ``abnormal``.
     """
-    import pandas as pd
-
     rng = as_generator(seed)
     size = int(image_size)
     c = (np.arange(size) + 0.5) / size

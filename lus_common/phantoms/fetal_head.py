@@ -38,9 +38,8 @@ def ellipse_circumference(a, b):
 GENERATOR_VERSION = 2  # 2: speckle formed by the shared B-mode engine (bmode.envelope)
 
 
-def _speckle(echo: np.ndarray, psf_sigma: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+def _speckle(echo: np.ndarray, psf: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Envelope of scatterers with echogenicity ``echo`` seen through the shared analytic PSF."""
-    psf = bmode.analytic_psf_spectrum(bmode.padded_shape(echo.shape), max(1.0, psf_sigma[0]), max(1.2, psf_sigma[1]))
     return bmode.envelope(np.sqrt(echo).astype(np.float32), psf, rng, workers=-1)
 
 
@@ -63,6 +62,9 @@ def fetal_head_phantom(n: int, image_size: int = 256, seed=0) -> SegmentationSet
     images = np.empty((n, size, size), np.float32)
     masks = np.empty((n, size, size), np.uint8)
     spacing = np.empty((n, 2))
+    # One PSF for every image: its widths scale with the image size only.
+    psf = bmode.analytic_psf_spectrum(bmode.padded_shape((size, size)), max(1.0, 0.6 * size / 256),
+                                      max(1.2, 1.5 * size / 256))
     hc = np.empty(n)
     for k in range(n):
         px = rng.uniform(0.10, 0.18)  # mm per original HC18 pixel
@@ -95,7 +97,7 @@ def fetal_head_phantom(n: int, image_size: int = 256, seed=0) -> SegmentationSet
         echo = np.where(shadow & ~skull, echo * 0.55, echo)
         echo = np.where(skull, 1.0, echo)
 
-        env = _speckle(echo, (0.6 * size / 256, 1.5 * size / 256), rng)
+        env = _speckle(echo, psf, rng)
         env *= np.exp(-0.004 * y * rng.uniform(0.5, 1.5))  # uncompensated attenuation
         # Convex probe: a fan with its apex above the image.
         apex_y, half_angle = -0.25 * fov_h, np.deg2rad(rng.uniform(38, 46))
