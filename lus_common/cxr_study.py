@@ -1,13 +1,17 @@
 """Study 3 (Kim): U-Net vs VGG16-U-Net vs ResNet50-U-Net on 100 chest X-rays, in Keras 3 (torch).
 
 The setup follows the authors' public notebook (the paper omits most of it): 128x128 grey images
-with a 2-98 percentile stretch, repeated to 3 channels without ImageNet preprocessing; a random
-split of 100 training, 49 validation and 54 test images; no augmentation; loss 1 - Dice; Adam 1e-4;
-batch 16; 30 epochs, no early stopping, the last epoch reported.
+with one 2-98 percentile stretch over the whole set, the grey image for the U-Net and the same
+repeated to 3 channels for the pretrained encoders (no ImageNet preprocessing); a random split of 100
+training, 49 validation and 54 test images; no augmentation; loss 1 - Dice (soft Dice over the
+flattened batch, smoothing 1e-6); Adam 1e-4; batch 16; 30 epochs, no early stopping, the last epoch
+reported; test scores by ``model.evaluate`` (batches of 32, soft Dice averaged over batches).
 
-Beyond the paper: several seeds with a significance test, Dice in training mode (batch statistics)
-and in inference mode (moving statistics), the same after recomputing the batch-norm statistics on
-the training set, a retrain with batch-norm momentum 0.9, and a training-set-size curve.
+Beyond the paper: several seeds with a significance test; the batch-norm experiment, designed so that
+it can fail (the same architectures with GroupNorm instead of batch norm, separate trainings at BN
+momentum 0.99 and 0.9, Dice in inference mode, in training mode and after recomputing the BN
+statistics on the training set); thresholded per-image Dice beside the paper's definition; and a
+training-set-size curve at a fixed number of optimisation steps.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from tqdm.auto import tqdm
 
 from . import results
 from .data import SegmentationSet
-from .keras_models import (MODELS, batch_norm_layers, create_keras_model, keras, predict_probabilities,
-                           recompute_bn_statistics, set_bn_momentum)
+from .keras_models import (INPUT_CHANNELS, MODELS, batch_norm_layers, create_keras_model, keras,
+                           keras_weights_key, predict_probabilities, recompute_bn_statistics,
+                           set_bn_momentum)
 from .metrics import segmentation_scores
 from .params import resolve_params
 from .paths import PROJECT_ROOT
@@ -35,21 +40,30 @@ STUDY = "cxr_overfitting"
 MODEL_LABELS = {"unet": "U-Net", "vgg16_unet": "VGG16-U-Net", "resnet50_unet": "ResNet50-U-Net"}
 KERAS_BN_MOMENTUM = 0.99  # Keras' default, used by the authors
 
+# Bumped whenever the models or the training code change what a run computes: stored runs of an
+# older version are not reused.
+CODE_VERSION = "authors-2"
+# Models whose batch norm is all in layers we add, so that a GroupNorm copy is a clean control.
+CONTROL_MODELS = ("unet", "vgg16_unet")
+
 PROFILES = {
-    # The authors' notebook on the real Shenzhen set, several seeds, and the size curve.
+    # The authors' notebook on the real Shenzhen set, several seeds, the BN experiment, the size curve.
     "paper": dict(data_source="shenzhen", image_size=128, n_train=100, n_val=49, n_test=54, split_seed=0,
-                  epochs=30, batch_size=16, lr=1e-4, seeds=[0, 1, 2, 3, 4], models=list(MODELS),
-                  encoder_weights="imagenet", bn_momenta=[0.99, 0.9], train_sizes=[25, 50, 100, 200, 400],
-                  curve_seeds=[0, 1, 2]),
+                  stretch="global", epochs=30, batch_size=16, lr=1e-4, seeds=[0, 1, 2, 3, 4],
+                  models=list(MODELS), encoder_weights="imagenet", bn_momenta=[0.99, 0.9],
+                  norm_controls=["group"], train_sizes=[25, 50, 100, 200, 400], curve_seeds=[0, 1, 2],
+                  curve_steps="matched"),
     # Minutes on a 2-core CPU: the chest X-ray phantom, 64-pixel images, fewer images and epochs, and
     # a 10x step size so that 12 steps can learn something (the paper had 210 steps at 1e-4).
     "quick": dict(data_source="synthetic", image_size=64, n_train=32, n_val=16, n_test=16, split_seed=0,
-                  epochs=6, batch_size=16, lr=1e-3, seeds=[0, 1], models=list(MODELS),
-                  encoder_weights="imagenet", bn_momenta=[0.99, 0.9], train_sizes=[16, 32], curve_seeds=[0]),
+                  stretch="global", epochs=6, batch_size=16, lr=1e-3, seeds=[0, 1], models=list(MODELS),
+                  encoder_weights="imagenet", bn_momenta=[0.99, 0.9], norm_controls=["group"],
+                  train_sizes=[16, 32], curve_seeds=[0], curve_steps="matched"),
     # Seconds, for tests.
     "smoke": dict(data_source="synthetic", image_size=32, n_train=8, n_val=4, n_test=4, split_seed=0,
-                  epochs=1, batch_size=4, lr=1e-4, seeds=[0], models=list(MODELS),
-                  encoder_weights="imagenet", bn_momenta=[0.99, 0.9], train_sizes=[4, 8], curve_seeds=[0]),
+                  stretch="global", epochs=1, batch_size=4, lr=1e-4, seeds=[0], models=list(MODELS),
+                  encoder_weights="imagenet", bn_momenta=[0.99, 0.9], norm_controls=["group"],
+                  train_sizes=[4, 8], curve_seeds=[0], curve_steps="matched"),
 }
 
 # Paper 3, Tables 1 and 2 (the last epoch of one run); "< 0.001" entered as 0.001.
@@ -60,6 +74,8 @@ PAPER_TABLE1 = pd.DataFrame({
 PAPER_TABLE2 = pd.DataFrame({"test accuracy": [0.741, 0.975, 0.741], "test Dice": [0.052, 0.950, 0.001]},
                             index=list(MODELS))
 FIGURE_CUTOFF = 0.03  # the paper's Figure 3
+EVALUATE_BATCH = 32  # Keras' model.evaluate default, with which the paper's test numbers were made
+NORM_LABELS = {"batch": "batch norm", "group": "GroupNorm", "none": "no norm"}
 
 
 def study_params(profile: str = "quick", **given) -> dict:
@@ -76,6 +92,14 @@ def study_params(profile: str = "quick", **given) -> dict:
     unknown = sorted(set(p["models"]) - set(MODELS))
     if unknown:
         raise ValueError(f"Unknown model(s) {unknown}. Known: {list(MODELS)}")
+    if p["stretch"] not in ("global", "per_image"):
+        raise ValueError(f"stretch must be 'global' (the authors') or 'per_image', got '{p['stretch']}'.")
+    if p["curve_steps"] not in ("matched", "epochs"):
+        raise ValueError(f"curve_steps must be 'matched' or 'epochs', got '{p['curve_steps']}'.")
+    p["norm_controls"] = list(np.atleast_1d(p["norm_controls"] or []))
+    bad = sorted(set(p["norm_controls"]) - {"group", "none"})
+    if bad:
+        raise ValueError(f"Unknown norm control(s) {bad}: use 'group' (GroupNorm) or 'none'.")
     p["seeds"] = [int(s) for s in np.atleast_1d(p["seeds"])]
     p["curve_seeds"] = [int(s) for s in np.atleast_1d(p["curve_seeds"])]
     p["train_sizes"] = sorted(int(n) for n in np.atleast_1d(p["train_sizes"]))
@@ -85,7 +109,9 @@ def study_params(profile: str = "quick", **given) -> dict:
 def load_splits(p: dict) -> dict[str, SegmentationSet]:
     """Validation, test and a training pool (its first ``n`` images are the training set of size ``n``).
 
-    Images get the authors' 2-98 percentile stretch. The split is a seeded random permutation.
+    Images get the authors' 2-98 percentile stretch (``stretch="global"``: one pair of percentiles
+    over the whole set, as the authors; ``"per_image"``: per image). The split is a seeded random
+    permutation. ``"fingerprint"`` names the loaded data in run keys.
 
     Raises:
         ValueError: fewer images than the split needs.
@@ -98,21 +124,23 @@ def load_splits(p: dict) -> dict[str, SegmentationSet]:
     if len(data) < need:
         raise ValueError(f"The split needs {need} images (validation {p['n_val']}, test {p['n_test']}, training up to "
                          f"{need - p['n_val'] - p['n_test']}); {data.source} has {len(data)}. Lower n_train or train_sizes.")
-    data.images = percentile_normalize(data.images)
+    data.images = percentile_normalize(data.images, per_image=p["stretch"] == "per_image")
     order = np.random.default_rng(p["split_seed"]).permutation(len(data))
     val, test = order[: p["n_val"]], order[p["n_val"]: p["n_val"] + p["n_test"]]
     pool = order[p["n_val"] + p["n_test"]:]
-    return {"val": data.subset(val), "test": data.subset(test), "pool": data.subset(pool)}
+    return {"val": data.subset(val), "test": data.subset(test), "pool": data.subset(pool),
+            "fingerprint": data.fingerprint()}
 
 
-def to_keras(data: SegmentationSet) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)``: grey repeated to 3 channels (N, H, W, 3), masks (N, H, W, 1), float32."""
-    x = np.repeat(data.images[..., None], 3, axis=-1).astype(np.float32)
+def to_keras(data: SegmentationSet, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)``: grey images (N, H, W, 1), or repeated to 3 channels, and masks (N, H, W, 1), float32."""
+    x = np.repeat(data.images[..., None], channels, axis=-1).astype(np.float32)
     return x, data.masks[..., None].astype(np.float32)
 
 
-def dice_coefficient(y_true, y_pred, smooth: float = 1.0):
-    """The authors' Dice: ``(2 |y n p| + e) / (|y| + |p| + e)`` over the whole flattened batch."""
+def dice_coefficient(y_true, y_pred, smooth: float = 1e-6):
+    """The authors' soft Dice: ``(2 |y n p| + e) / (|y| + |p| + e)`` over the whole flattened batch,
+    no threshold, ``e = 1e-6`` (their final ``dice_coef``)."""
     ops = keras().ops
     y_true, y_pred = ops.reshape(y_true, (-1,)), ops.reshape(y_pred, (-1,))
     inter = ops.sum(y_true * y_pred)
@@ -124,15 +152,34 @@ def dice_loss(y_true, y_pred):
     return 1.0 - dice_coefficient(y_true, y_pred)
 
 
-_RUN_KEYS = ("data_source", "image_size", "n_val", "n_test", "split_seed", "epochs", "batch_size", "lr",
+_RUN_KEYS = ("data_source", "image_size", "n_val", "n_test", "split_seed", "stretch", "batch_size", "lr",
              "encoder_weights")
 
 
-def run_params(p: dict, model: str, seed: int, n_train: int, bn_momentum: float) -> dict:
-    """The parameters that identify one run (with the phantom's version for synthetic data)."""
-    version = f"chest_xray_phantom v{PHANTOM_VERSION}" if p["data_source"] == "synthetic" else p["data_source"]
-    return {**{k: p[k] for k in _RUN_KEYS}, "data_version": version, "model": model, "seed": int(seed),
-            "n_train": int(n_train), "bn_momentum": float(bn_momentum)}
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimisation (and batch-norm update) steps in one epoch of ``n_train`` images."""
+    return -(-n_train // batch_size)
+
+
+def epochs_for(p: dict, n_train: int) -> int:
+    """Epochs of a run with ``n_train`` images: the profile's, or (``curve_steps="matched"``) as many
+    as give the main setting's number of steps (``epochs`` x steps of ``n_train`` images)."""
+    if n_train == p["n_train"] or p["curve_steps"] == "epochs":
+        return int(p["epochs"])
+    target = p["epochs"] * steps_per_epoch(p["n_train"], p["batch_size"])
+    return max(1, round(target / steps_per_epoch(n_train, p["batch_size"])))
+
+
+def run_params(p: dict, model: str, seed: int, n_train: int, bn_momentum: float, norm: str = "batch",
+               data_fingerprint: str = "") -> dict:
+    """The parameters that identify one run: the study's, the weights that will really be loaded
+    (not only those asked for), the code version and a fingerprint of the data."""
+    epochs = epochs_for(p, n_train)
+    return {**{k: p[k] for k in _RUN_KEYS}, "model": model, "norm": norm, "seed": int(seed),
+            "n_train": int(n_train), "bn_momentum": float(bn_momentum), "epochs": epochs,
+            "steps": epochs * steps_per_epoch(n_train, p["batch_size"]),
+            "weights": keras_weights_key(model, p["encoder_weights"]), "code_version": CODE_VERSION,
+            "data_fingerprint": data_fingerprint}
 
 
 def _summary(per_image: pd.DataFrame) -> dict:
@@ -140,32 +187,45 @@ def _summary(per_image: pd.DataFrame) -> dict:
     return {"accuracy": float(per_image["pixel_accuracy"].mean()), "dice": float(per_image["dice"].mean())}
 
 
+def _keras_evaluate(model, x, y) -> dict:
+    """The paper's test numbers: ``model.evaluate`` in batches of 32, soft Dice averaged over batches."""
+    scores = model.evaluate(x, y, batch_size=EVALUATE_BATCH, verbose=0, return_dict=True)
+    dice = next(v for k, v in scores.items() if "dice" in k)
+    return {"dice": float(dice), "accuracy": float(scores["accuracy"])}
+
+
 def run_one(p: dict, model_name: str, seed: int, n_train: int, bn_momentum: float, splits: dict,
-            keep_predictions: int = 4) -> dict:
+            norm: str = "batch", keep_predictions: int = 4) -> dict:
     """Train and evaluate one run, or reuse the stored run with the same parameters.
 
     Returns:
         The run as :func:`lus_common.results.load_run` gives it, plus ``"reused"``.
     """
-    rp = run_params(p, model_name, seed, n_train, bn_momentum)
-    folder = results.run_dir(STUDY, rp, name_keys=("model", "seed", "n_train", "bn_momentum", "data_source"))
+    rp = run_params(p, model_name, seed, n_train, bn_momentum, norm, splits.get("fingerprint", ""))
+    folder = results.run_dir(STUDY, rp, name_keys=("model", "norm", "seed", "n_train", "bn_momentum",
+                                                   "data_source"))
     if results.is_complete(folder):
         return {**results.load_run(folder), "reused": True}
     k = keras()
+    channels = INPUT_CHANNELS[model_name]
     train = splits["pool"].subset(np.arange(n_train))
-    (x, y), (xv, yv), (xt, yt) = to_keras(train), to_keras(splits["val"]), to_keras(splits["test"])
-    model, weights = create_keras_model(model_name, p["image_size"], p["encoder_weights"], seed)
+    (x, y), (xv, yv), (xt, yt) = (to_keras(d, channels) for d in (train, splits["val"], splits["test"]))
+    model, weights = create_keras_model(model_name, p["image_size"], p["encoder_weights"], seed, norm)
     n_bn = set_bn_momentum(model, bn_momentum)
     model.compile(optimizer=k.optimizers.Adam(p["lr"]), loss=dice_loss,
                   metrics=[dice_coefficient, k.metrics.BinaryAccuracy(name="accuracy")])
     start = time.perf_counter()
-    fit = model.fit(x, y, batch_size=p["batch_size"], epochs=p["epochs"], validation_data=(xv, yv), shuffle=True,
-                    verbose=0)
+    fit = model.fit(x, y, batch_size=p["batch_size"], epochs=rp["epochs"], validation_data=(xv, yv),
+                    shuffle=True, verbose=0)
     seconds = time.perf_counter() - start
-    history = pd.DataFrame(fit.history).rename(columns={"dice_coefficient": "dice", "val_dice_coefficient": "val_dice"})
+    history = pd.DataFrame(fit.history).rename(columns={"dice_coefficient": "dice",
+                                                        "val_dice_coefficient": "val_dice"})
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
     metrics = {"weights_used": weights.used, "params": int(model.count_params()), "bn_layers": n_bn,
-               "train_seconds": seconds}
+               "train_seconds": seconds, "steps": rp["steps"], "epochs": rp["epochs"],
+               "test_background_fraction": float(1 - yt.mean())}
+    for key, value in _keras_evaluate(model, xt, yt).items():
+        metrics[f"test_{key}_keras"] = value
     probs, per_image = {}, None
     for split, (xs, ys) in {"train": (x, y), "test": (xt, yt)}.items():
         for mode in ("inference", "training"):
@@ -173,6 +233,7 @@ def run_one(p: dict, model_name: str, seed: int, n_train: int, bn_momentum: floa
             scores = segmentation_scores(probs[split, mode], ys[..., 0])
             for key, value in _summary(scores).items():
                 metrics[f"{split}_{key}_{mode}"] = value
+            metrics[f"{split}_foreground_{mode}"] = float((probs[split, mode] > 0.5).mean())
             if (split, mode) == ("test", "inference"):
                 per_image = scores
     per_image.insert(0, "id", splits["test"].ids)
@@ -186,82 +247,165 @@ def run_one(p: dict, model_name: str, seed: int, n_train: int, bn_momentum: floa
                     "last_val_accuracy": float(last["val_accuracy"]), "last_val_dice": float(last["val_dice"])})
     config = {"study": STUDY, "params": rp, "profile": p["profile"], "weights": weights.as_dict(),
               "synthetic": train.synthetic, "n_train": n_train, "n_val": len(xv), "n_test": len(xt),
-              "keras": k.__version__, "keras_backend": k.backend.backend(), "environment": results.environment_info()}
-    arrays = {"probs": (probs["test", "inference"][:keep_predictions] * 255).round().astype(np.uint8),
-              "probs_training_mode": (probs["test", "training"][:keep_predictions] * 255).round().astype(np.uint8)}
+              "keras": k.__version__, "keras_backend": k.backend.backend(),
+              "environment": results.environment_info()}
+    arrays = {"probs": results.encode_probabilities(probs["test", "inference"][:keep_predictions]),
+              "probs_training_mode": results.encode_probabilities(probs["test", "training"][:keep_predictions])}
     results.save_run(folder, config, metrics, history, tables={"per_image": per_image}, arrays=arrays)
     return {**results.load_run(folder), "reused": False}
 
 
+def jobs(p: dict) -> list[tuple[str, int, int, float, str]]:
+    """Every run of the parameters, as ``(model, seed, n_train, bn_momentum, norm)``.
+
+    The paper's setting (every model x seed, batch norm at Keras' momentum 0.99); the same trainings
+    at every other momentum of ``bn_momenta`` (models with batch norm); the same architectures with
+    ``norm_controls`` instead of batch norm (:data:`CONTROL_MODELS`); then every model x curve seed at
+    each other training-set size.
+    """
+    out = [(m, s, p["n_train"], KERAS_BN_MOMENTUM, "batch") for m in p["models"] for s in p["seeds"]]
+    out += [(m, s, p["n_train"], b, "batch") for b in p["bn_momenta"] if b != KERAS_BN_MOMENTUM
+            for m in p["models"] for s in p["seeds"]]
+    out += [(m, s, p["n_train"], KERAS_BN_MOMENTUM, norm) for norm in p["norm_controls"]
+            for m in p["models"] if m in CONTROL_MODELS for s in p["seeds"]]
+    out += [(m, s, n, KERAS_BN_MOMENTUM, "batch") for n in p["train_sizes"] if n != p["n_train"]
+            for m in p["models"] for s in p["curve_seeds"]]
+    return out
+
+
 def run_study(p: dict, splits: dict, progress: bool = True) -> dict:
-    """Every run of the parameters: models x seeds at each BN momentum (momenta other than Keras'
-    default only for models with batch norm), then models x curve seeds at each training-set size.
+    """Every run of :func:`jobs`, trained or reused.
 
     Returns:
         ``{"runs": one row per run, "histories": per-epoch rows of the main runs, "per_image": per-image
         test rows of the main runs, "predictions": {model: test probabilities, inference and training
         mode}, "weights": {model: weights used}, "reused": count}``.
     """
-    jobs = [(m, s, p["n_train"], KERAS_BN_MOMENTUM) for m in p["models"] for s in p["seeds"]]
-    jobs += [(m, s, p["n_train"], b) for b in p["bn_momenta"] if b != KERAS_BN_MOMENTUM
-             for m in p["models"] if m != "vgg16_unet" for s in p["seeds"]]
-    jobs += [(m, s, n, KERAS_BN_MOMENTUM) for n in p["train_sizes"] if n != p["n_train"]
-             for m in p["models"] for s in p["curve_seeds"]]
     rows, histories, per_image, preds, weights, reused = [], [], [], {}, {}, 0
-    for model, seed, n, momentum in tqdm(jobs, desc="runs", disable=not progress):
-        run = run_one(p, model, seed, n, momentum, splits)
+    for model, seed, n, momentum, norm in tqdm(jobs(p), desc="runs", disable=not progress):
+        run = run_one(p, model, seed, n, momentum, splits, norm)
         reused += run["reused"]
-        rows.append({"model": model, "seed": seed, "n_train": n, "bn_momentum": momentum, **run["metrics"],
-                     "reused": run["reused"]})
-        if n == p["n_train"] and momentum == KERAS_BN_MOMENTUM:
+        rows.append({"model": model, "norm": norm, "seed": seed, "n_train": n, "bn_momentum": momentum,
+                     **run["metrics"], "reused": run["reused"]})
+        if n == p["n_train"] and momentum == KERAS_BN_MOMENTUM and norm == "batch":
             histories.append(run["history"].assign(model=model, seed=seed))
             per_image.append(run["per_image"].assign(model=model, seed=seed))
-            preds.setdefault(model, {"inference": run["arrays"]["probs"].astype(np.float32) / 255,
-                                     "training": run["arrays"]["probs_training_mode"].astype(np.float32) / 255})
+            preds.setdefault(model, {
+                "inference": results.decode_probabilities(run["arrays"]["probs"]),
+                "training": results.decode_probabilities(run["arrays"]["probs_training_mode"])})
             weights[model] = run["config"]["weights"]
     return {"runs": pd.DataFrame(rows), "histories": pd.concat(histories, ignore_index=True),
             "per_image": pd.concat(per_image, ignore_index=True), "predictions": preds, "weights": weights,
             "reused": reused}
 
 
-def all_lung_dice(masks: np.ndarray) -> float:
-    """Mean Dice of the trivial prediction "everything is lung" (a model that learnt nothing scores this)."""
-    masks = np.asarray(masks, dtype=float).reshape(len(masks), -1)
-    return float(np.mean(2 * masks.sum(1) / (masks.sum(1) + masks.shape[1])))
+def background_fraction(masks: np.ndarray) -> float:
+    """Share of background pixels: the pixel accuracy of the trivial "all background" prediction."""
+    return float(1 - np.asarray(masks, dtype=float).mean())
 
 
-def findings(runs: pd.DataFrame, p: dict, test_masks: np.ndarray, gap: float = 0.1) -> list[str]:
-    """One sentence per model on the batch-norm question, from the runs' own numbers.
+def all_background(accuracy: float, foreground: float, masks_background: float, tol: float = 0.01) -> bool:
+    """True when a prediction is (nearly) all background: under 1 % of the pixels predicted lung and
+    pixel accuracy within ``tol`` of the background fraction (the paper's U-Net: 0.741 = 0.741)."""
+    return foreground < 0.01 and abs(accuracy - masks_background) < tol
 
-    A model is "stuck" when its test Dice in training mode is within 0.02 of the all-lung Dice.
+
+def _mode_state(g: pd.DataFrame, mode: str, bg: float) -> str:
+    acc, fg = g[f"test_accuracy_{mode}"].mean(), g[f"test_foreground_{mode}"].mean()
+    return "all-background" if all_background(acc, fg, bg) else "segments"
+
+
+def main_runs(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
+    """The runs of the paper's setting: ``n_train`` images, batch norm at Keras' momentum."""
+    norm = runs["norm"] if "norm" in runs else "batch"
+    return runs[(runs["n_train"] == p["n_train"]) & (runs["bn_momentum"] == KERAS_BN_MOMENTUM)
+                & (norm == "batch")]
+
+
+def findings(runs: pd.DataFrame, p: dict, test_masks: np.ndarray | None = None, gap: float = 0.1,
+             background: float | None = None) -> list[str]:
+    """The Discussion's sentences on the batch-norm question, each from the runs' own numbers.
+
+    Per model (paper setting): whether it predicts all background in inference and in training mode,
+    its inference/training gap, recomputed statistics and the other momentum; then, for each
+    same-architecture control, whether removing the moving statistics removes the failure. A finding
+    is stated only where the numbers support it; "all background" is tested against the test set's
+    background fraction (from ``test_masks``, or given as ``background``).
     """
-    trivial = all_lung_dice(test_masks)
+    bg = background if background is not None else background_fraction(test_masks)
+    sel = runs[runs["n_train"] == p["n_train"]]
     out = []
-    main = main_runs(runs, p)
-    for model, g in main.groupby("model", sort=False):
+    for model, g in main_runs(runs, p).groupby("model", sort=False):
         name = MODEL_LABELS[model]
         infer, train_mode = g["test_dice_inference"].mean(), g["test_dice_training"].mean()
         fixed = g["test_dice_recomputed_bn"].mean()
-        if abs(train_mode - trivial) < 0.02:
-            out.append(f"**{name}** did not leave the trivial solution (test Dice {train_mode:.3f} in training mode; "
-                       f"predicting all lung scores {trivial:.3f}), so this run cannot speak to batch norm for it.")
-        elif g["bn_layers"].iloc[0] == 0:
-            out.append(f"**{name}** has no batch norm: inference and training mode agree ({infer:.3f}), as the "
-                       "BN explanation predicts.")
-        elif train_mode - infer > gap:
-            other = runs[(runs["model"] == model) & (runs["n_train"] == p["n_train"])
-                         & (runs["bn_momentum"] != KERAS_BN_MOMENTUM)]
-            momentum = (f"; retrained with momentum {other['bn_momentum'].iloc[0]}, inference mode gives "
-                        f"{other['test_dice_inference'].mean():.3f}") if len(other) else ""
-            out.append(f"**{name}** scores {infer:.3f} in inference mode but {train_mode:.3f} with the same weights in "
-                       f"training mode, and {fixed:.3f} in inference mode once its BN statistics are recomputed on "
-                       f"the training set{momentum}: the failure is in the moving statistics, not in the weights.")
+        states = {m: _mode_state(g, m, bg) for m in ("inference", "training")}
+        steps = int(g["steps"].iloc[0])
+        if states["training"] == "all-background":
+            out.append(f"**{name}** predicts all background even with batch statistics (training mode: "
+                       f"pixel accuracy {g['test_accuracy_training'].mean():.3f}, background fraction "
+                       f"{bg:.3f}): it did not learn to segment, so this run cannot speak to batch norm.")
+            continue
+        if g["bn_layers"].iloc[0] == 0:
+            out.append(f"**{name}** has no batch norm: inference and training mode agree "
+                       f"({infer:.3f} vs {train_mode:.3f}).")
+            continue
+        left = KERAS_BN_MOMENTUM ** steps
+        if train_mode - infer > gap:
+            what = (f"predicts all background in inference mode (pixel accuracy "
+                    f"{g['test_accuracy_inference'].mean():.3f} = background fraction {bg:.3f})"
+                    if states["inference"] == "all-background" else f"scores {infer:.3f} in inference mode")
+            text = (f"**{name}** {what} but {train_mode:.3f} with the same weights in training mode "
+                    f"(transductive: each test batch's own statistics), and {fixed:.3f} in inference mode "
+                    f"once its moving statistics are recomputed on the training images; after {steps} "
+                    f"steps at momentum {KERAS_BN_MOMENTUM}, {100 * left:.0f} % of their initial values "
+                    "remained in them.")
+            other = sel[(sel["model"] == model) & (sel["bn_momentum"] != KERAS_BN_MOMENTUM)
+                        & (sel.get("norm", "batch") == "batch")]
+            for momentum, o in other.groupby("bn_momentum"):
+                text += (f" Trained with momentum {momentum} (the same gradient steps: the momentum only "
+                         f"enters the moving averages), it scores {o['test_dice_inference'].mean():.3f} in "
+                         "inference mode.")
+            out.append(text)
         else:
-            out.append(f"**{name}** shows no inference/training gap here ({infer:.3f} vs {train_mode:.3f}).")
+            out.append(f"**{name}** shows no inference/training gap here ({infer:.3f} vs {train_mode:.3f}), "
+                       f"although it has {int(g['bn_layers'].iloc[0])} batch-norm layers at momentum "
+                       f"{KERAS_BN_MOMENTUM} and {steps} steps: batch norm alone does not make a model fail.")
+    out += control_findings(runs, p, gap)
     return out
 
 
-REFERENCE_RUNS = PROJECT_ROOT / "book" / "reference_runs" / "cxr_overfitting_shenzhen_unet.json"
+def control_findings(runs: pd.DataFrame, p: dict, gap: float = 0.1) -> list[str]:
+    """The test that can fail: the same architecture without moving statistics (GroupNorm or no
+    norm) against batch norm, both in inference mode. If the BN explanation is right, the control
+    scores about what the BN model scores with batch statistics; if the control fails as well, the
+    failure lies elsewhere."""
+    if "norm" not in runs:
+        return []
+    sel = runs[(runs["n_train"] == p["n_train"]) & (runs["bn_momentum"] == KERAS_BN_MOMENTUM)]
+    out = []
+    for model in [m for m in p["models"] if m in CONTROL_MODELS]:
+        bn = sel[(sel["model"] == model) & (sel["norm"] == "batch")]
+        if bn.empty:
+            continue
+        bn_infer, bn_train = bn["test_dice_inference"].mean(), bn["test_dice_training"].mean()
+        for norm, c in sel[(sel["model"] == model) & (sel["norm"] != "batch")].groupby("norm", sort=False):
+            ctl = c["test_dice_inference"].mean()
+            head = (f"**Control, {MODEL_LABELS[model]} with {NORM_LABELS[norm]}** (same architecture, no "
+                    f"moving statistics, {len(c)} seed(s)): test Dice {ctl:.3f} in inference mode, against "
+                    f"{bn_infer:.3f} with batch norm in inference mode and {bn_train:.3f} in training mode.")
+            if bn_train - bn_infer <= gap:
+                out.append(head + " The batch-norm model does not fail here, so there is no failure to explain.")
+            elif ctl - bn_infer > gap:
+                out.append(head + " Without moving statistics the failure is gone: the batch-norm "
+                           "explanation holds for this model on this data.")
+            else:
+                out.append(head + " The control fails too: the failure is not (only) in the moving "
+                           "statistics, and the batch-norm explanation does not hold here.")
+    return out
+
+
+REFERENCE_RUNS = PROJECT_ROOT / "book" / "reference_runs" / "cxr_overfitting_shenzhen.json"
 
 
 def reference_table(path: Path = REFERENCE_RUNS) -> tuple[str, pd.DataFrame]:
@@ -269,20 +413,43 @@ def reference_table(path: Path = REFERENCE_RUNS) -> tuple[str, pd.DataFrame]:
     import json
 
     doc = json.loads(Path(path).read_text())
-    rows = [{"model": MODEL_LABELS[r["params"]["model"]], "BN momentum": r["params"]["bn_momentum"],
-             "seed": r["params"]["seed"], "epochs": r["params"]["epochs"], "image size": r["params"]["image_size"],
+    rows = [{"model": MODEL_LABELS[r["params"]["model"]], "norm": NORM_LABELS[r["params"].get("norm", "batch")],
+             "BN momentum": r["params"]["bn_momentum"], "seed": r["params"]["seed"],
+             "epochs": r["params"]["epochs"], "image size": r["params"]["image_size"],
              "train images": r["n_train"],
              "validation Dice (fit, inference mode)": r["metrics"]["last_val_dice"],
+             "test Dice, paper's definition": r["metrics"]["test_dice_keras"],
              "test Dice, inference mode": r["metrics"]["test_dice_inference"],
              "test Dice, training mode": r["metrics"]["test_dice_training"],
              "test Dice, BN recomputed": r["metrics"]["test_dice_recomputed_bn"],
-             "weights": r["weights"]["used"]} for r in doc["runs"]]
+             "weights": r["weights"]["used"], "device": r.get("device", "")} for r in doc["runs"]]
     return doc["what"], pd.DataFrame(rows).round(3)
 
 
-def main_runs(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
-    """The runs of the paper's setting: ``n_train`` images, Keras' BN momentum."""
-    return runs[(runs["n_train"] == p["n_train"]) & (runs["bn_momentum"] == KERAS_BN_MOMENTUM)]
+def reference_runs(path: Path = REFERENCE_RUNS) -> pd.DataFrame:
+    """The reference runs as rows like :func:`run_study`'s (for :func:`findings` on real data)."""
+    import json
+
+    doc = json.loads(Path(path).read_text())
+    return pd.DataFrame([{**{k: r["params"][k] for k in ("model", "seed", "n_train", "bn_momentum")},
+                          "norm": r["params"].get("norm", "batch"), **r["metrics"]} for r in doc["runs"]])
+
+
+def export_reference(folders: list, what: str, command: str, device: str, path: Path = REFERENCE_RUNS) -> Path:
+    """Write the reference-run JSON the chapter shows, from stored run folders (their params,
+    weights, environment and metrics, nothing typed by hand)."""
+    import json
+
+    runs = []
+    for folder in folders:
+        run = results.load_run(folder)
+        c = run["config"]
+        runs.append({"params": c["params"], "weights": c["weights"], "device": device,
+                     "environment": {k: c["environment"].get(k) for k in ("python", "torch", "numpy", "platform", "date")},
+                     "keras": c.get("keras"), "n_train": c["n_train"], "n_val": c["n_val"], "n_test": c["n_test"],
+                     "metrics": run["metrics"]})
+    Path(path).write_text(json.dumps(results.jsonable({"what": what, "command": command, "runs": runs}), indent=1))
+    return Path(path)
 
 
 def _mean_std_table(runs: pd.DataFrame, columns: dict[str, str], paper: pd.DataFrame) -> pd.DataFrame:
@@ -290,7 +457,8 @@ def _mean_std_table(runs: pd.DataFrame, columns: dict[str, str], paper: pd.DataF
     table = pd.DataFrame(index=[MODEL_LABELS[m] for m in ms.index])
     for col, name in columns.items():
         table[name] = [format_mean_std(m, s, 1, 3) for m, s in zip(ms[f"{col}_mean"], ms[f"{col}_std"])]
-        table[f"paper {name}"] = paper.reindex(ms.index)[name].to_numpy()
+        if name in paper:
+            table[f"paper {name}"] = paper.reindex(ms.index)[name].to_numpy()
     return table
 
 
@@ -302,35 +470,46 @@ def table1(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def table2(runs: pd.DataFrame) -> pd.DataFrame:
-    """Paper Table 2 (test set, inference mode), mean +- std over seeds beside the paper."""
-    return _mean_std_table(runs, {"test_accuracy_inference": "test accuracy", "test_dice_inference": "test Dice"},
-                           PAPER_TABLE2)
+    """Paper Table 2 (test set, inference mode), mean +- std over seeds beside the paper.
+
+    "test accuracy" and "test Dice" use the paper's definitions (``model.evaluate``: soft Dice per
+    batch of 32, averaged over batches); the last column is ours, the thresholded (0.5) Dice per image.
+    """
+    table = _mean_std_table(runs, {"test_accuracy_keras": "test accuracy", "test_dice_keras": "test Dice",
+                                   "test_dice_inference": "ours: thresholded Dice per image"}, PAPER_TABLE2)
+    return table
 
 
 def bn_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
-    """Mean Dice per model and batch-norm treatment: inference vs training mode, recomputed statistics,
-    and (rows with another momentum) a retrain with that momentum."""
+    """Mean Dice per model, normalisation and momentum: inference vs training mode (transductive),
+    recomputed statistics, with the number of BN updates (steps)."""
     rows = []
-    for (model, momentum), g in runs[runs["n_train"] == p["n_train"]].groupby(["model", "bn_momentum"], sort=False):
-        rows.append({"model": MODEL_LABELS[model], "BN momentum": momentum, "BN layers": int(g["bn_layers"].iloc[0]),
+    sel = runs[runs["n_train"] == p["n_train"]]
+    for (model, norm, momentum), g in sel.groupby(["model", "norm", "bn_momentum"], sort=False):
+        rows.append({"model": MODEL_LABELS[model], "norm": NORM_LABELS[norm],
+                     "BN momentum": momentum if g["bn_layers"].iloc[0] else "–",
+                     "BN layers": int(g["bn_layers"].iloc[0]), "steps": int(g["steps"].iloc[0]),
                      "train Dice, inference mode": g["train_dice_inference"].mean(),
                      "train Dice, training mode": g["train_dice_training"].mean(),
                      "train Dice, BN recomputed": g["train_dice_recomputed_bn"].mean(),
                      "test Dice, inference mode": g["test_dice_inference"].mean(),
-                     "test Dice, training mode": g["test_dice_training"].mean(),
+                     "test Dice, training mode (transductive)": g["test_dice_training"].mean(),
                      "test Dice, BN recomputed": g["test_dice_recomputed_bn"].mean(), "seeds": len(g)})
     return pd.DataFrame(rows).round(3)
 
 
 def size_curve(runs: pd.DataFrame) -> pd.DataFrame:
-    """Test Dice (inference mode and with recomputed BN) by model and training-set size, at Keras' momentum."""
-    r = runs[runs["bn_momentum"] == KERAS_BN_MOMENTUM]
+    """Test Dice (inference mode and with recomputed BN) by model and training-set size, at Keras'
+    momentum, with the epochs and steps each size trained for."""
+    r = runs[(runs["bn_momentum"] == KERAS_BN_MOMENTUM) & (runs["norm"] == "batch")]
     out = r.groupby(["model", "n_train"], sort=False).agg(
+        epochs=("epochs", "first"), steps=("steps", "first"),
         dice=("test_dice_inference", "mean"), dice_std=("test_dice_inference", "std"),
         dice_recomputed_bn=("test_dice_recomputed_bn", "mean"), seeds=("seed", "nunique")).reset_index()
     out["model"] = out["model"].map(MODEL_LABELS)
     return out.sort_values(["model", "n_train"]).reset_index(drop=True)
 
 
-__all__ = ["PROFILES", "study_params", "load_splits", "run_one", "run_study", "table1", "table2", "bn_table",
-           "size_curve", "main_runs", "dice_coefficient", "dice_loss", "batch_norm_layers"]
+__all__ = ["PROFILES", "study_params", "load_splits", "run_one", "run_study", "jobs", "table1", "table2",
+           "bn_table", "size_curve", "main_runs", "findings", "control_findings", "dice_coefficient",
+           "dice_loss", "batch_norm_layers"]

@@ -6,6 +6,7 @@ study switches between real and synthetic data with one parameter.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,19 @@ class SegmentationSet:
             layers={name: layer[index] for name, layer in self.layers.items()},
             meta=None if self.meta is None else self.meta.iloc[index].reset_index(drop=True),
         )
+
+    def fingerprint(self) -> str:
+        """A short hash of the pixels, masks and ids: names this exact data in run keys.
+
+        It changes when a file, the loader, the resizing or the phantom generator changes, so a
+        stored run is never reused for other data.
+        """
+        h = hashlib.sha256()
+        for arr in (self.images, self.masks):
+            h.update(str(arr.shape).encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update("\n".join(self.ids).encode())
+        return h.hexdigest()[:12]
 
     @property
     def label(self) -> str:

@@ -28,8 +28,34 @@ CSV_NAME = "training_set_pixel_size_and_HC.csv"
 _IMAGE_RE = re.compile(r"^(\d+)_(\d*)HC\.png$")
 
 
+def _ellipse_fill(edge: np.ndarray) -> np.ndarray:
+    """The filled ellipse fitted (least squares) to the outline pixels, clipped to the image."""
+    from skimage.draw import polygon
+    from skimage.measure import EllipseModel
+
+    rows, cols = np.nonzero(edge)
+    xy = np.column_stack([cols, rows]).astype(float)
+    if hasattr(EllipseModel, "from_estimate"):  # scikit-image >= 0.26
+        model = EllipseModel.from_estimate(xy)
+        ok = bool(model)
+    else:
+        model = EllipseModel()
+        ok = model.estimate(xy)
+    if not ok:
+        raise ValueError("the outline touches the image border and no ellipse could be fitted to it")
+    x, y = model.predict_xy(np.linspace(0, 2 * np.pi, 720, endpoint=False)).T
+    mask = np.zeros(edge.shape, np.uint8)
+    rr, cc = polygon(y, x, shape=edge.shape)
+    mask[rr, cc] = 1
+    return mask
+
+
 def fill_outline(outline: np.ndarray) -> np.ndarray:
     """Fill a closed ellipse outline (the released annotation) into a solid 0/1 mask.
+
+    An outline cut by the image border (the head leaves the frame: HC18 images 186, 346, 787) is not
+    closed, and filling its holes would leave only the drawn ring; such an outline is filled with the
+    ellipse fitted to its pixels, clipped to the image.
 
     Args:
         outline: 2-D array, non-zero on the drawn outline.
@@ -40,7 +66,11 @@ def fill_outline(outline: np.ndarray) -> np.ndarray:
     edge = outline > 0
     # Close one-pixel gaps in the drawn contour before filling.
     closed = ndimage.binary_closing(edge, structure=np.ones((3, 3)), iterations=1)
-    return ndimage.binary_fill_holes(closed).astype(np.uint8)
+    filled = ndimage.binary_fill_holes(closed)
+    border = np.concatenate([edge[0], edge[-1], edge[:, 0], edge[:, -1]])
+    if border.any():
+        filled |= _ellipse_fill(edge).astype(bool)
+    return filled.astype(np.uint8)
 
 
 def read_mask(image_path: Path) -> np.ndarray:

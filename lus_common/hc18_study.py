@@ -15,46 +15,56 @@ from . import results
 from .data import SegmentationSet, split_by_group
 from .device import describe_device, resolve_device
 from .hc18 import load_hc18
-from .metrics import hc_absolute_error, head_circumferences, segmentation_scores
-from .models import create_model
+from .metrics import hc_absolute_error, head_circumferences, pooled_scores, segmentation_scores
+from .models import MODELS, create_model, encoder_weights_key
 from .params import resolve_params
 from .phantoms import fetal_head_phantom
 from .phantoms.fetal_head import GENERATOR_VERSION as PHANTOM_VERSION
 from .stats import format_mean_std, mean_std
-from .strategies import Strategy, apply_strategy, frozen_modules, resolve_strategies, trainable_parameters
+from .strategies import (Strategy, apply_strategy, frozen_modules, get_strategy, resolve_strategies,
+                         trainable_parameters)
 from .training import TrainConfig, predict, train_model
 
 STUDY = "hc18_strategies"
 
+# Bumped whenever the models, strategies or training code change what a run computes.
+CODE_VERSION = "authors-2"
+
 PROFILES = {
-    # The paper and the authors' code: 512x512, batch 10, Adam 1e-4, 20 epochs, 4 repeats,
-    # 80/20 split (799/200 of 999), rotation +-25 deg, horizontal and vertical flips.
+    # The paper and the authors' code: 512x512, batch 10, Adam 1e-4, 20 epochs, 4 repeats, 80/20
+    # split (799/200 of 999), rotation +-25 deg, horizontal flip p=0.5, vertical flip p=0.1, grey
+    # scaled to [0, 1] (A.Normalize(mean=0, std=1)); the tables average epochs 6-20 (5 warm-up).
     "paper": dict(data_source="hc18", image_size=512, n_images=None, test_fraction=0.2, split_seed=0,
                   epochs=20, batch_size=10, lr=1e-4, lr_decay=1.0, seeds=[0, 1, 2, 3], strategies="all",
-                  rotation_deg=25.0, hflip=True, vflip=True, amp=True, encoder_weights="imagenet", freeze_bn=False),
+                  rotation_deg=25.0, hflip=0.5, vflip=0.1, input_norm="unit", amp=True,
+                  encoder_weights="imagenet", freeze_bn=False, warmup_epochs=5, report="after_warmup"),
     # Minutes on a 2-core CPU: small phantom images, few epochs, a larger step size.
     "quick": dict(data_source="synthetic", image_size=64, n_images=80, test_fraction=0.2, split_seed=0,
                   epochs=6, batch_size=8, lr=1e-3, lr_decay=1.0, seeds=[0, 1], strategies="all",
-                  rotation_deg=25.0, hflip=True, vflip=True, amp=True, encoder_weights="imagenet", freeze_bn=False),
+                  rotation_deg=25.0, hflip=0.5, vflip=0.1, input_norm="unit", amp=True,
+                  encoder_weights="imagenet", freeze_bn=False, warmup_epochs=3, report="after_warmup"),
     # Seconds, for tests: every strategy, one epoch, tiny images.
     "smoke": dict(data_source="synthetic", image_size=32, n_images=12, test_fraction=0.25, split_seed=0,
                   epochs=1, batch_size=4, lr=1e-3, lr_decay=1.0, seeds=[0], strategies="all",
-                  rotation_deg=25.0, hflip=True, vflip=True, amp=True, encoder_weights="imagenet", freeze_bn=False),
+                  rotation_deg=25.0, hflip=0.5, vflip=0.1, input_norm="unit", amp=True,
+                  encoder_weights="imagenet", freeze_bn=False, warmup_epochs=5, report="after_warmup"),
 }
+REPORTS = ("after_warmup", "last")
 
 # Reported by Wang et al. on their 200 test images (%); None where the paper gives only a bar.
 PAPER_RESULTS = pd.DataFrame(
     {
-        "paper_pa": [97.32, 97.77, None, None, None, None, None, None],
-        "paper_dice": [95.53, 96.28, 96.22, None, None, None, None, None],
-        "paper_miou": [91.47, 92.87, None, None, None, None, None, None],
+        "paper_pa": [97.32, 97.77, None, None, None, None, None, None, None],
+        "paper_dice": [95.53, 96.28, 96.22, None, None, None, None, None, None],
+        "paper_miou": [91.47, 92.87, None, None, None, None, None, None, None],
     },
-    index=["baseline", "decoder", "encoder", "d0", "d01", "d012", "d234", "d4"],
+    index=["baseline", "decoder", "encoder", "d0", "d01", "d012", "d234", "d4", "decoder_random"],
 )
 PAPER_NOTE = (
     "Paper values: decoder strategy PA 97.77, Dice 96.28, mIoU 92.87 (Conclusion); encoder-only "
     "Dice 96.22; baseline derived from the stated gains of +0.45 PA, +0.75 Dice, +1.4 mIoU. "
-    "The other strategies appear only as bars in Fig. 1c."
+    "The other strategies appear only as bars in Fig. 1c. The paper's \"mIoU\" is the head IoU "
+    "(the authors' check_accuracy), and its numbers average the per-epoch test scores of epochs 6-20."
 )
 
 
@@ -70,30 +80,39 @@ def study_params(profile: str = "quick", **given) -> dict:
         raise ValueError(f"data_source must be 'synthetic' or 'hc18', got '{p['data_source']}'.")
     if p["image_size"] % 32:
         raise ValueError(f"image_size must be a multiple of 32 (five 2x down-samplings), got {p['image_size']}.")
+    if p["report"] not in REPORTS:
+        raise ValueError(f"report must be one of {list(REPORTS)}, got '{p['report']}'.")
+    TrainConfig(hflip=p["hflip"], vflip=p["vflip"], input_norm=p["input_norm"])  # checks the values
     p["seeds"] = [int(s) for s in np.atleast_1d(p["seeds"])]
     p["strategies"] = [s.name for s in resolve_strategies(p["strategies"])]
     return p
 
 
 def load_data(p: dict) -> tuple[SegmentationSet, SegmentationSet]:
-    """The train and test sets of a parameter dict, split disjointly by subject."""
+    """The train and test sets of a parameter dict, split disjointly by subject; each carries the
+    loaded data's fingerprint in ``info["fingerprint"]``."""
     if p["data_source"] == "hc18":
         data = load_hc18(image_size=p["image_size"], limit=p["n_images"])
     else:
         data = fetal_head_phantom(p["n_images"], p["image_size"], seed=1000 + p["split_seed"])
     train_idx, test_idx = split_by_group(data.groups, p["test_fraction"], p["split_seed"])
+    data.info["fingerprint"] = data.fingerprint()
     return data.subset(train_idx), data.subset(test_idx)
 
 
 _RUN_KEYS = ("data_source", "image_size", "n_images", "test_fraction", "split_seed", "epochs", "batch_size",
-             "lr", "lr_decay", "rotation_deg", "hflip", "vflip", "amp", "encoder_weights", "freeze_bn")
+             "lr", "lr_decay", "rotation_deg", "hflip", "vflip", "input_norm", "amp", "encoder_weights",
+             "freeze_bn")
 
 
-def run_params(p: dict, strategy: str, seed: int) -> dict:
-    """The parameters that identify one (strategy, seed) run (with the phantom's version, so a changed
-    generator never reuses stored runs)."""
-    data_version = f"fetal_head_phantom v{PHANTOM_VERSION}" if p["data_source"] == "synthetic" else p["data_source"]
-    return {**{k: p[k] for k in _RUN_KEYS}, "data_version": data_version, "strategy": strategy, "seed": int(seed)}
+def run_params(p: dict, strategy: str, seed: int, data_fingerprint: str = "") -> dict:
+    """The parameters that identify one (strategy, seed) run: the study's, the weights that will
+    really be loaded (not only those asked for), the code version and a fingerprint of the data."""
+    s = get_strategy(strategy)
+    encoder = MODELS[s.model].get("encoder")
+    weights = encoder_weights_key(encoder, p["encoder_weights"]) if encoder and s.pretrained else "none/random"
+    return {**{k: p[k] for k in _RUN_KEYS}, "strategy": strategy, "seed": int(seed), "weights": weights,
+            "code_version": CODE_VERSION, "data_fingerprint": data_fingerprint}
 
 
 def build_model(strategy: Strategy, encoder_weights: str | None, seed: int):
@@ -114,28 +133,35 @@ def run_one(p: dict, strategy: Strategy, seed: int, train: SegmentationSet, test
     Returns:
         The run as :func:`lus_common.results.load_run` gives it, plus ``"reused"``.
     """
-    rp = run_params(p, strategy.name, seed)
+    rp = run_params(p, strategy.name, seed, train.info.get("fingerprint", ""))
     folder = results.run_dir(STUDY, rp, name_keys=("strategy", "seed", "data_source", "image_size", "epochs"))
     if results.is_complete(folder):
         return {**results.load_run(folder), "reused": True}
     model, weights = build_model(strategy, p["encoder_weights"], seed)
     cfg = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], lr_decay=p["lr_decay"],
-                      rotation_deg=p["rotation_deg"], hflip=p["hflip"], vflip=p["vflip"], amp=p["amp"], seed=seed)
+                      rotation_deg=p["rotation_deg"], hflip=p["hflip"], vflip=p["vflip"], amp=p["amp"], seed=seed,
+                      input_norm=p["input_norm"])
     # freeze_bn=False follows the authors' code (requires_grad off, model.train()): batch-norm
     # statistics of frozen parts still adapt to the new data. True keeps the pretrained statistics.
     frozen = frozen_modules(model) if p["freeze_bn"] else []
     history = train_model(model, train.images, train.masks, cfg, device, test.images, test.masks, frozen=frozen)
-    probs = predict(model, test.images, p["batch_size"], device, p["amp"])
+    probs = predict(model, test.images, p["batch_size"], device, p["amp"], p["input_norm"])
     per_image = segmentation_scores(probs, test.masks)
     per_image.insert(0, "id", test.ids)
     per_image["hc_true_mm"] = test.hc_mm
     per_image["hc_pred_mm"] = head_circumferences(probs > 0.5, test.spacing_mm)
     per_image["hc_error_mm"] = hc_absolute_error(per_image["hc_pred_mm"], test.hc_mm)
+    pooled = pooled_scores(probs, test.masks, p["batch_size"])
+    warm = history[history["epoch"] > p["warmup_epochs"]]
     metrics = {
         **{k: float(per_image[k].mean()) for k in ("pixel_accuracy", "dice", "iou", "miou")},
+        # the authors' definition (check_accuracy: pooled per batch), last epoch and mean after warm-up
+        **{f"{k}_pooled": v for k, v in pooled.items()},
+        **{f"{k}_pooled_after_warmup": float(warm[f"val_{c}_pooled"].mean()) if len(warm) else float("nan")
+           for k, c in (("pixel_accuracy", "pa"), ("dice", "dice"), ("iou", "iou"))},
         "hc_error_mm": float(per_image["hc_error_mm"].mean()),
         "hc_failed": int(per_image["hc_pred_mm"].isna().sum()),
-        "trainable_params": trainable_parameters(model, strategy),
+        "trainable_params": trainable_parameters(model),
         "train_seconds": float(history["seconds"].sum()),
         "weights_used": weights.used,
     }
@@ -173,23 +199,38 @@ def run_study(p: dict, train: SegmentationSet, test: SegmentationSet, progress: 
             "weights": weights, "reused": reused, "device": describe_device(device)}
 
 
-def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+def summary_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     """Mean ± std over seeds per strategy, in %, beside the paper's numbers and trainable counts.
 
-    The HC error is the mean over the test images where an ellipse could be fitted; "HC fit
-    failures" counts those where the predicted mask was empty (over all seeds).
+    PA, Dice and IoU (head) use the authors' definition (pooled per batch of test images) at the
+    epochs ``p["report"]`` names: ``"after_warmup"`` averages the per-epoch test scores after
+    ``warmup_epochs`` (the paper: epochs 6-20), ``"last"`` takes the last epoch. When no epoch is past
+    the warm-up, the last epoch is shown and the column names say so. The extra columns are per image
+    at the last epoch: the two-class mIoU (head and background) and the HC error over the images
+    where an ellipse could be fitted ("HC fit failures" counts empty predicted masks, over all seeds).
     """
-    cols = ["pixel_accuracy", "dice", "miou", "hc_error_mm"]
+    warm = p["report"] == "after_warmup" and p["epochs"] > p["warmup_epochs"]
+    suffix, when = ("_pooled_after_warmup", f"epochs {p['warmup_epochs'] + 1}-{p['epochs']}") if warm \
+        else ("_pooled", f"epoch {p['epochs']}")
+    cols = [f"pixel_accuracy{suffix}", f"dice{suffix}", f"iou{suffix}", "miou", "hc_error_mm"]
     ms = mean_std(runs, "strategy", cols)
     table = pd.DataFrame(index=ms.index)
     table["trainable params"] = runs.groupby("strategy", sort=False)["trainable_params"].first().map("{:,}".format)
-    for col, name, scale in [("pixel_accuracy", "PA %", 100), ("dice", "Dice %", 100), ("miou", "mIoU %", 100),
-                             ("hc_error_mm", "HC error mm", 1)]:
-        table[name] = [format_mean_std(m, s, scale) for m, s in zip(ms[f"{col}_mean"], ms[f"{col}_std"])]
+    table["weights"] = runs.groupby("strategy", sort=False)["weights_used"].first()
     paper = PAPER_RESULTS.reindex(ms.index)
-    table["paper PA %"] = paper["paper_pa"]
-    table["paper Dice %"] = paper["paper_dice"]
-    table["paper mIoU %"] = paper["paper_miou"]
+    for col, name, paper_col in [(f"pixel_accuracy{suffix}", "PA %", "paper_pa"), (f"dice{suffix}", "Dice %", "paper_dice"),
+                                 (f"iou{suffix}", "head IoU %", "paper_miou")]:
+        table[f"{name} ({when})"] = [format_mean_std(m, s, 100) for m, s in zip(ms[f"{col}_mean"], ms[f"{col}_std"])]
+        table[f"paper {name}"] = paper[paper_col]
+    table["extra: 2-class mIoU % (last epoch, per image)"] = [
+        format_mean_std(m, s, 100) for m, s in zip(ms["miou_mean"], ms["miou_std"])]
+    table["HC error mm"] = [format_mean_std(m, s, 1) for m, s in zip(ms["hc_error_mm_mean"], ms["hc_error_mm_std"])]
     table["HC fit failures"] = runs.groupby("strategy", sort=False)["hc_failed"].sum()
     table["seeds"] = ms["n"]
     return table.fillna("–")
+
+
+def report_column(p: dict, metric: str = "dice") -> str:
+    """The run column behind the summary table's ``metric`` (``pixel_accuracy``, ``dice`` or ``iou``)."""
+    warm = p["report"] == "after_warmup" and p["epochs"] > p["warmup_epochs"]
+    return f"{metric}_pooled_after_warmup" if warm else f"{metric}_pooled"

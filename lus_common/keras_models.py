@@ -4,16 +4,24 @@ Keras is imported lazily, here only: the torch-only parts of ``lus_common`` neve
 :func:`keras` sets ``KERAS_BACKEND=torch`` before the first import, so the whole book runs on one
 GPU stack.
 
-Architectures, after the authors' public notebook (paper 3 omits them):
+Architectures, exactly as in the authors' public notebook (Kim, ``MainQuest/Quest02/Quest02.ipynb`` in
+PeterYYong/AIFFEL_quest_rs; the paper omits them). Every block is two 3x3 convolutions with a ReLU
+inside the convolution, each *followed* by batch norm (Conv(ReLU) -> BN):
 
-- ``unet``: 3 levels of two 3x3 conv + batch norm + ReLU (32, 64, 128 filters), a 256-filter
-  bottleneck, transposed-conv decoder; 1,931,233 parameters (the issue's "about 1.93M").
-- ``vgg16_unet``: keras.applications VGG16 encoder (trainable; skips from the last conv of blocks
-  1-4), a new 1024-filter bottleneck on block 5, the same decoder block without batch norm;
-  33,981,633 parameters ("about 34.0M"). No batch norm anywhere: the control of the BN finding.
-- ``resnet50_unet``: keras.applications ResNet50 encoder (batch norm with ImageNet statistics; skips
-  at 1, 1/2, 1/4, 1/8, 1/16), dropout 0.5 before the decoder (no batch norm in it); 40,997,537
-  parameters ("about 41.0M").
+- ``unet``: 1-channel input; 3 levels (32, 64, 128 filters), a 256-filter bottleneck, transposed-
+  conv decoder; 14 BN layers; 1,930,657 parameters (the notebook's ``model.summary()``).
+- ``vgg16_unet``: keras.applications VGG16 encoder (trainable, no BN; skips from the last conv of
+  blocks 1-4), a new 1024-filter bottleneck on ``block4_pool`` and a decoder, both with BN after
+  every convolution (10 BN layers); 33,997,505 parameters with a 3-channel input.
+- ``resnet50_unet``: keras.applications ResNet50 encoder (53 BN layers; skips ``conv1_relu``,
+  ``conv2_block3_out``, ``conv3_block4_out``, ``conv4_block6_out``), four decoder blocks with
+  Conv(ReLU) -> BN -> Dropout(0.5) -> Conv(ReLU) -> BN, then a bare ``Conv2DTranspose(32)`` (no
+  activation, no skip) before the 1x1 sigmoid head; 40,985,857 parameters.
+
+``norm="group"`` or ``"none"`` builds the same architecture with each of *our* BN layers replaced by
+GroupNorm (8 groups; no moving statistics) or removed: the same-architecture control of the batch-norm
+experiment. ResNet50's encoder keeps its own BN (it carries the pretrained statistics), so that model
+has no clean control.
 
 Keras' batch norm keeps moving averages with momentum 0.99: after the paper's 7 steps x 30 epochs
 they still hold 0.99^210 = 12 % of their initial values, so inference-mode predictions can fail
@@ -34,7 +42,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from .models import WeightsInfo, hub_reachable
+from .models import WeightsInfo, hub_reachable, weights_key
 from .paths import data_dir
 
 MODELS = ("unet", "vgg16_unet", "resnet50_unet")
@@ -92,65 +100,91 @@ def use_device(device: str = "auto") -> str:
     return wanted
 
 
-def conv_block(x, filters: int, name: str, batch_norm: bool = True):
-    """Two 3x3 convolutions, each with (optional) batch norm and ReLU: the one decoder/encoder block."""
+NORMS = ("batch", "group", "none")
+GROUPS = 8  # GroupNorm groups of the control (32 channels -> groups of 4)
+# The channels each model expects: the authors feed the plain U-Net the grey image, the pretrained
+# encoders the grey image repeated to three channels.
+INPUT_CHANNELS = {"unet": 1, "vgg16_unet": 3, "resnet50_unet": 3}
+
+
+def _norm(x, norm: str, name: str):
+    """Batch norm (the authors'), GroupNorm or nothing, after a convolution."""
     layers = keras().layers
-    for i in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv{i}")(x)
-        if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
-        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
-    return x
+    if norm == "batch":
+        return layers.BatchNormalization(name=name)(x)
+    if norm == "group":
+        return layers.GroupNormalization(groups=GROUPS, name=name)(x)
+    if norm == "none":
+        return x
+    raise ValueError(f"norm must be one of {list(NORMS)}, got '{norm}'.")
 
 
-def decoder_block(x, skip, filters: int, name: str, batch_norm: bool = True):
-    """2x transposed-conv up-sampling, concatenation with the skip, then :func:`conv_block`."""
+def conv_block(x, filters: int, name: str, norm: str = "batch", dropout: float = 0.0):
+    """The authors' block: Conv3x3(ReLU) -> norm [-> Dropout] -> Conv3x3(ReLU) -> norm."""
+    layers = keras().layers
+    x = layers.Conv2D(filters, 3, activation="relu", padding="same", name=f"{name}_conv1")(x)
+    x = _norm(x, norm, f"{name}_norm1")
+    if dropout:
+        x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    x = layers.Conv2D(filters, 3, activation="relu", padding="same", name=f"{name}_conv2")(x)
+    return _norm(x, norm, f"{name}_norm2")
+
+
+def decoder_block(x, skip, filters: int, name: str, norm: str = "batch", dropout: float = 0.0):
+    """2x transposed convolution, concatenation ``[up, skip]`` (the authors' order), :func:`conv_block`."""
     layers = keras().layers
     x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{name}_up")(x)
     x = layers.Concatenate(name=f"{name}_concat")([x, skip])
-    return conv_block(x, filters, name, batch_norm)
+    return conv_block(x, filters, name, norm, dropout)
 
 
 def _head(x, name: str = "mask"):
     return keras().layers.Conv2D(1, 1, activation="sigmoid", name=name)(x)
 
 
-def build_unet(image_size: int = 128, filters=(32, 64, 128), bottleneck: int = 256):
-    """U-Net from scratch: 3 encoder levels, a bottleneck, 3 decoder levels, batch norm throughout."""
+def build_unet(image_size: int = 128, norm: str = "batch", channels: int = 1, filters=(32, 64, 128),
+               bottleneck: int = 256):
+    """The authors' U-Net from scratch: 3 encoder levels, a 256-filter bottleneck, 3 decoder levels."""
     k = keras()
-    inputs = k.Input((image_size, image_size, 3), name="image")
+    inputs = k.Input((image_size, image_size, channels), name="image")
     x, skips = inputs, []
     for i, f in enumerate(filters):
-        x = conv_block(x, f, f"enc{i + 1}")
+        x = conv_block(x, f, f"enc{i + 1}", norm)
         skips.append(x)
         x = k.layers.MaxPooling2D(name=f"enc{i + 1}_pool")(x)
-    x = conv_block(x, bottleneck, "bottleneck")
+    x = conv_block(x, bottleneck, "bottleneck", norm)
     for i, (f, skip) in enumerate(zip(reversed(filters), reversed(skips))):
-        x = decoder_block(x, skip, f, f"dec{i + 1}")
-    return k.Model(inputs, _head(x), name="unet")
+        x = decoder_block(x, skip, f, f"dec{i + 1}", norm)
+    return k.Model(inputs, _head(x), name="unet" if norm == "batch" else f"unet_{norm}")
 
 
-def build_vgg16_unet(image_size: int = 128, weights: str | None = None):
-    """VGG16 encoder (no batch norm) with a new 1024-filter bottleneck and a U-Net decoder."""
+def build_vgg16_unet(image_size: int = 128, weights: str | None = None, norm: str = "batch"):
+    """VGG16 encoder (no BN of its own), a 1024-filter bottleneck and a decoder, BN after every conv."""
     k = keras()
-    encoder = k.applications.VGG16(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
-    skips = [encoder.get_layer(n).output for n in ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")]
-    x = conv_block(encoder.get_layer("block4_pool").output, 1024, "bottleneck", batch_norm=False)
+    encoder = k.applications.VGG16(include_top=False, weights=weights,
+                                   input_shape=(image_size, image_size, 3))
+    skips = [encoder.get_layer(n).output
+             for n in ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")]
+    x = conv_block(encoder.get_layer("block4_pool").output, 1024, "bottleneck", norm)
     for i, (f, skip) in enumerate(zip((512, 256, 128, 64), reversed(skips))):
-        x = decoder_block(x, skip, f, f"dec{i + 1}", batch_norm=False)
-    return k.Model(encoder.input, _head(x), name="vgg16_unet")
+        x = decoder_block(x, skip, f, f"dec{i + 1}", norm)
+    return k.Model(encoder.input, _head(x), name="vgg16_unet" if norm == "batch" else f"vgg16_unet_{norm}")
 
 
-def build_resnet50_unet(image_size: int = 128, weights: str | None = None, dropout: float = 0.5):
-    """ResNet50 encoder (batch norm, ImageNet statistics) with dropout and a U-Net decoder."""
+def build_resnet50_unet(image_size: int = 128, weights: str | None = None, norm: str = "batch",
+                        dropout: float = 0.5):
+    """ResNet50 encoder, four decoder blocks with dropout, a bare transposed conv, the 1x1 head."""
     k = keras()
-    encoder = k.applications.ResNet50(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
-    names = ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out")  # 1/2, 1/4, 1/8, 1/16
-    skips = [encoder.inputs[0]] + [encoder.get_layer(n).output for n in names]
-    x = k.layers.Dropout(dropout, name="bottleneck_dropout")(encoder.get_layer("conv5_block3_out").output)
-    for i, (f, skip) in enumerate(zip((512, 256, 128, 64, 32), reversed(skips))):
-        x = decoder_block(x, skip, f, f"dec{i + 1}", batch_norm=False)
-    return k.Model(encoder.input, _head(x), name="resnet50_unet")
+    encoder = k.applications.ResNet50(include_top=False, weights=weights,
+                                      input_shape=(image_size, image_size, 3))
+    names = ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out")  # 1/2 .. 1/16
+    skips = [encoder.get_layer(n).output for n in names]
+    x = encoder.get_layer("conv5_block3_out").output
+    for i, (f, skip) in enumerate(zip((512, 256, 128, 64), reversed(skips))):
+        x = decoder_block(x, skip, f, f"dec{i + 1}", norm, dropout)
+    x = k.layers.Conv2DTranspose(32, 2, strides=2, padding="same", name="final_up")(x)
+    return k.Model(encoder.input, _head(x),
+                   name="resnet50_unet" if norm == "batch" else f"resnet50_unet_{norm}")
 
 
 def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, WeightsInfo]:
@@ -178,7 +212,19 @@ def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, W
                              f"{WEIGHTS_HOST} is unreachable; put the file in one of those folders")
 
 
-def create_keras_model(name: str, image_size: int = 128, encoder_weights: str | None = "imagenet", seed: int = 0):
+def keras_weights_key(name: str, weights: str | None) -> str:
+    """:func:`lus_common.models.weights_key` of the weights :func:`create_keras_model` will load (for
+    run keys): the file's SHA-256, a download, or ``"none/random"``."""
+    source, _ = resolve_keras_weights(name, weights)
+    if source is None:
+        return "none/random"
+    if source == "imagenet":
+        return weights_key(weights, how="keras-download")
+    return weights_key(weights, source)
+
+
+def create_keras_model(name: str, image_size: int = 128, encoder_weights: str | None = "imagenet", seed: int = 0,
+                       norm: str = "batch"):
     """Build one of :data:`MODELS` with its weights resolved and recorded.
 
     Args:
@@ -186,6 +232,7 @@ def create_keras_model(name: str, image_size: int = 128, encoder_weights: str | 
         image_size: square input side (a multiple of 32 for the pretrained encoders).
         encoder_weights: ``"imagenet"`` or ``None``; ignored by ``unet`` (always from scratch).
         seed: seeds Keras' initialisers.
+        norm: ``"batch"`` (the authors'), ``"group"`` or ``"none"`` in the layers we add.
 
     Returns:
         ``(model, WeightsInfo)``.
@@ -195,18 +242,21 @@ def create_keras_model(name: str, image_size: int = 128, encoder_weights: str | 
     """
     if name not in MODELS:
         raise KeyError(f"Unknown Keras model '{name}'. Known: {list(MODELS)}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {list(NORMS)}, got '{norm}'.")
     k = keras()
     k.utils.set_random_seed(seed)
     source, info = resolve_keras_weights(name, encoder_weights)
     if name == "unet":
-        return build_unet(image_size), info
+        return build_unet(image_size, norm), info
     builder = build_vgg16_unet if name == "vgg16_unet" else build_resnet50_unet
     try:
-        return builder(image_size, source), info
+        return builder(image_size, source, norm), info
     except Exception as exc:  # a download that fails half-way, or a corrupt file
         if source is None:
             raise
-        return builder(image_size, None), WeightsInfo(encoder_weights, "none/random", f"loading failed: {exc}")
+        return builder(image_size, None, norm), WeightsInfo(encoder_weights, "none/random",
+                                                            f"loading failed: {exc}")
 
 
 def _all_layers(model) -> list:

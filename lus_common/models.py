@@ -69,6 +69,23 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def file_digest(path) -> str:
+    """The first 12 hex digits of a file's SHA-256 (cached per path, size and modification time)."""
+    stat = Path(path).stat()
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
 @dataclass
 class WeightsInfo:
     """Which weights a model really carries, recorded with every run."""
@@ -79,6 +96,24 @@ class WeightsInfo:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def weights_key(requested: str | None, path=None, how: str = "") -> str:
+    """What a run key records of the weights a model will really carry.
+
+    Args:
+        requested: the weights asked for (``None``: random or from scratch).
+        path: the file they will be read from, when there is one (its SHA-256 names it).
+        how: otherwise how they come (``"download"``) or ``""`` when nothing will be loaded.
+
+    Returns:
+        ``"none/random"``, ``"<name>:sha256:<12 hex>"`` or ``"<name>:<how>"``.
+    """
+    if requested is None or (path is None and not how):
+        return "none/random"
+    if path is not None:
+        return f"{requested}:sha256:{file_digest(path)}"
+    return f"{requested}:{how}"
 
 
 MODELS: dict[str, dict] = {
@@ -135,6 +170,27 @@ def _hub_weights(encoder: str, weights: str) -> tuple[dict | None, str]:
         return load_file(hf_hub_download(**kwargs), device="cpu"), "hub download"
     except Exception as exc:  # network errors, missing revision, ...
         return None, f"hub download failed: {type(exc).__name__}: {exc}"
+
+
+def encoder_weights_key(encoder_name: str, weights: str | None) -> str:
+    """:func:`weights_key` of an smp encoder's weights, found as :func:`resolve_encoder_weights` finds
+    them but without loading them (for run keys)."""
+    if weights is None:
+        return "none/random"
+    path = local_weights_path(encoder_name, weights)
+    if path is not None:
+        return weights_key(weights, path)
+    try:
+        from huggingface_hub import hf_hub_download
+        from segmentation_models_pytorch.encoders import encoders
+
+        settings = encoders[encoder_name]["pretrained_settings"][weights]
+        cached = hf_hub_download(repo_id=settings["repo_id"], filename="model.safetensors",
+                                 revision=settings["revision"], local_files_only=True)
+        return weights_key(weights, cached)
+    except Exception:
+        pass
+    return weights_key(weights, how="hub-download") if hub_reachable() else "none/random"
 
 
 def resolve_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str | None) -> WeightsInfo:

@@ -38,6 +38,19 @@ def _jsonable(obj):
     return obj
 
 
+jsonable = _jsonable
+
+
+def encode_probabilities(probs: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] stored as uint8 (steps of 1/255), to keep run folders small."""
+    return (np.asarray(probs, dtype=np.float32) * 255).round().astype(np.uint8)
+
+
+def decode_probabilities(codes: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`encode_probabilities` (to within 1/510)."""
+    return np.asarray(codes).astype(np.float32) / 255
+
+
 def params_hash(params: dict) -> str:
     """A short stable hash of a parameter dict (key order does not matter)."""
     text = json.dumps(_jsonable(params), sort_keys=True)

@@ -82,8 +82,14 @@ def load_shenzhen(root: Path | None = None, image_size: int = 128, limit: int | 
     )
 
 
-def percentile_normalize(images: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
-    """Per-image contrast stretch: the ``low`` and ``high`` percentiles map to 0 and 1 (clipped)."""
-    lo = np.percentile(images, low, axis=(1, 2), keepdims=True)
-    hi = np.percentile(images, high, axis=(1, 2), keepdims=True)
+def percentile_normalize(images: np.ndarray, low: float = 2.0, high: float = 98.0,
+                         per_image: bool = False) -> np.ndarray:
+    """Contrast stretch: the ``low`` and ``high`` percentiles map to 0 and 1 (clipped).
+
+    The authors compute one pair of percentiles over the whole set (``per_image=False``);
+    ``per_image=True`` stretches every image by its own.
+    """
+    axis = (1, 2) if per_image else None
+    lo = np.percentile(images, low, axis=axis, keepdims=True)
+    hi = np.percentile(images, high, axis=axis, keepdims=True)
     return np.clip((images - lo) / np.maximum(hi - lo, 1e-6), 0, 1).astype(np.float32)

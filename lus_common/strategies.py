@@ -2,11 +2,17 @@
 
 In smp's ``Unet`` the decoder holds ``decoder.blocks[0..4]``, block 0 the deepest (next to the
 bottleneck) and block 4 the shallowest. A strategy names the model, whether the encoder is
-pretrained, and which parts train. Counts of trainable parameters follow the authors' code:
-decoder blocks (and the encoder where it trains), the segmentation head not counted.
+pretrained, and which parts train. Trainable parameters are counted as they are: every parameter
+with ``requires_grad``.
 
-The head (a 3x3 conv, 145 parameters) trains in every strategy: a fresh head must be fitted to
-the new task. ``head_trains`` records it so the chapter can say it.
+The segmentation head (a 3x3 conv, 145 parameters) follows the authors' code
+(13204942/FT_Methods_for_Fetal_Head_Segmentation): it trains with the whole decoder (their printed
+4,405,073 trainable parameters include it) and is frozen with the decoder blocks in every other
+fine-tuning strategy (their freezing code freezes it together with the blocks; the paper's D-4 count,
+6,976, is block 4 alone: with the head it would be 7,121).
+
+``decoder_random`` is the paper's Fig. 1c ``Mobilenet_v2*`` bar: the decoder strategy with a random,
+frozen encoder, the control that says what the pretrained features are worth.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ class Strategy:
     pretrained: bool
     train_encoder: bool
     decoder_blocks: tuple[int, ...]  # decoder blocks that train; () none
-    head_trains: bool = True
+    head_trains: bool = False
 
 
 ALL_BLOCKS = (0, 1, 2, 3, 4)
@@ -34,21 +40,23 @@ ALL_BLOCKS = (0, 1, 2, 3, 4)
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in [
-        Strategy("baseline", "U-Net baseline (scratch, all trainable)", "unet", False, True, ()),
-        Strategy("decoder", "Decoder (blocks 0-4) trainable", "unet_mobilenet_v2", True, False, ALL_BLOCKS),
+        Strategy("baseline", "U-Net baseline (scratch, all trainable)", "unet", False, True, (), True),
+        Strategy("decoder", "Decoder (blocks 0-4) trainable", "unet_mobilenet_v2", True, False, ALL_BLOCKS, True),
         Strategy("encoder", "Encoder only trainable", "unet_mobilenet_v2", True, True, ()),
         Strategy("d0", "Decoder block 0 trainable", "unet_mobilenet_v2", True, False, (0,)),
         Strategy("d01", "Decoder blocks 0,1 trainable", "unet_mobilenet_v2", True, False, (0, 1)),
         Strategy("d012", "Decoder blocks 0,1,2 trainable", "unet_mobilenet_v2", True, False, (0, 1, 2)),
         Strategy("d234", "Decoder blocks 2,3,4 trainable", "unet_mobilenet_v2", True, False, (2, 3, 4)),
         Strategy("d4", "Decoder block 4 trainable", "unet_mobilenet_v2", True, False, (4,)),
+        Strategy("decoder_random", "Decoder trainable, random frozen encoder (Fig. 1c Mobilenet_v2*)",
+                 "unet_mobilenet_v2", False, False, ALL_BLOCKS, True),
     ]
 }
 
 # The paper's Fig. 1b/1c trainable-parameter figures, to the authors' rounding.
 PAPER_TRAINABLE = {
     "baseline": 31e6, "decoder": 4.4e6, "encoder": 2.22e6, "d0": 3.76e6,
-    "d01": 4.24e6, "d012": 4.36e6, "d234": 0.164e6, "d4": 6976,
+    "d01": 4.24e6, "d012": 4.36e6, "d234": 0.164e6, "d4": 6976, "decoder_random": 4.4e6,
 }
 
 
@@ -105,13 +113,7 @@ def frozen_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in parts if not any(p.requires_grad for p in m.parameters())]
 
 
-def trainable_parameters(model: nn.Module, strategy: Strategy) -> int:
-    """Trainable parameters counted as in the authors' code (segmentation head excluded)."""
-    if strategy.model == "unet":
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
-    count = 0
-    if strategy.train_encoder:
-        count += sum(p.numel() for p in model.encoder.parameters())
-    for i in strategy.decoder_blocks:
-        count += sum(p.numel() for p in model.decoder.blocks[i].parameters())
-    return count
+def trainable_parameters(model: nn.Module, strategy: Strategy | None = None) -> int:
+    """Trainable parameters: every parameter with ``requires_grad`` (``strategy`` is not needed; it
+    is accepted for callers that pass it)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -15,10 +15,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .metrics import segmentation_scores
+from .metrics import pooled_scores, segmentation_scores
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_NORMS = ("imagenet", "unit")
 
 
 @dataclass
@@ -30,22 +31,35 @@ class TrainConfig:
     lr: float = 1e-4
     lr_decay: float = 1.0  # per-epoch multiplicative decay (1.0: constant)
     rotation_deg: float = 0.0  # random rotation in [-r, r]
-    hflip: bool = False
-    vflip: bool = False
+    hflip: float = 0.0  # probability of a horizontal flip (True: 0.5)
+    vflip: float = 0.0  # probability of a vertical flip (True: 0.5)
     amp: bool = True  # bf16 autocast, on CUDA only
     seed: int = 0
+    input_norm: str = "imagenet"  # "imagenet" (mean/std) or "unit" (grey in [0, 1], the HC18 authors')
+
+    def __post_init__(self):
+        for name in ("hflip", "vflip"):
+            value = getattr(self, name)
+            setattr(self, name, (0.5 if value else 0.0) if isinstance(value, bool) else float(value))
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {list(INPUT_NORMS)}, got '{self.input_norm}'.")
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def to_input(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Grey images (N, H, W) in [0, 1] to a normalised 3-channel batch (N, 3, H, W).
+def to_input(images: np.ndarray, device: torch.device | str = "cpu", norm: str = "imagenet") -> torch.Tensor:
+    """Grey images (N, H, W) in [0, 1] to a 3-channel batch (N, 3, H, W).
 
-    The grey channel is repeated and normalised with ImageNet statistics, as smp's pretrained
-    encoders expect; the scratch U-Net gets the same input so models are compared fairly.
+    The grey channel is repeated and, with ``norm="imagenet"``, normalised with ImageNet statistics,
+    as smp's pretrained encoders expect; ``norm="unit"`` keeps [0, 1] (the HC18 authors'
+    ``A.Normalize(mean=0, std=1)``). The scratch U-Net gets the same input so models compare fairly.
     """
     x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)[:, None].expand(-1, 3, -1, -1)
+    if norm == "unit":
+        return x.contiguous()
+    if norm != "imagenet":
+        raise ValueError(f"norm must be one of {list(INPUT_NORMS)}, got '{norm}'.")
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
@@ -64,11 +78,11 @@ def augment(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Gener
     """
     n = x.shape[0]
     if cfg.hflip:
-        flip = torch.rand(n, device=x.device, generator=gen) < 0.5
+        flip = torch.rand(n, device=x.device, generator=gen) < cfg.hflip
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-1), y)
     if cfg.vflip:
-        flip = torch.rand(n, device=x.device, generator=gen) < 0.5
+        flip = torch.rand(n, device=x.device, generator=gen) < cfg.vflip
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-2), x)
         y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-2), y)
     if cfg.rotation_deg > 0:
@@ -101,13 +115,13 @@ def _place(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, batch_size: int = 16,
-            device: torch.device | str = "cpu", amp: bool = True) -> np.ndarray:
+            device: torch.device | str = "cpu", amp: bool = True, input_norm: str = "imagenet") -> np.ndarray:
     """Foreground probabilities (N, H, W) of a binary model, in eval mode."""
     device = torch.device(device)
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = to_input(images[start:start + batch_size], device)
+        x = to_input(images[start:start + batch_size], device, input_norm)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
@@ -133,7 +147,9 @@ def train_model(model: nn.Module, train_images: np.ndarray, train_masks: np.ndar
         progress: show a tqdm bar over epochs.
 
     Returns:
-        History with one row per epoch: ``epoch, train_loss, val_loss, val_dice, lr, seconds``.
+        History with one row per epoch: ``epoch, train_loss, lr, seconds`` and, with ``val_images``,
+        ``val_loss``, ``val_dice`` (per image) and the HC18 authors' batch-pooled ``val_pa_pooled``,
+        ``val_dice_pooled``, ``val_iou_pooled`` (:func:`lus_common.metrics.pooled_scores`).
     """
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -146,7 +162,7 @@ def train_model(model: nn.Module, train_images: np.ndarray, train_masks: np.ndar
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
     loss_fn = nn.BCEWithLogitsLoss()
-    x_all = _place(to_input(train_images), device)
+    x_all = _place(to_input(train_images, norm=cfg.input_norm), device)
     y_all = _place(to_target(train_masks), device)
     n = len(x_all)
     rows = []
@@ -177,17 +193,21 @@ def train_model(model: nn.Module, train_images: np.ndarray, train_masks: np.ndar
         row = {"epoch": epoch, "train_loss": total.item() / seen, "lr": scheduler.get_last_lr()[0]}
         scheduler.step()
         if val_images is not None:
-            row.update(evaluate_loss_dice(model, val_images, val_masks, cfg.batch_size, device, cfg.amp))
+            row.update(evaluate_loss_dice(model, val_images, val_masks, cfg.batch_size, device, cfg.amp,
+                                          cfg.input_norm))
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 @torch.no_grad()
-def evaluate_loss_dice(model, images, masks, batch_size, device, amp=True) -> dict:
-    """BCE loss and mean per-image Dice (threshold 0.5) on a held-out set, in eval mode."""
-    probs = predict(model, images, batch_size, device, amp)
+def evaluate_loss_dice(model, images, masks, batch_size, device, amp=True, input_norm="imagenet") -> dict:
+    """BCE loss, mean per-image Dice and the authors' batch-pooled PA/Dice/IoU (threshold 0.5) on a
+    held-out set, in eval mode."""
+    probs = predict(model, images, batch_size, device, amp, input_norm)
     p = torch.as_tensor(probs).clamp(1e-6, 1 - 1e-6)
     t = torch.as_tensor(np.asarray(masks, dtype=np.float32))
     loss = F.binary_cross_entropy(p, t).item()
-    return {"val_loss": loss, "val_dice": float(segmentation_scores(probs, masks)["dice"].mean())}
+    pooled = pooled_scores(probs, masks, batch_size)
+    return {"val_loss": loss, "val_dice": float(segmentation_scores(probs, masks)["dice"].mean()),
+            **{f"val_{k if k != 'pixel_accuracy' else 'pa'}_pooled": v for k, v in pooled.items()}}

@@ -52,3 +52,24 @@ def test_head_circumference_uses_largest_region_and_nan_when_empty():
     mask[rr, cc] = 1
     mask[0:2, 0:2] = 1  # a speck
     assert head_circumference_mm(mask, (1, 1)) == pytest.approx(2 * np.pi * 20, rel=0.01)
+
+
+def test_pooled_scores_are_the_hc18_authors_check_accuracy():
+    """Dice and IoU pooled over the pixels of each batch, then averaged over batches."""
+    from lus_common.metrics import pooled_scores
+
+    target = np.zeros((3, 4, 4), np.uint8)
+    target[:, :2] = 1  # 8 head pixels per image
+    pred = target.astype(np.float32).copy()
+    pred[1, :1] = 0  # image 1: 4 of its 8 head pixels found
+    pred[2] = 0  # image 2: nothing found
+    s = pooled_scores(pred, target, batch_size=2)
+    # batch 1 (images 0, 1): intersection 12, |p| + |t| = 12 + 16 -> Dice 24/28, IoU 12/16
+    # batch 2 (image 2): Dice 0, IoU 0
+    assert s["dice"] == pytest.approx((24 / 28 + 0) / 2, abs=1e-6)
+    assert s["iou"] == pytest.approx((12 / 16 + 0) / 2, abs=1e-6)
+    assert s["pixel_accuracy"] == pytest.approx(1 - 12 / 48)
+    # Per image the same predictions average differently: the definitions must be kept apart.
+    assert segmentation_scores(pred, target)["dice"].mean() == pytest.approx((1 + 2 / 3 + 0) / 3, abs=1e-6)
+    with pytest.raises(ValueError, match="differ in shape"):
+        pooled_scores(pred[:, :2], target, 2)

@@ -41,3 +41,26 @@ def test_local_weight_file_is_used_first(empty_data_dir):
 def test_scratch_unet_refuses_pretrained_weights():
     with pytest.raises(ValueError, match="no pretrained encoder"):
         create_model("unet", encoder_weights="imagenet")
+
+
+def test_run_keys_name_the_weights_really_loaded(empty_data_dir, monkeypatch):
+    """A run made with random weights is never reused once real weights appear, nor the reverse."""
+    from lus_common import hc18_study
+
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
+    p = hc18_study.study_params("smoke")
+    key = lambda s: hc18_study.run_params(p, s, 0, "abc")  # noqa: E731
+    assert key("decoder")["weights"] == "none/random"
+    (empty_data_dir / "weights").mkdir()
+    path = empty_data_dir / "weights" / "mobilenet_v2.imagenet.safetensors"
+    model, _ = create_model("unet_mobilenet_v2")
+    state = {k: v.contiguous() for k, v in model.encoder.state_dict().items()}
+    save_file(state, str(path))
+    first = key("decoder")["weights"]
+    assert first.startswith("imagenet:sha256:") and len(first) == len("imagenet:sha256:") + 12
+    save_file({k: v + 1 for k, v in state.items()}, str(path))
+    assert key("decoder")["weights"] not in (first, "none/random")  # other file, other key
+    # Strategies that load nothing say so whatever is on disk; the key carries code and data.
+    assert key("baseline")["weights"] == key("decoder_random")["weights"] == "none/random"
+    assert key("decoder")["code_version"] == hc18_study.CODE_VERSION and key("decoder")["data_fingerprint"] == "abc"
+    assert models.weights_key(None, path) == "none/random"

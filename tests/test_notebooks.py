@@ -55,7 +55,7 @@ def test_hc18_smoke_synthetic_end_to_end(tmp_path, isolated_results):
     text = _outputs(nb)
     assert "SYNTHETIC phantom" in text and "Weights used" in text
     folders = sorted((isolated_results / "hc18_strategies").iterdir())
-    assert len(folders) == 8  # 8 strategies x 1 seed
+    assert len(folders) == 9  # 8 strategies and the random-encoder control, 1 seed
     for folder in folders:
         metrics = json.loads((folder / "metrics.json").read_text())
         config = json.loads((folder / "config.json").read_text())
@@ -65,7 +65,7 @@ def test_hc18_smoke_synthetic_end_to_end(tmp_path, isolated_results):
     # Same parameters again: all runs are reused, none recomputed.
     runner.run_notebook("hc18_strategies", {"device": "cpu"}, profile="smoke", output=tmp_path / "nb2.ipynb",
                         progress=False)
-    assert "8 reused from the results store" in _outputs(nbformat.read(tmp_path / "nb2.ipynb", 4))
+    assert "9 reused from the results store" in _outputs(nbformat.read(tmp_path / "nb2.ipynb", 4))
 
 
 def test_hc18_smoke_real_data(tmp_path, real_data):
@@ -110,16 +110,24 @@ def test_cxr_smoke_synthetic_end_to_end(tmp_path, isolated_results):
     text = _outputs(nbformat.read(out, 4))
     assert "SYNTHETIC phantom" in text and "Weights used" in text
     runs = _cxr_runs(isolated_results)
-    # 3 models + BN momentum 0.9 for the 2 models with batch norm + 3 models at the other curve size
-    assert len(runs) == 8
+    # 3 models at momentum 0.99 and at 0.9, GroupNorm controls of U-Net and VGG16-U-Net, and the
+    # 3 models at the other curve size
+    assert len(runs) == 3 + 3 + 2 + 3
+    steps = {}
     for m in runs:
         assert 0 <= m["test_dice_inference"] <= 1 and 0 <= m["test_dice_recomputed_bn"] <= 1
+        assert 0 <= m["test_dice_keras"] <= 1 and m["params"]["weights"] == "none/random"
         assert m["weights_used"] in ("none (from scratch)", "none/random") or m["weights_used"].startswith("imagenet")
-        if m["params"]["model"] == "vgg16_unet":  # no batch norm: both modes agree
-            assert m["bn_layers"] == 0 and m["test_dice_inference"] == m["test_dice_training"]
+        if m["params"]["norm"] == "group":  # no moving statistics: both modes agree
+            assert m["bn_layers"] == 0
+            assert m["test_dice_inference"] == pytest.approx(m["test_dice_training"], abs=1e-3)
+        else:
+            assert m["bn_layers"] > 0
+        steps.setdefault(m["params"]["n_train"], set()).add(m["steps"])
+    assert steps == {8: {2}, 4: {2}}  # the size curve holds the number of steps fixed
     runner.run_notebook("cxr_overfitting", {"device": "cpu"}, profile="smoke", output=tmp_path / "nb2.ipynb",
                         progress=False)
-    assert "8 reused from the results store" in _outputs(nbformat.read(tmp_path / "nb2.ipynb", 4))
+    assert "11 reused from the results store" in _outputs(nbformat.read(tmp_path / "nb2.ipynb", 4))
 
 
 def test_cxr_smoke_real_shenzhen(tmp_path, real_data, isolated_results):

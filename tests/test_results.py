@@ -50,3 +50,10 @@ def test_failed_write_leaves_nothing(isolated_results):
         pass
     assert not folder.exists()
     assert not list(folder.parent.iterdir())
+
+
+def test_probability_codec_rounds_to_1_over_255():
+    probs = np.linspace(0, 1, 1001, dtype=np.float32)
+    codes = results.encode_probabilities(probs)
+    assert codes.dtype == np.uint8 and codes[0] == 0 and codes[-1] == 255
+    assert np.abs(results.decode_probabilities(codes) - probs).max() <= 0.5 / 255 + 1e-7

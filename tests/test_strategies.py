@@ -28,9 +28,19 @@ def test_trainable_parameters_match_paper(models, name):
     assert trainable_parameters(model, s) // step == round(value / step)
 
 
-def test_decoder_block4_is_exactly_6976(models):
-    model, s = models["d4"]
-    assert trainable_parameters(model, s) == 6976
+def test_exact_counts_of_the_authors_code(models):
+    # D-4 is block 4 alone (the head frozen); the whole decoder's 4,405,073 is the authors' printed
+    # trainable count, head included; the encoder alone is 2,223,872.
+    assert trainable_parameters(models["d4"][0]) == 6976
+    assert trainable_parameters(models["decoder"][0]) == 4_405_073
+    assert trainable_parameters(models["encoder"][0]) == 2_223_872
+    assert trainable_parameters(models["decoder_random"][0]) == 4_405_073
+    assert [s.name for s in STRATEGIES.values() if s.head_trains] == ["baseline", "decoder", "decoder_random"]
+
+
+def test_random_encoder_control():
+    s = get_strategy("decoder_random")
+    assert not s.pretrained and not s.train_encoder and s.decoder_blocks == (0, 1, 2, 3, 4)
 
 
 def test_baseline_unet_parameter_count():
@@ -52,7 +62,11 @@ def test_frozen_parts_get_no_gradient(models):
     assert model.encoder.features[0][0].weight.grad is None
     assert model.decoder.blocks[0].conv1[0].weight.grad is None
     assert model.decoder.blocks[3].conv1[0].weight.grad is not None
-    assert model.segmentation_head[0].weight.grad is not None  # the head trains in every strategy
+    assert model.segmentation_head[0].weight.grad is None  # frozen with the blocks, as the authors
+    model.zero_grad(set_to_none=True)
+    model, s = models["decoder"]
+    model(torch.randn(2, 3, 64, 64)).mean().backward()
+    assert model.segmentation_head[0].weight.grad is not None
     model.zero_grad(set_to_none=True)
 
 

@@ -70,4 +70,29 @@ def test_study_params_validate():
         hc18_study.study_params("smoke", epoch=3)
     p = hc18_study.study_params("paper")
     assert (p["image_size"], p["batch_size"], p["lr"], p["epochs"], len(p["seeds"])) == (512, 10, 1e-4, 20, 4)
-    assert p["rotation_deg"] == 25 and p["hflip"] and p["vflip"] and len(p["strategies"]) == 8
+    # The authors' augmentation and input scaling; the eight strategies and the random-encoder control.
+    assert (p["rotation_deg"], p["hflip"], p["vflip"], p["input_norm"]) == (25, 0.5, 0.1, "unit")
+    assert len(p["strategies"]) == 9 and p["strategies"][-1] == "decoder_random"
+    assert (p["warmup_epochs"], p["report"]) == (5, "after_warmup")
+    with pytest.raises(ValueError, match="report must be one of"):
+        hc18_study.study_params("smoke", report="best")
+    with pytest.raises(ValueError, match="input_norm must be one of"):
+        hc18_study.study_params("smoke", input_norm="zscore")
+
+
+def test_unit_input_norm_keeps_the_grey_values():
+    x = to_input(np.full((2, 8, 8), 0.25, np.float32), norm="unit")  # the HC18 authors' [0, 1] input
+    assert x.shape == (2, 3, 8, 8) and torch.allclose(x, torch.full_like(x, 0.25))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        to_input(np.zeros((1, 8, 8), np.float32), norm="zscore")
+
+
+def test_flip_probabilities_are_the_configured_ones():
+    n = 4000
+    x = torch.zeros(n, 3, 4, 4)
+    x[:, :, 0, :] = 1.0  # a bright top row: it moves to the bottom when flipped vertically
+    y = x[:, :1].clone()
+    _, ya = augment(x, y, TrainConfig(vflip=0.1), torch.Generator().manual_seed(0))
+    share = (ya[:, 0, -1, :].sum(dim=1) > 0).float().mean().item()
+    assert abs(share - 0.1) < 0.02  # the authors' vertical flip, p = 0.1
+    assert TrainConfig(hflip=True).hflip == 0.5 and TrainConfig(hflip=False).hflip == 0.0

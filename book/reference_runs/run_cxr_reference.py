@@ -1,0 +1,66 @@
+"""Make (or extend) the chapter's real-data reference runs of study 3 on the Shenzhen images.
+
+Each job is ``model:norm:momentum`` (e.g. ``unet:batch:0.99``, ``unet:group:0.99``); every job runs
+the ``paper`` profile (the authors' setup) for each ``--seeds``, or is read back from the results
+store when it already ran. ``cxr_overfitting_shenzhen.json`` is then written from the run folders of
+*all* the jobs named, with this command line as its provenance::
+
+    LUS_DATA_DIR=../shared/data python book/reference_runs/run_cxr_reference.py \
+        --jobs unet:batch:0.99 unet:batch:0.9 unet:group:0.99 resnet50_unet:batch:0.99 --device "2-core CPU"
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+from lus_common import cxr_study as cs
+
+
+def parse_job(text: str) -> tuple[str, str, float]:
+    model, norm, momentum = text.split(":")
+    if model not in cs.MODELS or norm not in ("batch", "group", "none"):
+        raise SystemExit(f"Bad job '{text}': use model:norm:momentum with a model of {list(cs.MODELS)} "
+                         "and norm batch, group or none.")
+    return model, norm, float(momentum)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", nargs="+", required=True, help="model:norm:momentum")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--encoder-weights", default="imagenet",
+                    help="asked for; what was really loaded is recorded per run")
+    ap.add_argument("--device", default="2-core CPU", help="how the machine is described in the file")
+    ap.add_argument("--no-export", action="store_true", help="only run (or reuse) the jobs")
+    args = ap.parse_args(argv)
+    jobs = [parse_job(j) for j in args.jobs]
+    p = cs.study_params("paper", seeds=args.seeds, encoder_weights=args.encoder_weights)
+    splits = cs.load_splits(p)
+    folders = []
+    for model, norm, momentum in jobs:
+        for seed in args.seeds:
+            start = time.perf_counter()
+            run = cs.run_one(p, model, seed, p["n_train"], momentum, splits, norm)
+            state = "reused" if run["reused"] else f"trained in {time.perf_counter() - start:.0f} s"
+            m = run["metrics"]
+            print(f"{model} {norm} {momentum} seed {seed}: {state}; test Dice (paper's definition) "
+                  f"{m['test_dice_keras']:.3f}, inference {m['test_dice_inference']:.3f}, training mode "
+                  f"{m['test_dice_training']:.3f}; weights {m['weights_used']}", flush=True)
+            folders.append(run["folder"])
+    if not args.no_export:
+        command = "LUS_DATA_DIR=../shared/data python book/reference_runs/run_cxr_reference.py " + \
+            " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        what = (f"Reference runs of the CXR study on the real Shenzhen images with the authors' setup "
+                f"(the paper profile: {p['image_size']} px, {p['n_train']}/{p['n_val']}/{p['n_test']} split, "
+                f"{p['epochs']} epochs, batch {p['batch_size']}, Adam {p['lr']:g}, Dice loss, one 2-98 % "
+                f"stretch over the set), seed(s) {', '.join(map(str, args.seeds))}, on a {args.device}.")
+        path = cs.export_reference(folders, what, command, args.device)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
