@@ -131,6 +131,23 @@ def split_by_group(groups, test_fraction: float, seed: int) -> tuple[np.ndarray,
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
+def read_grey(path: Path):
+    """Open an image file as an 8-bit grey PIL image, fully decoded.
+
+    Raises:
+        OSError: the file cannot be read or decoded (truncated, not an image); the message names it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("L")  # convert() decodes every pixel, so truncation shows here
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise OSError(f"Cannot read the image {path}: {exc}. The file is truncated, damaged or not an "
+                      "image: replace it with the released file (e.g. `lus data verify hc18`), or "
+                      "remove it together with its mask.") from exc
+
+
 def read_image_mask(image_path: Path, mask_path: Path, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """One grey image and its binary mask (threshold 127), resized to ``image_size`` x ``image_size``.
 
@@ -142,7 +159,7 @@ def read_image_mask(image_path: Path, mask_path: Path, image_size: int) -> tuple
     """
     from PIL import Image
 
-    image, mask = Image.open(image_path).convert("L"), Image.open(mask_path).convert("L")
+    image, mask = read_grey(image_path), read_grey(mask_path)
     if image.size != mask.size:
         raise ValueError(f"{Path(image_path).name} is {image.size} but its mask {Path(mask_path).name} is "
                          f"{mask.size}: every mask must have its image's size.")

@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from .data import SegmentationSet
+from .data import SegmentationSet, read_grey
 from .paths import dataset_dir
 
 CSV_NAME = "training_set_pixel_size_and_HC.csv"
@@ -83,10 +83,10 @@ def read_mask(image_path: Path) -> np.ndarray:
     filled = image_path.with_name(f"{stem}_Mask.png")
     outline = image_path.with_name(f"{stem}_Annotation.png")
     if filled.is_file():
-        arr = np.asarray(Image.open(filled).convert("L"))
+        arr = np.asarray(read_grey(filled))
         return (arr > 127).astype(np.uint8)
     if outline.is_file():
-        return fill_outline(np.asarray(Image.open(outline).convert("L")) > 127)
+        return fill_outline(np.asarray(read_grey(outline)) > 127)
     raise FileNotFoundError(
         f"No mask for {image_path.name}: expected {filled.name} (filled) or {outline.name} (outline)."
     )
@@ -135,7 +135,7 @@ def load_hc18(root: Path | None = None, image_size: int = 512, limit: int | None
 
     images, masks, spacing, hc = [], [], [], []
     for path in paths:
-        image = np.asarray(Image.open(path).convert("L"))
+        image = np.asarray(read_grey(path))
         mask = read_mask(path)
         if image.shape != mask.shape:
             raise ValueError(

@@ -81,16 +81,34 @@ def run_notebook(study: str, parameters: dict | None = None, profile: str | None
     for var in ("LUS_DATA_DIR", "LUS_RESULTS_DIR"):
         if os.environ.get(var):
             os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+    # Execute into a temporary file beside the output and move it into place only on success, so a
+    # failed run never replaces a good executed chapter (the book would publish a broken page).
+    running = output.with_name(f".{output.stem}.running.ipynb")
+    failed = failed_path(output)
     try:
-        papermill.execute_notebook(str(source), str(output), parameters=params, cwd=str(NOTEBOOKS),
+        papermill.execute_notebook(str(source), str(running), parameters=params, cwd=str(NOTEBOOKS),
                                    progress_bar=progress, kernel_name="python3")
-    except papermill.PapermillExecutionError as exc:
+    except BaseException as exc:
+        if running.is_file():
+            os.replace(running, failed)
+        if not isinstance(exc, papermill.PapermillExecutionError):
+            raise
+        kept = (f"The executed chapter {output} is kept as it was." if output.is_file()
+                else f"No executed chapter was written to {output}.")
         raise RuntimeError(
             f"{source.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
-            f"The partly executed notebook is {output}; finished runs stay in the results store "
-            "and are reused next time."
+            f"The partly executed notebook is {failed}. {kept} Finished runs stay in the results "
+            "store and are reused next time."
         ) from None
+    os.replace(running, output)
+    failed.unlink(missing_ok=True)
     return output
+
+
+def failed_path(output: Path) -> Path:
+    """Where a failed execution of ``output`` is kept: ``<stem>.failed.ipynb`` beside it."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.failed.ipynb")
 
 
 def build_book(book_dir: Path = BOOK, output_dir: Path | None = None) -> Path:

@@ -110,3 +110,14 @@ def test_split_is_disjoint_by_subject():
     assert set(train) | set(test) == set(range(10)) and not set(train) & set(test)
     assert not {groups[i] for i in train} & {groups[i] for i in test}
     assert len(test) >= 3
+
+
+def test_truncated_image_is_named(tmp_path):
+    """A truncated PNG must not stop a run with PIL's bare "image file is truncated"."""
+    root = tmp_path / "hc18"
+    shutil.copytree(FIXTURES / "hc18_outline", root)
+    path = root / "training_set" / "001_HC.png"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match=r"Cannot read the image .*001_HC\.png.*truncated"):
+        load_hc18(root, image_size=64)

@@ -80,10 +80,16 @@ def test_unknown_notebook_parameter_is_refused():
         runner.run_notebook("hc18_strategies", {"epoch_count": 3})
 
 
-def test_failed_notebook_is_reported(tmp_path, empty_data_dir):
-    with pytest.raises(RuntimeError, match="(?s)FileNotFoundError.*hc18.*partly executed"):
+def test_failed_notebook_is_reported_and_the_good_chapter_kept(tmp_path, empty_data_dir):
+    good = tmp_path / "nb.ipynb"
+    good.write_text("the good executed chapter")
+    with pytest.raises(RuntimeError, match="(?s)FileNotFoundError.*hc18.*partly executed.*kept as it was"):
         runner.run_notebook("hc18_strategies", {"data_source": "hc18"}, profile="smoke",
-                            output=tmp_path / "nb.ipynb", progress=False)
+                            output=good, progress=False)
+    assert good.read_text() == "the good executed chapter"
+    failed = runner.failed_path(good)
+    assert failed.name == "nb.failed.ipynb" and "FileNotFoundError" in failed.read_text()
+    assert not list(tmp_path.glob(".*running*"))  # no temporary file left behind
 
 
 def test_phantoms_chapter_smoke(tmp_path):

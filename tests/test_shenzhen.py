@@ -54,3 +54,12 @@ def test_real_shenzhen_when_present():
     share = d.masks.reshape(len(d), -1).mean(1)
     assert 0.05 < share.min() and share.max() < 0.5 and 0.2 < share.mean() < 0.3  # both lungs, a quarter of the film
     assert set(d.meta["abnormal"]) == {0, 1}
+
+
+def test_unreadable_mask_is_named(tmp_path):
+    import shutil
+
+    shutil.copytree(FIXTURES / "shenzhen", tmp_path / "shenzhen")
+    (tmp_path / "shenzhen" / "masks" / "CHNCXR_0002_1.png").write_bytes(b"not a PNG at all")
+    with pytest.raises(OSError, match=r"Cannot read the image .*masks/CHNCXR_0002_1\.png"):
+        load_shenzhen(tmp_path / "shenzhen", image_size=40)
