@@ -82,13 +82,16 @@ class SegmentationSet:
         )
 
     def fingerprint(self) -> str:
-        """A short hash of the pixels, masks and ids: names this exact data in run keys.
+        """A short hash of the pixels, masks, pixel sizes, reference circumferences and ids: names
+        this exact data in run keys.
 
         It changes when a file, the loader, the resizing or the phantom generator changes, so a
         stored run is never reused for other data.
         """
         h = hashlib.sha256()
-        for arr in (self.images, self.masks):
+        measures = [np.asarray(a, np.float64) for a in (self.spacing_mm, self.hc_mm)]
+        # An all-NaN measurement (a set without pixel sizes or circumferences) carries nothing.
+        for arr in [self.images, self.masks, *(m for m in measures if not np.isnan(m).all())]:
             h.update(str(arr.shape).encode())
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update("\n".join(self.ids).encode())

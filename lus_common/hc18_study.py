@@ -16,7 +16,7 @@ from .data import SegmentationSet, split_by_group
 from .device import describe_device, resolve_device
 from .hc18 import load_hc18
 from .metrics import hc_absolute_error, head_circumferences, pooled_scores, segmentation_scores
-from .models import MODELS, create_model, encoder_weights_key
+from .models import MODELS, create_model, encoder_weights_key, loaded_key
 from .params import resolve_params
 from .phantoms import fetal_head_phantom
 from .phantoms.fetal_head import GENERATOR_VERSION as PHANTOM_VERSION
@@ -102,7 +102,7 @@ def load_data(p: dict) -> tuple[SegmentationSet, SegmentationSet]:
 
 _RUN_KEYS = ("data_source", "image_size", "n_images", "test_fraction", "split_seed", "epochs", "batch_size",
              "lr", "lr_decay", "rotation_deg", "hflip", "vflip", "input_norm", "amp", "encoder_weights",
-             "freeze_bn")
+             "freeze_bn", "warmup_epochs")
 
 
 def run_params(p: dict, strategy: str, seed: int, data_fingerprint: str = "") -> dict:
@@ -126,6 +126,9 @@ def build_model(strategy: Strategy, encoder_weights: str | None, seed: int):
     return apply_strategy(model, strategy), info
 
 
+RUN_NAME_KEYS = ("strategy", "seed", "data_source", "image_size", "epochs")
+
+
 def run_one(p: dict, strategy: Strategy, seed: int, train: SegmentationSet, test: SegmentationSet,
             device: torch.device, keep_predictions: int = 8) -> dict:
     """Train and evaluate one (strategy, seed), or reuse the stored run with the same parameters.
@@ -134,10 +137,14 @@ def run_one(p: dict, strategy: Strategy, seed: int, train: SegmentationSet, test
         The run as :func:`lus_common.results.load_run` gives it, plus ``"reused"``.
     """
     rp = run_params(p, strategy.name, seed, train.info.get("fingerprint", ""))
-    folder = results.run_dir(STUDY, rp, name_keys=("strategy", "seed", "data_source", "image_size", "epochs"))
-    if results.is_complete(folder):
-        return {**results.load_run(folder), "reused": True}
+    folder = results.run_dir(STUDY, rp, name_keys=RUN_NAME_KEYS)
+    stored = results.reusable_run(folder, rp["weights"])
+    if stored is not None:
+        return stored
     model, weights = build_model(strategy, p["encoder_weights"], seed)
+    if loaded_key(rp["weights"], weights.used) != rp["weights"]:  # loading failed: store it as random
+        rp = {**rp, "weights": "none/random"}
+        folder = results.run_dir(STUDY, rp, name_keys=RUN_NAME_KEYS)
     cfg = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], lr_decay=p["lr_decay"],
                       rotation_deg=p["rotation_deg"], hflip=p["hflip"], vflip=p["vflip"], amp=p["amp"], seed=seed,
                       input_norm=p["input_norm"])

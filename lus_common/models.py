@@ -116,6 +116,21 @@ def weights_key(requested: str | None, path=None, how: str = "") -> str:
     return f"{requested}:{how}"
 
 
+def loaded_key(key: str, used: str) -> str:
+    """The weights part of a run key once the model is built: ``"none/random"`` when nothing was
+    loaded (``used`` starts with ``"none"``: a failed download, a corrupt file), else ``key``.
+
+    A run key is made before the weights are loaded; a run whose loading failed must be stored under
+    ``"none/random"``, never under the name of weights it did not get.
+    """
+    return "none/random" if used.startswith("none") else key
+
+
+def weights_agree(key: str, used: str) -> bool:
+    """Whether a stored run's recorded weights (``used``) are what its key says."""
+    return loaded_key(key, used) == key
+
+
 MODELS: dict[str, dict] = {
     "unet": {"description": "plain U-Net, features 64-128-256-512, from scratch (about 31M)"},
     "unet_mobilenet_v2": {"description": "smp Unet with a MobileNetV2 encoder", "encoder": "mobilenet_v2"},
@@ -213,7 +228,12 @@ def resolve_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str 
         raise KeyError(f"Unknown weights '{weights}' for encoder '{encoder_name}'. Available: {available}")
     path = local_weights_path(encoder_name, weights)
     if path is not None:
-        encoder.load_state_dict(_load_state_dict(path))
+        try:
+            encoder.load_state_dict(_load_state_dict(path))
+        except Exception as exc:  # a damaged file, or weights of another encoder
+            raise ValueError(f"{path} could not be loaded as {encoder_name} '{weights}' weights "
+                             f"({type(exc).__name__}: {exc}). Replace it with a good copy, or remove it "
+                             "to use the other sources (or random weights, recorded as such).") from exc
         return WeightsInfo(weights, f"{weights} (local file {path.name})")
     state, how = _hub_weights(encoder_name, weights)
     if state is not None:

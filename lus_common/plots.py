@@ -14,6 +14,40 @@ from skimage.segmentation import find_boundaries
 
 TRUTH_RGB = (0, 220, 0)
 PRED_RGB = (255, 40, 40)
+BOOK_RENDERER = "lus_book"
+
+
+def notebook_setup() -> None:
+    """Make plotly figures work in JupyterLab and in the book, offline, with plotly.js once per book.
+
+    Each figure's output carries the plotly mimetype (drawn by JupyterLab's plotly extension) and an
+    HTML ``div`` with the figure's data that calls ``Plotly.newPlot``. The HTML carries neither
+    plotly.js nor MathJax: the book loads plotly.js once, from its own ``_static/plotly.min.js``
+    (:func:`lus_common.runner.build_book` puts it there), so pages stay small and need no network.
+    """
+    import plotly.io as pio
+    from plotly.io.base_renderers import MimetypeRenderer
+
+    class BookRenderer(MimetypeRenderer):
+        def to_mimebundle(self, fig_dict):
+            html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
+                               validate=False)
+            return {"text/html": html}
+
+    pio.renderers[BOOK_RENDERER] = BookRenderer()
+    pio.renderers.default = f"plotly_mimetype+{BOOK_RENDERER}"
+
+
+def plotly_js_path():
+    """The plotly.js bundled with the installed plotly package (the one the figures were made for)."""
+    from pathlib import Path
+
+    import plotly
+
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the plotly package is incomplete; reinstall it.")
+    return path
 
 
 def learning_curves(histories: pd.DataFrame, data_label: str, metric: str = "val_dice", group: str = "strategy",

@@ -78,6 +78,21 @@ def is_complete(folder: Path) -> bool:
     return all((Path(folder) / f).is_file() for f in REQUIRED)
 
 
+def reusable_run(folder: Path, weights_key: str | None = None) -> dict | None:
+    """The stored run in ``folder`` with ``"reused": True``, or None when there is none to reuse: the
+    folder is incomplete, or (with ``weights_key``) the weights the run recorded are not those the
+    key names."""
+    if not is_complete(folder):
+        return None
+    run = load_run(folder)
+    if weights_key is not None:
+        from .models import weights_agree
+
+        if not weights_agree(weights_key, run["config"]["weights"]["used"]):
+            return None
+    return {**run, "reused": True}
+
+
 def environment_info() -> dict:
     """Software versions, host and date, recorded with every run."""
     import torch

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .paths import PROJECT_ROOT
+from .plots import plotly_js_path
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 BOOK = PROJECT_ROOT / "book"
@@ -128,6 +129,10 @@ def build_book(book_dir: Path = BOOK, output_dir: Path | None = None) -> Path:
             f"Executed notebooks missing in {book_dir / 'chapters'}: {missing}. Run `lus run <study>` "
             "for each, or `lus book`, which runs them all."
         )
+    # plotly.js once for the whole book: jupyter-book loads every .js file in _static/ on every page.
+    static = book_dir / "_static"
+    static.mkdir(exist_ok=True)
+    shutil.copyfile(plotly_js_path(), static / "plotly.min.js")
     exe = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
     cmd = [exe, "build", str(book_dir), "--builder", "html"]
     if output_dir is not None:

@@ -117,3 +117,11 @@ def trainable_parameters(model: nn.Module, strategy: Strategy | None = None) -> 
     """Trainable parameters: every parameter with ``requires_grad`` (``strategy`` is not needed; it
     is accepted for callers that pass it)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def head_parameters(model_name: str = "unet_mobilenet_v2") -> int:
+    """Parameters of a model's segmentation head (trained only where a strategy's ``head_trains``)."""
+    from .models import create_model
+
+    model, _ = create_model(model_name)
+    return sum(p.numel() for p in model.segmentation_head.parameters())

@@ -116,3 +116,58 @@ def test_reference_findings_quote_the_file():
         text = next(t for t in sentences if t.startswith(f"**{cs.MODEL_LABELS[model]}**"))
         if "predicts all background even with batch statistics" not in text:
             assert f"{g['test_dice_training'].mean():.3f}" in text
+
+
+def _run(model, norm="batch", momentum=0.99, infer=0.9, train=0.9, fixed=0.9, bn=14, acc_inf=0.95,
+         acc_train=0.95, fg_inf=0.25, fg_train=0.25, seed=0):
+    return {"model": model, "norm": norm, "bn_momentum": momentum, "seed": seed, "n_train": 100,
+            "steps": 210, "bn_layers": bn if norm == "batch" else 0, "test_dice_inference": infer,
+            "test_dice_training": train, "test_dice_recomputed_bn": fixed,
+            "test_accuracy_inference": acc_inf, "test_accuracy_training": acc_train,
+            "test_foreground_inference": fg_inf, "test_foreground_training": fg_train}
+
+
+def _findings(*rows):
+    import pandas as pd
+
+    p = cs.study_params("paper", models=["unet", "vgg16_unet"])
+    return cs.findings(pd.DataFrame(rows), p, background=0.741)
+
+
+FAILS = dict(infer=0.0, train=0.9, fixed=0.9, acc_inf=0.741, fg_inf=0.0)  # all background in inference
+
+
+def test_findings_say_what_each_pattern_supports():
+    # The authors' U-Net: all background in inference mode, fine in training mode.
+    text = _findings(_run("unet", **FAILS))[0]
+    assert "predicts all background in inference mode" in text and "0.900 with the same weights" in text
+    assert "transductive" in text and "12 % of their initial values" in text  # 0.99 ** 210
+    # No gap: nothing is blamed on batch norm.
+    assert "shows no inference/training gap" in _findings(_run("unet"))[0]
+    # A model that fails in both modes cannot speak to batch norm.
+    stuck = _run("unet", infer=0.0, train=0.0, acc_inf=0.741, acc_train=0.741, fg_inf=0.0, fg_train=0.0)
+    assert "predicts all background even with batch statistics" in _findings(stuck)[0]
+
+
+@pytest.mark.parametrize("control, verdict", [
+    (dict(infer=0.88, train=0.88), "the batch-norm explanation holds"),
+    (dict(infer=0.5, train=0.5), "explain only part of the failure"),
+    (dict(infer=0.05, train=0.05), "the batch-norm explanation does not hold"),
+    (dict(infer=0.0, train=0.0, acc_inf=0.741, fg_inf=0.0), "neither confirm nor refute"),
+])
+def test_control_verdicts(control, verdict):
+    out = _findings(_run("unet", **FAILS), _run("unet", norm="group", **control))
+    assert len(out) == 2 and out[1].startswith("**Control, U-Net with GroupNorm**")
+    verdicts = ["the batch-norm explanation holds", "explain only part of the failure",
+                "the batch-norm explanation does not hold", "neither confirm nor refute"]
+    assert [v for v in verdicts if v in out[1]] == [verdict]  # exactly one verdict, the right one
+
+
+def test_control_without_a_failure_to_explain():
+    out = _findings(_run("unet"), _run("unet", norm="group", infer=0.2, train=0.2))
+    assert "no failure to explain" in out[1]
+
+
+def test_momentum_runs_are_reported_with_the_failure():
+    out = _findings(_run("unet", **FAILS), _run("unet", momentum=0.9, infer=0.89, train=0.9))
+    assert "Trained with momentum 0.9" in out[0] and "0.890 in inference mode" in out[0]

@@ -121,3 +121,13 @@ def test_truncated_image_is_named(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(OSError, match=r"Cannot read the image .*001_HC\.png.*truncated"):
         load_hc18(root, image_size=64)
+
+
+def test_fingerprint_names_pixels_masks_and_measurements():
+    d = fetal_head_phantom(4, 32, 0)
+    fp = d.fingerprint()
+    assert fp == fetal_head_phantom(4, 32, 0).fingerprint() and len(fp) == 12
+    assert fetal_head_phantom(4, 32, 1).fingerprint() != fp  # other images
+    d.hc_mm = d.hc_mm + 1.0  # the same pixels with other reference circumferences (a new CSV)
+    assert d.fingerprint() != fp
+    assert d.subset([0, 1]).fingerprint() != d.fingerprint()

@@ -3,7 +3,7 @@ import torch
 
 from lus_common import hc18_study
 from lus_common.models import count_parameters, create_model
-from lus_common.strategies import STRATEGIES, apply_strategy, get_strategy, trainable_parameters
+from lus_common.strategies import STRATEGIES, apply_strategy, get_strategy, head_parameters, trainable_parameters
 
 # The authors' figures and the digit they stop at (paper Fig. 1 / the issue's table). They are
 # truncated, not rounded: D-0,1,2 has 4,365,568 and is given as 4.36M.
@@ -75,3 +75,8 @@ def test_unknown_strategy_lists_known():
         get_strategy("d9")
     with pytest.raises(KeyError):
         hc18_study.study_params("smoke", strategies=["decoder", "nope"])
+
+
+def test_head_parameters():
+    # a 3x3 convolution from 16 decoder channels to 1 class, with its bias
+    assert head_parameters() == 16 * 9 + 1 == 145
