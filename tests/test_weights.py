@@ -302,3 +302,24 @@ def test_hc18_smoke_run_records_the_imported_weights(imported, monkeypatch, tmp_
         config = json.loads((folder / "config.json").read_text())
         used[config["params"]["strategy"]] = config["weights"]["used"]
     assert used["decoder"].startswith("imagenet-dogs160 (local file") and used["decoder_random"] == "none/random"
+
+
+def test_the_keras_vgg16_unet_carries_the_imported_hed_vgg16(imported, monkeypatch):
+    from safetensors.numpy import load_file
+
+    from lus_common import keras_models as km
+
+    monkeypatch.setenv("LUS_DATA_DIR", str(imported))
+    model, info = km.create_keras_model("vgg16_unet", 64, "hed-bsds500")
+    assert info.used == "hed-bsds500 (local file vgg16.hed-bsds500.safetensors)"
+    state = load_file(str(_file(imported, "hed-bsds500")))
+    kernel = model.get_layer("block3_conv2").get_weights()[0]  # torchvision features.12
+    np.testing.assert_array_equal(kernel, state["features.12.weight"].transpose(2, 3, 1, 0))
+    assert model.count_params() == 33_997_505  # still the authors' architecture
+    assert km.keras_weights_key("vgg16_unet", "hed-bsds500").startswith("hed-bsds500:sha256:")
+    _, info = km.create_keras_model("resnet50_unet", 32, "hed-bsds500")  # stays random and says so
+    assert info.used == "none/random" and "no hed-bsds500 weights for resnet50_unet" in info.reason
+    monkeypatch.setenv("LUS_DATA_DIR", str(imported / "nowhere"))
+    _, info = km.create_keras_model("vgg16_unet", 32, "hed-bsds500")
+    assert info.used == "none/random" and "lus weights import hed-bsds500" in info.reason
+    assert km.keras_weights_key("vgg16_unet", "hed-bsds500") == "none/random"
