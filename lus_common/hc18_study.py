@@ -16,7 +16,7 @@ from .data import SegmentationSet, split_by_group
 from .device import describe_device, resolve_device
 from .hc18 import load_hc18
 from .metrics import hc_absolute_error, head_circumferences, pooled_scores, segmentation_scores
-from .models import MODELS, create_model, encoder_weights_key, loaded_key
+from .models import MODELS, choose_weights, create_model, encoder_weights_key, loaded_key
 from .params import resolve_params
 from .phantoms import fetal_head_phantom
 from .phantoms.fetal_head import GENERATOR_VERSION as PHANTOM_VERSION
@@ -30,6 +30,10 @@ STUDY = "hc18_strategies"
 # Bumped whenever the models, strategies or training code change what a run computes.
 CODE_VERSION = "authors-2"
 
+# The paper's ImageNet MobileNetV2 when a user has it (a local file, the hub), else the natural-image
+# MobileNetV2 that `lus weights import` converts (ImageNet's at 160 px, its last blocks tuned on dogs).
+NATURAL_WEIGHTS = ["imagenet", "imagenet-dogs160"]
+
 PROFILES = {
     # The paper and the authors' code: 512x512, batch 10, Adam 1e-4, 20 epochs, 4 repeats, 80/20
     # split (799/200 of 999), rotation +-25 deg, horizontal flip p=0.5, vertical flip p=0.1, grey
@@ -37,17 +41,17 @@ PROFILES = {
     "paper": dict(data_source="hc18", image_size=512, n_images=None, test_fraction=0.2, split_seed=0,
                   epochs=20, batch_size=10, lr=1e-4, lr_decay=1.0, seeds=[0, 1, 2, 3], strategies="all",
                   rotation_deg=25.0, hflip=0.5, vflip=0.1, input_norm="unit", amp=True,
-                  encoder_weights="imagenet", freeze_bn=False, warmup_epochs=5, report="after_warmup"),
+                  encoder_weights=NATURAL_WEIGHTS, freeze_bn=False, warmup_epochs=5, report="after_warmup"),
     # Minutes on a 2-core CPU: small phantom images, few epochs, a larger step size.
     "quick": dict(data_source="synthetic", image_size=64, n_images=80, test_fraction=0.2, split_seed=0,
                   epochs=6, batch_size=8, lr=1e-3, lr_decay=1.0, seeds=[0, 1], strategies="all",
                   rotation_deg=25.0, hflip=0.5, vflip=0.1, input_norm="unit", amp=True,
-                  encoder_weights="imagenet", freeze_bn=False, warmup_epochs=3, report="after_warmup"),
+                  encoder_weights=NATURAL_WEIGHTS, freeze_bn=False, warmup_epochs=3, report="after_warmup"),
     # Seconds, for tests: every strategy, one epoch, tiny images.
     "smoke": dict(data_source="synthetic", image_size=32, n_images=12, test_fraction=0.25, split_seed=0,
                   epochs=1, batch_size=4, lr=1e-3, lr_decay=1.0, seeds=[0], strategies="all",
                   rotation_deg=25.0, hflip=0.5, vflip=0.1, input_norm="unit", amp=True,
-                  encoder_weights="imagenet", freeze_bn=False, warmup_epochs=5, report="after_warmup"),
+                  encoder_weights=NATURAL_WEIGHTS, freeze_bn=False, warmup_epochs=5, report="after_warmup"),
 }
 REPORTS = ("after_warmup", "last")
 
@@ -110,19 +114,32 @@ def run_params(p: dict, strategy: str, seed: int, data_fingerprint: str = "") ->
     really be loaded (not only those asked for), the code version and a fingerprint of the data."""
     s = get_strategy(strategy)
     encoder = MODELS[s.model].get("encoder")
-    weights = encoder_weights_key(encoder, p["encoder_weights"]) if encoder and s.pretrained else "none/random"
+    weights = encoder_weights_key(encoder, asked_weights(p, s)) if encoder and s.pretrained else "none/random"
     return {**{k: p[k] for k in _RUN_KEYS}, "strategy": strategy, "seed": int(seed), "weights": weights,
             "code_version": CODE_VERSION, "data_fingerprint": data_fingerprint}
 
 
-def build_model(strategy: Strategy, encoder_weights: str | None, seed: int):
+def asked_weights(p: dict, strategy: Strategy) -> str | None:
+    """The weights a strategy's run asks for: the first available of ``p["encoder_weights"]``
+    (:func:`lus_common.models.choose_weights`), or None for the strategies without a pretrained
+    encoder."""
+    encoder = MODELS[strategy.model].get("encoder")
+    return choose_weights(encoder, p["encoder_weights"]) if encoder and strategy.pretrained else None
+
+
+def build_model(strategy: Strategy, encoder_weights, seed: int):
     """Model for a strategy, seeded, with the strategy's parameters frozen.
+
+    Args:
+        strategy: the strategy.
+        encoder_weights: a weights name or a preference list (:func:`asked_weights`).
+        seed: seeds the initialisation.
 
     Returns:
         ``(model, WeightsInfo)``.
     """
     torch.manual_seed(seed)
-    model, info = create_model(strategy.model, encoder_weights if strategy.pretrained else None)
+    model, info = create_model(strategy.model, asked_weights({"encoder_weights": encoder_weights}, strategy))
     return apply_strategy(model, strategy), info
 
 

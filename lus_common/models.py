@@ -258,6 +258,32 @@ def encoder_weights_key(encoder_name: str, weights: str | None) -> str:
     return weights_key(weights, how="hub-download") if hub_reachable() else "none/random"
 
 
+RANDOM_NAMES = ("none", "random")  # what a notebook parameter says for "no pretrained weights"
+
+
+def choose_weights(encoder_name: str, preference) -> str | None:
+    """The weights a run will ask for: the first of ``preference`` that is available.
+
+    Args:
+        encoder_name: smp encoder name.
+        preference: one weights name, or a list in order of preference (e.g. ``["imagenet",
+            "imagenet-dogs160"]``: ImageNet itself when a user has the file or a network, else the
+            imported natural-image weights); ``None``, ``"none"`` or ``"random"`` for random weights.
+
+    Returns:
+        The first name whose weights can be loaded; when none can, the first name (the run then
+        records ``none/random`` with the reason); ``None`` for random weights.
+    """
+    names = [preference] if isinstance(preference, str) or preference is None else list(preference)
+    names = [n for n in names if n is not None and n not in RANDOM_NAMES]
+    if not names:
+        return None
+    for name in names:
+        if encoder_weights_key(encoder_name, name) != "none/random":
+            return name
+    return names[0]
+
+
 def resolve_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str | None) -> WeightsInfo:
     """Load pretrained weights into an smp encoder from the first source that has them.
 

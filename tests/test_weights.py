@@ -323,3 +323,20 @@ def test_the_keras_vgg16_unet_carries_the_imported_hed_vgg16(imported, monkeypat
     _, info = km.create_keras_model("vgg16_unet", 32, "hed-bsds500")
     assert info.used == "none/random" and "lus weights import hed-bsds500" in info.reason
     assert km.keras_weights_key("vgg16_unet", "hed-bsds500") == "none/random"
+
+
+def test_the_profiles_take_the_first_available_weights(imported, monkeypatch):
+    from lus_common import hc18_study
+    from lus_common.models import choose_weights
+
+    monkeypatch.setattr("lus_common.models.hub_reachable", lambda *a, **k: False)
+    monkeypatch.setenv("LUS_DATA_DIR", str(imported))
+    assert choose_weights("mobilenet_v2", ["imagenet", "imagenet-dogs160"]) == "imagenet-dogs160"
+    assert choose_weights("mobilenet_v2", "none") is None and choose_weights("mobilenet_v2", None) is None
+    p = hc18_study.study_params("smoke")
+    assert p["encoder_weights"] == hc18_study.NATURAL_WEIGHTS
+    assert hc18_study.run_params(p, "decoder", 0)["weights"].startswith("imagenet-dogs160:sha256:")
+    assert hc18_study.run_params(p, "decoder_random", 0)["weights"] == "none/random"
+    monkeypatch.setenv("LUS_DATA_DIR", str(imported / "nowhere"))  # nothing available: the first, unloaded
+    assert choose_weights("mobilenet_v2", ["imagenet", "imagenet-dogs160"]) == "imagenet"
+    assert hc18_study.run_params(p, "decoder", 0)["weights"] == "none/random"
