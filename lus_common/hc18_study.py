@@ -240,7 +240,9 @@ def summary_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     ms = mean_std(runs, "strategy", cols)
     table = pd.DataFrame(index=ms.index)
     table["trainable params"] = runs.groupby("strategy", sort=False)["trainable_params"].first().map("{:,}".format)
-    table["weights"] = runs.groupby("strategy", sort=False)["weights_used"].first()
+    # the weights' name; the source (local file, hub, ...) is in the runs and in the note above the table
+    table["weights"] = runs.groupby("strategy", sort=False)["weights_used"].first().map(
+        lambda used: used if used.startswith("none") else used.split(" (")[0])
     paper = PAPER_RESULTS.reindex(ms.index)
     for col, name, paper_col in [(f"pixel_accuracy{suffix}", "PA %", "paper_pa"), (f"dice{suffix}", "Dice %", "paper_dice"),
                                  (f"iou{suffix}", "head IoU %", "paper_miou")]:
