@@ -233,10 +233,9 @@ def summary_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     at the last epoch: the two-class mIoU (head and background) and the HC error over the images
     where an ellipse could be fitted ("HC fit failures" counts empty predicted masks, over all seeds).
     """
-    warm = p["report"] == "after_warmup" and p["epochs"] > p["warmup_epochs"]
-    suffix, when = ("_pooled_after_warmup", f"epochs {p['warmup_epochs'] + 1}-{p['epochs']}") if warm \
-        else ("_pooled", f"epoch {p['epochs']}")
-    cols = [f"pixel_accuracy{suffix}", f"dice{suffix}", f"iou{suffix}", "miou", "hc_error_mm"]
+    when = f"epochs {p['warmup_epochs'] + 1}-{p['epochs']}" if _after_warmup(p) else f"epoch {p['epochs']}"
+    pa, dice, iou = (report_column(p, m) for m in ("pixel_accuracy", "dice", "iou"))
+    cols = [pa, dice, iou, "miou", "hc_error_mm"]
     ms = mean_std(runs, "strategy", cols)
     table = pd.DataFrame(index=ms.index)
     table["trainable params"] = runs.groupby("strategy", sort=False)["trainable_params"].first().map("{:,}".format)
@@ -244,8 +243,8 @@ def summary_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     table["weights"] = runs.groupby("strategy", sort=False)["weights_used"].first().map(
         lambda used: used if used.startswith("none") else used.split(" (")[0])
     paper = PAPER_RESULTS.reindex(ms.index)
-    for col, name, paper_col in [(f"pixel_accuracy{suffix}", "PA %", "paper_pa"), (f"dice{suffix}", "Dice %", "paper_dice"),
-                                 (f"iou{suffix}", "head IoU %", "paper_miou")]:
+    for col, name, paper_col in [(pa, "PA %", "paper_pa"), (dice, "Dice %", "paper_dice"),
+                                 (iou, "head IoU %", "paper_miou")]:
         table[f"{name} ({when})"] = [format_mean_std(m, s, 100) for m, s in zip(ms[f"{col}_mean"], ms[f"{col}_std"])]
         table[f"paper {name}"] = paper[paper_col]
     table["extra: 2-class mIoU % (last epoch, per image)"] = [
@@ -256,7 +255,11 @@ def summary_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     return table.fillna("–")
 
 
+def _after_warmup(p: dict) -> bool:
+    """Whether the tables average the epochs after the warm-up (some epoch is past it)."""
+    return p["report"] == "after_warmup" and p["epochs"] > p["warmup_epochs"]
+
+
 def report_column(p: dict, metric: str = "dice") -> str:
     """The run column behind the summary table's ``metric`` (``pixel_accuracy``, ``dice`` or ``iou``)."""
-    warm = p["report"] == "after_warmup" and p["epochs"] > p["warmup_epochs"]
-    return f"{metric}_pooled_after_warmup" if warm else f"{metric}_pooled"
+    return f"{metric}_pooled_after_warmup" if _after_warmup(p) else f"{metric}_pooled"

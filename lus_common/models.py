@@ -73,13 +73,9 @@ class UNet(nn.Module):
 
 @functools.lru_cache(maxsize=64)
 def _digest(path: str, size: int, mtime_ns: int) -> str:
-    import hashlib
+    from .datasets import sha256_of
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+    return sha256_of(Path(path))[:12]
 
 
 def file_digest(path) -> str:
