@@ -29,7 +29,6 @@ from .keras_models import (INPUT_CHANNELS, MODELS, batch_norm_layers, create_ker
                            keras_weights_key, predict_probabilities, recompute_bn_statistics,
                            set_bn_momentum)
 from .metrics import segmentation_scores
-from .models import loaded_key
 from .params import resolve_params
 from .paths import PROJECT_ROOT
 from .phantoms.cxr import GENERATOR_VERSION as PHANTOM_VERSION
@@ -215,9 +214,7 @@ def run_one(p: dict, model_name: str, seed: int, n_train: int, bn_momentum: floa
     train = splits["pool"].subset(np.arange(n_train))
     (x, y), (xv, yv), (xt, yt) = (to_keras(d, channels) for d in (train, splits["val"], splits["test"]))
     model, weights = create_keras_model(model_name, p["image_size"], p["encoder_weights"], seed, norm)
-    if loaded_key(rp["weights"], weights.used) != rp["weights"]:  # loading failed: store it as random
-        rp = {**rp, "weights": "none/random"}
-        folder = results.run_dir(STUDY, rp, name_keys=RUN_NAME_KEYS)
+    rp, folder = results.settle_weights(STUDY, rp, weights.used, RUN_NAME_KEYS)
     n_bn = set_bn_momentum(model, bn_momentum)
     model.compile(optimizer=k.optimizers.Adam(p["lr"]), loss=dice_loss,
                   metrics=[dice_coefficient, k.metrics.BinaryAccuracy(name="accuracy")])

@@ -16,7 +16,7 @@ from .data import SegmentationSet, split_by_group
 from .device import describe_device, resolve_device
 from .hc18 import load_hc18
 from .metrics import hc_absolute_error, head_circumferences, pooled_scores, segmentation_scores
-from .models import MODELS, choose_weights, create_model, encoder_weights_key, loaded_key
+from .models import MODELS, choose_weights, create_model, encoder_weights_key
 from .params import resolve_params
 from .phantoms import fetal_head_phantom
 from .phantoms.fetal_head import GENERATOR_VERSION as PHANTOM_VERSION
@@ -159,9 +159,7 @@ def run_one(p: dict, strategy: Strategy, seed: int, train: SegmentationSet, test
     if stored is not None:
         return stored
     model, weights = build_model(strategy, p["encoder_weights"], seed)
-    if loaded_key(rp["weights"], weights.used) != rp["weights"]:  # loading failed: store it as random
-        rp = {**rp, "weights": "none/random"}
-        folder = results.run_dir(STUDY, rp, name_keys=RUN_NAME_KEYS)
+    rp, folder = results.settle_weights(STUDY, rp, weights.used, RUN_NAME_KEYS)
     cfg = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], lr_decay=p["lr_decay"],
                       rotation_deg=p["rotation_deg"], hflip=p["hflip"], vflip=p["vflip"], amp=p["amp"], seed=seed,
                       input_norm=p["input_norm"])

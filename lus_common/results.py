@@ -93,6 +93,16 @@ def reusable_run(folder: Path, weights_key: str | None = None) -> dict | None:
     return {**run, "reused": True}
 
 
+def settle_weights(study: str, params: dict, used: str, name_keys: tuple[str, ...]) -> tuple[dict, Path]:
+    """A run's key and folder once its model is built: when the weights could not be loaded
+    (``used`` starts with ``"none"``) although the key named them, the run is keyed and stored as
+    ``"none/random"``, never under the weights it did not get."""
+    from .models import loaded_key
+
+    params = {**params, "weights": loaded_key(params["weights"], used)}
+    return params, run_dir(study, params, name_keys)
+
+
 def environment_info() -> dict:
     """Software versions, host and date, recorded with every run."""
     import torch
