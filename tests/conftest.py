@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lus_common.paths import PROJECT_ROOT
+from lus_common.config.paths import PROJECT_ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from lus_common import runner
+from lus_common.app import runner
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lus_common.cli import _parse_value, main
+from lus_common.app.cli import _parse_value, main
 
 
 def test_values_are_parsed_as_yaml():

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-
-from lus_common import cxr_study as cs
-
 from conftest import FIXTURES
+
+from lus_common.studies import s3_cxr_overfitting as cs
 
 
 def test_dice_coefficient_of_a_known_overlap():

@@ -4,14 +4,14 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import FIXTURES
 from PIL import Image
 from skimage.draw import ellipse
 
-from conftest import FIXTURES
-from lus_common.data import split_by_group
-from lus_common.hc18 import fill_outline, load_hc18
-from lus_common.metrics import head_circumferences
-from lus_common.paths import dataset_dir
+from lus_common.config.paths import dataset_dir
+from lus_common.data.hc18 import fill_outline, load_hc18
+from lus_common.data.sets import split_by_group
+from lus_common.evaluation.biometry import head_circumferences
 from lus_common.phantoms import fetal_head_phantom
 
 

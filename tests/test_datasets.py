@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from lus_common import datasets
+from lus_common.data import downloads as datasets
 
 
 def test_registry_has_hc18_on_zenodo():

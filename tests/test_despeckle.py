@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lus_common.despeckle import edge_width, homomorphic_despeckle, speckle_snr
+from lus_common.data.despeckle import edge_width, homomorphic_despeckle, speckle_snr
 from lus_common.phantoms import checks, lung_ultrasound_phantom
 
 

@@ -5,7 +5,7 @@ import tomllib
 
 import yaml
 
-from lus_common.paths import PROJECT_ROOT
+from lus_common.config.paths import PROJECT_ROOT
 
 
 def _norm(spec: str) -> str:

@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from lus_common import keras_models as km
+from lus_common.models import keras_unets as km
 
 
 def test_torch_side_never_imports_keras():
-    code = ("import sys; import lus_common.models, lus_common.training, lus_common.hc18_study, lus_common.metrics, "
-            "lus_common.phantoms, lus_common.runner, lus_common.cli, lus_common.shenzhen, lus_common.keras_models; "
+    code = ("import sys; import lus_common.models.torch_smp, lus_common.training.torch_loop, lus_common.studies.s4_hc18_strategies, lus_common.evaluation.metrics, "
+            "lus_common.phantoms, lus_common.app.runner, lus_common.app.cli, lus_common.data.shenzhen, lus_common.models.keras_unets; "
             "print('keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -5,11 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lus_common.data import split_by_group
-from lus_common.phantoms import (DENSE_CLASSES, RAYLEIGH_MEAN_OVER_STD, SPARSE_CLASSES, STRUCTURES,
-                                 dense_to_sparse, lung_ultrasound_phantom)
-from lus_common.despeckle import speckle_snr
-from lus_common.phantoms import bmode, checks
+from lus_common.data.despeckle import speckle_snr
+from lus_common.data.sets import split_by_group
+from lus_common.phantoms import (
+    DENSE_CLASSES,
+    RAYLEIGH_MEAN_OVER_STD,
+    SPARSE_CLASSES,
+    STRUCTURES,
+    bmode,
+    checks,
+    dense_to_sparse,
+    lung_ultrasound_phantom,
+)
 
 
 @pytest.fixture(scope="module")

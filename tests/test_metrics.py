@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from skimage.draw import ellipse
 
-from lus_common.metrics import head_circumference_mm, segmentation_scores
+from lus_common.evaluation.biometry import head_circumference_mm
+from lus_common.evaluation.metrics import segmentation_scores
 from lus_common.phantoms import ellipse_circumference
 
 
@@ -56,7 +57,7 @@ def test_head_circumference_uses_largest_region_and_nan_when_empty():
 
 def test_pooled_scores_are_the_hc18_authors_check_accuracy():
     """Dice and IoU pooled over the pixels of each batch, then averaged over batches."""
-    from lus_common.metrics import pooled_scores
+    from lus_common.evaluation.metrics import pooled_scores
 
     target = np.zeros((3, 4, 4), np.uint8)
     target[:, :2] = 1  # 8 head pixels per image

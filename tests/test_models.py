@@ -2,8 +2,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lus_common import models
-from lus_common.models import create_model
+from lus_common.models import torch_smp as models
+from lus_common.models.torch_smp import create_model
+from lus_common.models.weights import weights_key
 
 
 def test_unknown_model_lists_known():
@@ -45,7 +46,7 @@ def test_scratch_unet_refuses_pretrained_weights():
 
 def test_run_keys_name_the_weights_really_loaded(empty_data_dir, monkeypatch):
     """A run made with random weights is never reused once real weights appear, nor the reverse."""
-    from lus_common import hc18_study
+    from lus_common.studies import s4_hc18_strategies as hc18_study
 
     monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
     p = hc18_study.study_params("smoke")
@@ -63,14 +64,15 @@ def test_run_keys_name_the_weights_really_loaded(empty_data_dir, monkeypatch):
     # Strategies that load nothing say so whatever is on disk; the key carries code and data.
     assert key("baseline")["weights"] == key("decoder_random")["weights"] == "none/random"
     assert key("decoder")["code_version"] == hc18_study.CODE_VERSION and key("decoder")["data_fingerprint"] == "abc"
-    assert models.weights_key(None, path) == "none/random"
+    assert weights_key(None, path) == "none/random"
 
 
 def test_a_run_whose_weights_failed_to_load_is_stored_as_random(empty_data_dir, isolated_results, monkeypatch):
     """The key is made before loading; a failed download must not leave a random-weight run under
     the key of the weights it did not get."""
-    from lus_common import hc18_study, results
-    from lus_common.strategies import get_strategy
+    from lus_common.store import results
+    from lus_common.studies import s4_hc18_strategies as hc18_study
+    from lus_common.training.freezing import get_strategy
 
     # The hub answers, so the key expects a download; then the download fails.
     monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: True)

@@ -5,8 +5,8 @@ import json
 import nbformat
 import pytest
 
-from lus_common import runner
-from lus_common.paths import PROJECT_ROOT
+from lus_common.app import runner
+from lus_common.config.paths import PROJECT_ROOT
 
 SECTIONS = ["Parameters", "Setup", "Data", "Models", "Training", "Results", "Figures", "Discussion"]
 # Chapters that are not studies have their own sections.

@@ -7,12 +7,15 @@ import shutil
 
 import numpy as np
 import pytest
-
-from lus_common.cli import main
-from lus_common.phantoms import chest_xray_phantom, fetal_head_phantom, salient_object_phantom
-from lus_common.saliency import load_weizmann_horse, load_xpie
-
 from conftest import FIXTURES, real_data_root
+
+from lus_common.app.cli import main
+from lus_common.data.salient import load_weizmann_horse, load_xpie
+from lus_common.phantoms import (
+    chest_xray_phantom,
+    fetal_head_phantom,
+    salient_object_phantom,
+)
 
 
 def test_chest_xray_phantom_anatomy():

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from lus_common import results
+from lus_common.store import results
 
 
 def test_hash_ignores_key_order_and_name_is_readable():

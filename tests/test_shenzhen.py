@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, real_data_root
 from PIL import Image
 
-from lus_common.shenzhen import load_shenzhen, percentile_normalize
-
-from conftest import FIXTURES, real_data_root
+from lus_common.data.shenzhen import load_shenzhen, percentile_normalize
 
 
 def test_masks_and_labels_layout():

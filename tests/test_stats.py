@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from lus_common import stats
-from lus_common.stats import anova_tukey, format_mean_std, mean_std, welch_t
+from lus_common.evaluation import stats
+from lus_common.evaluation.stats import anova_tukey, format_mean_std, mean_std, welch_t
 
 
 def test_anova_of_textbook_groups():

@@ -1,9 +1,15 @@
 import pytest
 import torch
 
-from lus_common import hc18_study
-from lus_common.models import count_parameters, create_model
-from lus_common.strategies import STRATEGIES, apply_strategy, get_strategy, head_parameters, trainable_parameters
+from lus_common.models.torch_smp import count_parameters, create_model
+from lus_common.studies import s4_hc18_strategies as hc18_study
+from lus_common.training.freezing import (
+    STRATEGIES,
+    apply_strategy,
+    get_strategy,
+    head_parameters,
+    trainable_parameters,
+)
 
 # The authors' figures and the digit they stop at (paper Fig. 1 / the issue's table). They are
 # truncated, not rounded: D-0,1,2 has 4,365,568 and is given as 4.36M.

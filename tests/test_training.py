@@ -2,11 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from lus_common import hc18_study
-from lus_common.device import resolve_device
-from lus_common.models import create_model
+from lus_common.config.device import resolve_device
+from lus_common.models.torch_smp import create_model
 from lus_common.phantoms import fetal_head_phantom
-from lus_common.training import TrainConfig, augment, predict, to_input, train_model
+from lus_common.studies import s4_hc18_strategies as hc18_study
+from lus_common.training.torch_loop import (
+    TrainConfig,
+    augment,
+    predict,
+    to_input,
+    train_model,
+)
 
 
 def test_augmentation_moves_image_and_mask_together():

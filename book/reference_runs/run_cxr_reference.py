@@ -1,6 +1,7 @@
 """Make (or extend) the chapter's real-data reference runs of study 3 on the Shenzhen images.
 
-Each job is ``model:norm:momentum`` (e.g. ``unet:batch:0.99``, ``unet:group:0.99``); every job runs
+Each job is ``model:norm:momentum[:weights]`` (e.g. ``unet:batch:0.99``, ``unet:group:0.99``,
+``vgg16_unet:batch:0.99:hed-bsds500``; without ``weights``, ``--encoder-weights``); every job runs
 the ``paper`` profile (the authors' setup) for each ``--seeds``, or is read back from the results
 store when it already ran. ``cxr_overfitting_shenzhen.json`` is then written from the run folders of
 *all* the jobs named, with this command line as its provenance::
@@ -16,15 +17,16 @@ import shlex
 import sys
 import time
 
-from lus_common import cxr_study as cs
+from lus_common.studies import s3_cxr_overfitting as cs
 
 
-def parse_job(text: str) -> tuple[str, str, float]:
-    model, norm, momentum = text.split(":")
-    if model not in cs.MODELS or norm not in ("batch", "group", "none"):
-        raise SystemExit(f"Bad job '{text}': use model:norm:momentum with a model of {list(cs.MODELS)} "
-                         "and norm batch, group or none.")
-    return model, norm, float(momentum)
+def parse_job(text: str, default_weights: str) -> tuple[str, str, float, str]:
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or parts[0] not in cs.MODELS or parts[1] not in ("batch", "group", "none"):
+        raise SystemExit(f"Bad job '{text}': use model:norm:momentum[:weights] with a model of "
+                         f"{list(cs.MODELS)} and norm batch, group or none.")
+    weights = parts[3] if len(parts) == 4 else default_weights
+    return parts[0], parts[1], float(parts[2]), weights
 
 
 def main(argv=None) -> int:
@@ -36,11 +38,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="2-core CPU", help="how the machine is described in the file")
     ap.add_argument("--no-export", action="store_true", help="only run (or reuse) the jobs")
     args = ap.parse_args(argv)
-    jobs = [parse_job(j) for j in args.jobs]
+    jobs = [parse_job(j, args.encoder_weights) for j in args.jobs]
     p = cs.study_params("paper", seeds=args.seeds, encoder_weights=args.encoder_weights)
     splits = cs.load_splits(p)
     folders = []
-    for model, norm, momentum in jobs:
+    for model, norm, momentum, weights in jobs:
+        p = {**p, "encoder_weights": weights}
         for seed in args.seeds:
             start = time.perf_counter()
             run = cs.run_one(p, model, seed, p["n_train"], momentum, splits, norm)

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from ..data import SegmentationSet
-from ..despeckle import edge_width, homomorphic_despeckle, speckle_snr
+from lus_common.data.despeckle import edge_width, homomorphic_despeckle, speckle_snr
+from lus_common.data.sets import SegmentationSet
 
 
 def clear_columns(data: SegmentationSet, k: int, margin_mm: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
@@ -137,8 +137,8 @@ def physical_checks(image_size: int = 256, n: int = 16, seed: int = 0) -> tuple[
         ``(table, details)``: one row per check (measured value, criterion, pass), and the sets and
         raw measurements behind it for figures.
     """
-    from . import lung_ultrasound_phantom
-    from .bmode import RAYLEIGH_MEAN_OVER_STD
+    from lus_common.phantoms import lung_ultrasound_phantom
+    from lus_common.phantoms.bmode import RAYLEIGH_MEAN_OVER_STD
 
     common = dict(n_patients=max(1, n // 8), frames_per_video=4, image_size=image_size, probe="linear")
     healthy = lung_ultrasound_phantom(n, diagnoses="healthy", seed=seed, keep_envelope=True, n_blines=0,

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from ..data import SegmentationSet
-from .bmode import as_generator
+from lus_common.data.sets import SegmentationSet
+from lus_common.phantoms.bmode import as_generator
 
 GENERATOR_VERSION = 1
 

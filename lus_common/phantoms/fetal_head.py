@@ -1,7 +1,7 @@
 """Synthetic images with exact ground truth, so every study runs with no dataset.
 
 Every phantom here takes a ``seed`` (or ``np.random.Generator``) and returns a
-:class:`~lus_common.data.SegmentationSet` marked ``synthetic=True``.
+:class:`~lus_common.data.sets.SegmentationSet` marked ``synthetic=True``.
 
 The fetal-head phantom (HC18 study) forms a B-mode image, not a painting: random scatterers with
 an echogenicity map (maternal tissue, amniotic fluid, skull, brain, midline echo) seen through the
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import SegmentationSet
-from . import bmode
+from lus_common.data.sets import SegmentationSet
+from lus_common.phantoms import bmode
 
 # HC18 images are 800x540 pixels of 0.05-0.3 mm; the phantom uses the same aspect.
 _HC18_SHAPE = (540, 800)

@@ -50,8 +50,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from ..data import SegmentationSet
-from . import bmode
+from lus_common.data.sets import SegmentationSet
+from lus_common.phantoms import bmode
 
 STRUCTURES = ("pleura", "ribs", "alines", "blines", "consolidation")
 DENSE_CLASSES = ("background", "A-line", "B-line", "healthy pleural line", "unhealthy pleural line",

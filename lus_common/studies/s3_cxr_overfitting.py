@@ -23,18 +23,26 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import results
-from .data import SegmentationSet
-from .keras_models import (INPUT_CHANNELS, MODELS, batch_norm_layers, create_keras_model, keras,
-                           keras_weights_key, predict_probabilities, recompute_bn_statistics,
-                           set_bn_momentum)
-from .metrics import segmentation_scores
-from .params import resolve_params
-from .paths import PROJECT_ROOT
-from .phantoms.cxr import GENERATOR_VERSION as PHANTOM_VERSION
-from .phantoms.cxr import chest_xray_phantom
-from .shenzhen import load_shenzhen, percentile_normalize
-from .stats import format_mean_std, mean_std
+from lus_common.config.paths import PROJECT_ROOT
+from lus_common.config.profiles import resolve_params
+from lus_common.data.sets import SegmentationSet
+from lus_common.data.shenzhen import load_shenzhen, percentile_normalize
+from lus_common.evaluation.metrics import segmentation_scores
+from lus_common.evaluation.stats import format_mean_std, mean_std
+from lus_common.models.keras_unets import (
+    INPUT_CHANNELS,
+    MODELS,
+    batch_norm_layers,
+    create_keras_model,
+    keras,
+    keras_weights_key,
+    predict_probabilities,
+    recompute_bn_statistics,
+    set_bn_momentum,
+)
+from lus_common.phantoms.cxr import chest_xray_phantom
+from lus_common.store import results
+from lus_common.store.environment import environment_info
 
 STUDY = "cxr_overfitting"
 MODEL_LABELS = {"unet": "U-Net", "vgg16_unet": "VGG16-U-Net", "resnet50_unet": "ResNet50-U-Net"}
@@ -202,7 +210,7 @@ def run_one(p: dict, model_name: str, seed: int, n_train: int, bn_momentum: floa
     """Train and evaluate one run, or reuse the stored run with the same parameters.
 
     Returns:
-        The run as :func:`lus_common.results.load_run` gives it, plus ``"reused"``.
+        The run as :func:`lus_common.store.results.load_run` gives it, plus ``"reused"``.
     """
     rp = run_params(p, model_name, seed, n_train, bn_momentum, norm, splits.get("fingerprint", ""))
     folder = results.run_dir(STUDY, rp, name_keys=RUN_NAME_KEYS)
@@ -252,7 +260,7 @@ def run_one(p: dict, model_name: str, seed: int, n_train: int, bn_momentum: floa
     config = {"study": STUDY, "params": rp, "profile": p["profile"], "weights": weights.as_dict(),
               "synthetic": train.synthetic, "n_train": n_train, "n_val": len(xv), "n_test": len(xt),
               "keras": k.__version__, "keras_backend": k.backend.backend(),
-              "environment": results.environment_info()}
+              "environment": environment_info()}
     arrays = {"probs": results.encode_probabilities(probs["test", "inference"][:keep_predictions]),
               "probs_training_mode": results.encode_probabilities(probs["test", "training"][:keep_predictions])}
     results.save_run(folder, config, metrics, history, tables={"per_image": per_image}, arrays=arrays)

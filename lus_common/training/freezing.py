@@ -84,7 +84,7 @@ def apply_strategy(model: nn.Module, strategy: Strategy) -> nn.Module:
     """Set ``requires_grad`` on the model's parameters as the strategy says.
 
     Only ``requires_grad`` changes; whether frozen parts' batch-norm statistics also stay fixed is
-    decided by the caller (``frozen=`` of :func:`lus_common.training.train_model`).
+    decided by the caller (``frozen=`` of :func:`lus_common.training.torch_loop.train_model`).
 
     Returns:
         The same model.
@@ -121,7 +121,7 @@ def trainable_parameters(model: nn.Module, strategy: Strategy | None = None) -> 
 
 def head_parameters(model_name: str = "unet_mobilenet_v2") -> int:
     """Parameters of a model's segmentation head (trained only where a strategy's ``head_trains``)."""
-    from .models import create_model
+    from lus_common.models.torch_smp import create_model
 
     model, _ = create_model(model_name)
     return sum(p.numel() for p in model.segmentation_head.parameters())

@@ -21,8 +21,8 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from .data import SegmentationSet, read_grey
-from .paths import dataset_dir
+from lus_common.config.paths import dataset_dir
+from lus_common.data.sets import SegmentationSet, read_grey
 
 CSV_NAME = "training_set_pixel_size_and_HC.csv"
 _IMAGE_RE = re.compile(r"^(\d+)_(\d*)HC\.png$")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import SegmentationSet, read_image_mask
-from .paths import dataset_dir
+from lus_common.config.paths import dataset_dir
+from lus_common.data.sets import SegmentationSet, read_image_mask
 
 IMAGE_FOLDERS = ("img", "images", "Image", "Images", "Imgs", "gray")
 MASK_FOLDERS = ("gt", "GT", "masks", "Mask", "Masks", "figure_ground")

@@ -23,7 +23,7 @@ def notebook_setup() -> None:
     Each figure's output carries the plotly mimetype (drawn by JupyterLab's plotly extension) and an
     HTML ``div`` with the figure's data that calls ``Plotly.newPlot``. The HTML carries neither
     plotly.js nor MathJax: the book loads plotly.js once, from its own ``_static/plotly.min.js``
-    (:func:`lus_common.runner.build_book` puts it there), so pages stay small and need no network.
+    (:func:`lus_common.app.runner.build_book` puts it there), so pages stay small and need no network.
     """
     import plotly.io as pio
     from plotly.io.base_renderers import MimetypeRenderer

@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import data_dir
+from lus_common.config.paths import data_dir
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def fetch(name: str, root: Path | None = None, progressbar: bool = True) -> Path
 
     Args:
         name: dataset name from :data:`REGISTRY`.
-        root: target data directory (default: :func:`lus_common.paths.data_dir`).
+        root: target data directory (default: :func:`lus_common.config.paths.data_dir`).
         progressbar: show pooch's progress bar.
 
     Returns:

@@ -11,19 +11,31 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import results
-from .data import SegmentationSet, split_by_group
-from .device import describe_device, resolve_device
-from .hc18 import load_hc18
-from .metrics import hc_absolute_error, head_circumferences, pooled_scores, segmentation_scores
-from .models import MODELS, choose_weights, create_model, encoder_weights_key
-from .params import resolve_params
-from .phantoms import fetal_head_phantom
-from .phantoms.fetal_head import GENERATOR_VERSION as PHANTOM_VERSION
-from .stats import format_mean_std, mean_std
-from .strategies import (Strategy, apply_strategy, frozen_modules, get_strategy, resolve_strategies,
-                         trainable_parameters)
-from .training import TrainConfig, predict, train_model
+from lus_common.config.device import describe_device, resolve_device
+from lus_common.config.profiles import resolve_params
+from lus_common.data.hc18 import load_hc18
+from lus_common.data.sets import SegmentationSet, split_by_group
+from lus_common.evaluation.biometry import hc_absolute_error, head_circumferences
+from lus_common.evaluation.metrics import pooled_scores, segmentation_scores
+from lus_common.evaluation.stats import format_mean_std, mean_std
+from lus_common.models.torch_smp import (
+    MODELS,
+    choose_weights,
+    create_model,
+    encoder_weights_key,
+)
+from lus_common.phantoms import fetal_head_phantom
+from lus_common.store import results
+from lus_common.store.environment import environment_info
+from lus_common.training.freezing import (
+    Strategy,
+    apply_strategy,
+    frozen_modules,
+    get_strategy,
+    resolve_strategies,
+    trainable_parameters,
+)
+from lus_common.training.torch_loop import TrainConfig, predict, train_model
 
 STUDY = "hc18_strategies"
 
@@ -121,7 +133,7 @@ def run_params(p: dict, strategy: str, seed: int, data_fingerprint: str = "") ->
 
 def asked_weights(p: dict, strategy: Strategy) -> str | None:
     """The weights a strategy's run asks for: the first available of ``p["encoder_weights"]``
-    (:func:`lus_common.models.choose_weights`), or None for the strategies without a pretrained
+    (:func:`lus_common.models.torch_smp.choose_weights`), or None for the strategies without a pretrained
     encoder."""
     encoder = MODELS[strategy.model].get("encoder")
     return choose_weights(encoder, p["encoder_weights"]) if encoder and strategy.pretrained else None
@@ -151,7 +163,7 @@ def run_one(p: dict, strategy: Strategy, seed: int, train: SegmentationSet, test
     """Train and evaluate one (strategy, seed), or reuse the stored run with the same parameters.
 
     Returns:
-        The run as :func:`lus_common.results.load_run` gives it, plus ``"reused"``.
+        The run as :func:`lus_common.store.results.load_run` gives it, plus ``"reused"``.
     """
     rp = run_params(p, strategy.name, seed, train.info.get("fingerprint", ""))
     folder = results.run_dir(STUDY, rp, name_keys=RUN_NAME_KEYS)
@@ -190,7 +202,7 @@ def run_one(p: dict, strategy: Strategy, seed: int, train: SegmentationSet, test
     config = {"study": STUDY, "params": rp, "profile": p["profile"], "strategy_label": strategy.label,
               "weights": weights.as_dict(), "train_config": cfg.as_dict(), "synthetic": train.synthetic,
               "n_train": len(train), "n_test": len(test), "device": describe_device(device),
-              "environment": results.environment_info()}
+              "environment": environment_info()}
     arrays = {"probs": (probs[:keep_predictions] * 255).round().astype(np.uint8),
               "index": np.arange(min(keep_predictions, len(test)))}
     results.save_run(folder, config, metrics, history, tables={"per_image": per_image}, arrays=arrays)

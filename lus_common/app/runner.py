@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .paths import PROJECT_ROOT
-from .plots import plotly_js_path
+from lus_common.config.paths import PROJECT_ROOT
+from lus_common.figures.plots import plotly_js_path
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 BOOK = PROJECT_ROOT / "book"

@@ -9,11 +9,9 @@ reused instead of recomputed.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .paths import results_dir
+from lus_common.config.paths import results_dir
 
 REQUIRED = ("config.json", "metrics.json", "history.csv")
 
@@ -86,7 +84,7 @@ def reusable_run(folder: Path, weights_key: str | None = None) -> dict | None:
         return None
     run = load_run(folder)
     if weights_key is not None:
-        from .models import weights_agree
+        from lus_common.models.weights import weights_agree
 
         if not weights_agree(weights_key, run["config"]["weights"]["used"]):
             return None
@@ -97,33 +95,10 @@ def settle_weights(study: str, params: dict, used: str, name_keys: tuple[str, ..
     """A run's key and folder once its model is built: when the weights could not be loaded
     (``used`` starts with ``"none"``) although the key named them, the run is keyed and stored as
     ``"none/random"``, never under the weights it did not get."""
-    from .models import loaded_key
+    from lus_common.models.weights import loaded_key
 
     params = {**params, "weights": loaded_key(params["weights"], used)}
     return params, run_dir(study, params, name_keys)
-
-
-def environment_info() -> dict:
-    """Software versions, host and date, recorded with every run."""
-    import torch
-
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    try:
-        import segmentation_models_pytorch as smp
-
-        info["segmentation_models_pytorch"] = smp.__version__
-    except ImportError:
-        pass
-    return info
 
 
 def save_run(folder: Path, config: dict, metrics: dict, history: pd.DataFrame,

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .device import describe_device, resolve_device
-from .models import create_model
+from lus_common.config.device import describe_device, resolve_device
+from lus_common.models.torch_smp import create_model
 
 
 def _step_fn(model, x, y, amp: bool, device: torch.device):
@@ -71,7 +71,7 @@ def benchmark(model: str, size: int, batch: int, amp: bool = False, steps: int =
     """Benchmark a configured variant against the eager fp32 baseline in one run.
 
     Args:
-        model: a key of :data:`lus_common.models.MODELS`.
+        model: a key of :data:`lus_common.models.torch_smp.MODELS`.
         size: square image side.
         batch: images per step.
         amp: bf16 autocast (CUDA only; on CPU the flag is recorded but autocast stays off).
@@ -116,7 +116,7 @@ def benchmark_phantom(kind: str, size: int = 256, n: int = 1024, seed: int = 0) 
     import os
     import platform
 
-    from . import phantoms
+    from lus_common import phantoms
 
     makers = {
         "lus": lambda m: phantoms.lung_ultrasound_phantom(m, image_size=size, seed=seed),

@@ -1,6 +1,6 @@
 """An ipywidgets explorer for JupyterLab: image slider, threshold slider, strategy choice, overlay.
 
-The static book cannot run widgets; there the plotly slider of :func:`lus_common.plots.overlay_slider`
+The static book cannot run widgets; there the plotly slider of :func:`lus_common.figures.plots.overlay_slider`
 plays the same role.
 """
 
@@ -26,8 +26,8 @@ def segmentation_explorer(images: np.ndarray, truths: np.ndarray, probs: dict[st
     import ipywidgets as w
     from PIL import Image
 
-    from .metrics import segmentation_scores
-    from .plots import overlay_rgb
+    from lus_common.evaluation.metrics import segmentation_scores
+    from lus_common.figures.plots import overlay_rgb
 
     n = min(len(images), *(len(p) for p in probs.values()))
     index = w.IntSlider(0, 0, n - 1, description="image")

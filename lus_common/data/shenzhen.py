@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import SegmentationSet, read_image_mask
-from .paths import dataset_dir
+from lus_common.config.paths import dataset_dir
+from lus_common.data.sets import SegmentationSet, read_image_mask
 
 _NAME = re.compile(r"^CHNCXR_(\d{4})_([01])$")
 
