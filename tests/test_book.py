@@ -10,8 +10,16 @@ import pytest
 from lus_common.app import runner
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @pytest.fixture(scope="module")
@@ -21,20 +29,37 @@ def built_book(tmp_path_factory):
     shutil.copytree(runner.BOOK, book, ignore=shutil.ignore_patterns("_build", "*.ipynb"))
     mp = pytest.MonkeyPatch()
     mp.setenv("LUS_RESULTS_DIR", str(root / "results"))
-    runner.run_notebook("hc18_strategies", {"device": "cpu"}, profile="smoke",
-                        output=book / "chapters" / "04_hc18_strategies.ipynb", progress=False)
-    runner.run_notebook("phantoms", profile="smoke", output=book / "chapters" / "00_phantoms.ipynb", progress=False)
-    runner.run_notebook("cxr_overfitting", {"device": "cpu"}, profile="smoke",
-                        output=book / "chapters" / "03_cxr_overfitting.ipynb", progress=False)
+    runner.run_notebook(
+        "hc18_strategies",
+        {"device": "cpu"},
+        profile="smoke",
+        output=book / "chapters" / "04_hc18_strategies.ipynb",
+        progress=False,
+    )
+    runner.run_notebook(
+        "phantoms", profile="smoke", output=book / "chapters" / "00_phantoms.ipynb", progress=False
+    )
+    runner.run_notebook(
+        "cxr_overfitting",
+        {"device": "cpu"},
+        profile="smoke",
+        output=book / "chapters" / "03_cxr_overfitting.ipynb",
+        progress=False,
+    )
     mp.undo()
     return runner.build_book(book)
 
 
 def test_book_pages_exist(built_book):
-    for page in ["index.html", "intro.html", "chapters/00_phantoms.html", "chapters/03_cxr_overfitting.html",
-                 "chapters/04_hc18_strategies.html",
-                 "chapters/01_data_reduction.html",
-                 "appendix/performance.html"]:
+    for page in [
+        "index.html",
+        "intro.html",
+        "chapters/00_phantoms.html",
+        "chapters/03_cxr_overfitting.html",
+        "chapters/04_hc18_strategies.html",
+        "chapters/01_data_reduction.html",
+        "appendix/performance.html",
+    ]:
         assert (built_book / page).is_file(), page
 
 
@@ -42,7 +67,9 @@ def test_book_pages_exist(built_book):
 def test_plotly_is_loaded_once_from_the_book_not_fetched(built_book, chapter):
     html = (built_book / "chapters" / f"{chapter}.html").read_text()
     assert "Plotly.newPlot" in html and "SYNTHETIC phantom" in html
-    assert not re.search(r"<script[^>]+src=\"https?://", html), "no script may come from the network"
+    assert not re.search(r"<script[^>]+src=\"https?://", html), (
+        "no script may come from the network"
+    )
     # plotly.js is not in the page: the page loads the book's one copy.
     assert "plotly.js v" not in html and html.count("Plotly.newPlot") >= 1
     assert re.search(r'<script src="\.\./_static/plotly\.min\.js', html)
@@ -58,16 +85,38 @@ def test_build_refuses_missing_chapter(tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
-@pytest.mark.parametrize("chapter, figures", [("04_hc18_strategies", 6), ("00_phantoms", 11),
-                                             ("03_cxr_overfitting", 6)])
+@pytest.mark.parametrize(
+    "chapter, figures", [("04_hc18_strategies", 6), ("00_phantoms", 11), ("03_cxr_overfitting", 6)]
+)
 def test_figures_render_offline_in_chromium(built_book, tmp_path, chapter, figures):
     page = (built_book / "chapters" / f"{chapter}.html").as_uri()
-    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                          "--virtual-time-budget=20000", "--dump-dom", page],
-                         capture_output=True, text=True, timeout=180).stdout
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            page,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
     # plotly draws each figure as an <svg class="main-svg"> (or more)
     assert dom.count('class="main-svg"') >= figures, "plotly figures did not render"
     shot = built_book / f"{chapter}.png"
-    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--virtual-time-budget=20000",
-                    "--window-size=1280,4000", f"--screenshot={shot}", page], capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'profile2'}",
+            "--virtual-time-budget=20000",
+            "--window-size=1280,4000",
+            f"--screenshot={shot}",
+            page,
+        ],
+        capture_output=True,
+        timeout=180,
+    )
     assert shot.is_file() and shot.stat().st_size > 50_000

@@ -7,7 +7,11 @@ from lus_common.app.cli import _parse_value, main
 
 def test_values_are_parsed_as_yaml():
     assert _parse_value("3") == 3 and _parse_value("1e-4") == 1e-4
-    assert _parse_value("[0, 1]") == [0, 1] and _parse_value("hc18") == "hc18" and _parse_value("null") is None
+    assert (
+        _parse_value("[0, 1]") == [0, 1]
+        and _parse_value("hc18") == "hc18"
+        and _parse_value("null") is None
+    )
 
 
 def test_unknown_study_and_parameter_exit_2(capsys):
@@ -18,11 +22,28 @@ def test_unknown_study_and_parameter_exit_2(capsys):
 
 
 def test_bench_prints_one_json_line(capsys):
-    assert main(["bench", "--model", "unet_mobilenet_v2", "--size", "32", "--batch", "2", "--steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "unet_mobilenet_v2",
+                "--size",
+                "32",
+                "--batch",
+                "2",
+                "--steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out.strip()
     result = json.loads(line)
     assert result["images_per_s"] > 0 and result["baseline_images_per_s"] > 0
-    assert result["speedup"] == pytest.approx(result["images_per_s"] / result["baseline_images_per_s"], rel=0.01)
+    assert result["speedup"] == pytest.approx(
+        result["images_per_s"] / result["baseline_images_per_s"], rel=0.01
+    )
     assert result["gflop_per_step"] > 0
 
 

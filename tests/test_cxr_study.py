@@ -55,8 +55,17 @@ def test_splits_are_disjoint_and_sized():
     ids = [set(splits[k].ids) for k in names]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     x, y = cs.to_keras(splits["pool"])
-    assert x.shape == (8, 32, 32, 3) and y.shape == (8, 32, 32, 1) and np.array_equal(x[..., 0], x[..., 2])
-    assert cs.to_keras(splits["pool"], channels=1)[0].shape == (8, 32, 32, 1)  # the authors' U-Net input
+    assert (
+        x.shape == (8, 32, 32, 3)
+        and y.shape == (8, 32, 32, 1)
+        and np.array_equal(x[..., 0], x[..., 2])
+    )
+    assert cs.to_keras(splits["pool"], channels=1)[0].shape == (
+        8,
+        32,
+        32,
+        1,
+    )  # the authors' U-Net input
     # The authors' stretch: one pair of 2-98 percentiles over the whole set, not per image.
     every = np.concatenate([splits[k].images for k in names])
     np.testing.assert_allclose(np.percentile(every, (2, 98)), [0, 1], atol=0.02)
@@ -66,7 +75,10 @@ def test_splits_are_disjoint_and_sized():
     assert not np.allclose(per_image["pool"].images, splits["pool"].images)
     # The fingerprint names the data: the same images give the same one, other images another.
     assert splits["fingerprint"] == cs.load_splits(p)["fingerprint"]
-    assert splits["fingerprint"] != cs.load_splits(cs.study_params("smoke", image_size=64))["fingerprint"]
+    assert (
+        splits["fingerprint"]
+        != cs.load_splits(cs.study_params("smoke", image_size=64))["fingerprint"]
+    )
 
 
 def test_too_few_real_images_is_explained(tmp_path, monkeypatch):
@@ -77,9 +89,13 @@ def test_too_few_real_images_is_explained(tmp_path, monkeypatch):
 
 
 # The authors' model.summary() totals, and the GroupNorm controls (BN's moving statistics gone).
-AUTHORS_PARAMS = {("unet", "batch"): 1_930_657, ("vgg16_unet", "batch"): 33_997_505,
-                  ("resnet50_unet", "batch"): 40_985_857, ("unet", "group"): 1_930_657 - 2_816,
-                  ("vgg16_unet", "group"): 33_997_505 - 7_936}
+AUTHORS_PARAMS = {
+    ("unet", "batch"): 1_930_657,
+    ("vgg16_unet", "batch"): 33_997_505,
+    ("resnet50_unet", "batch"): 40_985_857,
+    ("unet", "group"): 1_930_657 - 2_816,
+    ("vgg16_unet", "group"): 33_997_505 - 7_936,
+}
 
 
 def test_reference_runs_are_made_by_this_code_and_named_honestly():
@@ -91,16 +107,28 @@ def test_reference_runs_are_made_by_this_code_and_named_honestly():
     assert doc["runs"], "no reference run"
     for r in doc["runs"]:
         params, metrics = r["params"], r["metrics"]
-        assert params["code_version"] == cs.CODE_VERSION, "stale reference: rerun run_cxr_reference.py"
+        assert params["code_version"] == cs.CODE_VERSION, (
+            "stale reference: rerun run_cxr_reference.py"
+        )
         assert params["data_source"] == "shenzhen" and params["stretch"] == "global"
-        assert (params["image_size"], r["n_train"], r["n_val"], r["n_test"], params["epochs"]) == (128, 100, 49, 54, 30)
+        assert (params["image_size"], r["n_train"], r["n_val"], r["n_test"], params["epochs"]) == (
+            128,
+            100,
+            49,
+            54,
+            30,
+        )
         assert metrics["params"] == AUTHORS_PARAMS[params["model"], params["norm"]]
-        if metrics["weights_used"].startswith("none"):  # the key names what was loaded, not the request
+        if metrics["weights_used"].startswith(
+            "none"
+        ):  # the key names what was loaded, not the request
             assert params["weights"] == "none/random"
         else:
             assert params["weights"].startswith(f"{params['encoder_weights']}:")
-        assert f"--encoder-weights {params['encoder_weights']}" in doc["command"] or \
-            params["encoder_weights"] == "imagenet"  # the script's default
+        assert (
+            f"--encoder-weights {params['encoder_weights']}" in doc["command"]
+            or params["encoder_weights"] == "imagenet"
+        )  # the script's default
     what, table = cs.reference_table()
     assert len(table) == len(doc["runs"]) and "test Dice, paper's definition" in table
 
@@ -117,13 +145,36 @@ def test_reference_findings_quote_the_file():
             assert f"{g['test_dice_training'].mean():.3f}" in text
 
 
-def _run(model, norm="batch", momentum=0.99, infer=0.9, train=0.9, fixed=0.9, bn=14, acc_inf=0.95,
-         acc_train=0.95, fg_inf=0.25, fg_train=0.25, seed=0):
-    return {"model": model, "norm": norm, "bn_momentum": momentum, "seed": seed, "n_train": 100,
-            "steps": 210, "bn_layers": bn if norm == "batch" else 0, "test_dice_inference": infer,
-            "test_dice_training": train, "test_dice_recomputed_bn": fixed,
-            "test_accuracy_inference": acc_inf, "test_accuracy_training": acc_train,
-            "test_foreground_inference": fg_inf, "test_foreground_training": fg_train}
+def _run(
+    model,
+    norm="batch",
+    momentum=0.99,
+    infer=0.9,
+    train=0.9,
+    fixed=0.9,
+    bn=14,
+    acc_inf=0.95,
+    acc_train=0.95,
+    fg_inf=0.25,
+    fg_train=0.25,
+    seed=0,
+):
+    return {
+        "model": model,
+        "norm": norm,
+        "bn_momentum": momentum,
+        "seed": seed,
+        "n_train": 100,
+        "steps": 210,
+        "bn_layers": bn if norm == "batch" else 0,
+        "test_dice_inference": infer,
+        "test_dice_training": train,
+        "test_dice_recomputed_bn": fixed,
+        "test_accuracy_inference": acc_inf,
+        "test_accuracy_training": acc_train,
+        "test_foreground_inference": fg_inf,
+        "test_foreground_training": fg_train,
+    }
 
 
 def _findings(*rows):
@@ -133,32 +184,46 @@ def _findings(*rows):
     return cs.findings(pd.DataFrame(rows), p, background=0.741)
 
 
-FAILS = dict(infer=0.0, train=0.9, fixed=0.9, acc_inf=0.741, fg_inf=0.0)  # all background in inference
+FAILS = dict(
+    infer=0.0, train=0.9, fixed=0.9, acc_inf=0.741, fg_inf=0.0
+)  # all background in inference
 
 
 def test_findings_say_what_each_pattern_supports():
     # The authors' U-Net: all background in inference mode, fine in training mode.
     text = _findings(_run("unet", **FAILS))[0]
-    assert "predicts all background in inference mode" in text and "0.900 with the same weights" in text
+    assert (
+        "predicts all background in inference mode" in text
+        and "0.900 with the same weights" in text
+    )
     assert "transductive" in text and "12 % of their initial values" in text  # 0.99 ** 210
     # No gap: nothing is blamed on batch norm.
     assert "shows no inference/training gap" in _findings(_run("unet"))[0]
     # A model that fails in both modes cannot speak to batch norm.
-    stuck = _run("unet", infer=0.0, train=0.0, acc_inf=0.741, acc_train=0.741, fg_inf=0.0, fg_train=0.0)
+    stuck = _run(
+        "unet", infer=0.0, train=0.0, acc_inf=0.741, acc_train=0.741, fg_inf=0.0, fg_train=0.0
+    )
     assert "predicts all background even with batch statistics" in _findings(stuck)[0]
 
 
-@pytest.mark.parametrize("control, verdict", [
-    (dict(infer=0.88, train=0.88), "the batch-norm explanation holds"),
-    (dict(infer=0.5, train=0.5), "explain only part of the failure"),
-    (dict(infer=0.05, train=0.05), "the batch-norm explanation does not hold"),
-    (dict(infer=0.0, train=0.0, acc_inf=0.741, fg_inf=0.0), "neither confirm nor refute"),
-])
+@pytest.mark.parametrize(
+    "control, verdict",
+    [
+        (dict(infer=0.88, train=0.88), "the batch-norm explanation holds"),
+        (dict(infer=0.5, train=0.5), "explain only part of the failure"),
+        (dict(infer=0.05, train=0.05), "the batch-norm explanation does not hold"),
+        (dict(infer=0.0, train=0.0, acc_inf=0.741, fg_inf=0.0), "neither confirm nor refute"),
+    ],
+)
 def test_control_verdicts(control, verdict):
     out = _findings(_run("unet", **FAILS), _run("unet", norm="group", **control))
     assert len(out) == 2 and out[1].startswith("**Control, U-Net with GroupNorm**")
-    verdicts = ["the batch-norm explanation holds", "explain only part of the failure",
-                "the batch-norm explanation does not hold", "neither confirm nor refute"]
+    verdicts = [
+        "the batch-norm explanation holds",
+        "explain only part of the failure",
+        "the batch-norm explanation does not hold",
+        "neither confirm nor refute",
+    ]
     assert [v for v in verdicts if v in out[1]] == [verdict]  # exactly one verdict, the right one
 
 

@@ -80,17 +80,25 @@ def test_missing_data_directory_says_what_to_do(empty_data_dir):
 def test_real_hc18_loads_and_circumference_matches_csv(real_data):
     data = load_hc18(image_size=512, limit=30)
     assert data.images.shape[1:] == (512, 512) and len(data) >= 30
-    assert 0.25 < data.masks.mean() < 0.6 or 0.01 < data.masks.mean()  # heads fill part of the image
+    assert (
+        0.25 < data.masks.mean() < 0.6 or 0.01 < data.masks.mean()
+    )  # heads fill part of the image
     error = np.abs(head_circumferences(data.masks, data.spacing_mm) - data.hc_mm)
     assert np.mean(error) < 1.5, f"mean HC error {np.mean(error):.2f} mm from the released masks"
 
 
 def test_phantom_is_deterministic_and_exact():
-    a, b, c = fetal_head_phantom(4, 128, 3), fetal_head_phantom(4, 128, 3), fetal_head_phantom(4, 128, 4)
+    a, b, c = (
+        fetal_head_phantom(4, 128, 3),
+        fetal_head_phantom(4, 128, 3),
+        fetal_head_phantom(4, 128, 4),
+    )
     np.testing.assert_array_equal(a.images, b.images)
     assert not np.array_equal(a.images, c.images)
     assert a.synthetic and a.label == "SYNTHETIC phantom"
-    hc = head_circumferences(fetal_head_phantom(6, 256, 0).masks, fetal_head_phantom(6, 256, 0).spacing_mm)
+    hc = head_circumferences(
+        fetal_head_phantom(6, 256, 0).masks, fetal_head_phantom(6, 256, 0).spacing_mm
+    )
     np.testing.assert_allclose(hc, fetal_head_phantom(6, 256, 0).hc_mm, rtol=0.02)
 
 

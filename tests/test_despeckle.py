@@ -11,8 +11,17 @@ from lus_common.phantoms import checks, lung_ultrasound_phantom
 
 @pytest.mark.parametrize("seed", [1, 4])
 def test_despeckling_raises_snr_and_keeps_the_pleural_edge(seed):
-    d = lung_ultrasound_phantom(8, n_patients=2, frames_per_video=4, probe="linear", diagnoses="healthy",
-                                seed=seed, keep_envelope=True, n_blines=0, pleural_irregularity_mm=0.0)
+    d = lung_ultrasound_phantom(
+        8,
+        n_patients=2,
+        frames_per_video=4,
+        probe="linear",
+        diagnoses="healthy",
+        seed=seed,
+        keep_envelope=True,
+        n_blines=0,
+        pleural_irregularity_mm=0.0,
+    )
     effects = [checks.despeckle_effect(d, k) for k in (0, 4)]
     gains = [e["snr_after"] / e["snr_before"] for e in effects]
     widths = [e["edge_after_px"] / e["edge_before_px"] for e in effects]
@@ -25,7 +34,9 @@ def test_despeckling_options_and_errors():
     speckle = np.abs(rng.standard_normal((64, 64)) + 1j * rng.standard_normal((64, 64)))
     assert speckle_snr(speckle) == pytest.approx(1.91, rel=0.1)
     for rule in ("BayesShrink", "VisuShrink"):
-        out = homomorphic_despeckle(speckle, wavelet="db2", levels=2, rule=rule, mode="soft", shifts=0)
+        out = homomorphic_despeckle(
+            speckle, wavelet="db2", levels=2, rule=rule, mode="soft", shifts=0
+        )
         assert out.shape == speckle.shape and speckle_snr(out) > speckle_snr(speckle)
     stack = homomorphic_despeckle(np.stack([speckle, speckle]), shifts=1)
     np.testing.assert_allclose(stack[0], stack[1])

@@ -22,13 +22,25 @@ from lus_common.phantoms import (
 @pytest.fixture(scope="module")
 def healthy_linear():
     """Healthy lungs on a linear probe with a smooth pleura, envelopes kept."""
-    return lung_ultrasound_phantom(12, n_patients=3, frames_per_video=4, image_size=256, probe="linear",
-                                   diagnoses="healthy", seed=11, keep_envelope=True, n_blines=0,
-                                   pleural_irregularity_mm=0.0)
+    return lung_ultrasound_phantom(
+        12,
+        n_patients=3,
+        frames_per_video=4,
+        image_size=256,
+        probe="linear",
+        diagnoses="healthy",
+        seed=11,
+        keep_envelope=True,
+        n_blines=0,
+        pleural_irregularity_mm=0.0,
+    )
 
 
 def test_rayleigh_speckle_in_the_chest_wall(healthy_linear):
-    ratios = [speckle_snr(checks.chest_wall_speckle(healthy_linear, k)) for k in range(len(healthy_linear))]
+    ratios = [
+        speckle_snr(checks.chest_wall_speckle(healthy_linear, k))
+        for k in range(len(healthy_linear))
+    ]
     assert RAYLEIGH_MEAN_OVER_STD == pytest.approx(1.913, abs=1e-3)
     assert np.mean(ratios) == pytest.approx(RAYLEIGH_MEAN_OVER_STD, rel=0.10)
 
@@ -56,7 +68,9 @@ def test_rib_shadow_is_dark():
 
 
 def test_b_lines_do_not_fade_with_depth():
-    d = lung_ultrasound_phantom(16, n_patients=4, frames_per_video=4, probe="linear", diagnoses="COVID-19", seed=7)
+    d = lung_ultrasound_phantom(
+        16, n_patients=4, frames_per_video=4, probe="linear", diagnoses="COVID-19", seed=7
+    )
     ratios = checks.b_line_depth_ratios(d)
     assert len(ratios) >= 5
     np.testing.assert_allclose(ratios, 1.0, atol=0.20)
@@ -103,14 +117,19 @@ def test_diagnoses_follow_their_rules():
     assert (pneu["consolidations"] == 1).all()
     cons = d.layers["consolidation"].reshape(len(d), -1).sum(1)
     is_healthy = (d.meta["diagnosis"] == "healthy").to_numpy()
-    assert cons[is_healthy].sum() == 0 and cons[(d.meta["diagnosis"] == "pneumonia").to_numpy()].mean() > 100
+    assert (
+        cons[is_healthy].sum() == 0
+        and cons[(d.meta["diagnosis"] == "pneumonia").to_numpy()].mean() > 100
+    )
     # Unhealthy pleura (B-lines or consolidation beneath) is rarer in healthy lungs.
     unhealthy = (d.layers["dense"] == 4).reshape(len(d), -1).sum(1)
     assert unhealthy[is_healthy].mean() < 0.5 * unhealthy[~is_healthy].mean()
 
 
 def test_videos_share_anatomy_and_ids_allow_patient_and_video_splits():
-    d = lung_ultrasound_phantom(64, n_patients=4, frames_per_video=8, image_size=128, probe="linear", seed=1)
+    d = lung_ultrasound_phantom(
+        64, n_patients=4, frames_per_video=8, image_size=128, probe="linear", seed=1
+    )
     m = d.meta
     assert m.groupby("video")["patient"].nunique().max() == 1
     assert (m.groupby("video")["frame"].apply(list) == [list(range(8))] * 8).all()
@@ -126,7 +145,9 @@ def test_videos_share_anatomy_and_ids_allow_patient_and_video_splits():
 
 
 def test_convex_probe_is_a_sector_with_black_corners():
-    d = lung_ultrasound_phantom(4, frames_per_video=4, n_patients=1, image_size=128, probe="convex", seed=0)
+    d = lung_ultrasound_phantom(
+        4, frames_per_video=4, n_patients=1, image_size=128, probe="convex", seed=0
+    )
     assert (d.images[:, 0, :8] == 0).all() and (d.images[:, -1, :4] == 0).all()  # outside the fan
     assert d.images[:, 64, 64].min() > 0 and np.allclose(d.spacing_mm[:, 0], d.spacing_mm[:, 1])
     assert (d.layers["dense"][:, 0, :8] == 0).all()
@@ -145,7 +166,14 @@ def test_bad_arguments_are_explained():
 
 def test_paper_1_sized_set_is_possible():
     """5,131 frames of 30 COVID-19 patients: timing goes to `lus bench`, here the shape and ids."""
-    d = lung_ultrasound_phantom(5131, n_patients=30, frames_per_video=40, image_size=64, diagnoses="COVID-19",
-                                target="artifacts", seed=0)
+    d = lung_ultrasound_phantom(
+        5131,
+        n_patients=30,
+        frames_per_video=40,
+        image_size=64,
+        diagnoses="COVID-19",
+        target="artifacts",
+        seed=0,
+    )
     assert len(d) == 5131 and d.meta["patient"].nunique() == 30
     assert d.masks.mean() > 0.02

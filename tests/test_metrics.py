@@ -41,9 +41,13 @@ def test_ramanujan_circle_and_known_ellipse():
 def test_head_circumference_with_anisotropic_pixels():
     spacing = (0.2, 0.15)  # mm per row, per column
     mask = np.zeros((540, 800), np.uint8)
-    rr, cc = ellipse(270, 400, 20 / spacing[0], 30 / spacing[1], shape=mask.shape)  # semi-axes 20, 30 mm
+    rr, cc = ellipse(
+        270, 400, 20 / spacing[0], 30 / spacing[1], shape=mask.shape
+    )  # semi-axes 20, 30 mm
     mask[rr, cc] = 1
-    assert head_circumference_mm(mask, spacing) == pytest.approx(ellipse_circumference(30, 20), rel=0.005)
+    assert head_circumference_mm(mask, spacing) == pytest.approx(
+        ellipse_circumference(30, 20), rel=0.005
+    )
 
 
 def test_head_circumference_uses_largest_region_and_nan_when_empty():
@@ -71,6 +75,8 @@ def test_pooled_scores_are_the_hc18_authors_check_accuracy():
     assert s["iou"] == pytest.approx((12 / 16 + 0) / 2, abs=1e-6)
     assert s["pixel_accuracy"] == pytest.approx(1 - 12 / 48)
     # Per image the same predictions average differently: the definitions must be kept apart.
-    assert segmentation_scores(pred, target)["dice"].mean() == pytest.approx((1 + 2 / 3 + 0) / 3, abs=1e-6)
+    assert segmentation_scores(pred, target)["dice"].mean() == pytest.approx(
+        (1 + 2 / 3 + 0) / 3, abs=1e-6
+    )
     with pytest.raises(ValueError, match="differ in shape"):
         pooled_scores(pred[:, :2], target, 2)

@@ -63,11 +63,16 @@ def test_run_keys_name_the_weights_really_loaded(empty_data_dir, monkeypatch):
     assert key("decoder")["weights"] not in (first, "none/random")  # other file, other key
     # Strategies that load nothing say so whatever is on disk; the key carries code and data.
     assert key("baseline")["weights"] == key("decoder_random")["weights"] == "none/random"
-    assert key("decoder")["code_version"] == hc18_study.CODE_VERSION and key("decoder")["data_fingerprint"] == "abc"
+    assert (
+        key("decoder")["code_version"] == hc18_study.CODE_VERSION
+        and key("decoder")["data_fingerprint"] == "abc"
+    )
     assert weights_key(None, path) == "none/random"
 
 
-def test_a_run_whose_weights_failed_to_load_is_stored_as_random(empty_data_dir, isolated_results, monkeypatch):
+def test_a_run_whose_weights_failed_to_load_is_stored_as_random(
+    empty_data_dir, isolated_results, monkeypatch
+):
     """The key is made before loading; a failed download must not leave a random-weight run under
     the key of the weights it did not get."""
     from lus_common.store import results
@@ -83,8 +88,13 @@ def test_a_run_whose_weights_failed_to_load_is_stored_as_random(empty_data_dir, 
     run = hc18_study.run_one(p, get_strategy("d4"), 0, train, test, torch.device("cpu"))
     assert run["metrics"]["weights_used"] == "none/random"
     assert run["config"]["params"]["weights"] == "none/random"
-    assert not results.is_complete(results.run_dir(hc18_study.STUDY, hc18_study.run_params(
-        p, "d4", 0, train.info["fingerprint"]), hc18_study.RUN_NAME_KEYS))
+    assert not results.is_complete(
+        results.run_dir(
+            hc18_study.STUDY,
+            hc18_study.run_params(p, "d4", 0, train.info["fingerprint"]),
+            hc18_study.RUN_NAME_KEYS,
+        )
+    )
     # A stored run whose recorded weights contradict its key is not reused.
     assert results.reusable_run(run["folder"], "imagenet:sha256:0123456789ab") is None
     assert results.reusable_run(run["folder"], "none/random")["reused"]
@@ -92,6 +102,10 @@ def test_a_run_whose_weights_failed_to_load_is_stored_as_random(empty_data_dir, 
 
 def test_a_damaged_local_weight_file_is_a_clear_error(empty_data_dir):
     (empty_data_dir / "weights").mkdir()
-    (empty_data_dir / "weights" / "mobilenet_v2.imagenet.safetensors").write_bytes(b"not a weight file")
-    with pytest.raises(ValueError, match="mobilenet_v2.imagenet.safetensors could not be loaded.*Replace it"):
+    (empty_data_dir / "weights" / "mobilenet_v2.imagenet.safetensors").write_bytes(
+        b"not a weight file"
+    )
+    with pytest.raises(
+        ValueError, match="mobilenet_v2.imagenet.safetensors could not be loaded.*Replace it"
+    ):
         create_model("unet_mobilenet_v2", encoder_weights="imagenet")

@@ -22,22 +22,31 @@ def test_chest_xray_phantom_anatomy():
     d = chest_xray_phantom(6, 128, abnormal_fraction=0.5, seed=0)
     assert d.images.shape == (6, 128, 128) and d.synthetic and d.label == "SYNTHETIC phantom"
     lung_share = d.masks.reshape(6, -1).mean(1)
-    assert ((lung_share > 0.15) & (lung_share < 0.45)).all()  # two lung fields, about a third of the film
+    assert (
+        (lung_share > 0.15) & (lung_share < 0.45)
+    ).all()  # two lung fields, about a third of the film
     left, right = d.masks[:, :, :64].sum((1, 2)), d.masks[:, :, 64:].sum((1, 2))
-    assert (left > 0).all() and (right > 0).all() and right.mean() < left.mean()  # the heart takes room on the right
+    assert (
+        (left > 0).all() and (right > 0).all() and right.mean() < left.mean()
+    )  # the heart takes room on the right
     assert not (d.masks & d.layers["heart"]).any()
     for k in range(6):  # lungs are dark (air), the heart and the abdomen below are bright
         assert d.images[k][d.masks[k] == 1].mean() < d.images[k][d.layers["heart"][k] == 1].mean()
         assert d.images[k][d.masks[k] == 1].mean() < d.images[k][-10:, 40:88].mean()
     assert (d.layers["opacity"].reshape(6, -1).any(1) == d.meta["abnormal"].astype(bool)).all()
-    np.testing.assert_array_equal(chest_xray_phantom(2, 64, seed=3).images, chest_xray_phantom(2, 64, seed=3).images)
+    np.testing.assert_array_equal(
+        chest_xray_phantom(2, 64, seed=3).images, chest_xray_phantom(2, 64, seed=3).images
+    )
 
 
 def test_salient_object_phantom():
     d = salient_object_phantom(16, 128, seed=0)
     share = d.masks.reshape(16, -1).mean(1)
     assert ((share > 0.02) & (share < 0.6)).all()
-    contrast = [abs(d.images[k][d.masks[k] == 1].mean() - d.images[k][d.masks[k] == 0].mean()) for k in range(16)]
+    contrast = [
+        abs(d.images[k][d.masks[k] == 1].mean() - d.images[k][d.masks[k] == 0].mean())
+        for k in range(16)
+    ]
     assert np.median(contrast) > 0.1  # the object stands out
     assert np.abs(d.images - salient_object_phantom(16, 128, seed=1).images).mean() > 0.05
 

@@ -16,9 +16,14 @@ def test_hash_ignores_key_order_and_name_is_readable():
 def test_save_and_load_roundtrip(isolated_results):
     folder = results.run_dir("s", {"x": 1})
     hist = pd.DataFrame({"epoch": [1, 2], "train_loss": [0.7, 0.5]})
-    results.save_run(folder, {"x": 1}, {"dice": np.float32(0.5), "nan": float("nan")}, hist,
-                     tables={"per_image": pd.DataFrame({"dice": [0.4, 0.6]})},
-                     arrays={"probs": np.arange(4, dtype=np.uint8)})
+    results.save_run(
+        folder,
+        {"x": 1},
+        {"dice": np.float32(0.5), "nan": float("nan")},
+        hist,
+        tables={"per_image": pd.DataFrame({"dice": [0.4, 0.6]})},
+        arrays={"probs": np.arange(4, dtype=np.uint8)},
+    )
     assert results.is_complete(folder)
     run = results.load_run(folder)
     assert run["metrics"] == {"dice": 0.5, "nan": None}

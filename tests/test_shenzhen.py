@@ -13,7 +13,9 @@ from lus_common.data.shenzhen import load_shenzhen, percentile_normalize
 def test_masks_and_labels_layout():
     d = load_shenzhen(FIXTURES / "shenzhen", image_size=40)
     assert d.ids == ["CHNCXR_0001_0", "CHNCXR_0002_1", "CHNCXR_0003_0"] and d.source == "shenzhen"
-    assert list(d.meta["abnormal"]) == [0, 1, 0] and not d.synthetic and d.label == "SHENZHEN (real)"
+    assert (
+        list(d.meta["abnormal"]) == [0, 1, 0] and not d.synthetic and d.label == "SHENZHEN (real)"
+    )
     # two 20 x 13 lungs at 200 (kept), one soft edge row at 100 (below the threshold of 127)
     assert d.masks.sum(axis=(1, 2)).tolist() == [520, 520, 520]
     assert d.images.shape == (3, 40, 40) and 0 <= d.images.min() and d.images.max() <= 1
@@ -40,7 +42,9 @@ def test_bad_inputs_say_what_to_do(tmp_path, empty_data_dir):
 def test_percentile_normalize():
     x = np.linspace(0, 1, 101, dtype=np.float32).reshape(1, 1, 101).repeat(2, 0)
     y = percentile_normalize(x, 2, 98)
-    assert y[0, 0, 2] == pytest.approx(0.0, abs=1e-6) and y[0, 0, 98] == pytest.approx(1.0, abs=1e-6)
+    assert y[0, 0, 2] == pytest.approx(0.0, abs=1e-6) and y[0, 0, 98] == pytest.approx(
+        1.0, abs=1e-6
+    )
     assert y[0, 0, 50] == pytest.approx(0.5, abs=1e-6) and y.min() == 0 and y.max() == 1
 
 
@@ -51,7 +55,9 @@ def test_real_shenzhen_when_present():
     d = load_shenzhen(root / "shenzhen_cxr", image_size=128)
     assert len(d) == 566 and d.info["skipped_without_mask"] == 0
     share = d.masks.reshape(len(d), -1).mean(1)
-    assert 0.05 < share.min() and share.max() < 0.5 and 0.2 < share.mean() < 0.3  # both lungs, a quarter of the film
+    assert (
+        0.05 < share.min() and share.max() < 0.5 and 0.2 < share.mean() < 0.3
+    )  # both lungs, a quarter of the film
     assert set(d.meta["abnormal"]) == {0, 1}
 
 

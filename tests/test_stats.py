@@ -13,7 +13,9 @@ def test_anova_of_textbook_groups():
     assert anova["F"] == pytest.approx(13.5)  # SSB 13.5 / (SSW 4 / 4)
     assert pairs.loc[0, "mean_diff"] == pytest.approx(-3.0)
     # With two groups Tukey's HSD equals the pooled two-sample t-test.
-    assert pairs.loc[0, "p_tukey"] == pytest.approx(sps.ttest_ind([1, 2, 3], [4, 5, 6]).pvalue, rel=1e-3)
+    assert pairs.loc[0, "p_tukey"] == pytest.approx(
+        sps.ttest_ind([1, 2, 3], [4, 5, 6]).pvalue, rel=1e-3
+    )
 
 
 def test_anova_refuses_single_observations():
@@ -42,9 +44,15 @@ def test_paired_comparison_sees_what_an_unpaired_test_misses():
     """Strategies scored on the same test images: a small, consistent shift on very different images."""
     rng = np.random.default_rng(0)
     base = rng.uniform(0.5, 0.95, 20)  # image difficulty varies a lot
-    df = pd.DataFrame({"id": np.tile(np.arange(20), 3), "strategy": np.repeat(["a", "b", "c"], 20),
-                       "dice": np.concatenate([base, base + 0.01 + rng.normal(0, 0.002, 20),
-                                               base + rng.normal(0, 0.002, 20)])})
+    df = pd.DataFrame(
+        {
+            "id": np.tile(np.arange(20), 3),
+            "strategy": np.repeat(["a", "b", "c"], 20),
+            "dice": np.concatenate(
+                [base, base + 0.01 + rng.normal(0, 0.002, 20), base + rng.normal(0, 0.002, 20)]
+            ),
+        }
+    )
     friedman, pairs = stats.friedman_wilcoxon(df, "strategy", "dice", block="id")
     assert (friedman["k"], friedman["n"]) == (3, 20) and friedman["p"] < 1e-4
     ab = pairs[(pairs.a == "a") & (pairs.b == "b")].iloc[0]

@@ -13,9 +13,15 @@ from lus_common.training.freezing import (
 
 # The authors' figures and the digit they stop at (paper Fig. 1 / the issue's table). They are
 # truncated, not rounded: D-0,1,2 has 4,365,568 and is given as 4.36M.
-PAPER = {"d0": (3.76e6, 0.01e6), "d01": (4.24e6, 0.01e6), "d012": (4.36e6, 0.01e6),
-         "d234": (0.164e6, 0.001e6), "decoder": (4.4e6, 0.1e6), "encoder": (2.22e6, 0.01e6),
-         "baseline": (31e6, 1e6)}
+PAPER = {
+    "d0": (3.76e6, 0.01e6),
+    "d01": (4.24e6, 0.01e6),
+    "d012": (4.36e6, 0.01e6),
+    "d234": (0.164e6, 0.001e6),
+    "decoder": (4.4e6, 0.1e6),
+    "encoder": (2.22e6, 0.01e6),
+    "baseline": (31e6, 1e6),
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,11 @@ def test_exact_counts_of_the_authors_code(models):
     assert trainable_parameters(models["decoder"][0]) == 4_405_073
     assert trainable_parameters(models["encoder"][0]) == 2_223_872
     assert trainable_parameters(models["decoder_random"][0]) == 4_405_073
-    assert [s.name for s in STRATEGIES.values() if s.head_trains] == ["baseline", "decoder", "decoder_random"]
+    assert [s.name for s in STRATEGIES.values() if s.head_trains] == [
+        "baseline",
+        "decoder",
+        "decoder_random",
+    ]
 
 
 def test_random_encoder_control():

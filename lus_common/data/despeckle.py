@@ -25,11 +25,20 @@ import numpy as np
 import pywt
 from skimage.restoration import cycle_spin
 
+from lus_common.config.registry import lookup
+
 THRESHOLD_RULES = ("BayesShrink", "VisuShrink")
 
 
-def homomorphic_despeckle(image: np.ndarray, wavelet: str = "sym4", levels: int = 4, rule: str = "VisuShrink",
-                          mode: str = "hard", shifts: int = 3, log_input: bool = False) -> np.ndarray:
+def homomorphic_despeckle(
+    image: np.ndarray,
+    wavelet: str = "sym4",
+    levels: int = 4,
+    rule: str = "VisuShrink",
+    mode: str = "hard",
+    shifts: int = 3,
+    log_input: bool = False,
+) -> np.ndarray:
     """Despeckle one image or a stack ``(N, H, W)`` by wavelet shrinkage in the log domain.
 
     Args:
@@ -48,28 +57,43 @@ def homomorphic_despeckle(image: np.ndarray, wavelet: str = "sym4", levels: int 
     Raises:
         ValueError: an unknown rule, or negative amplitudes.
     """
-    if rule not in THRESHOLD_RULES:
-        raise ValueError(f"Unknown threshold rule '{rule}'. Known: {THRESHOLD_RULES}")
+    lookup(THRESHOLD_RULES, rule, "threshold rule", error=ValueError)
     image = np.asarray(image, dtype=np.float64)
     if image.ndim == 3:
-        return np.stack([homomorphic_despeckle(x, wavelet, levels, rule, mode, shifts, log_input) for x in image])
+        return np.stack(
+            [
+                homomorphic_despeckle(x, wavelet, levels, rule, mode, shifts, log_input)
+                for x in image
+            ]
+        )
 
     def shrink(x):
         return shrink_details(x, wavelet, levels, rule, mode)
 
     def denoise(x):
-        return cycle_spin(x, shrink, max_shifts=shifts, channel_axis=None, workers=1) if shifts else shrink(x)
+        return (
+            cycle_spin(x, shrink, max_shifts=shifts, channel_axis=None, workers=1)
+            if shifts
+            else shrink(x)
+        )
 
     if log_input:
         return denoise(image).astype(np.float32)
     if (image < 0).any():
-        raise ValueError("Amplitudes must be non-negative; pass log_input=True for log-compressed images.")
+        raise ValueError(
+            "Amplitudes must be non-negative; pass log_input=True for log-compressed images."
+        )
     floor = max(float(image.max()) * 1e-6, 1e-12)  # keeps log finite in black (zero) pixels
     return (np.exp(denoise(np.log(image + floor))) - floor).clip(0).astype(np.float32)
 
 
-def shrink_details(image: np.ndarray, wavelet: str = "sym4", levels: int = 3, rule: str = "BayesShrink",
-                   mode: str = "soft") -> np.ndarray:
+def shrink_details(
+    image: np.ndarray,
+    wavelet: str = "sym4",
+    levels: int = 3,
+    rule: str = "BayesShrink",
+    mode: str = "soft",
+) -> np.ndarray:
     """Wavelet shrinkage of the detail coefficients of a 2-D image, with a noise level per level.
 
     Args:
@@ -79,9 +103,10 @@ def shrink_details(image: np.ndarray, wavelet: str = "sym4", levels: int = 3, ru
     Returns:
         The reconstructed image, of ``image``'s shape.
     """
-    if rule not in THRESHOLD_RULES:
-        raise ValueError(f"Unknown threshold rule '{rule}'. Known: {THRESHOLD_RULES}")
-    levels = max(1, min(levels, pywt.dwtn_max_level(image.shape, wavelet)))  # small images: fewer levels
+    lookup(THRESHOLD_RULES, rule, "threshold rule", error=ValueError)
+    levels = max(
+        1, min(levels, pywt.dwtn_max_level(image.shape, wavelet))
+    )  # small images: fewer levels
     coeffs = pywt.wavedec2(image, wavelet, level=levels, mode="symmetric")
     out = [coeffs[0]]
     for details in coeffs[1:]:
@@ -121,4 +146,3 @@ def edge_width(profile: np.ndarray) -> float:
         return i if i == 0 else i - 1 + (level - q[i - 1]) / (q[i] - q[i - 1])
 
     return float(crossing(0.9) - crossing(0.1))
-

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lus_common.config.paths import data_dir
+from lus_common.config.registry import lookup
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,9 @@ REGISTRY: dict[str, Dataset] = {
         citation="van den Heuvel et al., PLoS One 13(8):e0200412, 2018; Zenodo 10.5281/zenodo.1327317",
         files={
             "training_set.zip": RemoteFile(
-                "https://zenodo.org/records/1327317/files/training_set.zip?download=1", None, unzip=True
+                "https://zenodo.org/records/1327317/files/training_set.zip?download=1",
+                None,
+                unzip=True,
             ),
             "training_set_pixel_size_and_HC.csv": RemoteFile(
                 "https://zenodo.org/records/1327317/files/training_set_pixel_size_and_HC.csv?download=1",
@@ -78,9 +81,7 @@ def get_dataset(name: str) -> Dataset:
     Raises:
         KeyError: listing the known names.
     """
-    if name not in REGISTRY:
-        raise KeyError(f"Unknown dataset '{name}'. Known datasets: {sorted(REGISTRY)}")
-    return REGISTRY[name]
+    return lookup(REGISTRY, name, "dataset")
 
 
 def sha256_of(path: Path) -> str:
@@ -110,7 +111,9 @@ def verify_dataset(name: str, root: Path | None = None) -> list[str]:
     for rel, expected in ds.content_sha256.items():
         path = root / rel
         if not path.is_file():
-            raise ValueError(f"{name}: expected file {path} is missing; the download is incomplete.")
+            raise ValueError(
+                f"{name}: expected file {path} is missing; the download is incomplete."
+            )
         actual = sha256_of(path)
         if actual != expected:
             raise ValueError(
@@ -143,7 +146,11 @@ def fetch(name: str, root: Path | None = None, progressbar: bool = True) -> Path
     target.mkdir(parents=True, exist_ok=True)
     for fname, remote in ds.files.items():
         local = pooch.retrieve(
-            remote.url, known_hash=remote.known_hash, fname=fname, path=target, progressbar=progressbar
+            remote.url,
+            known_hash=remote.known_hash,
+            fname=fname,
+            path=target,
+            progressbar=progressbar,
         )
         if remote.unzip:
             with zipfile.ZipFile(local) as zf:

@@ -42,7 +42,9 @@ def _ellipse_fill(edge: np.ndarray) -> np.ndarray:
         model = EllipseModel()
         ok = model.estimate(xy)
     if not ok:
-        raise ValueError("the outline touches the image border and no ellipse could be fitted to it")
+        raise ValueError(
+            "the outline touches the image border and no ellipse could be fitted to it"
+        )
     x, y = model.predict_xy(np.linspace(0, 2 * np.pi, 720, endpoint=False)).T
     mask = np.zeros(edge.shape, np.uint8)
     rr, cc = polygon(y, x, shape=edge.shape)
@@ -98,7 +100,9 @@ def _resize(arr: np.ndarray, size: int, is_mask: bool) -> np.ndarray:
     return (out > 127).astype(np.uint8) if is_mask else out
 
 
-def load_hc18(root: Path | None = None, image_size: int = 512, limit: int | None = None) -> SegmentationSet:
+def load_hc18(
+    root: Path | None = None, image_size: int = 512, limit: int | None = None
+) -> SegmentationSet:
     """Load the HC18 training set, resized to ``image_size`` x ``image_size``.
 
     Args:
@@ -120,7 +124,9 @@ def load_hc18(root: Path | None = None, image_size: int = 512, limit: int | None
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} not found: the HC18 folder must contain training_set/.")
     if not csv_path.is_file():
-        raise FileNotFoundError(f"{csv_path} not found: HC18 needs its pixel-size CSV ({CSV_NAME}).")
+        raise FileNotFoundError(
+            f"{csv_path} not found: HC18 needs its pixel-size CSV ({CSV_NAME})."
+        )
     table = pd.read_csv(csv_path)
     table.columns = ["filename", "pixel_size_mm", "hc_mm"]
     table = table.set_index("filename")

@@ -30,8 +30,13 @@ def _pick(root: Path, names: tuple[str, ...], what: str) -> Path:
     raise FileNotFoundError(f"No {what} folder in {root}: expected one of {list(names)}.")
 
 
-def load_image_mask_folders(image_dir: Path, mask_dir: Path, image_size: int = 256, limit: int | None = None,
-                            source: str = "salient") -> SegmentationSet:
+def load_image_mask_folders(
+    image_dir: Path,
+    mask_dir: Path,
+    image_size: int = 256,
+    limit: int | None = None,
+    source: str = "salient",
+) -> SegmentationSet:
     """Pairs of grey images and binary masks matched by file stem, resized to a square.
 
     Args:
@@ -53,25 +58,46 @@ def load_image_mask_folders(image_dir: Path, mask_dir: Path, image_size: int = 2
     images, masks = [], []
     for path in images_paths:
         if path.stem not in masks_by_stem:
-            raise FileNotFoundError(f"No mask for {path.name} in {mask_dir} (expected {path.stem}.png or .jpg).")
+            raise FileNotFoundError(
+                f"No mask for {path.name} in {mask_dir} (expected {path.stem}.png or .jpg)."
+            )
         image, mask = read_image_mask(path, masks_by_stem[path.stem], image_size)
         images.append(image)
         masks.append(mask)
     ids = [p.stem for p in images_paths]
     n = len(ids)
-    return SegmentationSet(images=np.stack(images), masks=np.stack(masks), ids=ids, groups=ids,
-                           spacing_mm=np.ones((n, 2)), hc_mm=np.full(n, np.nan), source=source, synthetic=False,
-                           info={"image_dir": str(image_dir), "mask_dir": str(mask_dir)})
+    return SegmentationSet(
+        images=np.stack(images),
+        masks=np.stack(masks),
+        ids=ids,
+        groups=ids,
+        spacing_mm=np.ones((n, 2)),
+        hc_mm=np.full(n, np.nan),
+        source=source,
+        synthetic=False,
+        info={"image_dir": str(image_dir), "mask_dir": str(mask_dir)},
+    )
 
 
-def load_weizmann_horse(root: Path | None = None, image_size: int = 256, limit: int | None = None) -> SegmentationSet:
+def load_weizmann_horse(
+    root: Path | None = None, image_size: int = 256, limit: int | None = None
+) -> SegmentationSet:
     """The Weizmann Horse set (``gray/`` + ``figure_ground/``), default ``$LUS_DATA_DIR/weizmann_horse``."""
     root = Path(root) if root is not None else dataset_dir("weizmann_horse")
-    return load_image_mask_folders(root / "gray", root / "figure_ground", image_size, limit, "weizmann_horse")
+    return load_image_mask_folders(
+        root / "gray", root / "figure_ground", image_size, limit, "weizmann_horse"
+    )
 
 
-def load_xpie(root: Path | None = None, image_size: int = 256, limit: int | None = None) -> SegmentationSet:
+def load_xpie(
+    root: Path | None = None, image_size: int = 256, limit: int | None = None
+) -> SegmentationSet:
     """A salient-object set in the XPIE layout, default ``$LUS_DATA_DIR/xpie``."""
     root = Path(root) if root is not None else dataset_dir("xpie")
-    return load_image_mask_folders(_pick(root, IMAGE_FOLDERS, "image"), _pick(root, MASK_FOLDERS, "mask"),
-                                   image_size, limit, "xpie")
+    return load_image_mask_folders(
+        _pick(root, IMAGE_FOLDERS, "image"),
+        _pick(root, MASK_FOLDERS, "mask"),
+        image_size,
+        limit,
+        "xpie",
+    )

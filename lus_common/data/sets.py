@@ -57,14 +57,16 @@ class SegmentationSet:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n} images.")
         for name, layer in self.layers.items():
             if layer.shape != self.masks.shape:
-                raise ValueError(f"layer '{name}' has shape {layer.shape}, the masks {self.masks.shape}.")
+                raise ValueError(
+                    f"layer '{name}' has shape {layer.shape}, the masks {self.masks.shape}."
+                )
         if self.meta is not None and len(self.meta) != n:
             raise ValueError(f"meta has {len(self.meta)} rows for {n} images.")
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, index) -> "SegmentationSet":
+    def subset(self, index) -> SegmentationSet:
         """The images at ``index`` (an integer array), as a new set."""
         index = np.asarray(index, dtype=int)
         return SegmentationSet(
@@ -146,12 +148,16 @@ def read_grey(path: Path):
         with Image.open(path) as image:
             return image.convert("L")  # convert() decodes every pixel, so truncation shows here
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise OSError(f"Cannot read the image {path}: {exc}. The file is truncated, damaged or not an "
-                      "image: replace it with the released file (e.g. `lus data verify hc18`), or "
-                      "remove it together with its mask.") from exc
+        raise OSError(
+            f"Cannot read the image {path}: {exc}. The file is truncated, damaged or not an "
+            "image: replace it with the released file (e.g. `lus data verify hc18`), or "
+            "remove it together with its mask."
+        ) from exc
 
 
-def read_image_mask(image_path: Path, mask_path: Path, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def read_image_mask(
+    image_path: Path, mask_path: Path, image_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One grey image and its binary mask (threshold 127), resized to ``image_size`` x ``image_size``.
 
     The image is resized bilinearly to [0, 1] float32; the mask is thresholded first, then resized by
@@ -164,8 +170,10 @@ def read_image_mask(image_path: Path, mask_path: Path, image_size: int) -> tuple
 
     image, mask = read_grey(image_path), read_grey(mask_path)
     if image.size != mask.size:
-        raise ValueError(f"{Path(image_path).name} is {image.size} but its mask {Path(mask_path).name} is "
-                         f"{mask.size}: every mask must have its image's size.")
+        raise ValueError(
+            f"{Path(image_path).name} is {image.size} but its mask {Path(mask_path).name} is "
+            f"{mask.size}: every mask must have its image's size."
+        )
     size = (image_size, image_size)
     pixels = np.asarray(image.resize(size, Image.BILINEAR), np.float32) / 255
     binary = Image.fromarray(((np.asarray(mask) > 127) * 255).astype(np.uint8))

@@ -33,7 +33,9 @@ def _mask_for(image: Path, mask_dir: Path) -> Path | None:
     return None
 
 
-def load_shenzhen(root: Path | None = None, image_size: int = 128, limit: int | None = None) -> SegmentationSet:
+def load_shenzhen(
+    root: Path | None = None, image_size: int = 128, limit: int | None = None
+) -> SegmentationSet:
     """Load Shenzhen chest X-rays and lung masks, resized to ``image_size`` x ``image_size``.
 
     Args:
@@ -76,14 +78,22 @@ def load_shenzhen(root: Path | None = None, image_size: int = 128, limit: int | 
         abnormal.append(int(match.group(2)) if match else -1)
     n = len(ids)
     return SegmentationSet(
-        images=np.stack(images), masks=np.stack(masks), ids=ids, groups=ids, spacing_mm=np.full((n, 2), np.nan),
-        hc_mm=np.full(n, np.nan), source="shenzhen", synthetic=False,
-        info={"root": str(root), "skipped_without_mask": skipped}, meta=pd.DataFrame({"abnormal": abnormal}),
+        images=np.stack(images),
+        masks=np.stack(masks),
+        ids=ids,
+        groups=ids,
+        spacing_mm=np.full((n, 2), np.nan),
+        hc_mm=np.full(n, np.nan),
+        source="shenzhen",
+        synthetic=False,
+        info={"root": str(root), "skipped_without_mask": skipped},
+        meta=pd.DataFrame({"abnormal": abnormal}),
     )
 
 
-def percentile_normalize(images: np.ndarray, low: float = 2.0, high: float = 98.0,
-                         per_image: bool = False) -> np.ndarray:
+def percentile_normalize(
+    images: np.ndarray, low: float = 2.0, high: float = 98.0, per_image: bool = False
+) -> np.ndarray:
     """Contrast stretch: the ``low`` and ``high`` percentiles map to 0 and 1 (clipped).
 
     The authors compute one pair of percentiles over the whole set (``per_image=False``);

@@ -33,8 +33,12 @@ def segmentation_scores(pred, target, threshold: float = 0.5) -> pd.DataFrame:
     pred = torch.as_tensor(np.asarray(pred, dtype=np.float32))
     target = torch.as_tensor(np.asarray(target)).long()
     if pred.shape != target.shape:
-        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    tp, fp, fn, tn = smp.metrics.get_stats(pred[:, None], target[:, None], mode="binary", threshold=threshold)
+        raise ValueError(
+            f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
+        )
+    tp, fp, fn, tn = smp.metrics.get_stats(
+        pred[:, None], target[:, None], mode="binary", threshold=threshold
+    )
     iou_fg = smp.metrics.iou_score(tp, fp, fn, tn)
     iou_bg = smp.metrics.iou_score(tn, fn, fp, tp)  # background as the positive class
     return pd.DataFrame(
@@ -57,12 +61,17 @@ def pooled_scores(pred, target, batch_size: int, threshold: float = 0.5) -> dict
     pred = torch.as_tensor(np.asarray(pred, dtype=np.float32)) > threshold
     target = torch.as_tensor(np.asarray(target)) > 0
     if pred.shape != target.shape:
-        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        raise ValueError(
+            f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
+        )
     dice, iou = [], []
     for start in range(0, len(pred), batch_size):
-        p, t = pred[start:start + batch_size].float(), target[start:start + batch_size].float()
+        p, t = pred[start : start + batch_size].float(), target[start : start + batch_size].float()
         inter, total = (p * t).sum(), (p + t).sum()
         dice.append(2 * inter / (total + 1e-8))
         iou.append(inter / (total - inter + 1e-8))
-    return {"pixel_accuracy": float((pred == target).float().mean()), "dice": float(torch.stack(dice).mean()),
-            "iou": float(torch.stack(iou).mean())}
+    return {
+        "pixel_accuracy": float((pred == target).float().mean()),
+        "dice": float(torch.stack(dice).mean()),
+        "iou": float(torch.stack(iou).mean()),
+    }

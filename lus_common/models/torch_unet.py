@@ -1,5 +1,4 @@
-"""The plain U-Net (Ronneberger et al.) trained from scratch: the HC18 study's baseline.
-"""
+"""The plain U-Net (Ronneberger et al.) trained from scratch: the HC18 study's baseline."""
 
 from __future__ import annotations
 
@@ -12,8 +11,12 @@ class DoubleConv(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__(
-            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
-            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
         )
 
 

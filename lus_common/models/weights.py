@@ -42,7 +42,9 @@ class WeightsInfo:
     """Which weights a model really carries, recorded with every run."""
 
     requested: str | None  # e.g. "imagenet", or None for from-scratch models
-    used: str  # "imagenet (local file ...)", "imagenet (hub)", "none/random" or "none (from scratch)"
+    used: (
+        str  # "imagenet (local file ...)", "imagenet (hub)", "none/random" or "none (from scratch)"
+    )
     reason: str = ""
 
     def as_dict(self) -> dict:
@@ -101,7 +103,7 @@ def _load_state_dict(path: Path) -> dict:
     return state.get("state_dict", state)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     """True when a TCP connection to ``host``:443 opens within ``timeout`` seconds (asked once per process)."""
     try:
@@ -117,13 +119,20 @@ def _hub_weights(encoder: str, weights: str) -> tuple[dict | None, str]:
     from segmentation_models_pytorch.encoders import encoders
 
     settings = encoders[encoder]["pretrained_settings"][weights]
-    kwargs = dict(repo_id=settings["repo_id"], filename="model.safetensors", revision=settings["revision"])
+    kwargs = dict(
+        repo_id=settings["repo_id"], filename="model.safetensors", revision=settings["revision"]
+    )
     try:  # the local HF cache first: no network needed
-        return load_file(hf_hub_download(local_files_only=True, **kwargs), device="cpu"), "hub cache"
+        return load_file(
+            hf_hub_download(local_files_only=True, **kwargs), device="cpu"
+        ), "hub cache"
     except Exception:
         pass
     if not hub_reachable():
-        return None, "no local file, not in the Hugging Face cache, and huggingface.co is unreachable"
+        return (
+            None,
+            "no local file, not in the Hugging Face cache, and huggingface.co is unreachable",
+        )
     try:
         return load_file(hf_hub_download(**kwargs), device="cpu"), "hub download"
     except Exception as exc:  # network errors, missing revision, ...

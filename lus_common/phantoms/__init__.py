@@ -13,15 +13,25 @@ from lus_common.phantoms.bmode import RAYLEIGH_MEAN_OVER_STD
 from lus_common.phantoms.cxr import chest_xray_phantom
 from lus_common.phantoms.fetal_head import ellipse_circumference, fetal_head_phantom
 from lus_common.phantoms.lung import (
-           DENSE_CLASSES,
-           DIAGNOSES,
-           SPARSE_CLASSES,
-           STRUCTURES,
-           dense_to_sparse,
-           lung_ultrasound_phantom,
+    DENSE_CLASSES,
+    DIAGNOSES,
+    SPARSE_CLASSES,
+    STRUCTURES,
+    dense_to_sparse,
+    lung_ultrasound_phantom,
 )
 from lus_common.phantoms.salient import salient_object_phantom
 
-__all__ = ["RAYLEIGH_MEAN_OVER_STD", "ellipse_circumference", "fetal_head_phantom", "lung_ultrasound_phantom",
-           "chest_xray_phantom", "salient_object_phantom",
-           "DENSE_CLASSES", "SPARSE_CLASSES", "DIAGNOSES", "STRUCTURES", "dense_to_sparse"]
+__all__ = [
+    "RAYLEIGH_MEAN_OVER_STD",
+    "ellipse_circumference",
+    "fetal_head_phantom",
+    "lung_ultrasound_phantom",
+    "chest_xray_phantom",
+    "salient_object_phantom",
+    "DENSE_CLASSES",
+    "SPARSE_CLASSES",
+    "DIAGNOSES",
+    "STRUCTURES",
+    "dense_to_sparse",
+]

@@ -39,8 +39,12 @@ def as_generator(seed) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
-def analytic_psf_spectrum(shape: tuple[int, int], axial_sigma_px: float, lateral_sigma_px: float,
-                          carrier: float = CARRIER_CYCLES_PER_PX) -> np.ndarray:
+def analytic_psf_spectrum(
+    shape: tuple[int, int],
+    axial_sigma_px: float,
+    lateral_sigma_px: float,
+    carrier: float = CARRIER_CYCLES_PER_PX,
+) -> np.ndarray:
     """Fourier transform of the analytic point-spread function on a ``(rows, cols)`` grid.
 
     The RF PSF is ``exp(-z^2 / 2 sz^2) cos(2 pi f_c z) * exp(-x^2 / 2 sx^2)``; its spectrum is a
@@ -81,8 +85,13 @@ def padded_shape(shape: tuple[int, int], pad: int = 16) -> tuple[int, int]:
     return tuple(scipy.fft.next_fast_len(n + pad) for n in shape)
 
 
-def envelope(amplitude: np.ndarray, psf_spectrum: np.ndarray, rng: np.random.Generator,
-             scatterers: np.ndarray | None = None, workers: int = 1) -> np.ndarray:
+def envelope(
+    amplitude: np.ndarray,
+    psf_spectrum: np.ndarray,
+    rng: np.random.Generator,
+    scatterers: np.ndarray | None = None,
+    workers: int = 1,
+) -> np.ndarray:
     """Envelope of random scatterers of the given amplitude map seen through the PSF.
 
     Args:
@@ -108,13 +117,21 @@ def envelope(amplitude: np.ndarray, psf_spectrum: np.ndarray, rng: np.random.Gen
     return np.abs(analytic)
 
 
-def attenuation_amplitude(depth_mm: np.ndarray, alpha_db_cm_mhz: float, freq_mhz: float) -> np.ndarray:
+def attenuation_amplitude(
+    depth_mm: np.ndarray, alpha_db_cm_mhz: float, freq_mhz: float
+) -> np.ndarray:
     """Two-way amplitude factor of tissue attenuation at each depth (mm)."""
     return 10 ** (-2 * alpha_db_cm_mhz * freq_mhz * (depth_mm / 10.0) / 20.0)
 
 
-def tgc_gain(depth_mm: np.ndarray, alpha_db_cm_mhz: float, freq_mhz: float, rng: np.random.Generator,
-             sliders: int = 8, slider_error_db: float = 1.0) -> np.ndarray:
+def tgc_gain(
+    depth_mm: np.ndarray,
+    alpha_db_cm_mhz: float,
+    freq_mhz: float,
+    rng: np.random.Generator,
+    sliders: int = 8,
+    slider_error_db: float = 1.0,
+) -> np.ndarray:
     """Time-gain compensation: the inverse of the nominal attenuation, set by a few sliders.
 
     Each of ``sliders`` evenly spaced depths is off by a uniform error of up to
@@ -185,7 +202,7 @@ def scan_convert(beam: np.ndarray, geometry: dict, order: int = 1) -> np.ndarray
     c = np.clip(geometry["col"], 0, cols - 1)
     flat = beam.reshape(*beam.shape[:-2], rows * cols)
     if order == 0:
-        idx = (np.rint(r).astype(np.intp) * cols + np.rint(c).astype(np.intp))
+        idx = np.rint(r).astype(np.intp) * cols + np.rint(c).astype(np.intp)
         out = np.take(flat, idx, axis=-1)
     else:
         r0 = np.minimum(np.floor(r).astype(np.intp), rows - 2)
@@ -193,8 +210,11 @@ def scan_convert(beam: np.ndarray, geometry: dict, order: int = 1) -> np.ndarray
         fr, fc = (r - r0).astype(np.float32), (c - c0).astype(np.float32)
         i00 = r0 * cols + c0
         v = flat.astype(np.float32, copy=False)
-        out = ((np.take(v, i00, axis=-1) * (1 - fc) + np.take(v, i00 + 1, axis=-1) * fc) * (1 - fr)
-               + (np.take(v, i00 + cols, axis=-1) * (1 - fc) + np.take(v, i00 + cols + 1, axis=-1) * fc) * fr)
+        out = (np.take(v, i00, axis=-1) * (1 - fc) + np.take(v, i00 + 1, axis=-1) * fc) * (
+            1 - fr
+        ) + (
+            np.take(v, i00 + cols, axis=-1) * (1 - fc) + np.take(v, i00 + cols + 1, axis=-1) * fc
+        ) * fr
         if np.issubdtype(beam.dtype, np.integer):
             out = np.rint(out)
         out = out.astype(beam.dtype)

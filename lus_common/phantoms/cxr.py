@@ -24,7 +24,9 @@ from lus_common.phantoms.bmode import as_generator
 GENERATOR_VERSION = 1
 
 
-def _lung_field(x, y, side: int, rng: np.random.Generator, warp: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def _lung_field(
+    x, y, side: int, rng: np.random.Generator, warp: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
     """One lung field (side -1: image left = patient's right) as a boolean mask on the (x, y) grid."""
     dx, dy = warp
     u, v = side * (x + dx), y + dy  # mirror so that u grows laterally
@@ -35,11 +37,15 @@ def _lung_field(x, y, side: int, rng: np.random.Generator, warp: tuple[np.ndarra
     lateral = medial + 0.12 + (width - 0.12) * t**0.45  # narrow rounded apex, widest at the base
     dome = rng.uniform(0.05, 0.10)
     w = np.clip((u - medial) / width, 0, 1)
-    bottom = base - dome * np.sin(np.pi * np.clip(w * 0.9, 0, 1)) + rng.uniform(0.03, 0.06) * w**6  # costophrenic angle
+    bottom = (
+        base - dome * np.sin(np.pi * np.clip(w * 0.9, 0, 1)) + rng.uniform(0.03, 0.06) * w**6
+    )  # costophrenic angle
     return (u > medial) & (u < lateral) & (v > apex) & (v < bottom)
 
 
-def chest_xray_phantom(n: int, image_size: int = 256, abnormal_fraction: float = 0.0, seed=0) -> SegmentationSet:
+def chest_xray_phantom(
+    n: int, image_size: int = 256, abnormal_fraction: float = 0.0, seed=0
+) -> SegmentationSet:
     """Generate frontal chest X-rays with lung-field masks.
 
     Args:
@@ -62,8 +68,10 @@ def chest_xray_phantom(n: int, image_size: int = 256, abnormal_fraction: float =
     opacities = np.zeros((n, size, size), np.uint8)
     abnormal = rng.random(n) < abnormal_fraction
     for k in range(n):
-        warp = tuple(ndimage.gaussian_filter(rng.standard_normal((size, size)), size / 6) * (size / 6) * 0.02
-                     for _ in range(2))
+        warp = tuple(
+            ndimage.gaussian_filter(rng.standard_normal((size, size)), size / 6) * (size / 6) * 0.02
+            for _ in range(2)
+        )
         scale = rng.uniform(0.92, 1.05)  # patient size within the film
         xs, ys = x / scale, 0.5 + (y - 0.5) / scale
         body_half = rng.uniform(0.88, 0.98)
@@ -72,9 +80,12 @@ def chest_xray_phantom(n: int, image_size: int = 256, abnormal_fraction: float =
         mu = np.maximum(body, shoulders) * (ys > 0.0)
         lungs = _lung_field(xs, ys, -1, rng, warp) | _lung_field(xs, ys, 1, rng, warp)
         depth = ndimage.distance_transform_edt(lungs)
-        mu -= 0.55 * np.sqrt(depth / max(depth.max(), 1.0))  # air: thickest in the middle of each lung
-        hr = (((xs - rng.uniform(0.08, 0.16)) / rng.uniform(0.24, 0.30)) ** 2
-              + ((ys - rng.uniform(0.62, 0.68)) / rng.uniform(0.12, 0.16)) ** 2)
+        mu -= 0.55 * np.sqrt(
+            depth / max(depth.max(), 1.0)
+        )  # air: thickest in the middle of each lung
+        hr = ((xs - rng.uniform(0.08, 0.16)) / rng.uniform(0.24, 0.30)) ** 2 + (
+            (ys - rng.uniform(0.62, 0.68)) / rng.uniform(0.12, 0.16)
+        ) ** 2
         heart = hr < 1
         mu += 0.3 * np.sqrt(np.clip(1 - hr, 0, 1))
         mediastinum = np.clip(1 - ((xs - 0.02) / rng.uniform(0.10, 0.13)) ** 2, 0, 1) * (ys < 0.75)
@@ -84,7 +95,9 @@ def chest_xray_phantom(n: int, image_size: int = 256, abnormal_fraction: float =
         for side in (-1, 1):
             u = side * xs
             start, pitch = rng.uniform(0.08, 0.12), rng.uniform(0.062, 0.075)
-            for i in range(11):  # posterior ribs: up and out from the spine, then down along the chest wall
+            for i in range(
+                11
+            ):  # posterior ribs: up and out from the spine, then down along the chest wall
                 centre = start + i * pitch - 0.12 * u + 0.45 * np.clip(u - 0.1, 0, None) ** 2
                 edge = np.abs(ys - centre)
                 band = (u > 0.06) & (u < body_half * 0.95) & (edge < 0.010 + 0.0015 * i)
@@ -112,8 +125,15 @@ def chest_xray_phantom(n: int, image_size: int = 256, abnormal_fraction: float =
         hearts[k] = heart
     ids = [f"cxr_phantom_{k:04d}" for k in range(n)]
     return SegmentationSet(
-        images=images, masks=masks, ids=ids, groups=ids, spacing_mm=np.full((n, 2), 430.0 / size),
-        hc_mm=np.full(n, np.nan), source="synthetic", synthetic=True,
+        images=images,
+        masks=masks,
+        ids=ids,
+        groups=ids,
+        spacing_mm=np.full((n, 2), 430.0 / size),
+        hc_mm=np.full(n, np.nan),
+        source="synthetic",
+        synthetic=True,
         info={"generator": "chest_xray_phantom", "version": GENERATOR_VERSION},
-        layers={"heart": hearts, "opacity": opacities}, meta=pd.DataFrame({"abnormal": abnormal.astype(int)}),
+        layers={"heart": hearts, "opacity": opacities},
+        meta=pd.DataFrame({"abnormal": abnormal.astype(int)}),
     )

@@ -63,8 +63,9 @@ def fetal_head_phantom(n: int, image_size: int = 256, seed=0) -> SegmentationSet
     masks = np.empty((n, size, size), np.uint8)
     spacing = np.empty((n, 2))
     # One PSF for every image: its widths scale with the image size only.
-    psf = bmode.analytic_psf_spectrum(bmode.padded_shape((size, size)), max(1.0, 0.6 * size / 256),
-                                      max(1.2, 1.5 * size / 256))
+    psf = bmode.analytic_psf_spectrum(
+        bmode.padded_shape((size, size)), max(1.0, 0.6 * size / 256), max(1.2, 1.5 * size / 256)
+    )
     hc = np.empty(n)
     for k in range(n):
         px = rng.uniform(0.10, 0.18)  # mm per original HC18 pixel
@@ -112,6 +113,13 @@ def fetal_head_phantom(n: int, image_size: int = 256, seed=0) -> SegmentationSet
 
     ids = [f"phantom_{k:04d}" for k in range(n)]
     return SegmentationSet(
-        images=images, masks=masks, ids=ids, groups=ids, spacing_mm=spacing, hc_mm=hc,
-        source="synthetic", synthetic=True, info={"generator": "fetal_head_phantom", "version": GENERATOR_VERSION},
+        images=images,
+        masks=masks,
+        ids=ids,
+        groups=ids,
+        spacing_mm=spacing,
+        hc_mm=hc,
+        source="synthetic",
+        synthetic=True,
+        info={"generator": "fetal_head_phantom", "version": GENERATOR_VERSION},
     )

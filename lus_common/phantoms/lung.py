@@ -54,20 +54,39 @@ from lus_common.data.sets import SegmentationSet
 from lus_common.phantoms import bmode
 
 STRUCTURES = ("pleura", "ribs", "alines", "blines", "consolidation")
-DENSE_CLASSES = ("background", "A-line", "B-line", "healthy pleural line", "unhealthy pleural line",
-                 "healthy region", "unhealthy region")
+DENSE_CLASSES = (
+    "background",
+    "A-line",
+    "B-line",
+    "healthy pleural line",
+    "unhealthy pleural line",
+    "healthy region",
+    "unhealthy region",
+)
 SPARSE_CLASSES = ("background", "A-line", "B-line", "pleural line")
 DIAGNOSES = ("healthy", "COVID-19", "pneumonia")
 PROBES = ("linear", "convex")
-TARGETS = STRUCTURES + ("artifacts",)  # "artifacts": pleura, A-lines, B-lines, consolidation (paper 1)
+TARGETS = STRUCTURES + (
+    "artifacts",
+)  # "artifacts": pleura, A-lines, B-lines, consolidation (paper 1)
 # Paper 5: healthy + unhealthy pleural line -> pleural line; healthy + unhealthy region -> background.
 DENSE_TO_SPARSE = np.array([0, 1, 2, 3, 3, 0, 0], dtype=np.uint8)
 GENERATOR_VERSION = 1  # bump when the images change, so stored results are not reused
 
 _BIT = {name: np.uint8(1 << i) for i, name in enumerate(STRUCTURES)}
 # Echogenicity (backscattered power) relative to the healthy pleural line.
-_ECHO = {"skin": 7e-3, "fat": 9e-5, "septum": 2e-3, "fascia": 7e-3, "muscle": 4.5e-4, "rib": 3.0,
-         "pleura": 1.0, "air": 2e-5, "sick_air": 5e-5, "bronchogram": 0.1}
+_ECHO = {
+    "skin": 7e-3,
+    "fat": 9e-5,
+    "septum": 2e-3,
+    "fascia": 7e-3,
+    "muscle": 4.5e-4,
+    "rib": 3.0,
+    "pleura": 1.0,
+    "air": 2e-5,
+    "sick_air": 5e-5,
+    "bronchogram": 0.1,
+}
 _RIB_TRANSMISSION = 1e-3  # two-way amplitude passed by bone (-60 dB)
 _NOISE_AMPLITUDE = 10 ** (-105 / 20)  # receiver noise before TGC, relative to the pleura's echo
 _FRAME_DECORRELATION = 0.25  # share of speckle amplitude redrawn every frame
@@ -80,29 +99,51 @@ def dense_to_sparse(dense: np.ndarray) -> np.ndarray:
 
 def _smooth_noise(n: int, scale_px: float, rng: np.random.Generator) -> np.ndarray:
     """1-D Gaussian-filtered white noise of unit standard deviation."""
-    x = ndimage.gaussian_filter1d(rng.standard_normal(n + 8 * int(scale_px) + 8), scale_px, mode="wrap")
-    x = x[4 * int(scale_px) + 4:][:n]
+    x = ndimage.gaussian_filter1d(
+        rng.standard_normal(n + 8 * int(scale_px) + 8), scale_px, mode="wrap"
+    )
+    x = x[4 * int(scale_px) + 4 :][:n]
     return (x - x.mean()) / (x.std() + 1e-12)
 
 
 def _severity(diagnosis: str, rng: np.random.Generator, overrides: dict) -> dict:
     """Per-video disease parameters drawn by the diagnostic rules of the module docstring."""
     if diagnosis == "healthy":
-        s = dict(n_blines=int(rng.choice([0, 0, 0, 1, 2])), wide_blines=0,
-                 pleural_irregularity_mm=rng.uniform(0.0, 0.2), sick_thickness_mm=0.8,
-                 fragmentation=0.0, consolidations=0, consolidation_width_mm=(0, 0),
-                 consolidation_depth_mm=(0, 0), bronchograms=0)
+        s = dict(
+            n_blines=int(rng.choice([0, 0, 0, 1, 2])),
+            wide_blines=0,
+            pleural_irregularity_mm=rng.uniform(0.0, 0.2),
+            sick_thickness_mm=0.8,
+            fragmentation=0.0,
+            consolidations=0,
+            consolidation_width_mm=(0, 0),
+            consolidation_depth_mm=(0, 0),
+            bronchograms=0,
+        )
     elif diagnosis == "COVID-19":
-        s = dict(n_blines=int(rng.integers(3, 11)), wide_blines=int(rng.integers(0, 3)),
-                 pleural_irregularity_mm=rng.uniform(0.4, 1.2), sick_thickness_mm=rng.uniform(1.2, 2.5),
-                 fragmentation=rng.uniform(0.2, 0.5), consolidations=int(rng.choice([0, 0, 1, 2])),
-                 consolidation_width_mm=(2.0, 6.0), consolidation_depth_mm=(2.0, 8.0), bronchograms=1)
+        s = dict(
+            n_blines=int(rng.integers(3, 11)),
+            wide_blines=int(rng.integers(0, 3)),
+            pleural_irregularity_mm=rng.uniform(0.4, 1.2),
+            sick_thickness_mm=rng.uniform(1.2, 2.5),
+            fragmentation=rng.uniform(0.2, 0.5),
+            consolidations=int(rng.choice([0, 0, 1, 2])),
+            consolidation_width_mm=(2.0, 6.0),
+            consolidation_depth_mm=(2.0, 8.0),
+            bronchograms=1,
+        )
     elif diagnosis == "pneumonia":
-        s = dict(n_blines=int(rng.integers(0, 4)), wide_blines=0,
-                 pleural_irregularity_mm=rng.uniform(0.1, 0.3), sick_thickness_mm=rng.uniform(1.0, 1.8),
-                 fragmentation=rng.uniform(0.0, 0.2), consolidations=1,
-                 consolidation_width_mm=(16.0, 30.0), consolidation_depth_mm=(10.0, 30.0),
-                 bronchograms=int(rng.integers(4, 12)))
+        s = dict(
+            n_blines=int(rng.integers(0, 4)),
+            wide_blines=0,
+            pleural_irregularity_mm=rng.uniform(0.1, 0.3),
+            sick_thickness_mm=rng.uniform(1.0, 1.8),
+            fragmentation=rng.uniform(0.0, 0.2),
+            consolidations=1,
+            consolidation_width_mm=(16.0, 30.0),
+            consolidation_depth_mm=(10.0, 30.0),
+            bronchograms=int(rng.integers(4, 12)),
+        )
     else:
         raise ValueError(f"Unknown diagnosis '{diagnosis}'. Known: {DIAGNOSES}")
     unknown = set(overrides) - set(s)
@@ -112,39 +153,63 @@ def _severity(diagnosis: str, rng: np.random.Generator, overrides: dict) -> dict
     return s
 
 
-def _probe(size: int, probe: str, rng: np.random.Generator) -> tuple[float, float, float, dict | None]:
+def _probe(
+    size: int, probe: str, rng: np.random.Generator
+) -> tuple[float, float, float, dict | None]:
     """Imaging depth (mm), face width (mm; arc length for a convex probe), frequency (MHz), sector geometry."""
     if probe == "linear":
         return rng.uniform(40, 60), rng.uniform(38, 46), rng.uniform(5.0, 7.5), None
     depth_mm, freq = rng.uniform(80, 120), rng.uniform(3.0, 4.5)
     radius, angle = rng.uniform(40, 60), rng.uniform(55, 70)
-    return depth_mm, radius * np.deg2rad(angle), freq, bmode.sector_geometry(size, radius, depth_mm, angle)
+    return (
+        depth_mm,
+        radius * np.deg2rad(angle),
+        freq,
+        bmode.sector_geometry(size, radius, depth_mm, angle),
+    )
 
 
-def _chest_wall(z: np.ndarray, cols: int, chest_wall_mm: float, rng: np.random.Generator) -> np.ndarray:
+def _chest_wall(
+    z: np.ndarray, cols: int, chest_wall_mm: float, rng: np.random.Generator
+) -> np.ndarray:
     """Echogenicity of skin, fat with septa, fascia and muscle down to the pleura (tissue frame)."""
     skin = rng.uniform(1.0, 2.0)
-    fat = skin + rng.uniform(0.25, 0.5) * (chest_wall_mm - skin) + 0.6 * _smooth_noise(cols, 40, rng)[None, :]
+    fat = (
+        skin
+        + rng.uniform(0.25, 0.5) * (chest_wall_mm - skin)
+        + 0.6 * _smooth_noise(cols, 40, rng)[None, :]
+    )
     echo = np.full((len(z), cols), _ECHO["muscle"], np.float32)
     echo[z[:, 0] < skin] = _ECHO["skin"]
     in_fat = (z >= skin) & (z < fat)
     echo[in_fat] = _ECHO["fat"]
     for _ in range(int(rng.integers(1, 4))):  # thin connective-tissue septa in the fat
-        d = rng.uniform(skin + 0.5, chest_wall_mm * 0.5) + 0.5 * _smooth_noise(cols, 30, rng)[None, :]
+        d = (
+            rng.uniform(skin + 0.5, chest_wall_mm * 0.5)
+            + 0.5 * _smooth_noise(cols, 30, rng)[None, :]
+        )
         echo[in_fat & (np.abs(z - d) < 0.3)] = _ECHO["septum"]
     echo[np.abs(z - fat) < 0.35] = _ECHO["fascia"]
     return echo
 
 
-def _pleura(s: np.ndarray, ds: float, chest_wall_mm: float, sev: dict, diagnosis: str,
-            rng: np.random.Generator) -> dict:
+def _pleura(
+    s: np.ndarray,
+    ds: float,
+    chest_wall_mm: float,
+    sev: dict,
+    diagnosis: str,
+    rng: np.random.Generator,
+) -> dict:
     """The pleural line per column (depth, thickness, brightness) and which columns are diseased.
 
     A column is diseased ("sick") where B-lines or a consolidation lie beneath it; there the line is
     thicker, more irregular and, in COVID-19-like lungs, fragmented.
     """
     cols, x = s.shape[1], s[0]
-    depth = (chest_wall_mm + rng.uniform(-2e-3, 2e-3) * x**2 + rng.uniform(-0.04, 0.04) * x).astype(np.float32)
+    depth = (chest_wall_mm + rng.uniform(-2e-3, 2e-3) * x**2 + rng.uniform(-0.04, 0.04) * x).astype(
+        np.float32
+    )
     half = cols * ds / 2
     b_pos = rng.uniform(-half, half, sev["n_blines"])
     b_width = rng.uniform(0.5, 1.4, sev["n_blines"])  # half-width, mm
@@ -153,7 +218,9 @@ def _pleura(s: np.ndarray, ds: float, chest_wall_mm: float, sev: dict, diagnosis
     c_width = rng.uniform(*sev["consolidation_width_mm"], sev["consolidations"]) / 2
     c_depth = rng.uniform(*sev["consolidation_depth_mm"], sev["consolidations"])
     if diagnosis == "pneumonia" and sev["n_blines"]:  # focal B-lines beside the consolidation
-        b_pos = c_pos[0] + rng.choice([-1, 1], sev["n_blines"]) * (c_width[0] + rng.uniform(1, 6, sev["n_blines"]))
+        b_pos = c_pos[0] + rng.choice([-1, 1], sev["n_blines"]) * (
+            c_width[0] + rng.uniform(1, 6, sev["n_blines"])
+        )
     bprof = np.zeros(cols, np.float32)
     for c, w in zip(b_pos, b_width):
         bprof = np.maximum(bprof, 1.0 / (1.0 + ((x - c) / w) ** 6))  # flat-topped, half at +-w
@@ -170,18 +237,37 @@ def _pleura(s: np.ndarray, ds: float, chest_wall_mm: float, sev: dict, diagnosis
         gaps = _smooth_noise(cols, max(1.0, 0.6 / ds), rng) < -1.2 + 1.5 * sev["fragmentation"]
         echo = np.where(sick & gaps, 0.12, echo)
     echo = np.where(cons_cols, 0.5 * echo, echo)
-    return dict(depth=depth, thick=thick, echo=echo, sick=sick, bprof=bprof, c_pos=c_pos, c_width=c_width,
-                c_depth=c_depth)
+    return dict(
+        depth=depth,
+        thick=thick,
+        echo=echo,
+        sick=sick,
+        bprof=bprof,
+        c_pos=c_pos,
+        c_width=c_width,
+        c_depth=c_depth,
+    )
 
 
-def _lung(z: np.ndarray, s: np.ndarray, dz: float, ds: float, depth_mm: float, chest_wall_mm: float, pl: dict,
-          sev: dict, rng: np.random.Generator) -> dict:
+def _lung(
+    z: np.ndarray,
+    s: np.ndarray,
+    dz: float,
+    ds: float,
+    depth_mm: float,
+    chest_wall_mm: float,
+    pl: dict,
+    sev: dict,
+    rng: np.random.Generator,
+) -> dict:
     """Lung frame: the pleural line, then air with A-lines, B-lines and consolidations, and their labels."""
     size, cols = len(z), s.shape[1]
     p, thick, sick, bprof = pl["depth"], pl["thick"], pl["sick"], pl["bprof"]
     top, bottom = p - thick / 2, p + thick / 2
     support = z >= top[None, :]
-    echo = np.where(sick[None, :], _ECHO["sick_air"], _ECHO["air"]).astype(np.float32) * np.ones_like(z)
+    echo = np.where(sick[None, :], _ECHO["sick_air"], _ECHO["air"]).astype(
+        np.float32
+    ) * np.ones_like(z)
     bits = np.zeros((size, cols), np.uint8)
     pleura = support & (z <= bottom[None, :])
     echo = np.where(pleura, pl["echo"][None, :], echo)
@@ -206,11 +292,16 @@ def _lung(z: np.ndarray, s: np.ndarray, dz: float, ds: float, depth_mm: float, c
     cons = np.zeros((size, cols), bool)
     for c, w, h in zip(pl["c_pos"], pl["c_width"], pl["c_depth"]):
         u = np.clip((s[0] - c) / w, -1, 1)
-        deep = bottom + h * np.sqrt(1 - u**2) * (1 + 0.25 * _smooth_noise(cols, max(1.0, 1.5 / ds), rng))
+        deep = bottom + h * np.sqrt(1 - u**2) * (
+            1 + 0.25 * _smooth_noise(cols, max(1.0, 1.5 / ds), rng)
+        )
         cons |= below & (z < deep[None, :]) & (np.abs(s[0] - c) < w)[None, :]
     if cons.any():
-        texture = np.exp(0.5 * ndimage.gaussian_filter(rng.standard_normal((size, cols)), (0.8 / dz, 0.8 / ds)) /
-                         0.1).astype(np.float32)
+        texture = np.exp(
+            0.5
+            * ndimage.gaussian_filter(rng.standard_normal((size, cols)), (0.8 / dz, 0.8 / ds))
+            / 0.1
+        ).astype(np.float32)
         echo = np.where(cons, rng.uniform(3e-4, 1e-3) * np.clip(texture, 0.2, 5), echo)
         cz, cs = np.nonzero(cons)
         for i in rng.choice(len(cz), min(sev["bronchograms"], len(cz)), replace=False):
@@ -226,8 +317,15 @@ def _lung(z: np.ndarray, s: np.ndarray, dz: float, ds: float, depth_mm: float, c
     return dict(support=support, echo=echo, bits=bits, dense=dense, reflect=reflect)
 
 
-def _ribs(z: np.ndarray, s: np.ndarray, ds: float, chest_wall_mm: float, probe: str, echo: np.ndarray,
-          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ribs(
+    z: np.ndarray,
+    s: np.ndarray,
+    ds: float,
+    chest_wall_mm: float,
+    probe: str,
+    echo: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rib cortex arcs (tissue frame) and the two-way transmission beneath them.
 
     Returns:
@@ -250,14 +348,25 @@ def _ribs(z: np.ndarray, s: np.ndarray, ds: float, chest_wall_mm: float, probe: 
             cortex = on[None, :] & (z >= surface[None, :]) & (z < surface[None, :] + 1.0)
             echo = np.where(cortex, _ECHO["rib"], echo)
             bits[cortex] |= _BIT["ribs"]
-            edge = np.clip((1 - np.abs(u)) / (0.6 / rib_half), 0, 1)  # half a millimetre of soft edge
+            edge = np.clip(
+                (1 - np.abs(u)) / (0.6 / rib_half), 0, 1
+            )  # half a millimetre of soft edge
             shade = 1 - (1 - _RIB_TRANSMISSION) * edge
-            transmission = np.where(z >= surface[None, :] + 1.0, np.minimum(transmission, shade[None, :]), transmission)
+            transmission = np.where(
+                z >= surface[None, :] + 1.0, np.minimum(transmission, shade[None, :]), transmission
+            )
     return echo, bits, transmission
 
 
-def _video_world(size: int, margin: int, probe: str, chest_wall_mm: float, diagnosis: str,
-                 rng: np.random.Generator, overrides: dict) -> dict:
+def _video_world(
+    size: int,
+    margin: int,
+    probe: str,
+    chest_wall_mm: float,
+    diagnosis: str,
+    rng: np.random.Generator,
+    overrides: dict,
+) -> dict:
     """Beam-space maps of one video, ``margin`` columns wider on each side for motion."""
     depth_mm, width_mm, freq, geometry = _probe(size, probe, rng)
     dz, ds = depth_mm / size, width_mm / size
@@ -269,13 +378,33 @@ def _video_world(size: int, margin: int, probe: str, chest_wall_mm: float, diagn
     pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng)
     lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng)
     echo_t, bits_t, transmission = _ribs(z, s, ds, chest_wall_mm, probe, echo_t, rng)
-    return dict(size=size, margin=margin, probe=probe, geometry=geometry, depth_mm=depth_mm, width_mm=width_mm,
-                freq=freq, dz=dz, ds=ds, z=z[:, 0], echo_t=echo_t, bits_t=bits_t, transmission=transmission,
-                support=lung["support"], echo_l=lung["echo"], bits_l=lung["bits"], dense_l=lung["dense"],
-                severity=sev, pleural_depth_mm=float(chest_wall_mm), reflect=lung["reflect"])
+    return dict(
+        size=size,
+        margin=margin,
+        probe=probe,
+        geometry=geometry,
+        depth_mm=depth_mm,
+        width_mm=width_mm,
+        freq=freq,
+        dz=dz,
+        ds=ds,
+        z=z[:, 0],
+        echo_t=echo_t,
+        bits_t=bits_t,
+        transmission=transmission,
+        support=lung["support"],
+        echo_l=lung["echo"],
+        bits_l=lung["bits"],
+        dense_l=lung["dense"],
+        severity=sev,
+        pleural_depth_mm=float(chest_wall_mm),
+        reflect=lung["reflect"],
+    )
 
 
-def _render_video(world: dict, n_frames: int, rng: np.random.Generator, keep_envelope: bool) -> dict:
+def _render_video(
+    world: dict, n_frames: int, rng: np.random.Generator, keep_envelope: bool
+) -> dict:
     """Frames of one video: motion, scatterers, PSF, envelope, TGC, log compression, scan conversion."""
     size, margin, ds, dz = world["size"], world["margin"], world["ds"], world["dz"]
     f = np.arange(n_frames)
@@ -335,13 +464,27 @@ def _render_video(world: dict, n_frames: int, rng: np.random.Generator, keep_env
         spacing = (g["spacing_mm"], g["spacing_mm"])
     else:
         spacing = (dz, ds)
-    return dict(image=image, bits=bits, dense=dense, envelope=env if keep_envelope else None, spacing=spacing)
+    return dict(
+        image=image,
+        bits=bits,
+        dense=dense,
+        envelope=env if keep_envelope else None,
+        spacing=spacing,
+    )
 
 
-def lung_ultrasound_phantom(n_images: int, n_patients: int | None = None, frames_per_video: int = 16,
-                            image_size: int = 256, probe: str = "mixed", diagnoses=DIAGNOSES,
-                            target: str = "pleura", seed=0, keep_envelope: bool = False,
-                            **severity) -> SegmentationSet:
+def lung_ultrasound_phantom(
+    n_images: int,
+    n_patients: int | None = None,
+    frames_per_video: int = 16,
+    image_size: int = 256,
+    probe: str = "mixed",
+    diagnoses=DIAGNOSES,
+    target: str = "pleura",
+    seed=0,
+    keep_envelope: bool = False,
+    **severity,
+) -> SegmentationSet:
     """Lung ultrasound videos of synthetic patients, with every label of papers 1, 2 and 5.
 
     Args:
@@ -380,15 +523,25 @@ def lung_ultrasound_phantom(n_images: int, n_patients: int | None = None, frames
     n_videos = -(-n_images // frames_per_video)
     n_patients = n_patients or min(n_videos, max(2, n_videos // 4))
     if n_patients > n_videos:
-        raise ValueError(f"{n_patients} patients need at least as many videos; {n_images} images of "
-                         f"{frames_per_video} frames make {n_videos}. Lower frames_per_video.")
-    patients = [dict(diagnosis=diagnoses[int(rng.integers(len(diagnoses)))], chest_wall_mm=rng.uniform(10, 22))
-                for _ in range(n_patients)]
+        raise ValueError(
+            f"{n_patients} patients need at least as many videos; {n_images} images of "
+            f"{frames_per_video} frames make {n_videos}. Lower frames_per_video."
+        )
+    patients = [
+        dict(
+            diagnosis=diagnoses[int(rng.integers(len(diagnoses)))],
+            chest_wall_mm=rng.uniform(10, 22),
+        )
+        for _ in range(n_patients)
+    ]
     kinds = [probe if probe != "mixed" else PROBES[int(rng.integers(2))] for _ in range(n_videos)]
     video_rngs = rng.spawn(n_videos)  # one stream per video: the same images with any thread count
     starts = [v * frames_per_video for v in range(n_videos)]
     images = np.empty((n_images, size, size), np.float32)
-    layers = {name: np.empty((n_images, size, size), np.uint8) for name in STRUCTURES + ("dense", "sparse")}
+    layers = {
+        name: np.empty((n_images, size, size), np.uint8)
+        for name in STRUCTURES + ("dense", "sparse")
+    }
     masks = layers[target] if target != "artifacts" else np.empty((n_images, size, size), np.uint8)
     envelopes = np.empty((n_images, size, size), np.float32) if keep_envelope else None
     spacing = np.empty((n_images, 2))
@@ -396,8 +549,15 @@ def lung_ultrasound_phantom(n_images: int, n_patients: int | None = None, frames
     def make_video(v: int) -> list[dict]:
         pid, pat = v % n_patients, patients[v % n_patients]
         sl = slice(starts[v], min(starts[v] + frames_per_video, n_images))
-        world = _video_world(size, max(4, size // 32), kinds[v], pat["chest_wall_mm"], pat["diagnosis"],
-                             video_rngs[v], severity)
+        world = _video_world(
+            size,
+            max(4, size // 32),
+            kinds[v],
+            pat["chest_wall_mm"],
+            pat["diagnosis"],
+            video_rngs[v],
+            severity,
+        )
         out = _render_video(world, sl.stop - sl.start, video_rngs[v], keep_envelope)
         np.multiply(out["image"], np.float32(1 / 255), out=images[sl])
         for i, name in enumerate(STRUCTURES):
@@ -411,27 +571,55 @@ def lung_ultrasound_phantom(n_images: int, n_patients: int | None = None, frames
         if keep_envelope:
             envelopes[sl] = out["envelope"]
         sev = world["severity"]
-        return [dict(patient=f"lus_p{pid:03d}", video=f"lus_p{pid:03d}_v{v:04d}", frame=f, probe=kinds[v],
-                     diagnosis=pat["diagnosis"], depth_mm=world["depth_mm"],
-                     pleural_depth_mm=world["pleural_depth_mm"], n_blines=sev["n_blines"],
-                     pleural_irregularity_mm=sev["pleural_irregularity_mm"], consolidations=sev["consolidations"])
-                for f in range(sl.stop - sl.start)]
+        return [
+            dict(
+                patient=f"lus_p{pid:03d}",
+                video=f"lus_p{pid:03d}_v{v:04d}",
+                frame=f,
+                probe=kinds[v],
+                diagnosis=pat["diagnosis"],
+                depth_mm=world["depth_mm"],
+                pleural_depth_mm=world["pleural_depth_mm"],
+                n_blines=sev["n_blines"],
+                pleural_irregularity_mm=sev["pleural_irregularity_mm"],
+                consolidations=sev["consolidations"],
+            )
+            for f in range(sl.stop - sl.start)
+        ]
 
     # numpy and scipy.fft release the GIL on whole arrays: videos render in parallel threads.
     with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
         rows = [row for video in pool.map(make_video, range(n_videos)) for row in video]
     meta = pd.DataFrame(rows)
     ids = [f"{r['video']}_f{r['frame']:03d}" for r in rows]
-    info = {"generator": "lung_ultrasound_phantom", "version": GENERATOR_VERSION, "target": target,
-            "probe": probe, "dense_classes": DENSE_CLASSES, "sparse_classes": SPARSE_CLASSES}
+    info = {
+        "generator": "lung_ultrasound_phantom",
+        "version": GENERATOR_VERSION,
+        "target": target,
+        "probe": probe,
+        "dense_classes": DENSE_CLASSES,
+        "sparse_classes": SPARSE_CLASSES,
+    }
     if keep_envelope:
         info["envelope"] = envelopes
-    return SegmentationSet(images=images, masks=masks, ids=ids, groups=list(meta["patient"]), spacing_mm=spacing,
-                           hc_mm=np.full(n_images, np.nan), source="synthetic", synthetic=True, info=info,
-                           layers=layers, meta=meta)
+    return SegmentationSet(
+        images=images,
+        masks=masks,
+        ids=ids,
+        groups=list(meta["patient"]),
+        spacing_mm=spacing,
+        hc_mm=np.full(n_images, np.nan),
+        source="synthetic",
+        synthetic=True,
+        info=info,
+        layers=layers,
+        meta=meta,
+    )
 
 
-def formation_steps(image_size: int = 256, probe: str = "linear", diagnosis: str = "COVID-19", seed=0) -> dict:
+def formation_steps(
+    image_size: int = 256, probe: str = "linear", diagnosis: str = "COVID-19", seed=0
+) -> dict:
     """The intermediate maps of one frame's image formation, for figures.
 
     Returns:
@@ -443,5 +631,9 @@ def formation_steps(image_size: int = 256, probe: str = "linear", diagnosis: str
     world = _video_world(int(image_size), 0, probe, rng.uniform(12, 20), diagnosis, rng, {})
     echo = np.where(world["support"], world["echo_l"], world["echo_t"]) * world["transmission"] ** 2
     out = _render_video(world, 1, rng, keep_envelope=True)
-    return {"echogenicity_db": 10 * np.log10(echo + 1e-12), "envelope": out["envelope"][0],
-            "b_mode": out["image"][0] / 255.0, "dense": out["dense"][0]}
+    return {
+        "echogenicity_db": 10 * np.log10(echo + 1e-12),
+        "envelope": out["envelope"][0],
+        "b_mode": out["image"][0] / 255.0,
+        "dense": out["dense"][0],
+    }

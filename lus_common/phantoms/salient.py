@@ -57,16 +57,26 @@ def salient_object_phantom(n: int, image_size: int = 256, seed=0) -> Segmentatio
             cx, cy = rng.uniform(0.3, 0.7, 2)
             r0 = rng.uniform(0.12, 0.28)
             theta = np.arctan2(y - cy, x - cx)
-            r = r0 * (1 + sum(rng.uniform(0, 0.35 / kk) * np.cos(kk * theta + rng.uniform(0, 2 * np.pi))
-                              for kk in range(2, 6)))
+            r = r0 * (
+                1
+                + sum(
+                    rng.uniform(0, 0.35 / kk) * np.cos(kk * theta + rng.uniform(0, 2 * np.pi))
+                    for kk in range(2, 6)
+                )
+            )
             mask |= np.hypot((x - cx) / rng.uniform(0.7, 1.3), y - cy) < r
         light = rng.normal(size=2)
         scene = 0.12 * background[k] + 0.3 * (light[0] * (x - 0.5) + light[1] * (y - 0.5))
         if rng.random() < 0.4:  # a horizon splits the scene
-            scene += rng.uniform(-0.25, 0.25) * (y > rng.uniform(0.3, 0.7) + rng.uniform(-0.2, 0.2) * (x - 0.5))
+            scene += rng.uniform(-0.25, 0.25) * (
+                y > rng.uniform(0.3, 0.7) + rng.uniform(-0.2, 0.2) * (x - 0.5)
+            )
         if rng.random() < 0.4:  # an oriented grating (bark, fur, fabric)
             angle, period = rng.uniform(0, np.pi), rng.uniform(0.02, 0.08)
-            fill = 0.6 * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period) + 0.5 * texture[k]
+            fill = (
+                0.6 * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period)
+                + 0.5 * texture[k]
+            )
         else:
             fill = texture[k]
         ys, xs = np.nonzero(mask)
@@ -79,7 +89,14 @@ def salient_object_phantom(n: int, image_size: int = 256, seed=0) -> Segmentatio
         masks[k] = mask
     ids = [f"salient_phantom_{k:05d}" for k in range(n)]
     return SegmentationSet(
-        images=images, masks=masks, ids=ids, groups=ids, spacing_mm=np.ones((n, 2)), hc_mm=np.full(n, np.nan),
-        source="synthetic", synthetic=True, info={"generator": "salient_object_phantom", "version": GENERATOR_VERSION},
+        images=images,
+        masks=masks,
+        ids=ids,
+        groups=ids,
+        spacing_mm=np.ones((n, 2)),
+        hc_mm=np.full(n, np.nan),
+        source="synthetic",
+        synthetic=True,
+        info={"generator": "salient_object_phantom", "version": GENERATOR_VERSION},
         meta=pd.DataFrame({"object_fraction": masks.reshape(n, -1).mean(1)}),
     )

@@ -1,5 +1,4 @@
-"""The software versions, host and date recorded with every run.
-"""
+"""The software versions, host and date recorded with every run."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ def environment_info() -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     try:
         import segmentation_models_pytorch as smp

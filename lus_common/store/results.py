@@ -91,7 +91,9 @@ def reusable_run(folder: Path, weights_key: str | None = None) -> dict | None:
     return {**run, "reused": True}
 
 
-def settle_weights(study: str, params: dict, used: str, name_keys: tuple[str, ...]) -> tuple[dict, Path]:
+def settle_weights(
+    study: str, params: dict, used: str, name_keys: tuple[str, ...]
+) -> tuple[dict, Path]:
     """A run's key and folder once its model is built: when the weights could not be loaded
     (``used`` starts with ``"none"``) although the key named them, the run is keyed and stored as
     ``"none/random"``, never under the weights it did not get."""
@@ -101,9 +103,14 @@ def settle_weights(study: str, params: dict, used: str, name_keys: tuple[str, ..
     return params, run_dir(study, params, name_keys)
 
 
-def save_run(folder: Path, config: dict, metrics: dict, history: pd.DataFrame,
-             tables: dict[str, pd.DataFrame] | None = None,
-             arrays: dict[str, np.ndarray] | None = None) -> Path:
+def save_run(
+    folder: Path,
+    config: dict,
+    metrics: dict,
+    history: pd.DataFrame,
+    tables: dict[str, pd.DataFrame] | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Write a run folder atomically (temporary folder, then rename).
 
     Args:
@@ -148,7 +155,9 @@ def load_run(folder: Path) -> dict:
     """
     folder = Path(folder)
     if not is_complete(folder):
-        raise FileNotFoundError(f"{folder} is not a complete run folder (needs {', '.join(REQUIRED)}).")
+        raise FileNotFoundError(
+            f"{folder} is not a complete run folder (needs {', '.join(REQUIRED)})."
+        )
     out = {
         "config": json.loads((folder / "config.json").read_text()),
         "metrics": json.loads((folder / "metrics.json").read_text()),

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from lus_common.config.paths import PROJECT_ROOT
 from lus_common.config.profiles import resolve_params
+from lus_common.config.registry import lookup
 from lus_common.data.sets import SegmentationSet
 from lus_common.data.shenzhen import load_shenzhen, percentile_normalize
 from lus_common.evaluation.metrics import segmentation_scores
@@ -43,6 +44,7 @@ from lus_common.models.keras_unets import (
 from lus_common.phantoms.cxr import chest_xray_phantom
 from lus_common.store import results
 from lus_common.store.environment import environment_info
+from lus_common.studies.base import Collector, cached_run, check_choice, derive_profiles
 
 STUDY = "cxr_overfitting"
 MODEL_LABELS = {"unet": "U-Net", "vgg16_unet": "VGG16-U-Net", "resnet50_unet": "ResNet50-U-Net"}
@@ -54,33 +56,70 @@ CODE_VERSION = "authors-2"
 # Models whose batch norm is all in layers we add, so that a GroupNorm copy is a clean control.
 CONTROL_MODELS = ("unet", "vgg16_unet")
 
-PROFILES = {
+PROFILES = derive_profiles(
     # The authors' notebook on the real Shenzhen set, several seeds, the BN experiment, the size curve.
-    "paper": dict(data_source="shenzhen", image_size=128, n_train=100, n_val=49, n_test=54, split_seed=0,
-                  stretch="global", epochs=30, batch_size=16, lr=1e-4, seeds=[0, 1, 2, 3, 4],
-                  models=list(MODELS), encoder_weights="imagenet", bn_momenta=[0.99, 0.9],
-                  norm_controls=["group"], train_sizes=[25, 50, 100, 200, 400], curve_seeds=[0, 1, 2],
-                  curve_steps="matched"),
+    dict(
+        data_source="shenzhen",
+        image_size=128,
+        n_train=100,
+        n_val=49,
+        n_test=54,
+        split_seed=0,
+        stretch="global",
+        epochs=30,
+        batch_size=16,
+        lr=1e-4,
+        seeds=[0, 1, 2, 3, 4],
+        models=list(MODELS),
+        encoder_weights="imagenet",
+        bn_momenta=[0.99, 0.9],
+        norm_controls=["group"],
+        train_sizes=[25, 50, 100, 200, 400],
+        curve_seeds=[0, 1, 2],
+        curve_steps="matched",
+    ),
     # Minutes on a 2-core CPU: the chest X-ray phantom, 64-pixel images, fewer images and epochs, and
     # a 10x step size so that 12 steps can learn something (the paper had 210 steps at 1e-4).
-    "quick": dict(data_source="synthetic", image_size=64, n_train=32, n_val=16, n_test=16, split_seed=0,
-                  stretch="global", epochs=6, batch_size=16, lr=1e-3, seeds=[0, 1], models=list(MODELS),
-                  encoder_weights="imagenet", bn_momenta=[0.99, 0.9], norm_controls=["group"],
-                  train_sizes=[16, 32], curve_seeds=[0], curve_steps="matched"),
+    quick=dict(
+        data_source="synthetic",
+        image_size=64,
+        n_train=32,
+        n_val=16,
+        n_test=16,
+        epochs=6,
+        lr=1e-3,
+        seeds=[0, 1],
+        train_sizes=[16, 32],
+        curve_seeds=[0],
+    ),
     # Seconds, for tests.
-    "smoke": dict(data_source="synthetic", image_size=32, n_train=8, n_val=4, n_test=4, split_seed=0,
-                  stretch="global", epochs=1, batch_size=4, lr=1e-4, seeds=[0], models=list(MODELS),
-                  encoder_weights="imagenet", bn_momenta=[0.99, 0.9], norm_controls=["group"],
-                  train_sizes=[4, 8], curve_seeds=[0], curve_steps="matched"),
-}
+    smoke=dict(
+        data_source="synthetic",
+        image_size=32,
+        n_train=8,
+        n_val=4,
+        n_test=4,
+        epochs=1,
+        batch_size=4,
+        seeds=[0],
+        train_sizes=[4, 8],
+        curve_seeds=[0],
+    ),
+)
 
 # Paper 3, Tables 1 and 2 (the last epoch of one run); "< 0.001" entered as 0.001.
-PAPER_TABLE1 = pd.DataFrame({
-    "train accuracy": [0.993, 0.993, 0.986], "train Dice": [0.978, 0.978, 0.956],
-    "validation accuracy": [0.977, 0.973, 0.737], "validation Dice": [0.0230, 0.950, 0.001],
-}, index=list(MODELS))
-PAPER_TABLE2 = pd.DataFrame({"test accuracy": [0.741, 0.975, 0.741], "test Dice": [0.052, 0.950, 0.001]},
-                            index=list(MODELS))
+PAPER_TABLE1 = pd.DataFrame(
+    {
+        "train accuracy": [0.993, 0.993, 0.986],
+        "train Dice": [0.978, 0.978, 0.956],
+        "validation accuracy": [0.977, 0.973, 0.737],
+        "validation Dice": [0.0230, 0.950, 0.001],
+    },
+    index=list(MODELS),
+)
+PAPER_TABLE2 = pd.DataFrame(
+    {"test accuracy": [0.741, 0.975, 0.741], "test Dice": [0.052, 0.950, 0.001]}, index=list(MODELS)
+)
 FIGURE_CUTOFF = 0.03  # the paper's Figure 3
 EVALUATE_BATCH = 32  # Keras' model.evaluate default, with which the paper's test numbers were made
 NORM_LABELS = {"batch": "batch norm", "group": "GroupNorm", "none": "no norm"}
@@ -93,21 +132,18 @@ def study_params(profile: str = "quick", **given) -> dict:
         ValueError: an unknown data source, a bad image size, or an unknown model.
     """
     p = resolve_params(PROFILES, profile, **given)
-    if p["data_source"] not in ("synthetic", "shenzhen"):
-        raise ValueError(f"data_source must be 'synthetic' or 'shenzhen', got '{p['data_source']}'.")
+    check_choice(p, "data_source", ("synthetic", "shenzhen"))
     if p["image_size"] % 32 or p["image_size"] < 32:
-        raise ValueError(f"image_size must be a multiple of 32 (five 2x poolings in VGG16/ResNet50), got {p['image_size']}.")
-    unknown = sorted(set(p["models"]) - set(MODELS))
-    if unknown:
-        raise ValueError(f"Unknown model(s) {unknown}. Known: {list(MODELS)}")
-    if p["stretch"] not in ("global", "per_image"):
-        raise ValueError(f"stretch must be 'global' (the authors') or 'per_image', got '{p['stretch']}'.")
-    if p["curve_steps"] not in ("matched", "epochs"):
-        raise ValueError(f"curve_steps must be 'matched' or 'epochs', got '{p['curve_steps']}'.")
+        raise ValueError(
+            f"image_size must be a multiple of 32 (five 2x poolings in VGG16/ResNet50), got {p['image_size']}."
+        )
+    for model in p["models"]:
+        lookup(MODELS, model, "model", error=ValueError)
+    check_choice(p, "stretch", ("global", "per_image"))  # global: the authors'
+    check_choice(p, "curve_steps", ("matched", "epochs"))
     p["norm_controls"] = list(np.atleast_1d(p["norm_controls"] or []))
-    bad = sorted(set(p["norm_controls"]) - {"group", "none"})
-    if bad:
-        raise ValueError(f"Unknown norm control(s) {bad}: use 'group' (GroupNorm) or 'none'.")
+    for norm in p["norm_controls"]:
+        lookup(("group", "none"), norm, "norm control (GroupNorm or none)", error=ValueError)
     p["seeds"] = [int(s) for s in np.atleast_1d(p["seeds"])]
     p["curve_seeds"] = [int(s) for s in np.atleast_1d(p["curve_seeds"])]
     p["train_sizes"] = sorted(int(n) for n in np.atleast_1d(p["train_sizes"]))
@@ -128,16 +164,24 @@ def load_splits(p: dict) -> dict[str, SegmentationSet]:
     if p["data_source"] == "shenzhen":
         data = load_shenzhen(image_size=p["image_size"])
     else:
-        data = chest_xray_phantom(need, p["image_size"], abnormal_fraction=0.3, seed=2000 + p["split_seed"])
+        data = chest_xray_phantom(
+            need, p["image_size"], abnormal_fraction=0.3, seed=2000 + p["split_seed"]
+        )
     if len(data) < need:
-        raise ValueError(f"The split needs {need} images (validation {p['n_val']}, test {p['n_test']}, training up to "
-                         f"{need - p['n_val'] - p['n_test']}); {data.source} has {len(data)}. Lower n_train or train_sizes.")
+        raise ValueError(
+            f"The split needs {need} images (validation {p['n_val']}, test {p['n_test']}, training up to "
+            f"{need - p['n_val'] - p['n_test']}); {data.source} has {len(data)}. Lower n_train or train_sizes."
+        )
     data.images = percentile_normalize(data.images, per_image=p["stretch"] == "per_image")
     order = np.random.default_rng(p["split_seed"]).permutation(len(data))
-    val, test = order[: p["n_val"]], order[p["n_val"]: p["n_val"] + p["n_test"]]
-    pool = order[p["n_val"] + p["n_test"]:]
-    return {"val": data.subset(val), "test": data.subset(test), "pool": data.subset(pool),
-            "fingerprint": data.fingerprint()}
+    val, test = order[: p["n_val"]], order[p["n_val"] : p["n_val"] + p["n_test"]]
+    pool = order[p["n_val"] + p["n_test"] :]
+    return {
+        "val": data.subset(val),
+        "test": data.subset(test),
+        "pool": data.subset(pool),
+        "fingerprint": data.fingerprint(),
+    }
 
 
 def to_keras(data: SegmentationSet, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -160,8 +204,17 @@ def dice_loss(y_true, y_pred):
     return 1.0 - dice_coefficient(y_true, y_pred)
 
 
-_RUN_KEYS = ("data_source", "image_size", "n_val", "n_test", "split_seed", "stretch", "batch_size", "lr",
-             "encoder_weights")
+_RUN_KEYS = (
+    "data_source",
+    "image_size",
+    "n_val",
+    "n_test",
+    "split_seed",
+    "stretch",
+    "batch_size",
+    "lr",
+    "encoder_weights",
+)
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -178,21 +231,39 @@ def epochs_for(p: dict, n_train: int) -> int:
     return max(1, round(target / steps_per_epoch(n_train, p["batch_size"])))
 
 
-def run_params(p: dict, model: str, seed: int, n_train: int, bn_momentum: float, norm: str = "batch",
-               data_fingerprint: str = "") -> dict:
+def run_params(
+    p: dict,
+    model: str,
+    seed: int,
+    n_train: int,
+    bn_momentum: float,
+    norm: str = "batch",
+    data_fingerprint: str = "",
+) -> dict:
     """The parameters that identify one run: the study's, the weights that will really be loaded
     (not only those asked for), the code version and a fingerprint of the data."""
     epochs = epochs_for(p, n_train)
-    return {**{k: p[k] for k in _RUN_KEYS}, "model": model, "norm": norm, "seed": int(seed),
-            "n_train": int(n_train), "bn_momentum": float(bn_momentum), "epochs": epochs,
-            "steps": epochs * steps_per_epoch(n_train, p["batch_size"]),
-            "weights": keras_weights_key(model, p["encoder_weights"]), "code_version": CODE_VERSION,
-            "data_fingerprint": data_fingerprint}
+    return {
+        **{k: p[k] for k in _RUN_KEYS},
+        "model": model,
+        "norm": norm,
+        "seed": int(seed),
+        "n_train": int(n_train),
+        "bn_momentum": float(bn_momentum),
+        "epochs": epochs,
+        "steps": epochs * steps_per_epoch(n_train, p["batch_size"]),
+        "weights": keras_weights_key(model, p["encoder_weights"]),
+        "code_version": CODE_VERSION,
+        "data_fingerprint": data_fingerprint,
+    }
 
 
 def _summary(per_image: pd.DataFrame) -> dict:
     """Mean pixel accuracy and Dice of per-image scores."""
-    return {"accuracy": float(per_image["pixel_accuracy"].mean()), "dice": float(per_image["dice"].mean())}
+    return {
+        "accuracy": float(per_image["pixel_accuracy"].mean()),
+        "dice": float(per_image["dice"].mean()),
+    }
 
 
 def _keras_evaluate(model, x, y) -> dict:
@@ -205,66 +276,131 @@ def _keras_evaluate(model, x, y) -> dict:
 RUN_NAME_KEYS = ("model", "norm", "seed", "n_train", "bn_momentum", "data_source")
 
 
-def run_one(p: dict, model_name: str, seed: int, n_train: int, bn_momentum: float, splits: dict,
-            norm: str = "batch", keep_predictions: int = 4) -> dict:
+def run_one(
+    p: dict,
+    model_name: str,
+    seed: int,
+    n_train: int,
+    bn_momentum: float,
+    splits: dict,
+    norm: str = "batch",
+    keep_predictions: int = 4,
+) -> dict:
     """Train and evaluate one run, or reuse the stored run with the same parameters.
 
     Returns:
         The run as :func:`lus_common.store.results.load_run` gives it, plus ``"reused"``.
     """
-    rp = run_params(p, model_name, seed, n_train, bn_momentum, norm, splits.get("fingerprint", ""))
-    folder = results.run_dir(STUDY, rp, name_keys=RUN_NAME_KEYS)
-    stored = results.reusable_run(folder, rp["weights"])
-    if stored is not None:
-        return stored
-    k = keras()
+    key = run_params(p, model_name, seed, n_train, bn_momentum, norm, splits.get("fingerprint", ""))
     channels = INPUT_CHANNELS[model_name]
     train = splits["pool"].subset(np.arange(n_train))
-    (x, y), (xv, yv), (xt, yt) = (to_keras(d, channels) for d in (train, splits["val"], splits["test"]))
-    model, weights = create_keras_model(model_name, p["image_size"], p["encoder_weights"], seed, norm)
-    rp, folder = results.settle_weights(STUDY, rp, weights.used, RUN_NAME_KEYS)
-    n_bn = set_bn_momentum(model, bn_momentum)
-    model.compile(optimizer=k.optimizers.Adam(p["lr"]), loss=dice_loss,
-                  metrics=[dice_coefficient, k.metrics.BinaryAccuracy(name="accuracy")])
-    start = time.perf_counter()
-    fit = model.fit(x, y, batch_size=p["batch_size"], epochs=rp["epochs"], validation_data=(xv, yv),
-                    shuffle=True, verbose=0)
-    seconds = time.perf_counter() - start
-    history = pd.DataFrame(fit.history).rename(columns={"dice_coefficient": "dice",
-                                                        "val_dice_coefficient": "val_dice"})
-    history.insert(0, "epoch", np.arange(1, len(history) + 1))
-    metrics = {"weights_used": weights.used, "params": int(model.count_params()), "bn_layers": n_bn,
-               "train_seconds": seconds, "steps": rp["steps"], "epochs": rp["epochs"],
-               "test_background_fraction": float(1 - yt.mean())}
-    for key, value in _keras_evaluate(model, xt, yt).items():
-        metrics[f"test_{key}_keras"] = value
+
+    def build():
+        return create_keras_model(model_name, p["image_size"], p["encoder_weights"], seed, norm)
+
+    def fit(model, weights, rp: dict) -> dict:
+        k = keras()
+        (x, y), (xv, yv), (xt, yt) = (
+            to_keras(d, channels) for d in (train, splits["val"], splits["test"])
+        )
+        n_bn = set_bn_momentum(model, bn_momentum)
+        model.compile(
+            optimizer=k.optimizers.Adam(p["lr"]),
+            loss=dice_loss,
+            metrics=[dice_coefficient, k.metrics.BinaryAccuracy(name="accuracy")],
+        )
+        start = time.perf_counter()
+        trained = model.fit(
+            x,
+            y,
+            batch_size=p["batch_size"],
+            epochs=rp["epochs"],
+            validation_data=(xv, yv),
+            shuffle=True,
+            verbose=0,
+        )
+        seconds = time.perf_counter() - start
+        history = pd.DataFrame(trained.history).rename(
+            columns={"dice_coefficient": "dice", "val_dice_coefficient": "val_dice"}
+        )
+        history.insert(0, "epoch", np.arange(1, len(history) + 1))
+        metrics = {
+            "weights_used": weights.used,
+            "params": int(model.count_params()),
+            "bn_layers": n_bn,
+            "train_seconds": seconds,
+            "steps": rp["steps"],
+            "epochs": rp["epochs"],
+            "test_background_fraction": float(1 - yt.mean()),
+        }
+        for key, value in _keras_evaluate(model, xt, yt).items():
+            metrics[f"test_{key}_keras"] = value
+        probs, per_image = _score_modes(
+            model, {"train": (x, y), "test": (xt, yt)}, p["batch_size"], metrics
+        )
+        per_image.insert(0, "id", splits["test"].ids)
+        recompute_bn_statistics(model, x, p["batch_size"])
+        for split, (xs, ys) in {"train": (x, y), "test": (xt, yt)}.items():
+            scores = segmentation_scores(
+                predict_probabilities(model, xs, p["batch_size"]), ys[..., 0]
+            )
+            for key, value in _summary(scores).items():
+                metrics[f"{split}_{key}_recomputed_bn"] = value
+        last = history.iloc[-1]
+        metrics.update(
+            {
+                "last_train_accuracy": float(last["accuracy"]),
+                "last_train_dice": float(last["dice"]),
+                "last_val_accuracy": float(last["val_accuracy"]),
+                "last_val_dice": float(last["val_dice"]),
+            }
+        )
+        config = {
+            "study": STUDY,
+            "params": rp,
+            "profile": p["profile"],
+            "weights": weights.as_dict(),
+            "synthetic": train.synthetic,
+            "n_train": n_train,
+            "n_val": len(xv),
+            "n_test": len(xt),
+            "keras": k.__version__,
+            "keras_backend": k.backend.backend(),
+            "environment": environment_info(),
+        }
+        arrays = {
+            "probs": results.encode_probabilities(probs["test", "inference"][:keep_predictions]),
+            "probs_training_mode": results.encode_probabilities(
+                probs["test", "training"][:keep_predictions]
+            ),
+        }
+        return {
+            "config": config,
+            "metrics": metrics,
+            "history": history,
+            "tables": {"per_image": per_image},
+            "arrays": arrays,
+        }
+
+    return cached_run(STUDY, key, RUN_NAME_KEYS, build, fit)
+
+
+def _score_modes(model, sets: dict, batch_size: int, metrics: dict) -> tuple[dict, pd.DataFrame]:
+    """Scores of each set in inference and in training mode (batch statistics of the batch) into
+    ``metrics``; returns the probabilities and the per-image test scores in inference mode."""
     probs, per_image = {}, None
-    for split, (xs, ys) in {"train": (x, y), "test": (xt, yt)}.items():
+    for split, (xs, ys) in sets.items():
         for mode in ("inference", "training"):
-            probs[split, mode] = predict_probabilities(model, xs, p["batch_size"], training=mode == "training")
+            probs[split, mode] = predict_probabilities(
+                model, xs, batch_size, training=mode == "training"
+            )
             scores = segmentation_scores(probs[split, mode], ys[..., 0])
             for key, value in _summary(scores).items():
                 metrics[f"{split}_{key}_{mode}"] = value
             metrics[f"{split}_foreground_{mode}"] = float((probs[split, mode] > 0.5).mean())
             if (split, mode) == ("test", "inference"):
                 per_image = scores
-    per_image.insert(0, "id", splits["test"].ids)
-    recompute_bn_statistics(model, x, p["batch_size"])
-    for split, (xs, ys) in {"train": (x, y), "test": (xt, yt)}.items():
-        scores = segmentation_scores(predict_probabilities(model, xs, p["batch_size"]), ys[..., 0])
-        for key, value in _summary(scores).items():
-            metrics[f"{split}_{key}_recomputed_bn"] = value
-    last = history.iloc[-1]
-    metrics.update({"last_train_accuracy": float(last["accuracy"]), "last_train_dice": float(last["dice"]),
-                    "last_val_accuracy": float(last["val_accuracy"]), "last_val_dice": float(last["val_dice"])})
-    config = {"study": STUDY, "params": rp, "profile": p["profile"], "weights": weights.as_dict(),
-              "synthetic": train.synthetic, "n_train": n_train, "n_val": len(xv), "n_test": len(xt),
-              "keras": k.__version__, "keras_backend": k.backend.backend(),
-              "environment": environment_info()}
-    arrays = {"probs": results.encode_probabilities(probs["test", "inference"][:keep_predictions]),
-              "probs_training_mode": results.encode_probabilities(probs["test", "training"][:keep_predictions])}
-    results.save_run(folder, config, metrics, history, tables={"per_image": per_image}, arrays=arrays)
-    return {**results.load_run(folder), "reused": False}
+    return probs, per_image
 
 
 def jobs(p: dict) -> list[tuple[str, int, int, float, str]]:
@@ -275,13 +411,30 @@ def jobs(p: dict) -> list[tuple[str, int, int, float, str]]:
     ``norm_controls`` instead of batch norm (:data:`CONTROL_MODELS`); then every model x curve seed at
     each other training-set size.
     """
-    out = [(m, s, p["n_train"], KERAS_BN_MOMENTUM, "batch") for m in p["models"] for s in p["seeds"]]
-    out += [(m, s, p["n_train"], b, "batch") for b in p["bn_momenta"] if b != KERAS_BN_MOMENTUM
-            for m in p["models"] for s in p["seeds"]]
-    out += [(m, s, p["n_train"], KERAS_BN_MOMENTUM, norm) for norm in p["norm_controls"]
-            for m in p["models"] if m in CONTROL_MODELS for s in p["seeds"]]
-    out += [(m, s, n, KERAS_BN_MOMENTUM, "batch") for n in p["train_sizes"] if n != p["n_train"]
-            for m in p["models"] for s in p["curve_seeds"]]
+    out = [
+        (m, s, p["n_train"], KERAS_BN_MOMENTUM, "batch") for m in p["models"] for s in p["seeds"]
+    ]
+    out += [
+        (m, s, p["n_train"], b, "batch")
+        for b in p["bn_momenta"]
+        if b != KERAS_BN_MOMENTUM
+        for m in p["models"]
+        for s in p["seeds"]
+    ]
+    out += [
+        (m, s, p["n_train"], KERAS_BN_MOMENTUM, norm)
+        for norm in p["norm_controls"]
+        for m in p["models"]
+        if m in CONTROL_MODELS
+        for s in p["seeds"]
+    ]
+    out += [
+        (m, s, n, KERAS_BN_MOMENTUM, "batch")
+        for n in p["train_sizes"]
+        if n != p["n_train"]
+        for m in p["models"]
+        for s in p["curve_seeds"]
+    ]
     return out
 
 
@@ -293,22 +446,21 @@ def run_study(p: dict, splits: dict, progress: bool = True) -> dict:
         test rows of the main runs, "predictions": {model: test probabilities, inference and training
         mode}, "weights": {model: weights used}, "reused": count}``.
     """
-    rows, histories, per_image, preds, weights, reused = [], [], [], {}, {}, 0
+    runs = Collector()
     for model, seed, n, momentum, norm in tqdm(jobs(p), desc="runs", disable=not progress):
         run = run_one(p, model, seed, n, momentum, splits, norm)
-        reused += run["reused"]
-        rows.append({"model": model, "norm": norm, "seed": seed, "n_train": n, "bn_momentum": momentum,
-                     **run["metrics"], "reused": run["reused"]})
-        if n == p["n_train"] and momentum == KERAS_BN_MOMENTUM and norm == "batch":
-            histories.append(run["history"].assign(model=model, seed=seed))
-            per_image.append(run["per_image"].assign(model=model, seed=seed))
-            preds.setdefault(model, {
-                "inference": results.decode_probabilities(run["arrays"]["probs"]),
-                "training": results.decode_probabilities(run["arrays"]["probs_training_mode"])})
-            weights[model] = run["config"]["weights"]
-    return {"runs": pd.DataFrame(rows), "histories": pd.concat(histories, ignore_index=True),
-            "per_image": pd.concat(per_image, ignore_index=True), "predictions": preds, "weights": weights,
-            "reused": reused}
+        main = n == p["n_train"] and momentum == KERAS_BN_MOMENTUM and norm == "batch"
+        runs.add(
+            run,
+            {"model": model, "norm": norm, "seed": seed, "n_train": n, "bn_momentum": momentum},
+            main={"model": model, "seed": seed} if main else None,
+            name=model,
+            predictions=lambda arrays: {
+                "inference": results.decode_probabilities(arrays["probs"]),
+                "training": results.decode_probabilities(arrays["probs_training_mode"]),
+            },
+        )
+    return runs.result()
 
 
 def background_fraction(masks: np.ndarray) -> float:
@@ -316,7 +468,9 @@ def background_fraction(masks: np.ndarray) -> float:
     return float(1 - np.asarray(masks, dtype=float).mean())
 
 
-def all_background(accuracy: float, foreground: float, masks_background: float, tol: float = 0.01) -> bool:
+def all_background(
+    accuracy: float, foreground: float, masks_background: float, tol: float = 0.01
+) -> bool:
     """True when a prediction is (nearly) all background: under 1 % of the pixels predicted lung and
     pixel accuracy within ``tol`` of the background fraction (the paper's U-Net: 0.741 = 0.741)."""
     return foreground < 0.01 and abs(accuracy - masks_background) < tol
@@ -330,12 +484,20 @@ def _mode_state(g: pd.DataFrame, mode: str, bg: float) -> str:
 def main_runs(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     """The runs of the paper's setting: ``n_train`` images, batch norm at Keras' momentum."""
     norm = runs["norm"] if "norm" in runs else "batch"
-    return runs[(runs["n_train"] == p["n_train"]) & (runs["bn_momentum"] == KERAS_BN_MOMENTUM)
-                & (norm == "batch")]
+    return runs[
+        (runs["n_train"] == p["n_train"])
+        & (runs["bn_momentum"] == KERAS_BN_MOMENTUM)
+        & (norm == "batch")
+    ]
 
 
-def findings(runs: pd.DataFrame, p: dict, test_masks: np.ndarray | None = None, gap: float = 0.1,
-             background: float | None = None) -> list[str]:
+def findings(
+    runs: pd.DataFrame,
+    p: dict,
+    test_masks: np.ndarray | None = None,
+    gap: float = 0.1,
+    background: float | None = None,
+) -> list[str]:
     """The Discussion's sentences on the batch-norm question, each from the runs' own numbers.
 
     Per model (paper setting): whether it predicts all background in inference and in training mode,
@@ -354,35 +516,51 @@ def findings(runs: pd.DataFrame, p: dict, test_masks: np.ndarray | None = None, 
         states = {m: _mode_state(g, m, bg) for m in ("inference", "training")}
         steps = int(g["steps"].iloc[0])
         if states["training"] == "all-background":
-            out.append(f"**{name}** predicts all background even with batch statistics (training mode: "
-                       f"pixel accuracy {g['test_accuracy_training'].mean():.3f}, background fraction "
-                       f"{bg:.3f}): it did not learn to segment, so this run cannot speak to batch norm.")
+            out.append(
+                f"**{name}** predicts all background even with batch statistics (training mode: "
+                f"pixel accuracy {g['test_accuracy_training'].mean():.3f}, background fraction "
+                f"{bg:.3f}): it did not learn to segment, so this run cannot speak to batch norm."
+            )
             continue
         if g["bn_layers"].iloc[0] == 0:
-            out.append(f"**{name}** has no batch norm: inference and training mode agree "
-                       f"({infer:.3f} vs {train_mode:.3f}).")
+            out.append(
+                f"**{name}** has no batch norm: inference and training mode agree "
+                f"({infer:.3f} vs {train_mode:.3f})."
+            )
             continue
-        left = KERAS_BN_MOMENTUM ** steps
+        left = KERAS_BN_MOMENTUM**steps
         if train_mode - infer > gap:
-            what = (f"predicts all background in inference mode (pixel accuracy "
-                    f"{g['test_accuracy_inference'].mean():.3f} = background fraction {bg:.3f})"
-                    if states["inference"] == "all-background" else f"scores {infer:.3f} in inference mode")
-            text = (f"**{name}** {what} but {train_mode:.3f} with the same weights in training mode "
-                    f"(transductive: each test batch's own statistics), and {fixed:.3f} in inference mode "
-                    f"once its moving statistics are recomputed on the training images; after {steps} "
-                    f"steps at momentum {KERAS_BN_MOMENTUM}, {100 * left:.0f} % of their initial values "
-                    "remained in them.")
-            other = sel[(sel["model"] == model) & (sel["bn_momentum"] != KERAS_BN_MOMENTUM)
-                        & (sel.get("norm", "batch") == "batch")]
+            what = (
+                f"predicts all background in inference mode (pixel accuracy "
+                f"{g['test_accuracy_inference'].mean():.3f} = background fraction {bg:.3f})"
+                if states["inference"] == "all-background"
+                else f"scores {infer:.3f} in inference mode"
+            )
+            text = (
+                f"**{name}** {what} but {train_mode:.3f} with the same weights in training mode "
+                f"(transductive: each test batch's own statistics), and {fixed:.3f} in inference mode "
+                f"once its moving statistics are recomputed on the training images; after {steps} "
+                f"steps at momentum {KERAS_BN_MOMENTUM}, {100 * left:.0f} % of their initial values "
+                "remained in them."
+            )
+            other = sel[
+                (sel["model"] == model)
+                & (sel["bn_momentum"] != KERAS_BN_MOMENTUM)
+                & (sel.get("norm", "batch") == "batch")
+            ]
             for momentum, o in other.groupby("bn_momentum"):
-                text += (f" Trained with momentum {momentum} (the same gradient steps: the momentum only "
-                         f"enters the moving averages), it scores {o['test_dice_inference'].mean():.3f} in "
-                         "inference mode.")
+                text += (
+                    f" Trained with momentum {momentum} (the same gradient steps: the momentum only "
+                    f"enters the moving averages), it scores {o['test_dice_inference'].mean():.3f} in "
+                    "inference mode."
+                )
             out.append(text)
         else:
-            out.append(f"**{name}** shows no inference/training gap here ({infer:.3f} vs {train_mode:.3f}): "
-                       f"its {int(g['bn_layers'].iloc[0])} batch-norm layers, at momentum "
-                       f"{KERAS_BN_MOMENTUM} after {steps} steps, cost it nothing in inference mode.")
+            out.append(
+                f"**{name}** shows no inference/training gap here ({infer:.3f} vs {train_mode:.3f}): "
+                f"its {int(g['bn_layers'].iloc[0])} batch-norm layers, at momentum "
+                f"{KERAS_BN_MOMENTUM} after {steps} steps, cost it nothing in inference mode."
+            )
     out += control_findings(runs, p, gap, bg)
     return out
 
@@ -392,7 +570,9 @@ def _mean_pm(values: pd.Series) -> str:
     return f"{values.mean():.3f}" + (f" ± {values.std():.3f}" if len(values) > 1 else "")
 
 
-def control_findings(runs: pd.DataFrame, p: dict, gap: float = 0.1, background: float | None = None) -> list[str]:
+def control_findings(
+    runs: pd.DataFrame, p: dict, gap: float = 0.1, background: float | None = None
+) -> list[str]:
     """The test that can fail: the same architecture without moving statistics (GroupNorm or no
     norm) against batch norm, in inference mode.
 
@@ -412,27 +592,46 @@ def control_findings(runs: pd.DataFrame, p: dict, gap: float = 0.1, background: 
         if bn.empty:
             continue
         bn_infer, bn_train = bn["test_dice_inference"].mean(), bn["test_dice_training"].mean()
-        for norm, c in sel[(sel["model"] == model) & (sel["norm"] != "batch")].groupby("norm", sort=False):
+        for norm, c in sel[(sel["model"] == model) & (sel["norm"] != "batch")].groupby(
+            "norm", sort=False
+        ):
             ctl = c["test_dice_inference"].mean()
-            head = (f"**Control, {MODEL_LABELS[model]} with {NORM_LABELS[norm]}** (same architecture, no "
-                    f"moving statistics, {len(c)} seed(s)): test Dice {_mean_pm(c['test_dice_inference'])} "
-                    f"in inference mode, against {_mean_pm(bn['test_dice_inference'])} with batch norm in "
-                    f"inference mode and {_mean_pm(bn['test_dice_training'])} in training mode.")
+            head = (
+                f"**Control, {MODEL_LABELS[model]} with {NORM_LABELS[norm]}** (same architecture, no "
+                f"moving statistics, {len(c)} seed(s)): test Dice {_mean_pm(c['test_dice_inference'])} "
+                f"in inference mode, against {_mean_pm(bn['test_dice_inference'])} with batch norm in "
+                f"inference mode and {_mean_pm(bn['test_dice_training'])} in training mode."
+            )
             if bn_train - bn_infer <= gap:
-                out.append(head + " The batch-norm model does not fail here, so there is no failure to explain.")
-            elif background is not None and _mode_state(c, "inference", background) == "all-background":
-                out.append(head + " The control predicts all background: it did not learn, so it can "
-                           "neither confirm nor refute the batch-norm explanation here.")
+                out.append(
+                    head
+                    + " The batch-norm model does not fail here, so there is no failure to explain."
+                )
+            elif (
+                background is not None
+                and _mode_state(c, "inference", background) == "all-background"
+            ):
+                out.append(
+                    head + " The control predicts all background: it did not learn, so it can "
+                    "neither confirm nor refute the batch-norm explanation here."
+                )
             elif ctl - bn_infer > gap and ctl >= bn_train - gap:
-                out.append(head + " Without moving statistics the failure is gone: the batch-norm "
-                           "explanation holds for this model on this data.")
+                out.append(
+                    head + " Without moving statistics the failure is gone: the batch-norm "
+                    "explanation holds for this model on this data."
+                )
             elif ctl - bn_infer > gap:
-                out.append(head + f" Without moving statistics it does better than batch norm in inference "
-                           f"mode, but stays {bn_train - ctl:.3f} below batch norm's training mode: the "
-                           "moving statistics explain only part of the failure.")
+                out.append(
+                    head
+                    + f" Without moving statistics it does better than batch norm in inference "
+                    f"mode, but stays {bn_train - ctl:.3f} below batch norm's training mode: the "
+                    "moving statistics explain only part of the failure."
+                )
             else:
-                out.append(head + " The control fails too: the failure is not in the moving statistics, "
-                           "and the batch-norm explanation does not hold here.")
+                out.append(
+                    head + " The control fails too: the failure is not in the moving statistics, "
+                    "and the batch-norm explanation does not hold here."
+                )
     return out
 
 
@@ -444,16 +643,25 @@ def reference_table(path: Path = REFERENCE_RUNS) -> tuple[str, pd.DataFrame]:
     import json
 
     doc = json.loads(Path(path).read_text())
-    rows = [{"model": MODEL_LABELS[r["params"]["model"]], "norm": NORM_LABELS[r["params"].get("norm", "batch")],
-             "BN momentum": r["params"]["bn_momentum"], "seed": r["params"]["seed"],
-             "epochs": r["params"]["epochs"], "image size": r["params"]["image_size"],
-             "train images": r["n_train"],
-             "validation Dice (fit, inference mode)": r["metrics"]["last_val_dice"],
-             "test Dice, paper's definition": r["metrics"]["test_dice_keras"],
-             "test Dice, inference mode": r["metrics"]["test_dice_inference"],
-             "test Dice, training mode": r["metrics"]["test_dice_training"],
-             "test Dice, BN recomputed": r["metrics"]["test_dice_recomputed_bn"],
-             "weights": r["weights"]["used"], "device": r.get("device", "")} for r in doc["runs"]]
+    rows = [
+        {
+            "model": MODEL_LABELS[r["params"]["model"]],
+            "norm": NORM_LABELS[r["params"].get("norm", "batch")],
+            "BN momentum": r["params"]["bn_momentum"],
+            "seed": r["params"]["seed"],
+            "epochs": r["params"]["epochs"],
+            "image size": r["params"]["image_size"],
+            "train images": r["n_train"],
+            "validation Dice (fit, inference mode)": r["metrics"]["last_val_dice"],
+            "test Dice, paper's definition": r["metrics"]["test_dice_keras"],
+            "test Dice, inference mode": r["metrics"]["test_dice_inference"],
+            "test Dice, training mode": r["metrics"]["test_dice_training"],
+            "test Dice, BN recomputed": r["metrics"]["test_dice_recomputed_bn"],
+            "weights": r["weights"]["used"],
+            "device": r.get("device", ""),
+        }
+        for r in doc["runs"]
+    ]
     return doc["what"], pd.DataFrame(rows).round(3)
 
 
@@ -462,11 +670,21 @@ def reference_runs(path: Path = REFERENCE_RUNS) -> pd.DataFrame:
     import json
 
     doc = json.loads(Path(path).read_text())
-    return pd.DataFrame([{**{k: r["params"][k] for k in ("model", "seed", "n_train", "bn_momentum")},
-                          "norm": r["params"].get("norm", "batch"), **r["metrics"]} for r in doc["runs"]])
+    return pd.DataFrame(
+        [
+            {
+                **{k: r["params"][k] for k in ("model", "seed", "n_train", "bn_momentum")},
+                "norm": r["params"].get("norm", "batch"),
+                **r["metrics"],
+            }
+            for r in doc["runs"]
+        ]
+    )
 
 
-def export_reference(folders: list, what: str, command: str, device: str, path: Path = REFERENCE_RUNS) -> Path:
+def export_reference(
+    folders: list, what: str, command: str, device: str, path: Path = REFERENCE_RUNS
+) -> Path:
     """Write the reference-run JSON the chapter shows, from stored run folders (their params,
     weights, environment and metrics, nothing typed by hand)."""
     import json
@@ -475,19 +693,37 @@ def export_reference(folders: list, what: str, command: str, device: str, path: 
     for folder in folders:
         run = results.load_run(folder)
         c = run["config"]
-        runs.append({"params": c["params"], "weights": c["weights"], "device": device,
-                     "environment": {k: c["environment"].get(k) for k in ("python", "torch", "numpy", "platform", "date")},
-                     "keras": c.get("keras"), "n_train": c["n_train"], "n_val": c["n_val"], "n_test": c["n_test"],
-                     "metrics": run["metrics"]})
-    Path(path).write_text(json.dumps(results.jsonable({"what": what, "command": command, "runs": runs}), indent=1))
+        runs.append(
+            {
+                "params": c["params"],
+                "weights": c["weights"],
+                "device": device,
+                "environment": {
+                    k: c["environment"].get(k)
+                    for k in ("python", "torch", "numpy", "platform", "date")
+                },
+                "keras": c.get("keras"),
+                "n_train": c["n_train"],
+                "n_val": c["n_val"],
+                "n_test": c["n_test"],
+                "metrics": run["metrics"],
+            }
+        )
+    Path(path).write_text(
+        json.dumps(results.jsonable({"what": what, "command": command, "runs": runs}), indent=1)
+    )
     return Path(path)
 
 
-def _mean_std_table(runs: pd.DataFrame, columns: dict[str, str], paper: pd.DataFrame) -> pd.DataFrame:
+def _mean_std_table(
+    runs: pd.DataFrame, columns: dict[str, str], paper: pd.DataFrame
+) -> pd.DataFrame:
     ms = mean_std(runs, "model", list(columns))
     table = pd.DataFrame(index=[MODEL_LABELS[m] for m in ms.index])
     for col, name in columns.items():
-        table[name] = [format_mean_std(m, s, 1, 3) for m, s in zip(ms[f"{col}_mean"], ms[f"{col}_std"])]
+        table[name] = [
+            format_mean_std(m, s, 1, 3) for m, s in zip(ms[f"{col}_mean"], ms[f"{col}_std"])
+        ]
         if name in paper:
             table[f"paper {name}"] = paper.reindex(ms.index)[name].to_numpy()
     return table
@@ -495,9 +731,16 @@ def _mean_std_table(runs: pd.DataFrame, columns: dict[str, str], paper: pd.DataF
 
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
     """Paper Table 1 (last epoch as Keras reports it: train in training mode, validation in inference mode)."""
-    return _mean_std_table(runs, {"last_train_accuracy": "train accuracy", "last_train_dice": "train Dice",
-                                  "last_val_accuracy": "validation accuracy", "last_val_dice": "validation Dice"},
-                           PAPER_TABLE1)
+    return _mean_std_table(
+        runs,
+        {
+            "last_train_accuracy": "train accuracy",
+            "last_train_dice": "train Dice",
+            "last_val_accuracy": "validation accuracy",
+            "last_val_dice": "validation Dice",
+        },
+        PAPER_TABLE1,
+    )
 
 
 def table2(runs: pd.DataFrame) -> pd.DataFrame:
@@ -506,8 +749,15 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
     "test accuracy" and "test Dice" use the paper's definitions (``model.evaluate``: soft Dice per
     batch of 32, averaged over batches); the last column is ours, the thresholded (0.5) Dice per image.
     """
-    table = _mean_std_table(runs, {"test_accuracy_keras": "test accuracy", "test_dice_keras": "test Dice",
-                                   "test_dice_inference": "ours: thresholded Dice per image"}, PAPER_TABLE2)
+    table = _mean_std_table(
+        runs,
+        {
+            "test_accuracy_keras": "test accuracy",
+            "test_dice_keras": "test Dice",
+            "test_dice_inference": "ours: thresholded Dice per image",
+        },
+        PAPER_TABLE2,
+    )
     return table
 
 
@@ -517,15 +767,22 @@ def bn_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     rows = []
     sel = runs[runs["n_train"] == p["n_train"]]
     for (model, norm, momentum), g in sel.groupby(["model", "norm", "bn_momentum"], sort=False):
-        rows.append({"model": MODEL_LABELS[model], "norm": NORM_LABELS[norm],
-                     "BN momentum": momentum if g["bn_layers"].iloc[0] else "–",
-                     "BN layers": int(g["bn_layers"].iloc[0]), "steps": int(g["steps"].iloc[0]),
-                     "train Dice, inference mode": g["train_dice_inference"].mean(),
-                     "train Dice, training mode": g["train_dice_training"].mean(),
-                     "train Dice, BN recomputed": g["train_dice_recomputed_bn"].mean(),
-                     "test Dice, inference mode": g["test_dice_inference"].mean(),
-                     "test Dice, training mode (transductive)": g["test_dice_training"].mean(),
-                     "test Dice, BN recomputed": g["test_dice_recomputed_bn"].mean(), "seeds": len(g)})
+        rows.append(
+            {
+                "model": MODEL_LABELS[model],
+                "norm": NORM_LABELS[norm],
+                "BN momentum": momentum if g["bn_layers"].iloc[0] else "–",
+                "BN layers": int(g["bn_layers"].iloc[0]),
+                "steps": int(g["steps"].iloc[0]),
+                "train Dice, inference mode": g["train_dice_inference"].mean(),
+                "train Dice, training mode": g["train_dice_training"].mean(),
+                "train Dice, BN recomputed": g["train_dice_recomputed_bn"].mean(),
+                "test Dice, inference mode": g["test_dice_inference"].mean(),
+                "test Dice, training mode (transductive)": g["test_dice_training"].mean(),
+                "test Dice, BN recomputed": g["test_dice_recomputed_bn"].mean(),
+                "seeds": len(g),
+            }
+        )
     return pd.DataFrame(rows).round(3)
 
 
@@ -533,14 +790,37 @@ def size_curve(runs: pd.DataFrame) -> pd.DataFrame:
     """Test Dice (inference mode and with recomputed BN) by model and training-set size, at Keras'
     momentum, with the epochs and steps each size trained for."""
     r = runs[(runs["bn_momentum"] == KERAS_BN_MOMENTUM) & (runs["norm"] == "batch")]
-    out = r.groupby(["model", "n_train"], sort=False).agg(
-        epochs=("epochs", "first"), steps=("steps", "first"),
-        dice=("test_dice_inference", "mean"), dice_std=("test_dice_inference", "std"),
-        dice_recomputed_bn=("test_dice_recomputed_bn", "mean"), seeds=("seed", "nunique")).reset_index()
+    out = (
+        r.groupby(["model", "n_train"], sort=False)
+        .agg(
+            epochs=("epochs", "first"),
+            steps=("steps", "first"),
+            dice=("test_dice_inference", "mean"),
+            dice_std=("test_dice_inference", "std"),
+            dice_recomputed_bn=("test_dice_recomputed_bn", "mean"),
+            seeds=("seed", "nunique"),
+        )
+        .reset_index()
+    )
     out["model"] = out["model"].map(MODEL_LABELS)
     return out.sort_values(["model", "n_train"]).reset_index(drop=True)
 
 
-__all__ = ["PROFILES", "study_params", "load_splits", "run_one", "run_study", "jobs", "table1", "table2",
-           "bn_table", "size_curve", "main_runs", "findings", "control_findings", "dice_coefficient",
-           "dice_loss", "batch_norm_layers"]
+__all__ = [
+    "PROFILES",
+    "study_params",
+    "load_splits",
+    "run_one",
+    "run_study",
+    "jobs",
+    "table1",
+    "table2",
+    "bn_table",
+    "size_curve",
+    "main_runs",
+    "findings",
+    "control_findings",
+    "dice_coefficient",
+    "dice_loss",
+    "batch_norm_layers",
+]

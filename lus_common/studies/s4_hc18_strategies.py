@@ -27,6 +27,7 @@ from lus_common.models.torch_smp import (
 from lus_common.phantoms import fetal_head_phantom
 from lus_common.store import results
 from lus_common.store.environment import environment_info
+from lus_common.studies.base import Collector, cached_run, check_choice, derive_profiles
 from lus_common.training.freezing import (
     Strategy,
     apply_strategy,
@@ -46,25 +47,55 @@ CODE_VERSION = "authors-2"
 # MobileNetV2 that `lus weights import` converts (ImageNet's at 160 px, its last blocks tuned on dogs).
 NATURAL_WEIGHTS = ["imagenet", "imagenet-dogs160"]
 
-PROFILES = {
+PROFILES = derive_profiles(
     # The paper and the authors' code: 512x512, batch 10, Adam 1e-4, 20 epochs, 4 repeats, 80/20
     # split (799/200 of 999), rotation +-25 deg, horizontal flip p=0.5, vertical flip p=0.1, grey
     # scaled to [0, 1] (A.Normalize(mean=0, std=1)); the tables average epochs 6-20 (5 warm-up).
-    "paper": dict(data_source="hc18", image_size=512, n_images=None, test_fraction=0.2, split_seed=0,
-                  epochs=20, batch_size=10, lr=1e-4, lr_decay=1.0, seeds=[0, 1, 2, 3], strategies="all",
-                  rotation_deg=25.0, hflip=0.5, vflip=0.1, input_norm="unit", amp=True,
-                  encoder_weights=NATURAL_WEIGHTS, freeze_bn=False, warmup_epochs=5, report="after_warmup"),
+    dict(
+        data_source="hc18",
+        image_size=512,
+        n_images=None,
+        test_fraction=0.2,
+        split_seed=0,
+        epochs=20,
+        batch_size=10,
+        lr=1e-4,
+        lr_decay=1.0,
+        seeds=[0, 1, 2, 3],
+        strategies="all",
+        rotation_deg=25.0,
+        hflip=0.5,
+        vflip=0.1,
+        input_norm="unit",
+        amp=True,
+        encoder_weights=NATURAL_WEIGHTS,
+        freeze_bn=False,
+        warmup_epochs=5,
+        report="after_warmup",
+    ),
     # Minutes on a 2-core CPU: small phantom images, few epochs, a larger step size.
-    "quick": dict(data_source="synthetic", image_size=64, n_images=80, test_fraction=0.2, split_seed=0,
-                  epochs=6, batch_size=8, lr=1e-3, lr_decay=1.0, seeds=[0, 1], strategies="all",
-                  rotation_deg=25.0, hflip=0.5, vflip=0.1, input_norm="unit", amp=True,
-                  encoder_weights=NATURAL_WEIGHTS, freeze_bn=False, warmup_epochs=3, report="after_warmup"),
+    quick=dict(
+        data_source="synthetic",
+        image_size=64,
+        n_images=80,
+        epochs=6,
+        batch_size=8,
+        lr=1e-3,
+        seeds=[0, 1],
+        warmup_epochs=3,
+    ),
     # Seconds, for tests: every strategy, one epoch, tiny images.
-    "smoke": dict(data_source="synthetic", image_size=32, n_images=12, test_fraction=0.25, split_seed=0,
-                  epochs=1, batch_size=4, lr=1e-3, lr_decay=1.0, seeds=[0], strategies="all",
-                  rotation_deg=25.0, hflip=0.5, vflip=0.1, input_norm="unit", amp=True,
-                  encoder_weights=NATURAL_WEIGHTS, freeze_bn=False, warmup_epochs=5, report="after_warmup"),
-}
+    smoke=dict(
+        data_source="synthetic",
+        image_size=32,
+        n_images=12,
+        test_fraction=0.25,
+        epochs=1,
+        batch_size=4,
+        lr=1e-3,
+        seeds=[0],
+    ),
+)
 REPORTS = ("after_warmup", "last")
 
 # Reported by Wang et al. on their 200 test images (%); None where the paper gives only a bar.
@@ -79,7 +110,7 @@ PAPER_RESULTS = pd.DataFrame(
 PAPER_NOTE = (
     "Paper values: decoder strategy PA 97.77, Dice 96.28, mIoU 92.87 (Conclusion); encoder-only "
     "Dice 96.22; baseline derived from the stated gains of +0.45 PA, +0.75 Dice, +1.4 mIoU. "
-    "The other strategies appear only as bars in Fig. 1c. The paper's \"mIoU\" is the head IoU "
+    'The other strategies appear only as bars in Fig. 1c. The paper\'s "mIoU" is the head IoU '
     "(the authors' check_accuracy), and its numbers average the per-epoch test scores of epochs 6-20."
 )
 
@@ -92,12 +123,12 @@ def study_params(profile: str = "quick", **given) -> dict:
         KeyError: an unknown strategy.
     """
     p = resolve_params(PROFILES, profile, **given)
-    if p["data_source"] not in ("synthetic", "hc18"):
-        raise ValueError(f"data_source must be 'synthetic' or 'hc18', got '{p['data_source']}'.")
+    check_choice(p, "data_source", ("synthetic", "hc18"))
     if p["image_size"] % 32:
-        raise ValueError(f"image_size must be a multiple of 32 (five 2x down-samplings), got {p['image_size']}.")
-    if p["report"] not in REPORTS:
-        raise ValueError(f"report must be one of {list(REPORTS)}, got '{p['report']}'.")
+        raise ValueError(
+            f"image_size must be a multiple of 32 (five 2x down-samplings), got {p['image_size']}."
+        )
+    check_choice(p, "report", REPORTS)
     TrainConfig(hflip=p["hflip"], vflip=p["vflip"], input_norm=p["input_norm"])  # checks the values
     p["seeds"] = [int(s) for s in np.atleast_1d(p["seeds"])]
     p["strategies"] = [s.name for s in resolve_strategies(p["strategies"])]
@@ -116,9 +147,25 @@ def load_data(p: dict) -> tuple[SegmentationSet, SegmentationSet]:
     return data.subset(train_idx), data.subset(test_idx)
 
 
-_RUN_KEYS = ("data_source", "image_size", "n_images", "test_fraction", "split_seed", "epochs", "batch_size",
-             "lr", "lr_decay", "rotation_deg", "hflip", "vflip", "input_norm", "amp", "encoder_weights",
-             "freeze_bn", "warmup_epochs")
+_RUN_KEYS = (
+    "data_source",
+    "image_size",
+    "n_images",
+    "test_fraction",
+    "split_seed",
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_decay",
+    "rotation_deg",
+    "hflip",
+    "vflip",
+    "input_norm",
+    "amp",
+    "encoder_weights",
+    "freeze_bn",
+    "warmup_epochs",
+)
 
 
 def run_params(p: dict, strategy: str, seed: int, data_fingerprint: str = "") -> dict:
@@ -126,9 +173,19 @@ def run_params(p: dict, strategy: str, seed: int, data_fingerprint: str = "") ->
     really be loaded (not only those asked for), the code version and a fingerprint of the data."""
     s = get_strategy(strategy)
     encoder = MODELS[s.model].get("encoder")
-    weights = encoder_weights_key(encoder, asked_weights(p, s)) if encoder and s.pretrained else "none/random"
-    return {**{k: p[k] for k in _RUN_KEYS}, "strategy": strategy, "seed": int(seed), "weights": weights,
-            "code_version": CODE_VERSION, "data_fingerprint": data_fingerprint}
+    weights = (
+        encoder_weights_key(encoder, asked_weights(p, s))
+        if encoder and s.pretrained
+        else "none/random"
+    )
+    return {
+        **{k: p[k] for k in _RUN_KEYS},
+        "strategy": strategy,
+        "seed": int(seed),
+        "weights": weights,
+        "code_version": CODE_VERSION,
+        "data_fingerprint": data_fingerprint,
+    }
 
 
 def asked_weights(p: dict, strategy: Strategy) -> str | None:
@@ -136,7 +193,9 @@ def asked_weights(p: dict, strategy: Strategy) -> str | None:
     (:func:`lus_common.models.torch_smp.choose_weights`), or None for the strategies without a pretrained
     encoder."""
     encoder = MODELS[strategy.model].get("encoder")
-    return choose_weights(encoder, p["encoder_weights"]) if encoder and strategy.pretrained else None
+    return (
+        choose_weights(encoder, p["encoder_weights"]) if encoder and strategy.pretrained else None
+    )
 
 
 def build_model(strategy: Strategy, encoder_weights, seed: int):
@@ -151,65 +210,118 @@ def build_model(strategy: Strategy, encoder_weights, seed: int):
         ``(model, WeightsInfo)``.
     """
     torch.manual_seed(seed)
-    model, info = create_model(strategy.model, asked_weights({"encoder_weights": encoder_weights}, strategy))
+    model, info = create_model(
+        strategy.model, asked_weights({"encoder_weights": encoder_weights}, strategy)
+    )
     return apply_strategy(model, strategy), info
 
 
 RUN_NAME_KEYS = ("strategy", "seed", "data_source", "image_size", "epochs")
 
 
-def run_one(p: dict, strategy: Strategy, seed: int, train: SegmentationSet, test: SegmentationSet,
-            device: torch.device, keep_predictions: int = 8) -> dict:
+def run_one(
+    p: dict,
+    strategy: Strategy,
+    seed: int,
+    train: SegmentationSet,
+    test: SegmentationSet,
+    device: torch.device,
+    keep_predictions: int = 8,
+) -> dict:
     """Train and evaluate one (strategy, seed), or reuse the stored run with the same parameters.
 
     Returns:
         The run as :func:`lus_common.store.results.load_run` gives it, plus ``"reused"``.
     """
-    rp = run_params(p, strategy.name, seed, train.info.get("fingerprint", ""))
-    folder = results.run_dir(STUDY, rp, name_keys=RUN_NAME_KEYS)
-    stored = results.reusable_run(folder, rp["weights"])
-    if stored is not None:
-        return stored
-    model, weights = build_model(strategy, p["encoder_weights"], seed)
-    rp, folder = results.settle_weights(STUDY, rp, weights.used, RUN_NAME_KEYS)
-    cfg = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], lr_decay=p["lr_decay"],
-                      rotation_deg=p["rotation_deg"], hflip=p["hflip"], vflip=p["vflip"], amp=p["amp"], seed=seed,
-                      input_norm=p["input_norm"])
-    # freeze_bn=False follows the authors' code (requires_grad off, model.train()): batch-norm
-    # statistics of frozen parts still adapt to the new data. True keeps the pretrained statistics.
-    frozen = frozen_modules(model) if p["freeze_bn"] else []
-    history = train_model(model, train.images, train.masks, cfg, device, test.images, test.masks, frozen=frozen)
-    probs = predict(model, test.images, p["batch_size"], device, p["amp"], p["input_norm"])
+    key = run_params(p, strategy.name, seed, train.info.get("fingerprint", ""))
+
+    def fit(model, weights, rp: dict) -> dict:
+        cfg = TrainConfig(
+            epochs=p["epochs"],
+            batch_size=p["batch_size"],
+            lr=p["lr"],
+            lr_decay=p["lr_decay"],
+            rotation_deg=p["rotation_deg"],
+            hflip=p["hflip"],
+            vflip=p["vflip"],
+            amp=p["amp"],
+            seed=seed,
+            input_norm=p["input_norm"],
+        )
+        # freeze_bn=False follows the authors' code (requires_grad off, model.train()): batch-norm
+        # statistics of frozen parts still adapt to the new data. True keeps the pretrained statistics.
+        frozen = frozen_modules(model) if p["freeze_bn"] else []
+        history = train_model(
+            model, train.images, train.masks, cfg, device, test.images, test.masks, frozen=frozen
+        )
+        probs = predict(model, test.images, p["batch_size"], device, p["amp"], p["input_norm"])
+        per_image = _per_image_scores(probs, test)
+        config = {
+            "study": STUDY,
+            "params": rp,
+            "profile": p["profile"],
+            "strategy_label": strategy.label,
+            "weights": weights.as_dict(),
+            "train_config": cfg.as_dict(),
+            "synthetic": train.synthetic,
+            "n_train": len(train),
+            "n_test": len(test),
+            "device": describe_device(device),
+            "environment": environment_info(),
+        }
+        arrays = {
+            "probs": results.encode_probabilities(probs[:keep_predictions]),
+            "index": np.arange(min(keep_predictions, len(test))),
+        }
+        metrics = _run_metrics(
+            p, per_image, pooled_scores(probs, test.masks, p["batch_size"]), history
+        )
+        metrics.update(trainable_params=trainable_parameters(model), weights_used=weights.used)
+        return {
+            "config": config,
+            "metrics": metrics,
+            "history": history,
+            "tables": {"per_image": per_image},
+            "arrays": arrays,
+        }
+
+    return cached_run(
+        STUDY, key, RUN_NAME_KEYS, lambda: build_model(strategy, p["encoder_weights"], seed), fit
+    )
+
+
+def _per_image_scores(probs: np.ndarray, test: SegmentationSet) -> pd.DataFrame:
+    """Per test image: PA, Dice, IoU, two-class mIoU, and the head circumference with its error."""
     per_image = segmentation_scores(probs, test.masks)
     per_image.insert(0, "id", test.ids)
     per_image["hc_true_mm"] = test.hc_mm
     per_image["hc_pred_mm"] = head_circumferences(probs > 0.5, test.spacing_mm)
     per_image["hc_error_mm"] = hc_absolute_error(per_image["hc_pred_mm"], test.hc_mm)
-    pooled = pooled_scores(probs, test.masks, p["batch_size"])
+    return per_image
+
+
+def _run_metrics(p: dict, per_image: pd.DataFrame, pooled: dict, history: pd.DataFrame) -> dict:
+    """A run's metrics: per image at the last epoch, and the authors' pooled definition at the last
+    epoch and averaged over the epochs after the warm-up."""
     warm = history[history["epoch"] > p["warmup_epochs"]]
-    metrics = {
+    return {
         **{k: float(per_image[k].mean()) for k in ("pixel_accuracy", "dice", "iou", "miou")},
-        # the authors' definition (check_accuracy: pooled per batch), last epoch and mean after warm-up
         **{f"{k}_pooled": v for k, v in pooled.items()},
-        **{f"{k}_pooled_after_warmup": float(warm[f"val_{c}_pooled"].mean()) if len(warm) else float("nan")
-           for k, c in (("pixel_accuracy", "pa"), ("dice", "dice"), ("iou", "iou"))},
+        **{
+            f"{k}_pooled_after_warmup": float(warm[f"val_{c}_pooled"].mean())
+            if len(warm)
+            else float("nan")
+            for k, c in (("pixel_accuracy", "pa"), ("dice", "dice"), ("iou", "iou"))
+        },
         "hc_error_mm": float(per_image["hc_error_mm"].mean()),
         "hc_failed": int(per_image["hc_pred_mm"].isna().sum()),
-        "trainable_params": trainable_parameters(model),
         "train_seconds": float(history["seconds"].sum()),
-        "weights_used": weights.used,
     }
-    config = {"study": STUDY, "params": rp, "profile": p["profile"], "strategy_label": strategy.label,
-              "weights": weights.as_dict(), "train_config": cfg.as_dict(), "synthetic": train.synthetic,
-              "n_train": len(train), "n_test": len(test), "device": describe_device(device),
-              "environment": environment_info()}
-    arrays = {"probs": (probs[:keep_predictions] * 255).round().astype(np.uint8),
-              "index": np.arange(min(keep_predictions, len(test)))}
-    results.save_run(folder, config, metrics, history, tables={"per_image": per_image}, arrays=arrays)
-    return {**results.load_run(folder), "reused": False}
 
 
-def run_study(p: dict, train: SegmentationSet, test: SegmentationSet, progress: bool = True) -> dict:
+def run_study(
+    p: dict, train: SegmentationSet, test: SegmentationSet, progress: bool = True
+) -> dict:
     """Every (strategy, seed) of the parameters, trained or reused.
 
     Returns:
@@ -218,19 +330,19 @@ def run_study(p: dict, train: SegmentationSet, test: SegmentationSet, progress: 
         "weights": {strategy: weights used}, "reused": count}``.
     """
     device = resolve_device(p.get("device", "auto"))
-    rows, histories, per_image, preds, weights, reused = [], [], [], {}, {}, 0
+    runs = Collector()
     jobs = [(s, seed) for s in resolve_strategies(p["strategies"]) for seed in p["seeds"]]
     for strategy, seed in tqdm(jobs, desc="runs", disable=not progress):
         run = run_one(p, strategy, seed, train, test, device)
-        reused += run["reused"]
-        rows.append({"strategy": strategy.name, "seed": seed, **run["metrics"], "reused": run["reused"]})
-        histories.append(run["history"].assign(strategy=strategy.name, seed=seed))
-        per_image.append(run["per_image"].assign(strategy=strategy.name, seed=seed))
-        preds.setdefault(strategy.name, run["arrays"]["probs"].astype(np.float32) / 255)
-        weights[strategy.name] = run["config"]["weights"]
-    return {"runs": pd.DataFrame(rows), "histories": pd.concat(histories, ignore_index=True),
-            "per_image": pd.concat(per_image, ignore_index=True), "predictions": preds,
-            "weights": weights, "reused": reused, "device": describe_device(device)}
+        labels = {"strategy": strategy.name, "seed": seed}
+        runs.add(
+            run,
+            labels,
+            main=labels,
+            name=strategy.name,
+            predictions=lambda arrays: results.decode_probabilities(arrays["probs"]),
+        )
+    return runs.result(device=describe_device(device))
 
 
 def summary_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
@@ -243,23 +355,40 @@ def summary_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     at the last epoch: the two-class mIoU (head and background) and the HC error over the images
     where an ellipse could be fitted ("HC fit failures" counts empty predicted masks, over all seeds).
     """
-    when = f"epochs {p['warmup_epochs'] + 1}-{p['epochs']}" if _after_warmup(p) else f"epoch {p['epochs']}"
+    when = (
+        f"epochs {p['warmup_epochs'] + 1}-{p['epochs']}"
+        if _after_warmup(p)
+        else f"epoch {p['epochs']}"
+    )
     pa, dice, iou = (report_column(p, m) for m in ("pixel_accuracy", "dice", "iou"))
     cols = [pa, dice, iou, "miou", "hc_error_mm"]
     ms = mean_std(runs, "strategy", cols)
     table = pd.DataFrame(index=ms.index)
-    table["trainable params"] = runs.groupby("strategy", sort=False)["trainable_params"].first().map("{:,}".format)
+    table["trainable params"] = (
+        runs.groupby("strategy", sort=False)["trainable_params"].first().map("{:,}".format)
+    )
     # the weights' name; the source (local file, hub, ...) is in the runs and in the note above the table
-    table["weights"] = runs.groupby("strategy", sort=False)["weights_used"].first().map(
-        lambda used: used if used.startswith("none") else used.split(" (")[0])
+    table["weights"] = (
+        runs.groupby("strategy", sort=False)["weights_used"]
+        .first()
+        .map(lambda used: used if used.startswith("none") else used.split(" (")[0])
+    )
     paper = PAPER_RESULTS.reindex(ms.index)
-    for col, name, paper_col in [(pa, "PA %", "paper_pa"), (dice, "Dice %", "paper_dice"),
-                                 (iou, "head IoU %", "paper_miou")]:
-        table[f"{name} ({when})"] = [format_mean_std(m, s, 100) for m, s in zip(ms[f"{col}_mean"], ms[f"{col}_std"])]
+    for col, name, paper_col in [
+        (pa, "PA %", "paper_pa"),
+        (dice, "Dice %", "paper_dice"),
+        (iou, "head IoU %", "paper_miou"),
+    ]:
+        table[f"{name} ({when})"] = [
+            format_mean_std(m, s, 100) for m, s in zip(ms[f"{col}_mean"], ms[f"{col}_std"])
+        ]
         table[f"paper {name}"] = paper[paper_col]
     table["extra: 2-class mIoU % (last epoch, per image)"] = [
-        format_mean_std(m, s, 100) for m, s in zip(ms["miou_mean"], ms["miou_std"])]
-    table["HC error mm"] = [format_mean_std(m, s, 1) for m, s in zip(ms["hc_error_mm_mean"], ms["hc_error_mm_std"])]
+        format_mean_std(m, s, 100) for m, s in zip(ms["miou_mean"], ms["miou_std"])
+    ]
+    table["HC error mm"] = [
+        format_mean_std(m, s, 1) for m, s in zip(ms["hc_error_mm_mean"], ms["hc_error_mm_std"])
+    ]
     table["HC fit failures"] = runs.groupby("strategy", sort=False)["hc_failed"].sum()
     table["seeds"] = ms["n"]
     return table.fillna("–")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from lus_common.config.registry import lookup
+
 
 @dataclass(frozen=True)
 class Strategy:
@@ -40,23 +42,51 @@ ALL_BLOCKS = (0, 1, 2, 3, 4)
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in [
-        Strategy("baseline", "U-Net baseline (scratch, all trainable)", "unet", False, True, (), True),
-        Strategy("decoder", "Decoder (blocks 0-4) trainable", "unet_mobilenet_v2", True, False, ALL_BLOCKS, True),
+        Strategy(
+            "baseline", "U-Net baseline (scratch, all trainable)", "unet", False, True, (), True
+        ),
+        Strategy(
+            "decoder",
+            "Decoder (blocks 0-4) trainable",
+            "unet_mobilenet_v2",
+            True,
+            False,
+            ALL_BLOCKS,
+            True,
+        ),
         Strategy("encoder", "Encoder only trainable", "unet_mobilenet_v2", True, True, ()),
         Strategy("d0", "Decoder block 0 trainable", "unet_mobilenet_v2", True, False, (0,)),
         Strategy("d01", "Decoder blocks 0,1 trainable", "unet_mobilenet_v2", True, False, (0, 1)),
-        Strategy("d012", "Decoder blocks 0,1,2 trainable", "unet_mobilenet_v2", True, False, (0, 1, 2)),
-        Strategy("d234", "Decoder blocks 2,3,4 trainable", "unet_mobilenet_v2", True, False, (2, 3, 4)),
+        Strategy(
+            "d012", "Decoder blocks 0,1,2 trainable", "unet_mobilenet_v2", True, False, (0, 1, 2)
+        ),
+        Strategy(
+            "d234", "Decoder blocks 2,3,4 trainable", "unet_mobilenet_v2", True, False, (2, 3, 4)
+        ),
         Strategy("d4", "Decoder block 4 trainable", "unet_mobilenet_v2", True, False, (4,)),
-        Strategy("decoder_random", "Decoder trainable, random frozen encoder (Fig. 1c Mobilenet_v2*)",
-                 "unet_mobilenet_v2", False, False, ALL_BLOCKS, True),
+        Strategy(
+            "decoder_random",
+            "Decoder trainable, random frozen encoder (Fig. 1c Mobilenet_v2*)",
+            "unet_mobilenet_v2",
+            False,
+            False,
+            ALL_BLOCKS,
+            True,
+        ),
     ]
 }
 
 # The paper's Fig. 1b/1c trainable-parameter figures, to the authors' rounding.
 PAPER_TRAINABLE = {
-    "baseline": 31e6, "decoder": 4.4e6, "encoder": 2.22e6, "d0": 3.76e6,
-    "d01": 4.24e6, "d012": 4.36e6, "d234": 0.164e6, "d4": 6976, "decoder_random": 4.4e6,
+    "baseline": 31e6,
+    "decoder": 4.4e6,
+    "encoder": 2.22e6,
+    "d0": 3.76e6,
+    "d01": 4.24e6,
+    "d012": 4.36e6,
+    "d234": 0.164e6,
+    "d4": 6976,
+    "decoder_random": 4.4e6,
 }
 
 
@@ -66,9 +96,7 @@ def get_strategy(name: str) -> Strategy:
     Raises:
         KeyError: listing the known strategies.
     """
-    if name not in STRATEGIES:
-        raise KeyError(f"Unknown strategy '{name}'. Known strategies: {list(STRATEGIES)}")
-    return STRATEGIES[name]
+    return lookup(STRATEGIES, name, "strategy")
 
 
 def resolve_strategies(names) -> list[Strategy]:

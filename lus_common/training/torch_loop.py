@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from lus_common.config.registry import lookup
 from lus_common.evaluation.metrics import pooled_scores, segmentation_scores
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,31 +36,37 @@ class TrainConfig:
     vflip: float = 0.0  # probability of a vertical flip (True: 0.5)
     amp: bool = True  # bf16 autocast, on CUDA only
     seed: int = 0
-    input_norm: str = "imagenet"  # "imagenet" (mean/std) or "unit" (grey in [0, 1], the HC18 authors')
+    input_norm: str = (
+        "imagenet"  # "imagenet" (mean/std) or "unit" (grey in [0, 1], the HC18 authors')
+    )
 
     def __post_init__(self):
         for name in ("hflip", "vflip"):
             value = getattr(self, name)
-            setattr(self, name, (0.5 if value else 0.0) if isinstance(value, bool) else float(value))
-        if self.input_norm not in INPUT_NORMS:
-            raise ValueError(f"input_norm must be one of {list(INPUT_NORMS)}, got '{self.input_norm}'.")
+            setattr(
+                self, name, (0.5 if value else 0.0) if isinstance(value, bool) else float(value)
+            )
+        lookup(INPUT_NORMS, self.input_norm, "input_norm", error=ValueError)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def to_input(images: np.ndarray, device: torch.device | str = "cpu", norm: str = "imagenet") -> torch.Tensor:
+def to_input(
+    images: np.ndarray, device: torch.device | str = "cpu", norm: str = "imagenet"
+) -> torch.Tensor:
     """Grey images (N, H, W) in [0, 1] to a 3-channel batch (N, 3, H, W).
 
     The grey channel is repeated and, with ``norm="imagenet"``, normalised with ImageNet statistics,
     as smp's pretrained encoders expect; ``norm="unit"`` keeps [0, 1] (the HC18 authors'
     ``A.Normalize(mean=0, std=1)``). The scratch U-Net gets the same input so models compare fairly.
     """
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)[:, None].expand(-1, 3, -1, -1)
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)[:, None].expand(
+        -1, 3, -1, -1
+    )
     if norm == "unit":
         return x.contiguous()
-    if norm != "imagenet":
-        raise ValueError(f"norm must be one of {list(INPUT_NORMS)}, got '{norm}'.")
+    lookup(INPUT_NORMS, norm, "input_norm", error=ValueError)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
@@ -86,15 +93,26 @@ def augment(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Gener
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-2), x)
         y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-2), y)
     if cfg.rotation_deg > 0:
-        angle = (torch.rand(n, device=x.device, generator=gen) * 2 - 1) * math.radians(cfg.rotation_deg)
+        angle = (torch.rand(n, device=x.device, generator=gen) * 2 - 1) * math.radians(
+            cfg.rotation_deg
+        )
         cos, sin = torch.cos(angle), torch.sin(angle)
         zero = torch.zeros_like(cos)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        theta = torch.stack(
+            [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1
+        )
         grid = F.affine_grid(theta, list(x.shape), align_corners=False).to(x.dtype)
         # Pixels rotated in from outside take the value of black in normalised units.
         fill = x.amin(dim=(2, 3), keepdim=True)
-        x = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
-        y = F.grid_sample(y, grid.to(y.dtype), mode="nearest", padding_mode="zeros", align_corners=False)
+        x = (
+            F.grid_sample(
+                x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+            + fill
+        )
+        y = F.grid_sample(
+            y, grid.to(y.dtype), mode="nearest", padding_mode="zeros", align_corners=False
+        )
     return x, y
 
 
@@ -114,14 +132,20 @@ def _place(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, batch_size: int = 16,
-            device: torch.device | str = "cpu", amp: bool = True, input_norm: str = "imagenet") -> np.ndarray:
+def predict(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    input_norm: str = "imagenet",
+) -> np.ndarray:
     """Foreground probabilities (N, H, W) of a binary model, in eval mode."""
     device = torch.device(device)
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = to_input(images[start:start + batch_size], device, input_norm)
+        x = to_input(images[start : start + batch_size], device, input_norm)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
@@ -129,10 +153,17 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 16,
     return torch.cat(out).numpy()
 
 
-def train_model(model: nn.Module, train_images: np.ndarray, train_masks: np.ndarray, cfg: TrainConfig,
-                device: torch.device | str = "cpu", val_images: np.ndarray | None = None,
-                val_masks: np.ndarray | None = None, frozen: list[nn.Module] = (),
-                progress: bool = False) -> pd.DataFrame:
+def train_model(
+    model: nn.Module,
+    train_images: np.ndarray,
+    train_masks: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+    val_images: np.ndarray | None = None,
+    val_masks: np.ndarray | None = None,
+    frozen: list[nn.Module] = (),
+    progress: bool = False,
+) -> pd.DataFrame:
     """Train a binary segmentation model in place.
 
     Args:
@@ -175,7 +206,7 @@ def train_model(model: nn.Module, train_images: np.ndarray, train_masks: np.ndar
         total = torch.zeros((), device=device)
         seen = 0
         for i in range(0, n, cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
+            idx = order[i : i + cfg.batch_size]
             if len(idx) < 2:  # batch norm cannot train on a single image; it is seen next epoch
                 continue
             x = x_all[idx.to(x_all.device)].to(device, non_blocking=True)
@@ -193,15 +224,20 @@ def train_model(model: nn.Module, train_images: np.ndarray, train_masks: np.ndar
         row = {"epoch": epoch, "train_loss": total.item() / seen, "lr": scheduler.get_last_lr()[0]}
         scheduler.step()
         if val_images is not None:
-            row.update(evaluate_loss_dice(model, val_images, val_masks, cfg.batch_size, device, cfg.amp,
-                                          cfg.input_norm))
+            row.update(
+                evaluate_loss_dice(
+                    model, val_images, val_masks, cfg.batch_size, device, cfg.amp, cfg.input_norm
+                )
+            )
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 @torch.no_grad()
-def evaluate_loss_dice(model, images, masks, batch_size, device, amp=True, input_norm="imagenet") -> dict:
+def evaluate_loss_dice(
+    model, images, masks, batch_size, device, amp=True, input_norm="imagenet"
+) -> dict:
     """BCE loss, mean per-image Dice and the authors' batch-pooled PA/Dice/IoU (threshold 0.5) on a
     held-out set, in eval mode."""
     probs = predict(model, images, batch_size, device, amp, input_norm)
@@ -209,5 +245,8 @@ def evaluate_loss_dice(model, images, masks, batch_size, device, amp=True, input
     t = torch.as_tensor(np.asarray(masks, dtype=np.float32))
     loss = F.binary_cross_entropy(p, t).item()
     pooled = pooled_scores(probs, masks, batch_size)
-    return {"val_loss": loss, "val_dice": float(segmentation_scores(probs, masks)["dice"].mean()),
-            **{f"val_{k if k != 'pixel_accuracy' else 'pa'}_pooled": v for k, v in pooled.items()}}
+    return {
+        "val_loss": loss,
+        "val_dice": float(segmentation_scores(probs, masks)["dice"].mean()),
+        **{f"val_{k if k != 'pixel_accuracy' else 'pa'}_pooled": v for k, v in pooled.items()},
+    }
