@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test install weights bench clean
+.PHONY: book test lint install weights bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ weights: $(STAMP)
 book: weights
 	$(BIN)/lus book --profile quick
 
-test: weights
+# ruff (configured in pyproject.toml: line length 100, notebooks included): a lint error fails the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint weights
 	$(BIN)/python -m pytest -ra
 
 bench: $(STAMP)

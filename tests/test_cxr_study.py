@@ -1,4 +1,5 @@
-"""The chest X-ray study's pieces: Dice loss, parameters, splits, and the recorded reference runs."""
+"""The chest X-ray study's pieces: Dice loss, parameters, splits,
+and the recorded reference runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""HC18 loader (fixture in the official outline format; real files when present), phantom, splits."""
+"""HC18 loader (fixture in the official outline format; real files when present), phantom,
+splits."""
 
 import shutil
 

@@ -1,4 +1,5 @@
-"""Keras 3 (torch backend) models of the chest X-ray study: parameter counts, weights, batch norm."""
+"""Keras 3 (torch backend) models of the chest X-ray study: parameter counts, weights, batch
+norm."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from lus_common.models import keras_unets as km
 
 def test_torch_side_never_imports_keras():
     code = (
-        "import sys; import lus_common.models.torch_smp, lus_common.training.torch_loop, lus_common.studies.s4_hc18_strategies, lus_common.evaluation.metrics, "
-        "lus_common.phantoms, lus_common.app.runner, lus_common.app.cli, lus_common.data.shenzhen, lus_common.models.keras_unets; "
+        "import sys; import lus_common.models.torch_smp, lus_common.training.torch_loop, "
+        "lus_common.studies.s4_hc18_strategies, lus_common.evaluation.metrics, "
+        "lus_common.phantoms, lus_common.app.runner, lus_common.app.cli, lus_common.data.shenzhen, "
+        "lus_common.models.keras_unets; "
         "print('keras' in sys.modules)"
     )
     out = subprocess.run(
@@ -27,7 +30,8 @@ def test_keras_runs_on_torch():
     assert km.keras().backend.backend() == "torch"
 
 
-# The authors' model.summary() totals (Kim, MainQuest/Quest02/Quest02.ipynb), BN layers and input channels.
+# The authors' model.summary() totals (Kim, MainQuest/Quest02/Quest02.ipynb), BN layers and input
+# channels.
 @pytest.mark.parametrize(
     "name, expected, bn, channels",
     [
@@ -83,7 +87,8 @@ def test_same_architecture_controls(name, norm, expected):
 
 
 def test_bn_momentum_changes_only_the_moving_statistics():
-    """Two trainings that differ only in momentum take the same gradient steps (the chapter says so)."""
+    """Two trainings that differ only in momentum take the same gradient steps (the chapter says
+    so)."""
     k = km.keras()
     rng = np.random.default_rng(0)
     x = rng.random((8, 32, 32, 1)).astype(np.float32)

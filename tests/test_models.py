@@ -109,3 +109,11 @@ def test_a_damaged_local_weight_file_is_a_clear_error(empty_data_dir):
         ValueError, match="mobilenet_v2.imagenet.safetensors could not be loaded.*Replace it"
     ):
         create_model("unet_mobilenet_v2", encoder_weights="imagenet")
+
+
+def test_smp_pretrained_settings_name_the_hub_files():
+    from lus_common.models.weights import smp_pretrained_settings
+
+    settings = smp_pretrained_settings("mobilenet_v2")
+    assert "imagenet" in settings and settings["imagenet"]["repo_id"].startswith("smp-hub/")
+    assert settings["imagenet"]["revision"]  # a pinned revision, as smp downloads it

@@ -41,7 +41,8 @@ def test_mean_std_and_format():
 
 
 def test_paired_comparison_sees_what_an_unpaired_test_misses():
-    """Strategies scored on the same test images: a small, consistent shift on very different images."""
+    """Strategies scored on the same test images: a small, consistent shift on very different
+    images."""
     rng = np.random.default_rng(0)
     base = rng.uniform(0.5, 0.95, 20)  # image difficulty varies a lot
     df = pd.DataFrame(

@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 import torch
 
@@ -96,3 +97,27 @@ def test_unknown_strategy_lists_known():
 def test_head_parameters():
     # a 3x3 convolution from 16 decoder channels to 1 class, with its bias
     assert head_parameters() == 16 * 9 + 1 == 145
+
+
+def test_findings_are_generated_from_the_runs_and_the_paper():
+    p = hc18_study.study_params("quick")
+    col = hc18_study.report_column(p)
+    dice = {"baseline": [0.90, 0.92], "decoder": [0.95, 0.97], "decoder_random": [0.80, 0.82]}
+    runs = pd.DataFrame(
+        [
+            {"strategy": s, "seed": i, col: d, "weights_used": "imagenet-dogs160 (local file x)"}
+            for s, values in dice.items()
+            for i, d in enumerate(values)
+        ]
+    )
+    runs.loc[runs.strategy != "decoder", "weights_used"] = "none/random"
+    weights = {s: {"used": u} for s, u in zip(runs.strategy, runs.weights_used)}
+    text = "\n".join(hc18_study.findings(runs, p, "SYNTHETIC phantom", weights))
+    assert "Best mean Dice: **decoder** (96.00 %)" in text
+    assert "paper's best is the decoder strategy (96.28 %)" in text
+    assert "minus baseline: +5.00 Dice points (paper: +0.75)" in text  # 96.28 - 95.53
+    assert "pretrained (imagenet-dogs160 (local file x)) vs random: 96.00 % vs 81.00 %" in text
+    assert "encoder-only" not in text  # no encoder runs, no sentence about them
+    runs["weights_used"] = "none/random"  # nothing pretrained: the page says the test is not made
+    text = "\n".join(hc18_study.findings(runs, p, "SYNTHETIC phantom", weights))
+    assert "comparison that measures transfer is not made" in text

@@ -86,7 +86,8 @@ def test_study_params_validate():
         20,
         4,
     )
-    # The authors' augmentation and input scaling; the eight strategies and the random-encoder control.
+    # The authors' augmentation and input scaling; the eight strategies and the random-encoder
+    # control.
     assert (p["rotation_deg"], p["hflip"], p["vflip"], p["input_norm"]) == (25, 0.5, 0.1, "unit")
     assert len(p["strategies"]) == 9 and p["strategies"][-1] == "decoder_random"
     assert (p["warmup_epochs"], p["report"]) == (5, "after_warmup")

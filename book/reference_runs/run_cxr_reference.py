@@ -7,7 +7,8 @@ store when it already ran. ``cxr_overfitting_shenzhen.json`` is then written fro
 *all* the jobs named, with this command line as its provenance::
 
     LUS_DATA_DIR=../shared/data python book/reference_runs/run_cxr_reference.py \
-        --jobs unet:batch:0.99 unet:batch:0.9 unet:group:0.99 resnet50_unet:batch:0.99 --device "2-core CPU"
+        --jobs unet:batch:0.99 unet:batch:0.9 unet:group:0.99 resnet50_unet:batch:0.99 \
+        --device "2-core CPU"
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def main(argv=None) -> int:
             m = run["metrics"]
             print(
                 f"{model} {norm} {momentum} seed {seed}: {state}; test Dice (paper's definition) "
-                f"{m['test_dice_keras']:.3f}, inference {m['test_dice_inference']:.3f}, training mode "
-                f"{m['test_dice_training']:.3f}; weights {m['weights_used']}",
+                f"{m['test_dice_keras']:.3f}, inference {m['test_dice_inference']:.3f}, "
+                f"training mode {m['test_dice_training']:.3f}; weights {m['weights_used']}",
                 flush=True,
             )
             folders.append(run["folder"])
@@ -76,8 +77,9 @@ def main(argv=None) -> int:
         )
         what = (
             f"Reference runs of the CXR study on the real Shenzhen images with the authors' setup "
-            f"(the paper profile: {p['image_size']} px, {p['n_train']}/{p['n_val']}/{p['n_test']} split, "
-            f"{p['epochs']} epochs, batch {p['batch_size']}, Adam {p['lr']:g}, Dice loss, one 2-98 % "
+            f"(the paper profile: {p['image_size']} px, "
+            f"{p['n_train']}/{p['n_val']}/{p['n_test']} split, {p['epochs']} epochs, "
+            f"batch {p['batch_size']}, Adam {p['lr']:g}, Dice loss, one 2-98 % "
             f"stretch over the set), seed(s) {', '.join(map(str, args.seeds))}, on a {args.device}."
         )
         path = cs.export_reference(folders, what, command, args.device)

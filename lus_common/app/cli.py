@@ -1,4 +1,5 @@
-"""The ``lus`` command: ``lus run``, ``lus book``, ``lus bench``, ``lus data``, ``lus weights``, ``lus studies``."""
+"""The ``lus`` command: ``lus run``, ``lus book``, ``lus bench``, ``lus data``, ``lus weights``,
+``lus studies``."""
 
 from __future__ import annotations
 
@@ -107,7 +108,8 @@ def _cmd_weights(args) -> int:
     else:
         for row in weights.list_status():
             print(
-                f"{row['name']}\t{row['encoder']}\t{'present' if row['present'] else 'missing'}\t{row['path']}"
+                f"{row['name']}\t{row['encoder']}\t"
+                f"{'present' if row['present'] else 'missing'}\t{row['path']}"
             )
     return 0
 

@@ -135,10 +135,11 @@ def build_book(book_dir: Path = BOOK, output_dir: Path | None = None) -> Path:
     ]
     if missing:
         raise FileNotFoundError(
-            f"Executed notebooks missing in {book_dir / 'chapters'}: {missing}. Run `lus run <study>` "
-            "for each, or `lus book`, which runs them all."
+            f"Executed notebooks missing in {book_dir / 'chapters'}: {missing}. "
+            "Run `lus run <study>` for each, or `lus book`, which runs them all."
         )
-    # plotly.js once for the whole book: jupyter-book loads every .js file in _static/ on every page.
+    # plotly.js once for the whole book: jupyter-book loads every .js file in _static/ on
+    # every page.
     static = book_dir / "_static"
     static.mkdir(exist_ok=True)
     shutil.copyfile(plotly_js_path(), static / "plotly.min.js")

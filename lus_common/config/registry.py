@@ -1,5 +1,6 @@
 """One way to look a name up: every registry of the package (studies, models, strategies, weights,
-datasets, profiles, norms, ...) answers an unknown name with the same message, listing the options."""
+datasets, profiles, norms, ...) answers an unknown name with the same message, listing the
+options."""
 
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ estimated per level, from that level's diagonal sub-band by the median absolute 
 (Johnstone & Silverman 1997), not once from the finest level as for white noise. Threshold rules:
 
 - ``"BayesShrink"``: per sub-band ``T = sigma_noise^2 / sigma_signal`` (Chang, Yu & Vetterli 2000);
-- ``"VisuShrink"``: the universal threshold ``sigma_noise * sqrt(2 ln n)`` (Donoho & Johnstone 1994).
+- ``"VisuShrink"``: the universal threshold ``sigma_noise * sqrt(2 ln n)`` (Donoho & Johnstone
+  1994).
 
 Defaults (sym4, 4 levels, VisuShrink, hard thresholding, cycle spinning over 4 x 4 shifts) were
 chosen on the lung phantom, where they raise the speckle SNR of homogeneous regions by 1.6-2.3x
@@ -124,7 +125,8 @@ def shrink_details(
 
 
 def speckle_snr(values: np.ndarray) -> float:
-    """Speckle signal-to-noise ratio ``mean / std`` of a homogeneous region (1.91 for Rayleigh speckle)."""
+    """Speckle signal-to-noise ratio ``mean / std`` of a homogeneous region (1.91 for Rayleigh
+    speckle)."""
     values = np.asarray(values, dtype=np.float64)
     return float(values.mean() / values.std())
 

@@ -42,7 +42,9 @@ REGISTRY: dict[str, Dataset] = {
     "hc18": Dataset(
         name="hc18",
         description="HC18 Grand Challenge: 999 labelled fetal head ultrasound images, 800x540.",
-        citation="van den Heuvel et al., PLoS One 13(8):e0200412, 2018; Zenodo 10.5281/zenodo.1327317",
+        citation=(
+            "van den Heuvel et al., PLoS One 13(8):e0200412, 2018; Zenodo 10.5281/zenodo.1327317"
+        ),
         files={
             "training_set.zip": RemoteFile(
                 "https://zenodo.org/records/1327317/files/training_set.zip?download=1",
@@ -56,9 +58,15 @@ REGISTRY: dict[str, Dataset] = {
         },
         # Images known byte-identical to the release (../shared/data/MANIFEST.sha256).
         content_sha256={
-            "training_set/000_HC.png": "c530210f08e49a7e348075b59b90008586a856271bb472061ab043b1ba2a3715",
-            "training_set/001_HC.png": "f468235ce4a2a778d5340c550e18fc2de6b50936a19cadac3679d075654e5b2f",
-            "training_set/014_2HC.png": "5cba2cedad1b6ac1ec16484afc85409aa9e7269d361a49ffc4f6934111ccf691",
+            "training_set/000_HC.png": (
+                "c530210f08e49a7e348075b59b90008586a856271bb472061ab043b1ba2a3715"
+            ),
+            "training_set/001_HC.png": (
+                "f468235ce4a2a778d5340c550e18fc2de6b50936a19cadac3679d075654e5b2f"
+            ),
+            "training_set/014_2HC.png": (
+                "5cba2cedad1b6ac1ec16484afc85409aa9e7269d361a49ffc4f6934111ccf691"
+            ),
         },
     ),
     "shenzhen_cxr": Dataset(
@@ -69,7 +77,8 @@ REGISTRY: dict[str, Dataset] = {
         manual=(
             "Images: https://data.lhncbc.nlm.nih.gov/public/Tuberculosis-Chest-X-ray-Datasets/"
             "Shenzhen-Hospital-CXR-Set/index.html ; masks: the Kaggle set 'Chest X-ray masks and "
-            "labels' (login needed). Place them as shenzhen_cxr/images/*.png and shenzhen_cxr/masks/*.png."
+            "labels' (login needed). Place them as shenzhen_cxr/images/*.png and "
+            "shenzhen_cxr/masks/*.png."
         ),
     ),
 }

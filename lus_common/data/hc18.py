@@ -56,8 +56,8 @@ def fill_outline(outline: np.ndarray) -> np.ndarray:
     """Fill a closed ellipse outline (the released annotation) into a solid 0/1 mask.
 
     An outline cut by the image border (the head leaves the frame: HC18 images 186, 346, 787) is not
-    closed, and filling its holes would leave only the drawn ring; such an outline is filled with the
-    ellipse fitted to its pixels, clipped to the image.
+    closed, and filling its holes would leave only the drawn ring; such an outline is filled with
+    the ellipse fitted to its pixels, clipped to the image.
 
     Args:
         outline: 2-D array, non-zero on the drawn outline.
@@ -90,7 +90,8 @@ def read_mask(image_path: Path) -> np.ndarray:
     if outline.is_file():
         return fill_outline(np.asarray(read_grey(outline)) > 127)
     raise FileNotFoundError(
-        f"No mask for {image_path.name}: expected {filled.name} (filled) or {outline.name} (outline)."
+        f"No mask for {image_path.name}: expected {filled.name} (filled) or "
+        f"{outline.name} (outline)."
     )
 
 

@@ -82,7 +82,8 @@ def load_image_mask_folders(
 def load_weizmann_horse(
     root: Path | None = None, image_size: int = 256, limit: int | None = None
 ) -> SegmentationSet:
-    """The Weizmann Horse set (``gray/`` + ``figure_ground/``), default ``$LUS_DATA_DIR/weizmann_horse``."""
+    """The Weizmann Horse set (``gray/`` + ``figure_ground/``), default
+    ``$LUS_DATA_DIR/weizmann_horse``."""
     root = Path(root) if root is not None else dataset_dir("weizmann_horse")
     return load_image_mask_folders(
         root / "gray", root / "figure_ground", image_size, limit, "weizmann_horse"

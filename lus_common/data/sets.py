@@ -158,10 +158,11 @@ def read_grey(path: Path):
 def read_image_mask(
     image_path: Path, mask_path: Path, image_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One grey image and its binary mask (threshold 127), resized to ``image_size`` x ``image_size``.
+    """One grey image and its binary mask (threshold 127), resized to ``image_size`` x
+    ``image_size``.
 
-    The image is resized bilinearly to [0, 1] float32; the mask is thresholded first, then resized by
-    nearest neighbour, so it stays binary.
+    The image is resized bilinearly to [0, 1] float32; the mask is thresholded first, then resized
+    by nearest neighbour, so it stays binary.
 
     Raises:
         ValueError: the image and its mask differ in size.

@@ -44,7 +44,8 @@ def load_shenzhen(
         limit: keep the first ``limit`` pairs (sorted by name).
 
     Returns:
-        A real :class:`SegmentationSet` (images in [0, 1], grey); ``meta["abnormal"]`` from the name.
+        A real :class:`SegmentationSet` (images in [0, 1], grey); ``meta["abnormal"]`` from the
+        name.
 
     Raises:
         FileNotFoundError: no dataset, no image folder, or no image with a mask.
@@ -55,8 +56,8 @@ def load_shenzhen(
     mask_dir = next((root / d for d in ("masks", "mask") if (root / d).is_dir()), None)
     if image_dir is None or mask_dir is None:
         raise FileNotFoundError(
-            f"{root} is not a Shenzhen folder: expected images/ + masks/ (Chest X-ray masks and labels) or "
-            "CXR_png/ + masks/ with _mask suffixes (NLM release)."
+            f"{root} is not a Shenzhen folder: expected images/ + masks/ (Chest X-ray masks and "
+            "labels) or CXR_png/ + masks/ with _mask suffixes (NLM release)."
         )
     pairs, skipped = [], 0
     for path in sorted(image_dir.glob("CHNCXR_*.png")):

@@ -3,8 +3,8 @@
 Two definitions, kept apart because papers differ:
 
 - :func:`segmentation_scores`: per image, then means: pixel accuracy (PA), Dice, IoU of the
-  foreground (head), and ``miou``, the mean of foreground and background IoU (the two-class mIoU that
-  the HC18 paper's text defines, but not what its code computes);
+  foreground (head), and ``miou``, the mean of foreground and background IoU (the two-class mIoU
+  that the HC18 paper's text defines, but not what its code computes);
 - :func:`pooled_scores`: the HC18 authors' ``check_accuracy``: Dice and foreground IoU pooled over
   the pixels of each batch, then averaged over batches; PA over all pixels. Their "mIoU" is this
   foreground (head) IoU.

@@ -90,7 +90,8 @@ def welch_t(a, b) -> dict:
 def friedman_wilcoxon(
     df: pd.DataFrame, group: str, value: str, block: str
 ) -> tuple[dict, pd.DataFrame]:
-    """Paired comparison of groups measured on the same blocks (e.g. strategies on the same test images).
+    """Paired comparison of groups measured on the same blocks (e.g. strategies on the same test
+    images).
 
     Scores of one block and group (several seeds) are averaged first. Friedman's test across groups,
     then Wilcoxon's signed-rank test for every pair, with Holm's step-down correction.

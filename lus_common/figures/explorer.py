@@ -1,7 +1,7 @@
 """An ipywidgets explorer for JupyterLab: image slider, threshold slider, strategy choice, overlay.
 
-The static book cannot run widgets; there the plotly slider of :func:`lus_common.figures.plots.overlay_slider`
-plays the same role.
+The static book cannot run widgets; there the plotly slider of
+:func:`lus_common.figures.plots.overlay_slider` plays the same role.
 """
 
 from __future__ import annotations

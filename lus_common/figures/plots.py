@@ -12,18 +12,24 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from skimage.segmentation import find_boundaries
 
+from lus_common.store.environment import environment_line
+
 TRUTH_RGB = (0, 220, 0)
 PRED_RGB = (255, 40, 40)
 BOOK_RENDERER = "lus_book"
 
 
-def notebook_setup() -> None:
-    """Make plotly figures work in JupyterLab and in the book, offline, with plotly.js once per book.
+def notebook_setup(packages=("numpy", "pandas"), device: str | None = None) -> None:
+    """Set up a chapter: plotly figures that work in JupyterLab and in the book, offline, with
+    plotly.js once per book; then print the environment line (versions of ``packages``, and the
+    device) that every Setup cell shows
+    (:func:`lus_common.store.environment.environment_line`).
 
     Each figure's output carries the plotly mimetype (drawn by JupyterLab's plotly extension) and an
     HTML ``div`` with the figure's data that calls ``Plotly.newPlot``. The HTML carries neither
     plotly.js nor MathJax: the book loads plotly.js once, from its own ``_static/plotly.min.js``
-    (:func:`lus_common.app.runner.build_book` puts it there), so pages stay small and need no network.
+    (:func:`lus_common.app.runner.build_book` puts it there), so pages stay small and need no
+    network.
     """
     import plotly.io as pio
     from plotly.io.base_renderers import MimetypeRenderer
@@ -41,10 +47,12 @@ def notebook_setup() -> None:
 
     pio.renderers[BOOK_RENDERER] = BookRenderer()
     pio.renderers.default = f"plotly_mimetype+{BOOK_RENDERER}"
+    print(environment_line(packages, device))
 
 
 def plotly_js_path():
-    """The plotly.js bundled with the installed plotly package (the one the figures were made for)."""
+    """The plotly.js bundled with the installed plotly package (the one the figures were made
+    for)."""
     from pathlib import Path
 
     import plotly
@@ -269,7 +277,8 @@ def class_overlay_rgb(image: np.ndarray, classes: np.ndarray, alpha: float = 0.4
 
 
 def png_source(panel: np.ndarray) -> str:
-    """A PNG data URI of a grey image in [0, 1] or an RGB uint8 image (compact in the book's HTML)."""
+    """A PNG data URI of a grey image in [0, 1] or an RGB uint8 image (compact in the book's
+    HTML)."""
     import base64
     import io
 
@@ -308,7 +317,8 @@ def gallery(
 
 
 def speckle_histogram(samples: np.ndarray, data_label: str) -> go.Figure:
-    """Histogram of envelope samples (scaled to unit mean) against the Rayleigh density of the same mean."""
+    """Histogram of envelope samples (scaled to unit mean) against the Rayleigh density of the same
+    mean."""
     x = np.asarray(samples, dtype=float) / np.mean(samples)
     sigma = 1 / np.sqrt(np.pi / 2)  # Rayleigh scale for unit mean
     grid = np.linspace(0, x.max(), 200)

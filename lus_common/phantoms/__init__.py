@@ -1,7 +1,8 @@
 """Synthetic images with exact ground truth, so every study runs with no dataset.
 
 All phantoms share one interface: a ``seed`` (int or ``np.random.Generator``) in, a
-:class:`~lus_common.data.sets.SegmentationSet` marked ``synthetic=True`` out (images, masks, metadata).
+:class:`~lus_common.data.sets.SegmentationSet` marked ``synthetic=True`` out (images, masks,
+metadata).
 
 - :func:`lung_ultrasound_phantom` (papers 1, 2 and 5): B-mode videos formed by :mod:`.bmode`.
 - :func:`fetal_head_phantom` (paper 4, HC18).

@@ -193,8 +193,8 @@ def scan_convert(beam: np.ndarray, geometry: dict, order: int = 1) -> np.ndarray
         order: 1 for bilinear (images), 0 for nearest (label maps).
 
     Returns:
-        array of ``beam``'s dtype with the last two axes replaced by the Cartesian grid; zero outside
-        the sector.
+        array of ``beam``'s dtype with the last two axes replaced by the Cartesian grid; zero
+        outside the sector.
     """
     rows, cols = beam.shape[-2:]
     inside = geometry["inside"]

@@ -17,7 +17,8 @@ from lus_common.data.sets import SegmentationSet
 def clear_columns(
     data: SegmentationSet, k: int, margin_mm: float = 3.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Columns of image ``k`` with a visible pleura and no rib within ``margin_mm``, and the pleura's top row."""
+    """Columns of image ``k`` with a visible pleura and no rib within ``margin_mm``, and the
+    pleura's top row."""
     ribs = ndimage.binary_dilation(
         data.layers["ribs"][k].any(0), iterations=int(margin_mm / data.spacing_mm[k, 1])
     )
@@ -37,7 +38,8 @@ def chest_wall_speckle(data: SegmentationSet, k: int) -> np.ndarray:
 
 
 def a_line_depth_errors(data: SegmentationSet) -> dict[int, list[float]]:
-    """Per repeat n, the offsets (pixels) of the n-th A-line's brightest row from n x the pleural depth.
+    """Per repeat n, the offsets (pixels) of the n-th A-line's brightest row from n x the pleural
+    depth.
 
     Depths are measured from the transducer face (row 0) of linear-probe images; the pleura is the
     brightest row of each column near its label; only repeats labelled visible are measured.
@@ -101,7 +103,8 @@ def b_line_depth_ratios(data: SegmentationSet, bottom_rows: int | None = None) -
 
 
 def lung_patch_snr(image: np.ndarray, data: SegmentationSet, k: int, n: int = 12) -> float:
-    """Mean speckle SNR of ``n`` x ``n`` patches of healthy lung between the pleura and the first A-line."""
+    """Mean speckle SNR of ``n`` x ``n`` patches of healthy lung between the pleura and the first
+    A-line."""
     cols, top = clear_columns(data, k)
     clear = np.zeros(image.shape[1], bool)
     clear[cols] = True
@@ -122,7 +125,8 @@ def pleura_profile(image: np.ndarray, data: SegmentationSet, k: int) -> np.ndarr
 
 
 def despeckle_effect(data: SegmentationSet, k: int, **options) -> dict:
-    """Speckle SNR gain and pleural edge-width ratio of :func:`homomorphic_despeckle` on image ``k``'s envelope."""
+    """Speckle SNR gain and pleural edge-width ratio of :func:`homomorphic_despeckle` on image
+    ``k``'s envelope."""
     env = data.info["envelope"][k]
     clean = homomorphic_despeckle(env, **options)
     return {

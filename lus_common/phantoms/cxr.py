@@ -27,7 +27,8 @@ GENERATOR_VERSION = 1
 def _lung_field(
     x, y, side: int, rng: np.random.Generator, warp: tuple[np.ndarray, np.ndarray]
 ) -> np.ndarray:
-    """One lung field (side -1: image left = patient's right) as a boolean mask on the (x, y) grid."""
+    """One lung field (side -1: image left = patient's right) as a boolean mask on the (x, y)
+    grid."""
     dx, dy = warp
     u, v = side * (x + dx), y + dy  # mirror so that u grows laterally
     medial = rng.uniform(0.11, 0.17)

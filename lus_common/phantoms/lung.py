@@ -69,7 +69,8 @@ PROBES = ("linear", "convex")
 TARGETS = STRUCTURES + (
     "artifacts",
 )  # "artifacts": pleura, A-lines, B-lines, consolidation (paper 1)
-# Paper 5: healthy + unhealthy pleural line -> pleural line; healthy + unhealthy region -> background.
+# Paper 5: healthy + unhealthy pleural line -> pleural line; healthy + unhealthy region ->
+# background.
 DENSE_TO_SPARSE = np.array([0, 1, 2, 3, 3, 0, 0], dtype=np.uint8)
 GENERATOR_VERSION = 1  # bump when the images change, so stored results are not reused
 
@@ -93,7 +94,8 @@ _FRAME_DECORRELATION = 0.25  # share of speckle amplitude redrawn every frame
 
 
 def dense_to_sparse(dense: np.ndarray) -> np.ndarray:
-    """Sparse 4-class map from paper 5's dense 7-class map (merge pleura classes, regions to background)."""
+    """Sparse 4-class map from paper 5's dense 7-class map (merge pleura classes, regions to
+    background)."""
     return DENSE_TO_SPARSE[dense]
 
 
@@ -156,7 +158,8 @@ def _severity(diagnosis: str, rng: np.random.Generator, overrides: dict) -> dict
 def _probe(
     size: int, probe: str, rng: np.random.Generator
 ) -> tuple[float, float, float, dict | None]:
-    """Imaging depth (mm), face width (mm; arc length for a convex probe), frequency (MHz), sector geometry."""
+    """Imaging depth (mm), face width (mm; arc length for a convex probe), frequency (MHz), sector
+    geometry."""
     if probe == "linear":
         return rng.uniform(40, 60), rng.uniform(38, 46), rng.uniform(5.0, 7.5), None
     depth_mm, freq = rng.uniform(80, 120), rng.uniform(3.0, 4.5)
@@ -260,7 +263,8 @@ def _lung(
     sev: dict,
     rng: np.random.Generator,
 ) -> dict:
-    """Lung frame: the pleural line, then air with A-lines, B-lines and consolidations, and their labels."""
+    """Lung frame: the pleural line, then air with A-lines, B-lines and consolidations, and their
+    labels."""
     size, cols = len(z), s.shape[1]
     p, thick, sick, bprof = pl["depth"], pl["thick"], pl["sick"], pl["bprof"]
     top, bottom = p - thick / 2, p + thick / 2
@@ -272,7 +276,8 @@ def _lung(
     pleura = support & (z <= bottom[None, :])
     echo = np.where(pleura, pl["echo"][None, :], echo)
     bits[pleura] |= _BIT["pleura"]
-    # A-lines: reverberations between probe and pleura at k x its depth, weaker by `reflect` per round trip.
+    # A-lines: reverberations between probe and pleura at k x its depth, weaker by `reflect` per
+    # round trip.
     reflect = rng.uniform(0.45, 0.65)
     a_thick = np.minimum(thick, 1.0)
     healthy_cols = ~sick[None, :]
@@ -405,7 +410,8 @@ def _video_world(
 def _render_video(
     world: dict, n_frames: int, rng: np.random.Generator, keep_envelope: bool
 ) -> dict:
-    """Frames of one video: motion, scatterers, PSF, envelope, TGC, log compression, scan conversion."""
+    """Frames of one video: motion, scatterers, PSF, envelope, TGC, log compression, scan
+    conversion."""
     size, margin, ds, dz = world["size"], world["margin"], world["ds"], world["dz"]
     f = np.arange(n_frames)
     phase = rng.uniform(0, 2 * np.pi, 3)
@@ -489,8 +495,9 @@ def lung_ultrasound_phantom(
 
     Args:
         n_images: total number of frames.
-        n_patients: number of patients (default: one per 4 videos, at least 2 when there are 2 videos). Videos are dealt
-            to patients in turn; a patient keeps one diagnosis and one chest-wall thickness.
+        n_patients: number of patients (default: one per 4 videos, at least 2 when there are 2
+            videos). Videos are dealt to patients in turn; a patient keeps one diagnosis and one
+            chest-wall thickness.
         frames_per_video: frames of each video (the last video may be shorter).
         image_size: side of the square output images.
         probe: ``"linear"``, ``"convex"`` or ``"mixed"`` (drawn per video).

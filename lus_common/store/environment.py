@@ -30,3 +30,21 @@ def environment_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+def environment_line(packages=("numpy", "pandas"), device: str | None = None) -> str:
+    """One line for a chapter's Setup cell: ``lus_common 0.1.0 | python 3.11.2 | numpy 2.1.3 | ... |
+    device: cpu``. Versions are read from the installed distributions, so nothing is imported."""
+    from importlib import metadata
+
+    import lus_common
+
+    parts = [f"lus_common {lus_common.__version__}", f"python {platform.python_version()}"]
+    for name in packages:
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name} not installed")
+    if device is not None:
+        parts.append(f"device: {device}")
+    return " | ".join(parts)

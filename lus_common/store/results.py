@@ -77,9 +77,9 @@ def is_complete(folder: Path) -> bool:
 
 
 def reusable_run(folder: Path, weights_key: str | None = None) -> dict | None:
-    """The stored run in ``folder`` with ``"reused": True``, or None when there is none to reuse: the
-    folder is incomplete, or (with ``weights_key``) the weights the run recorded are not those the
-    key names."""
+    """The stored run in ``folder`` with ``"reused": True``, or None when there is none to reuse:
+    the folder is incomplete, or (with ``weights_key``) the weights the run recorded are not those
+    the key names."""
     if not is_complete(folder):
         return None
     run = load_run(folder)

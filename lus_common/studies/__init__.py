@@ -1,8 +1,9 @@
-"""The registry of studies: one entry per chapter, read by the runner, ``lus studies``, the tests and CI.
+"""The registry of studies: one entry per chapter, read by the runner,
+``lus studies``, the tests and CI.
 
-Each study has one spelling everywhere: ``lus run hc18_strategies`` <-> ``notebooks/04_hc18_strategies.ipynb``
-<-> :mod:`lus_common.studies.s4_hc18_strategies`. Chapters whose study is not built yet are listed with
-``notebook=None`` (the book shows a placeholder page).
+Each study has one spelling everywhere: ``lus run hc18_strategies`` <->
+``notebooks/04_hc18_strategies.ipynb`` <-> :mod:`lus_common.studies.s4_hc18_strategies`. Chapters
+whose study is not built yet are listed with ``notebook=None`` (the book shows a placeholder page).
 """
 
 from __future__ import annotations

@@ -55,8 +55,8 @@ def cached_run(
             the weights the run will load.
         name_keys: the keys that make the folder's readable name.
         build: ``() -> (model, WeightsInfo)``, called only when the run is not stored.
-        fit: ``(model, weights, key) -> {"config", "metrics", "history", "tables", "arrays"}``: trains
-            and evaluates; its result is saved atomically.
+        fit: ``(model, weights, key) -> {"config", "metrics", "history", "tables", "arrays"}``:
+            trains and evaluates; its result is saved atomically.
 
     Returns:
         The run as :func:`lus_common.store.results.load_run` gives it, plus ``"reused"``. When the
@@ -96,8 +96,8 @@ class Collector:
             run: from :func:`cached_run`.
             labels: what tells the run apart (its row's first columns).
             main: for a main run, the labels of its history and per-image rows.
-            name: for a main run, its key in ``predictions`` and ``weights`` (the first run of a name
-                gives the predictions).
+            name: for a main run, its key in ``predictions`` and ``weights`` (the first run of a
+                name gives the predictions).
             predictions: ``arrays -> predictions`` of a main run.
         """
         self.reused += run["reused"]

@@ -2,14 +2,14 @@
 
 The setup follows the authors' public notebook (the paper omits most of it): 128x128 grey images
 with one 2-98 percentile stretch over the whole set, the grey image for the U-Net and the same
-repeated to 3 channels for the pretrained encoders (no ImageNet preprocessing); a random split of 100
-training, 49 validation and 54 test images; no augmentation; loss 1 - Dice (soft Dice over the
+repeated to 3 channels for the pretrained encoders (no ImageNet preprocessing); a random split of
+100 training, 49 validation and 54 test images; no augmentation; loss 1 - Dice (soft Dice over the
 flattened batch, smoothing 1e-6); Adam 1e-4; batch 16; 30 epochs, no early stopping, the last epoch
 reported; test scores by ``model.evaluate`` (batches of 32, soft Dice averaged over batches).
 
-Beyond the paper: several seeds with a significance test; the batch-norm experiment, designed so that
-it can fail (the same architectures with GroupNorm instead of batch norm, separate trainings at BN
-momentum 0.99 and 0.9, Dice in inference mode, in training mode and after recomputing the BN
+Beyond the paper: several seeds with a significance test; the batch-norm experiment, designed so
+that it can fail (the same architectures with GroupNorm instead of batch norm, separate trainings at
+BN momentum 0.99 and 0.9, Dice in inference mode, in training mode and after recomputing the BN
 statistics on the training set); thresholded per-image Dice beside the paper's definition; and a
 training-set-size curve at a fixed number of optimisation steps.
 """
@@ -57,7 +57,8 @@ CODE_VERSION = "authors-2"
 CONTROL_MODELS = ("unet", "vgg16_unet")
 
 PROFILES = derive_profiles(
-    # The authors' notebook on the real Shenzhen set, several seeds, the BN experiment, the size curve.
+    # The authors' notebook on the real Shenzhen set, several seeds,
+    # the BN experiment, the size curve.
     dict(
         data_source="shenzhen",
         image_size=128,
@@ -78,8 +79,8 @@ PROFILES = derive_profiles(
         curve_seeds=[0, 1, 2],
         curve_steps="matched",
     ),
-    # Minutes on a 2-core CPU: the chest X-ray phantom, 64-pixel images, fewer images and epochs, and
-    # a 10x step size so that 12 steps can learn something (the paper had 210 steps at 1e-4).
+    # Minutes on a 2-core CPU: the chest X-ray phantom, 64-pixel images, fewer images and epochs,
+    # and a 10x step size so that 12 steps can learn something (the paper had 210 steps at 1e-4).
     quick=dict(
         data_source="synthetic",
         image_size=64,
@@ -135,7 +136,8 @@ def study_params(profile: str = "quick", **given) -> dict:
     check_choice(p, "data_source", ("synthetic", "shenzhen"))
     if p["image_size"] % 32 or p["image_size"] < 32:
         raise ValueError(
-            f"image_size must be a multiple of 32 (five 2x poolings in VGG16/ResNet50), got {p['image_size']}."
+            "image_size must be a multiple of 32 (five 2x poolings in VGG16/ResNet50), "
+            f"got {p['image_size']}."
         )
     for model in p["models"]:
         lookup(MODELS, model, "model", error=ValueError)
@@ -151,7 +153,8 @@ def study_params(profile: str = "quick", **given) -> dict:
 
 
 def load_splits(p: dict) -> dict[str, SegmentationSet]:
-    """Validation, test and a training pool (its first ``n`` images are the training set of size ``n``).
+    """Validation, test and a training pool
+    (its first ``n`` images are the training set of size ``n``).
 
     Images get the authors' 2-98 percentile stretch (``stretch="global"``: one pair of percentiles
     over the whole set, as the authors; ``"per_image"``: per image). The split is a seeded random
@@ -169,8 +172,9 @@ def load_splits(p: dict) -> dict[str, SegmentationSet]:
         )
     if len(data) < need:
         raise ValueError(
-            f"The split needs {need} images (validation {p['n_val']}, test {p['n_test']}, training up to "
-            f"{need - p['n_val'] - p['n_test']}); {data.source} has {len(data)}. Lower n_train or train_sizes."
+            f"The split needs {need} images (validation {p['n_val']}, test {p['n_test']}, training "
+            f"up to {need - p['n_val'] - p['n_test']}); {data.source} has {len(data)}. "
+            "Lower n_train or train_sizes."
         )
     data.images = percentile_normalize(data.images, per_image=p["stretch"] == "per_image")
     order = np.random.default_rng(p["split_seed"]).permutation(len(data))
@@ -185,7 +189,8 @@ def load_splits(p: dict) -> dict[str, SegmentationSet]:
 
 
 def to_keras(data: SegmentationSet, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)``: grey images (N, H, W, 1), or repeated to 3 channels, and masks (N, H, W, 1), float32."""
+    """``(x, y)``: grey images (N, H, W, 1), or repeated to 3 channels,
+    and masks (N, H, W, 1), float32."""
     x = np.repeat(data.images[..., None], channels, axis=-1).astype(np.float32)
     return x, data.masks[..., None].astype(np.float32)
 
@@ -223,8 +228,8 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 
 
 def epochs_for(p: dict, n_train: int) -> int:
-    """Epochs of a run with ``n_train`` images: the profile's, or (``curve_steps="matched"``) as many
-    as give the main setting's number of steps (``epochs`` x steps of ``n_train`` images)."""
+    """Epochs of a run with ``n_train`` images: the profile's, or (``curve_steps="matched"``) as
+    many as give the main setting's number of steps (``epochs`` x steps of ``n_train`` images)."""
     if n_train == p["n_train"] or p["curve_steps"] == "epochs":
         return int(p["epochs"])
     target = p["epochs"] * steps_per_epoch(p["n_train"], p["batch_size"])
@@ -267,7 +272,8 @@ def _summary(per_image: pd.DataFrame) -> dict:
 
 
 def _keras_evaluate(model, x, y) -> dict:
-    """The paper's test numbers: ``model.evaluate`` in batches of 32, soft Dice averaged over batches."""
+    """The paper's test numbers: ``model.evaluate`` in batches of 32,
+    soft Dice averaged over batches."""
     scores = model.evaluate(x, y, batch_size=EVALUATE_BATCH, verbose=0, return_dict=True)
     dice = next(v for k, v in scores.items() if "dice" in k)
     return {"dice": float(dice), "accuracy": float(scores["accuracy"])}
@@ -408,8 +414,8 @@ def jobs(p: dict) -> list[tuple[str, int, int, float, str]]:
 
     The paper's setting (every model x seed, batch norm at Keras' momentum 0.99); the same trainings
     at every other momentum of ``bn_momenta`` (models with batch norm); the same architectures with
-    ``norm_controls`` instead of batch norm (:data:`CONTROL_MODELS`); then every model x curve seed at
-    each other training-set size.
+    ``norm_controls`` instead of batch norm (:data:`CONTROL_MODELS`); then every model x curve seed
+    at each other training-set size.
     """
     out = [
         (m, s, p["n_train"], KERAS_BN_MOMENTUM, "batch") for m in p["models"] for s in p["seeds"]
@@ -442,9 +448,9 @@ def run_study(p: dict, splits: dict, progress: bool = True) -> dict:
     """Every run of :func:`jobs`, trained or reused.
 
     Returns:
-        ``{"runs": one row per run, "histories": per-epoch rows of the main runs, "per_image": per-image
-        test rows of the main runs, "predictions": {model: test probabilities, inference and training
-        mode}, "weights": {model: weights used}, "reused": count}``.
+        ``{"runs": one row per run, "histories": per-epoch rows of the main runs, "per_image":
+        per-image test rows of the main runs, "predictions": {model: test probabilities, inference
+        and training mode}, "weights": {model: weights used}, "reused": count}``.
     """
     runs = Collector()
     for model, seed, n, momentum, norm in tqdm(jobs(p), desc="runs", disable=not progress):
@@ -538,10 +544,10 @@ def findings(
             )
             text = (
                 f"**{name}** {what} but {train_mode:.3f} with the same weights in training mode "
-                f"(transductive: each test batch's own statistics), and {fixed:.3f} in inference mode "
-                f"once its moving statistics are recomputed on the training images; after {steps} "
-                f"steps at momentum {KERAS_BN_MOMENTUM}, {100 * left:.0f} % of their initial values "
-                "remained in them."
+                f"(transductive: each test batch's own statistics), and {fixed:.3f} in inference "
+                "mode once its moving statistics are recomputed on the training images; after "
+                f"{steps} steps at momentum {KERAS_BN_MOMENTUM}, {100 * left:.0f} % of their "
+                "initial values remained in them."
             )
             other = sel[
                 (sel["model"] == model)
@@ -550,16 +556,17 @@ def findings(
             ]
             for momentum, o in other.groupby("bn_momentum"):
                 text += (
-                    f" Trained with momentum {momentum} (the same gradient steps: the momentum only "
-                    f"enters the moving averages), it scores {o['test_dice_inference'].mean():.3f} in "
-                    "inference mode."
+                    f" Trained with momentum {momentum} (the same gradient steps: the momentum "
+                    "only enters the moving averages), it scores "
+                    f"{o['test_dice_inference'].mean():.3f} in inference mode."
                 )
             out.append(text)
         else:
             out.append(
-                f"**{name}** shows no inference/training gap here ({infer:.3f} vs {train_mode:.3f}): "
-                f"its {int(g['bn_layers'].iloc[0])} batch-norm layers, at momentum "
-                f"{KERAS_BN_MOMENTUM} after {steps} steps, cost it nothing in inference mode."
+                f"**{name}** shows no inference/training gap here ({infer:.3f} vs "
+                f"{train_mode:.3f}): its {int(g['bn_layers'].iloc[0])} batch-norm layers, "
+                f"at momentum {KERAS_BN_MOMENTUM} after {steps} steps, "
+                "cost it nothing in inference mode."
             )
     out += control_findings(runs, p, gap, bg)
     return out
@@ -597,10 +604,11 @@ def control_findings(
         ):
             ctl = c["test_dice_inference"].mean()
             head = (
-                f"**Control, {MODEL_LABELS[model]} with {NORM_LABELS[norm]}** (same architecture, no "
-                f"moving statistics, {len(c)} seed(s)): test Dice {_mean_pm(c['test_dice_inference'])} "
-                f"in inference mode, against {_mean_pm(bn['test_dice_inference'])} with batch norm in "
-                f"inference mode and {_mean_pm(bn['test_dice_training'])} in training mode."
+                f"**Control, {MODEL_LABELS[model]} with {NORM_LABELS[norm]}** (same architecture, "
+                f"no moving statistics, {len(c)} seed(s)): test Dice "
+                f"{_mean_pm(c['test_dice_inference'])} in inference mode, against "
+                f"{_mean_pm(bn['test_dice_inference'])} with batch norm in inference mode and "
+                f"{_mean_pm(bn['test_dice_training'])} in training mode."
             )
             if bn_train - bn_infer <= gap:
                 out.append(
@@ -730,7 +738,8 @@ def _mean_std_table(
 
 
 def table1(runs: pd.DataFrame) -> pd.DataFrame:
-    """Paper Table 1 (last epoch as Keras reports it: train in training mode, validation in inference mode)."""
+    """Paper Table 1 (last epoch as Keras reports it: train in training mode,
+    validation in inference mode)."""
     return _mean_std_table(
         runs,
         {
@@ -747,7 +756,8 @@ def table2(runs: pd.DataFrame) -> pd.DataFrame:
     """Paper Table 2 (test set, inference mode), mean +- std over seeds beside the paper.
 
     "test accuracy" and "test Dice" use the paper's definitions (``model.evaluate``: soft Dice per
-    batch of 32, averaged over batches); the last column is ours, the thresholded (0.5) Dice per image.
+    batch of 32, averaged over batches); the last column is ours, the thresholded (0.5) Dice per
+    image.
     """
     table = _mean_std_table(
         runs,

@@ -43,8 +43,9 @@ STUDY = "hc18_strategies"
 # Bumped whenever the models, strategies or training code change what a run computes.
 CODE_VERSION = "authors-2"
 
-# The paper's ImageNet MobileNetV2 when a user has it (a local file, the hub), else the natural-image
-# MobileNetV2 that `lus weights import` converts (ImageNet's at 160 px, its last blocks tuned on dogs).
+# The paper's ImageNet MobileNetV2 when a user has it (a local file, the hub), else the
+# natural-image MobileNetV2 that `lus weights import` converts (ImageNet's at 160 px, its last
+# blocks tuned on dogs).
 NATURAL_WEIGHTS = ["imagenet", "imagenet-dogs160"]
 
 PROFILES = derive_profiles(
@@ -111,7 +112,8 @@ PAPER_NOTE = (
     "Paper values: decoder strategy PA 97.77, Dice 96.28, mIoU 92.87 (Conclusion); encoder-only "
     "Dice 96.22; baseline derived from the stated gains of +0.45 PA, +0.75 Dice, +1.4 mIoU. "
     'The other strategies appear only as bars in Fig. 1c. The paper\'s "mIoU" is the head IoU '
-    "(the authors' check_accuracy), and its numbers average the per-epoch test scores of epochs 6-20."
+    "(the authors' check_accuracy), and its numbers average the per-epoch test scores of "
+    "epochs 6-20."
 )
 
 
@@ -190,8 +192,8 @@ def run_params(p: dict, strategy: str, seed: int, data_fingerprint: str = "") ->
 
 def asked_weights(p: dict, strategy: Strategy) -> str | None:
     """The weights a strategy's run asks for: the first available of ``p["encoder_weights"]``
-    (:func:`lus_common.models.torch_smp.choose_weights`), or None for the strategies without a pretrained
-    encoder."""
+    (:func:`lus_common.models.torch_smp.choose_weights`), or None for the strategies without a
+    pretrained encoder."""
     encoder = MODELS[strategy.model].get("encoder")
     return (
         choose_weights(encoder, p["encoder_weights"]) if encoder and strategy.pretrained else None
@@ -249,7 +251,8 @@ def run_one(
             input_norm=p["input_norm"],
         )
         # freeze_bn=False follows the authors' code (requires_grad off, model.train()): batch-norm
-        # statistics of frozen parts still adapt to the new data. True keeps the pretrained statistics.
+        # statistics of frozen parts still adapt to the new data. True keeps the pretrained
+        # statistics.
         frozen = frozen_modules(model) if p["freeze_bn"] else []
         history = train_model(
             model, train.images, train.masks, cfg, device, test.images, test.masks, frozen=frozen
@@ -350,10 +353,11 @@ def summary_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
 
     PA, Dice and IoU (head) use the authors' definition (pooled per batch of test images) at the
     epochs ``p["report"]`` names: ``"after_warmup"`` averages the per-epoch test scores after
-    ``warmup_epochs`` (the paper: epochs 6-20), ``"last"`` takes the last epoch. When no epoch is past
-    the warm-up, the last epoch is shown and the column names say so. The extra columns are per image
-    at the last epoch: the two-class mIoU (head and background) and the HC error over the images
-    where an ellipse could be fitted ("HC fit failures" counts empty predicted masks, over all seeds).
+    ``warmup_epochs`` (the paper: epochs 6-20), ``"last"`` takes the last epoch. When no epoch is
+    past the warm-up, the last epoch is shown and the column names say so. The extra columns are per
+    image at the last epoch: the two-class mIoU (head and background) and the HC error over the
+    images where an ellipse could be fitted ("HC fit failures" counts empty predicted masks, over
+    all seeds).
     """
     when = (
         f"epochs {p['warmup_epochs'] + 1}-{p['epochs']}"
@@ -367,7 +371,8 @@ def summary_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     table["trainable params"] = (
         runs.groupby("strategy", sort=False)["trainable_params"].first().map("{:,}".format)
     )
-    # the weights' name; the source (local file, hub, ...) is in the runs and in the note above the table
+    # the weights' name; the source (local file, hub, ...) is in the runs
+    # and in the note above the table
     table["weights"] = (
         runs.groupby("strategy", sort=False)["weights_used"]
         .first()
@@ -400,5 +405,62 @@ def _after_warmup(p: dict) -> bool:
 
 
 def report_column(p: dict, metric: str = "dice") -> str:
-    """The run column behind the summary table's ``metric`` (``pixel_accuracy``, ``dice`` or ``iou``)."""
+    """The run column behind the summary table's ``metric``
+    (``pixel_accuracy``, ``dice`` or ``iou``)."""
     return f"{metric}_pooled_after_warmup" if _after_warmup(p) else f"{metric}_pooled"
+
+
+def findings(runs: pd.DataFrame, p: dict, data_label: str, weights: dict) -> list[str]:
+    """The Discussion's sentences, generated from the runs and :data:`PAPER_RESULTS` (Dice, %).
+
+    Args:
+        runs: :func:`run_study`'s ``"runs"``.
+        p: the study's parameters.
+        data_label: what the data is (``"SYNTHETIC phantom"``, ``"HC18 (real)"``).
+        weights: :func:`run_study`'s ``"weights"`` (as the runs recorded them).
+    """
+    metric = report_column(p)
+    means = runs.groupby("strategy", sort=False)[metric].mean() * 100
+    paper = PAPER_RESULTS["paper_dice"]
+    best = means.idxmax()
+    used = sorted({w["used"] for w in weights.values()})
+    lines = [
+        f"**These results come from {data_label} data** ({p['profile']} profile, "
+        f"{p['image_size']} px, {p['epochs']} epochs, {len(p['seeds'])} seed(s), Dice as the "
+        f"authors define it, column `{metric}`); weights the runs used: {', '.join(used)}.",
+        f"- Best mean Dice: **{best}** ({means[best]:.2f} %). The paper's best is the decoder "
+        f"strategy ({paper['decoder']:.2f} %).",
+    ]
+    have = set(means.index)
+    if {"decoder", "baseline"} <= have:
+        lines.append(
+            f"- Decoder strategy minus baseline: {means['decoder'] - means['baseline']:+.2f} Dice "
+            f"points (paper: {paper['decoder'] - paper['baseline']:+.2f})."
+        )
+    if {"decoder", "encoder"} <= have:
+        lines.append(
+            f"- Decoder vs encoder-only: {means['decoder']:.2f} % vs {means['encoder']:.2f} % "
+            f"(paper: {paper['decoder']:.2f} % vs {paper['encoder']:.2f} %)."
+        )
+    if {"decoder", "decoder_random"} <= have:
+        w_dec = runs.loc[runs.strategy == "decoder", "weights_used"].iloc[0]
+        if w_dec == "none/random":
+            lines.append(
+                "- The pretrained and the random frozen encoder (`decoder` vs `decoder_random`) "
+                "are the same setting here: the `decoder` runs carry no pretrained weights (see "
+                "the weights column), so the comparison that measures transfer is not made here."
+            )
+        else:
+            lines.append(
+                f"- Frozen encoder, pretrained ({w_dec}) vs random: {means['decoder']:.2f} % vs "
+                f"{means['decoder_random']:.2f} % Dice: what the pretrained features are worth "
+                "here."
+            )
+    small = [s for s in ("d234", "d4") if s in have]
+    if small:
+        lines.append(
+            "- Strategies with under 0.2 M trainable parameters: "
+            + ", ".join(f"{s} {means[s]:.2f} %" for s in small)
+            + " (the paper finds them clearly below the decoder strategy)."
+        )
+    return lines

@@ -8,8 +8,8 @@ with ``requires_grad``.
 The segmentation head (a 3x3 conv, 145 parameters) follows the authors' code
 (13204942/FT_Methods_for_Fetal_Head_Segmentation): it trains with the whole decoder (their printed
 4,405,073 trainable parameters include it) and is frozen with the decoder blocks in every other
-fine-tuning strategy (their freezing code freezes it together with the blocks; the paper's D-4 count,
-6,976, is block 4 alone: with the head it would be 7,121).
+fine-tuning strategy (their freezing code freezes it together with the blocks; the paper's D-4
+count, 6,976, is block 4 alone: with the head it would be 7,121).
 
 ``decoder_random`` is the paper's Fig. 1c ``Mobilenet_v2*`` bar: the decoder strategy with a random,
 frozen encoder, the control that says what the pretrained features are worth.
@@ -148,7 +148,8 @@ def trainable_parameters(model: nn.Module, strategy: Strategy | None = None) -> 
 
 
 def head_parameters(model_name: str = "unet_mobilenet_v2") -> int:
-    """Parameters of a model's segmentation head (trained only where a strategy's ``head_trains``)."""
+    """Parameters of a model's segmentation head (trained only where a strategy's
+    ``head_trains``)."""
     from lus_common.models.torch_smp import create_model
 
     model, _ = create_model(model_name)

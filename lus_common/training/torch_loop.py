@@ -180,7 +180,8 @@ def train_model(
     Returns:
         History with one row per epoch: ``epoch, train_loss, lr, seconds`` and, with ``val_images``,
         ``val_loss``, ``val_dice`` (per image) and the HC18 authors' batch-pooled ``val_pa_pooled``,
-        ``val_dice_pooled``, ``val_iou_pooled`` (:func:`lus_common.evaluation.metrics.pooled_scores`).
+        ``val_dice_pooled``, ``val_iou_pooled``
+        (:func:`lus_common.evaluation.metrics.pooled_scores`).
     """
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
