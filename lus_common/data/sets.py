@@ -22,11 +22,13 @@ class SegmentationSet:
         images: float32 array (N, H, W) scaled to [0, 1].
         masks: uint8 array (N, H, W) of 0/1.
         ids: one name per image (file stem or phantom id).
-        groups: subject id per image; splits never put one subject on both sides.
-        spacing_mm: float array (N, 2), millimetres per pixel along (rows, cols) of these arrays.
-        hc_mm: float array (N,), reference head circumference in mm (NaN where unknown).
         source: where the data came from, e.g. ``"hc18"`` or ``"synthetic"``.
         synthetic: True for phantom data; figures and tables say so.
+        groups: subject id per image; splits never put one subject on both sides (default: the
+            ids, one image per subject).
+        spacing_mm: float array (N, 2), millimetres per pixel along (rows, cols) of these arrays
+            (default: NaN, unknown).
+        hc_mm: float array (N,), reference head circumference in mm (default: NaN, unknown).
         info: free-form description of the generator or loader.
         layers: more per-pixel maps of the images' shape, by name (e.g. the lung phantom's
             ``"ribs"`` or ``"dense"`` class map); ``masks`` is the one the study trains on.
@@ -36,17 +38,23 @@ class SegmentationSet:
     images: np.ndarray
     masks: np.ndarray
     ids: list[str]
-    groups: list[str]
-    spacing_mm: np.ndarray
-    hc_mm: np.ndarray
     source: str
     synthetic: bool
+    groups: list[str] | None = None
+    spacing_mm: np.ndarray | None = None
+    hc_mm: np.ndarray | None = None
     info: dict = field(default_factory=dict)
     layers: dict = field(default_factory=dict)
     meta: pd.DataFrame | None = None
 
     def __post_init__(self):
         n = len(self.images)
+        if self.groups is None:
+            self.groups = list(self.ids)
+        if self.spacing_mm is None:
+            self.spacing_mm = np.full((n, 2), np.nan)
+        if self.hc_mm is None:
+            self.hc_mm = np.full(n, np.nan)
         if self.images.shape != self.masks.shape:
             raise ValueError(
                 f"images {self.images.shape} and masks {self.masks.shape} differ in shape: "
@@ -62,6 +70,21 @@ class SegmentationSet:
                 )
         if self.meta is not None and len(self.meta) != n:
             raise ValueError(f"meta has {len(self.meta)} rows for {n} images.")
+
+    @classmethod
+    def phantom(cls, images, masks, ids, generator: str, version, **fields) -> SegmentationSet:
+        """A synthetic set: source ``"synthetic"``, ``synthetic=True``, and the generator's name
+        and version in ``info`` (with any other ``info`` given)."""
+        info = {"generator": generator, "version": version, **fields.pop("info", {})}
+        return cls(
+            images=images,
+            masks=masks,
+            ids=ids,
+            source="synthetic",
+            synthetic=True,
+            info=info,
+            **fields,
+        )
 
     def __len__(self) -> int:
         return len(self.images)

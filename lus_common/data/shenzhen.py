@@ -77,14 +77,10 @@ def load_shenzhen(
         ids.append(path.stem)
         match = _NAME.match(path.stem)
         abnormal.append(int(match.group(2)) if match else -1)
-    n = len(ids)
     return SegmentationSet(
         images=np.stack(images),
         masks=np.stack(masks),
         ids=ids,
-        groups=ids,
-        spacing_mm=np.full((n, 2), np.nan),
-        hc_mm=np.full(n, np.nan),
         source="shenzhen",
         synthetic=False,
         info={"root": str(root), "skipped_without_mask": skipped},

@@ -125,16 +125,13 @@ def chest_xray_phantom(
         masks[k] = lungs & ~heart
         hearts[k] = heart
     ids = [f"cxr_phantom_{k:04d}" for k in range(n)]
-    return SegmentationSet(
-        images=images,
-        masks=masks,
-        ids=ids,
-        groups=ids,
+    return SegmentationSet.phantom(
+        images,
+        masks,
+        ids,
+        "chest_xray_phantom",
+        GENERATOR_VERSION,
         spacing_mm=np.full((n, 2), 430.0 / size),
-        hc_mm=np.full(n, np.nan),
-        source="synthetic",
-        synthetic=True,
-        info={"generator": "chest_xray_phantom", "version": GENERATOR_VERSION},
         layers={"heart": hearts, "opacity": opacities},
         meta=pd.DataFrame({"abnormal": abnormal.astype(int)}),
     )

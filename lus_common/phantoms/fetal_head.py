@@ -112,14 +112,12 @@ def fetal_head_phantom(n: int, image_size: int = 256, seed=0) -> SegmentationSet
         hc[k] = ellipse_circumference(a, b)
 
     ids = [f"phantom_{k:04d}" for k in range(n)]
-    return SegmentationSet(
-        images=images,
-        masks=masks,
-        ids=ids,
-        groups=ids,
+    return SegmentationSet.phantom(
+        images,
+        masks,
+        ids,
+        "fetal_head_phantom",
+        GENERATOR_VERSION,
         spacing_mm=spacing,
         hc_mm=hc,
-        source="synthetic",
-        synthetic=True,
-        info={"generator": "fetal_head_phantom", "version": GENERATOR_VERSION},
     )

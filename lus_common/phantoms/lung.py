@@ -615,7 +615,6 @@ def lung_ultrasound_phantom(
         ids=ids,
         groups=list(meta["patient"]),
         spacing_mm=spacing,
-        hc_mm=np.full(n_images, np.nan),
         source="synthetic",
         synthetic=True,
         info=info,

@@ -88,15 +88,12 @@ def salient_object_phantom(n: int, image_size: int = 256, seed=0) -> Segmentatio
         images[k] = np.clip((img - lo) / (hi - lo), 0, 1)
         masks[k] = mask
     ids = [f"salient_phantom_{k:05d}" for k in range(n)]
-    return SegmentationSet(
-        images=images,
-        masks=masks,
-        ids=ids,
-        groups=ids,
+    return SegmentationSet.phantom(
+        images,
+        masks,
+        ids,
+        "salient_object_phantom",
+        GENERATOR_VERSION,
         spacing_mm=np.ones((n, 2)),
-        hc_mm=np.full(n, np.nan),
-        source="synthetic",
-        synthetic=True,
-        info={"generator": "salient_object_phantom", "version": GENERATOR_VERSION},
         meta=pd.DataFrame({"object_fraction": masks.reshape(n, -1).mean(1)}),
     )

@@ -3,7 +3,8 @@
 - :func:`derive_profiles`: the ``paper`` profile (the paper's settings) and the other profiles as
   differences from it, so a profile says only what it changes;
 - :func:`check_choice`: a parameter whose value must be one of a few (the lookup's message);
-- :func:`cached_run`: the cache check and the save around one run, keyed by what really ran;
+- :func:`cached_run`: the cache check and the save around one run, keyed by what really ran
+  (its ``fit`` returns a :func:`run_record`);
 - :class:`Collector`: the runs of a study gathered into the tables a chapter shows.
 
 A study module then holds only what is its own: profiles, data, the training of one run, tables and
@@ -72,6 +73,25 @@ def cached_run(
         return stored
     results.save_run(folder, **fit(model, weights, key))
     return {**results.load_run(folder), "reused": False}
+
+
+def run_record(
+    config: dict,
+    metrics: dict,
+    history: pd.DataFrame,
+    per_image: pd.DataFrame | None = None,
+    arrays: dict | None = None,
+) -> dict:
+    """What a ``fit`` of :func:`cached_run` returns: the run's parts, as
+    :func:`lus_common.store.results.save_run` stores them."""
+    tables = {} if per_image is None else {"per_image": per_image}
+    return {
+        "config": config,
+        "metrics": metrics,
+        "history": history,
+        "tables": tables,
+        "arrays": arrays,
+    }
 
 
 class Collector:

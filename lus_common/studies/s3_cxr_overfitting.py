@@ -44,7 +44,13 @@ from lus_common.models.keras_unets import (
 from lus_common.phantoms.cxr import chest_xray_phantom
 from lus_common.store import results
 from lus_common.store.environment import environment_info
-from lus_common.studies.base import Collector, cached_run, check_choice, derive_profiles
+from lus_common.studies.base import (
+    Collector,
+    cached_run,
+    check_choice,
+    derive_profiles,
+    run_record,
+)
 
 STUDY = "cxr_overfitting"
 MODEL_LABELS = {"unet": "U-Net", "vgg16_unet": "VGG16-U-Net", "resnet50_unet": "ResNet50-U-Net"}
@@ -56,57 +62,25 @@ CODE_VERSION = "authors-2"
 # Models whose batch norm is all in layers we add, so that a GroupNorm copy is a clean control.
 CONTROL_MODELS = ("unet", "vgg16_unet")
 
+# The profiles read as a table (ruff format leaves them as written).
+# fmt: off
 PROFILES = derive_profiles(
-    # The authors' notebook on the real Shenzhen set, several seeds,
-    # the BN experiment, the size curve.
-    dict(
-        data_source="shenzhen",
-        image_size=128,
-        n_train=100,
-        n_val=49,
-        n_test=54,
-        split_seed=0,
-        stretch="global",
-        epochs=30,
-        batch_size=16,
-        lr=1e-4,
-        seeds=[0, 1, 2, 3, 4],
-        models=list(MODELS),
-        encoder_weights="imagenet",
-        bn_momenta=[0.99, 0.9],
-        norm_controls=["group"],
-        train_sizes=[25, 50, 100, 200, 400],
-        curve_seeds=[0, 1, 2],
-        curve_steps="matched",
-    ),
+    # The authors' notebook on the real Shenzhen set, several seeds, the BN experiment, the size
+    # curve.
+    dict(data_source="shenzhen", image_size=128, n_train=100, n_val=49, n_test=54, split_seed=0,
+         stretch="global", epochs=30, batch_size=16, lr=1e-4, seeds=[0, 1, 2, 3, 4],
+         models=list(MODELS), encoder_weights="imagenet", bn_momenta=[0.99, 0.9],
+         norm_controls=["group"], train_sizes=[25, 50, 100, 200, 400], curve_seeds=[0, 1, 2],
+         curve_steps="matched"),
     # Minutes on a 2-core CPU: the chest X-ray phantom, 64-pixel images, fewer images and epochs,
     # and a 10x step size so that 12 steps can learn something (the paper had 210 steps at 1e-4).
-    quick=dict(
-        data_source="synthetic",
-        image_size=64,
-        n_train=32,
-        n_val=16,
-        n_test=16,
-        epochs=6,
-        lr=1e-3,
-        seeds=[0, 1],
-        train_sizes=[16, 32],
-        curve_seeds=[0],
-    ),
+    quick=dict(data_source="synthetic", image_size=64, n_train=32, n_val=16, n_test=16, epochs=6,
+               lr=1e-3, seeds=[0, 1], train_sizes=[16, 32], curve_seeds=[0]),
     # Seconds, for tests.
-    smoke=dict(
-        data_source="synthetic",
-        image_size=32,
-        n_train=8,
-        n_val=4,
-        n_test=4,
-        epochs=1,
-        batch_size=4,
-        seeds=[0],
-        train_sizes=[4, 8],
-        curve_seeds=[0],
-    ),
+    smoke=dict(data_source="synthetic", image_size=32, n_train=8, n_val=4, n_test=4, epochs=1,
+               batch_size=4, seeds=[0], train_sizes=[4, 8], curve_seeds=[0]),
 )
+# fmt: on
 
 # Paper 3, Tables 1 and 2 (the last epoch of one run); "< 0.001" entered as 0.001.
 PAPER_TABLE1 = pd.DataFrame(
@@ -380,13 +354,7 @@ def run_one(
                 probs["test", "training"][:keep_predictions]
             ),
         }
-        return {
-            "config": config,
-            "metrics": metrics,
-            "history": history,
-            "tables": {"per_image": per_image},
-            "arrays": arrays,
-        }
+        return run_record(config, metrics, history, per_image, arrays)
 
     return cached_run(STUDY, key, RUN_NAME_KEYS, build, fit)
 

@@ -27,7 +27,13 @@ from lus_common.models.torch_smp import (
 from lus_common.phantoms import fetal_head_phantom
 from lus_common.store import results
 from lus_common.store.environment import environment_info
-from lus_common.studies.base import Collector, cached_run, check_choice, derive_profiles
+from lus_common.studies.base import (
+    Collector,
+    cached_run,
+    check_choice,
+    derive_profiles,
+    run_record,
+)
 from lus_common.training.freezing import (
     Strategy,
     apply_strategy,
@@ -48,55 +54,24 @@ CODE_VERSION = "authors-2"
 # blocks tuned on dogs).
 NATURAL_WEIGHTS = ["imagenet", "imagenet-dogs160"]
 
+# The profiles read as a table (ruff format leaves them as written).
+# fmt: off
 PROFILES = derive_profiles(
     # The paper and the authors' code: 512x512, batch 10, Adam 1e-4, 20 epochs, 4 repeats, 80/20
     # split (799/200 of 999), rotation +-25 deg, horizontal flip p=0.5, vertical flip p=0.1, grey
     # scaled to [0, 1] (A.Normalize(mean=0, std=1)); the tables average epochs 6-20 (5 warm-up).
-    dict(
-        data_source="hc18",
-        image_size=512,
-        n_images=None,
-        test_fraction=0.2,
-        split_seed=0,
-        epochs=20,
-        batch_size=10,
-        lr=1e-4,
-        lr_decay=1.0,
-        seeds=[0, 1, 2, 3],
-        strategies="all",
-        rotation_deg=25.0,
-        hflip=0.5,
-        vflip=0.1,
-        input_norm="unit",
-        amp=True,
-        encoder_weights=NATURAL_WEIGHTS,
-        freeze_bn=False,
-        warmup_epochs=5,
-        report="after_warmup",
-    ),
+    dict(data_source="hc18", image_size=512, n_images=None, test_fraction=0.2, split_seed=0,
+         epochs=20, batch_size=10, lr=1e-4, lr_decay=1.0, seeds=[0, 1, 2, 3], strategies="all",
+         rotation_deg=25.0, hflip=0.5, vflip=0.1, input_norm="unit", amp=True,
+         encoder_weights=NATURAL_WEIGHTS, freeze_bn=False, warmup_epochs=5, report="after_warmup"),
     # Minutes on a 2-core CPU: small phantom images, few epochs, a larger step size.
-    quick=dict(
-        data_source="synthetic",
-        image_size=64,
-        n_images=80,
-        epochs=6,
-        batch_size=8,
-        lr=1e-3,
-        seeds=[0, 1],
-        warmup_epochs=3,
-    ),
+    quick=dict(data_source="synthetic", image_size=64, n_images=80, epochs=6, batch_size=8, lr=1e-3,
+               seeds=[0, 1], warmup_epochs=3),
     # Seconds, for tests: every strategy, one epoch, tiny images.
-    smoke=dict(
-        data_source="synthetic",
-        image_size=32,
-        n_images=12,
-        test_fraction=0.25,
-        epochs=1,
-        batch_size=4,
-        lr=1e-3,
-        seeds=[0],
-    ),
+    smoke=dict(data_source="synthetic", image_size=32, n_images=12, test_fraction=0.25, epochs=1,
+               batch_size=4, lr=1e-3, seeds=[0]),
 )
+# fmt: on
 REPORTS = ("after_warmup", "last")
 
 # Reported by Wang et al. on their 200 test images (%); None where the paper gives only a bar.
@@ -149,27 +124,6 @@ def load_data(p: dict) -> tuple[SegmentationSet, SegmentationSet]:
     return data.subset(train_idx), data.subset(test_idx)
 
 
-_RUN_KEYS = (
-    "data_source",
-    "image_size",
-    "n_images",
-    "test_fraction",
-    "split_seed",
-    "epochs",
-    "batch_size",
-    "lr",
-    "lr_decay",
-    "rotation_deg",
-    "hflip",
-    "vflip",
-    "input_norm",
-    "amp",
-    "encoder_weights",
-    "freeze_bn",
-    "warmup_epochs",
-)
-
-
 def run_params(p: dict, strategy: str, seed: int, data_fingerprint: str = "") -> dict:
     """The parameters that identify one (strategy, seed) run: the study's, the weights that will
     really be loaded (not only those asked for), the code version and a fingerprint of the data."""
@@ -218,6 +172,13 @@ def build_model(strategy: Strategy, encoder_weights, seed: int):
     return apply_strategy(model, strategy), info
 
 
+# The parameters that go into the training loop's TrainConfig as they are.
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "lr_decay", "rotation_deg", "hflip", "vflip", "amp",
+              "input_norm")  # fmt: skip
+# What identifies a run besides its strategy, seed, weights, code version and data.
+_RUN_KEYS = ("data_source", "image_size", "n_images", "test_fraction", "split_seed", *TRAIN_KEYS,
+             "encoder_weights", "freeze_bn", "warmup_epochs")  # fmt: skip
+
 RUN_NAME_KEYS = ("strategy", "seed", "data_source", "image_size", "epochs")
 
 
@@ -238,18 +199,7 @@ def run_one(
     key = run_params(p, strategy.name, seed, train.info.get("fingerprint", ""))
 
     def fit(model, weights, rp: dict) -> dict:
-        cfg = TrainConfig(
-            epochs=p["epochs"],
-            batch_size=p["batch_size"],
-            lr=p["lr"],
-            lr_decay=p["lr_decay"],
-            rotation_deg=p["rotation_deg"],
-            hflip=p["hflip"],
-            vflip=p["vflip"],
-            amp=p["amp"],
-            seed=seed,
-            input_norm=p["input_norm"],
-        )
+        cfg = TrainConfig(**{k: p[k] for k in TRAIN_KEYS}, seed=seed)
         # freeze_bn=False follows the authors' code (requires_grad off, model.train()): batch-norm
         # statistics of frozen parts still adapt to the new data. True keeps the pretrained
         # statistics.
@@ -280,13 +230,7 @@ def run_one(
             p, per_image, pooled_scores(probs, test.masks, p["batch_size"]), history
         )
         metrics.update(trainable_params=trainable_parameters(model), weights_used=weights.used)
-        return {
-            "config": config,
-            "metrics": metrics,
-            "history": history,
-            "tables": {"per_image": per_image},
-            "arrays": arrays,
-        }
+        return run_record(config, metrics, history, per_image, arrays)
 
     return cached_run(
         STUDY, key, RUN_NAME_KEYS, lambda: build_model(strategy, p["encoder_weights"], seed), fit
