@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import FIXTURES
 
@@ -126,10 +127,12 @@ def test_reference_runs_are_made_by_this_code_and_named_honestly():
             assert params["weights"] == "none/random"
         else:
             assert params["weights"].startswith(f"{params['encoder_weights']}:")
+        asked = params["encoder_weights"]  # given to all jobs, to one job, or the default
         assert (
-            f"--encoder-weights {params['encoder_weights']}" in doc["command"]
-            or params["encoder_weights"] == "imagenet"
-        )  # the script's default
+            f"--encoder-weights {asked}" in doc["command"]
+            or f":{asked}" in doc["command"]
+            or asked == "imagenet"
+        )
     what, table = cs.reference_table()
     assert len(table) == len(doc["runs"]) and "test Dice, paper's definition" in table
 
@@ -236,3 +239,41 @@ def test_control_without_a_failure_to_explain():
 def test_momentum_runs_are_reported_with_the_failure():
     out = _findings(_run("unet", **FAILS), _run("unet", momentum=0.9, infer=0.89, train=0.9))
     assert "Trained with momentum 0.9" in out[0] and "0.890 in inference mode" in out[0]
+
+
+def _arm(arm, train, test, weights):
+    return {"model": "vgg16_unet", "norm": "batch", "seed": 0, "n_train": 100,
+            "bn_momentum": 0.99, "encoder_arm": arm, "last_train_dice": train,
+            "last_val_dice": test, "test_dice_keras": test, "test_dice_inference": test,
+            "weights_used": weights}  # fmt: skip
+
+
+def test_weights_findings_compare_the_pretrained_arm_with_its_random_control():
+    p = cs.study_params("paper")
+    hed = "hed-bsds500 (local file vgg16.hed-bsds500.safetensors)"
+    runs = pd.DataFrame([_arm("asked", 0.98, 0.95, hed), _arm("random", 0.97, 0.80, "none/random")])
+    table = cs.weights_table(runs, p)
+    assert table["weights"].tolist() == ["hed-bsds500", "none/random"]
+    assert table["overfitting gap (train - test)"].tolist() == [0.03, 0.17]
+    (text,) = cs.weights_findings(runs, p)
+    assert text.startswith("**VGG16-U-Net** with `hed-bsds500` weights overfits less than")
+    assert "gap 0.030 vs 0.170" in text and "0.950 vs 0.800 (+0.150)" in text
+    same = pd.DataFrame([_arm("asked", 0.98, 0.95, hed), _arm("random", 0.98, 0.96, "none/random")])
+    assert "about as much" in cs.weights_findings(same, p)[0]
+    # the asked weights did not load: nothing to compare, and the sentence says why
+    failed = runs.assign(weights_used="none/random")
+    assert "no pretrained arm" in cs.weights_findings(failed, p)[0]
+    # the random control is not a main run: Tables 1 and 2 show the asked arm only
+    assert cs.main_runs(runs, p)["encoder_arm"].tolist() == ["asked"]
+
+
+def test_random_controls_run_only_where_the_asked_weights_load(monkeypatch):
+    p = cs.study_params("smoke")
+    assert p["encoder_weights"] == cs.NATURAL_WEIGHTS and p["random_controls"] == ["vgg16_unet"]
+    monkeypatch.setattr(cs, "keras_weights_key", lambda model, weights: "hed-bsds500:sha256:x")
+    controls = [j for j in cs.jobs(p) if j[-1] == "random"]
+    assert controls == [("vgg16_unet", 0, 8, 0.99, "batch", "random")]
+    monkeypatch.setattr(cs, "keras_weights_key", lambda model, weights: "none/random")
+    assert not [j for j in cs.jobs(p) if j[-1] == "random"]  # random already: no duplicate run
+    with pytest.raises(ValueError, match="Unknown model with an encoder 'unet'"):
+        cs.study_params("smoke", random_controls=["unet"])

@@ -274,9 +274,25 @@ def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, W
     )
 
 
-def keras_weights_key(name: str, weights: str | None) -> str:
+def choose_keras_weights(name: str, preference) -> str | None:
+    """The first of ``preference`` (a name or a list of names, first choice first) that
+    :func:`resolve_keras_weights` can load for ``name``'s encoder, else None (random).
+
+    ``None``, ``"none"`` and ``"random"`` ask for a random encoder.
+    """
+    names = [preference] if preference is None or isinstance(preference, str) else preference
+    names = [n for n in names if n is not None and n not in RANDOM_NAMES]
+    for weights in names:
+        source, _ = resolve_keras_weights(name, weights)
+        if source is not None:
+            return weights
+    return names[0] if names else None  # nothing available: the first choice says why
+
+
+def keras_weights_key(name: str, weights) -> str:
     """:func:`lus_common.models.weights.weights_key` of the weights :func:`create_keras_model` will
     load (for run keys): the file's SHA-256, a download, or ``"none/random"``."""
+    weights = choose_keras_weights(name, weights)
     source, _ = resolve_keras_weights(name, weights)
     if source is None:
         return "none/random"
@@ -297,7 +313,9 @@ def create_keras_model(
     Args:
         name: ``"unet"``, ``"vgg16_unet"`` or ``"resnet50_unet"``.
         image_size: square input side (a multiple of 32 for the pretrained encoders).
-        encoder_weights: ``"imagenet"`` or ``None``; ignored by ``unet`` (always from scratch).
+        encoder_weights: ``"imagenet"``, ``"hed-bsds500"`` (VGG16), a list (the first available,
+            :func:`choose_keras_weights`) or ``None`` / ``"none"``; ignored by ``unet`` (always
+            from scratch).
         seed: seeds Keras' initialisers.
         norm: ``"batch"`` (the authors'), ``"group"`` or ``"none"`` in the layers we add.
 
@@ -311,6 +329,7 @@ def create_keras_model(
     lookup(NORMS, norm, "norm", error=ValueError)
     k = keras()
     k.utils.set_random_seed(seed)
+    encoder_weights = choose_keras_weights(name, encoder_weights)
     source, info = resolve_keras_weights(name, encoder_weights)
     if name == "unet":
         return build_unet(image_size, norm), info

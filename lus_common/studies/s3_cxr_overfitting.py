@@ -59,6 +59,10 @@ KERAS_BN_MOMENTUM = 0.99  # Keras' default, used by the authors
 # Bumped whenever the models or the training code change what a run computes: stored runs of an
 # older version are not reused.
 CODE_VERSION = "authors-2"
+# The paper's ImageNet encoders when a user has their Keras files (or a network), else the
+# natural-image VGG16 that `lus weights import` converts (HED's: ImageNet VGG16 tuned for edges on
+# BSDS500). ResNet50 has no such source: it stays random, and the tables say so.
+NATURAL_WEIGHTS = ["imagenet", "hed-bsds500"]
 # Models whose batch norm is all in layers we add, so that a GroupNorm copy is a clean control.
 CONTROL_MODELS = ("unet", "vgg16_unet")
 
@@ -69,13 +73,14 @@ PROFILES = derive_profiles(
     # curve.
     dict(data_source="shenzhen", image_size=128, n_train=100, n_val=49, n_test=54, split_seed=0,
          stretch="global", epochs=30, batch_size=16, lr=1e-4, seeds=[0, 1, 2, 3, 4],
-         models=list(MODELS), encoder_weights="imagenet", bn_momenta=[0.99, 0.9],
-         norm_controls=["group"], train_sizes=[25, 50, 100, 200, 400], curve_seeds=[0, 1, 2],
-         curve_steps="matched"),
-    # Minutes on a 2-core CPU: the chest X-ray phantom, 64-pixel images, fewer images and epochs,
-    # and a 10x step size so that 12 steps can learn something (the paper had 210 steps at 1e-4).
-    quick=dict(data_source="synthetic", image_size=64, n_train=32, n_val=16, n_test=16, epochs=6,
-               lr=1e-3, seeds=[0, 1], train_sizes=[16, 32], curve_seeds=[0]),
+         models=list(MODELS), encoder_weights=NATURAL_WEIGHTS, random_controls=["vgg16_unet"],
+         bn_momenta=[0.99, 0.9], norm_controls=["group"], train_sizes=[25, 50, 100, 200, 400],
+         curve_seeds=[0, 1, 2], curve_steps="matched"),
+    # About four minutes on a 2-core CPU (the book's default): the chest X-ray phantom at 32 px, 16
+    # training images in batches of 8 for 6 epochs (12 steps, at 10x the paper's step size so that
+    # they learn something; the paper had 210 steps at 1e-4), one seed.
+    quick=dict(data_source="synthetic", image_size=32, n_train=16, n_val=8, n_test=8, epochs=6,
+               batch_size=8, lr=1e-3, seeds=[0], train_sizes=[8, 16], curve_seeds=[0]),
     # Seconds, for tests.
     smoke=dict(data_source="synthetic", image_size=32, n_train=8, n_val=4, n_test=4, epochs=1,
                batch_size=4, seeds=[0], train_sizes=[4, 8], curve_seeds=[0]),
@@ -116,6 +121,9 @@ def study_params(profile: str = "quick", **given) -> dict:
     for model in p["models"]:
         lookup(MODELS, model, "model", error=ValueError)
     check_choice(p, "stretch", ("global", "per_image"))  # global: the authors'
+    p["random_controls"] = list(np.atleast_1d(p["random_controls"] or []))
+    for model in p["random_controls"]:
+        lookup([m for m in MODELS if m != "unet"], model, "model with an encoder", error=ValueError)
     check_choice(p, "curve_steps", ("matched", "epochs"))
     p["norm_controls"] = list(np.atleast_1d(p["norm_controls"] or []))
     for norm in p["norm_controls"]:
@@ -265,12 +273,18 @@ def run_one(
     splits: dict,
     norm: str = "batch",
     keep_predictions: int = 4,
+    arm: str = "asked",
 ) -> dict:
     """Train and evaluate one run, or reuse the stored run with the same parameters.
+
+    ``arm="random"`` is the random-encoder control of a pretrained arm: the same run with
+    ``encoder_weights="none"``.
 
     Returns:
         The run as :func:`lus_common.store.results.load_run` gives it, plus ``"reused"``.
     """
+    if arm == "random":
+        p = {**p, "encoder_weights": "none"}
     key = run_params(p, model_name, seed, n_train, bn_momentum, norm, splits.get("fingerprint", ""))
     channels = INPUT_CHANNELS[model_name]
     train = splits["pool"].subset(np.arange(n_train))
@@ -377,38 +391,27 @@ def _score_modes(model, sets: dict, batch_size: int, metrics: dict) -> tuple[dic
     return probs, per_image
 
 
-def jobs(p: dict) -> list[tuple[str, int, int, float, str]]:
-    """Every run of the parameters, as ``(model, seed, n_train, bn_momentum, norm)``.
+def jobs(p: dict) -> list[tuple[str, int, int, float, str, str]]:
+    """Every run of the parameters, as ``(model, seed, n_train, bn_momentum, norm, arm)``.
 
     The paper's setting (every model x seed, batch norm at Keras' momentum 0.99); the same trainings
     at every other momentum of ``bn_momenta`` (models with batch norm); the same architectures with
-    ``norm_controls`` instead of batch norm (:data:`CONTROL_MODELS`); then every model x curve seed
-    at each other training-set size.
+    ``norm_controls`` instead of batch norm (:data:`CONTROL_MODELS`); the same trainings with a
+    random encoder (``arm="random"``) for each of ``random_controls`` whose asked weights load
+    (else the asked arm is random already); then every model x curve seed at each other
+    training-set size. Every other run has ``arm="asked"`` (``encoder_weights`` as given).
     """
-    out = [
-        (m, s, p["n_train"], KERAS_BN_MOMENTUM, "batch") for m in p["models"] for s in p["seeds"]
-    ]
-    out += [
-        (m, s, p["n_train"], b, "batch")
-        for b in p["bn_momenta"]
-        if b != KERAS_BN_MOMENTUM
-        for m in p["models"]
-        for s in p["seeds"]
-    ]
-    out += [
-        (m, s, p["n_train"], KERAS_BN_MOMENTUM, norm)
-        for norm in p["norm_controls"]
-        for m in p["models"]
-        if m in CONTROL_MODELS
-        for s in p["seeds"]
-    ]
-    out += [
-        (m, s, n, KERAS_BN_MOMENTUM, "batch")
-        for n in p["train_sizes"]
-        if n != p["n_train"]
-        for m in p["models"]
-        for s in p["curve_seeds"]
-    ]
+    n, b0 = p["n_train"], KERAS_BN_MOMENTUM
+    out = [(m, s, n, b0, "batch", "asked") for m in p["models"] for s in p["seeds"]]
+    out += [(m, s, n, b, "batch", "asked") for b in p["bn_momenta"] if b != b0
+            for m in p["models"] for s in p["seeds"]]  # fmt: skip
+    out += [(m, s, n, b0, norm, "asked") for norm in p["norm_controls"]
+            for m in p["models"] if m in CONTROL_MODELS for s in p["seeds"]]  # fmt: skip
+    pretrained = [m for m in p["random_controls"] if m in p["models"]
+                  and keras_weights_key(m, p["encoder_weights"]) != "none/random"]  # fmt: skip
+    out += [(m, s, n, b0, "batch", "random") for m in pretrained for s in p["seeds"]]
+    out += [(m, s, size, b0, "batch", "asked") for size in p["train_sizes"] if size != n
+            for m in p["models"] for s in p["curve_seeds"]]  # fmt: skip
     return out
 
 
@@ -421,12 +424,13 @@ def run_study(p: dict, splits: dict, progress: bool = True) -> dict:
         and training mode}, "weights": {model: weights used}, "reused": count}``.
     """
     runs = Collector()
-    for model, seed, n, momentum, norm in tqdm(jobs(p), desc="runs", disable=not progress):
-        run = run_one(p, model, seed, n, momentum, splits, norm)
-        main = n == p["n_train"] and momentum == KERAS_BN_MOMENTUM and norm == "batch"
+    for model, seed, n, momentum, norm, arm in tqdm(jobs(p), desc="runs", disable=not progress):
+        run = run_one(p, model, seed, n, momentum, splits, norm, arm=arm)
+        main = (n, momentum, norm, arm) == (p["n_train"], KERAS_BN_MOMENTUM, "batch", "asked")
+        labels = {"model": model, "norm": norm, "seed": seed, "n_train": n, "bn_momentum": momentum}
         runs.add(
             run,
-            {"model": model, "norm": norm, "seed": seed, "n_train": n, "bn_momentum": momentum},
+            {**labels, "encoder_arm": arm},
             main={"model": model, "seed": seed} if main else None,
             name=model,
             predictions=lambda arrays: {
@@ -455,14 +459,83 @@ def _mode_state(g: pd.DataFrame, mode: str, bg: float) -> str:
     return "all-background" if all_background(acc, fg, bg) else "segments"
 
 
+def asked(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with the encoder weights as asked (not the random-encoder controls)."""
+    return runs[runs["encoder_arm"] == "asked"] if "encoder_arm" in runs else runs
+
+
 def main_runs(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
-    """The runs of the paper's setting: ``n_train`` images, batch norm at Keras' momentum."""
+    """The runs of the paper's setting: ``n_train`` images, batch norm at Keras' momentum, the
+    encoder weights as asked."""
+    runs = asked(runs)
     norm = runs["norm"] if "norm" in runs else "batch"
     return runs[
         (runs["n_train"] == p["n_train"])
         & (runs["bn_momentum"] == KERAS_BN_MOMENTUM)
         & (norm == "batch")
     ]
+
+
+def weights_name(used: str) -> str:
+    """``"hed-bsds500 (local file vgg16.hed-bsds500.safetensors)"`` -> ``"hed-bsds500"``."""
+    return used if used.startswith("none") else used.split(" (")[0]
+
+
+def weights_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
+    """Each model with a random-encoder control: the asked (pretrained) arm against the random one,
+    at the paper's setting. The overfitting gap is train Dice (as ``fit`` reports it) minus the
+    test Dice in the paper's definition."""
+    sel = runs[(runs["n_train"] == p["n_train"]) & (runs["bn_momentum"] == KERAS_BN_MOMENTUM)]
+    sel = sel[(sel["norm"] == "batch") & sel["model"].isin(p["random_controls"])]
+    rows = []
+    for (model, arm), g in sel.groupby(["model", "encoder_arm"], sort=False):
+        gap = g["last_train_dice"] - g["test_dice_keras"]
+        rows.append(
+            {
+                "model": MODEL_LABELS[model],
+                "encoder": "as asked" if arm == "asked" else "random (control)",
+                "weights": weights_name(g["weights_used"].iloc[0]),
+                "seeds": len(g),
+                "train Dice (fit)": g["last_train_dice"].mean(),
+                "validation Dice": g["last_val_dice"].mean(),
+                "test Dice, paper's definition": g["test_dice_keras"].mean(),
+                "test Dice, inference mode": g["test_dice_inference"].mean(),
+                "overfitting gap (train - test)": gap.mean(),
+            }
+        )
+    return pd.DataFrame(rows).round(3)
+
+
+def weights_findings(runs: pd.DataFrame, p: dict) -> list[str]:
+    """The paper's central claim, "the pretrained VGG16 overfits less", tested on the same
+    architecture: pretrained against random encoder, from the runs' own numbers."""
+    table = weights_table(runs, p)
+    out = []
+    for model, g in table.groupby("model", sort=False):
+        arms = g.set_index("encoder")
+        if len(arms) < 2 or arms.loc["as asked", "weights"].startswith("none"):
+            out.append(
+                f"**{model}**: no pretrained arm to compare with its random control here (the "
+                f"weights asked for were not loaded: {arms['weights'].iloc[0]})."
+            )
+            continue
+        gap, test = "overfitting gap (train - test)", "test Dice, paper's definition"
+        pre, rnd = arms.loc["as asked"], arms.loc["random (control)"]
+        d_gap, d_test = pre[gap] - rnd[gap], pre[test] - rnd[test]
+        verdict = (
+            "overfits less"
+            if d_gap < -0.02
+            else "overfits more"
+            if d_gap > 0.02
+            else "overfits about as much (gaps within 0.02)"
+        )
+        out.append(
+            f"**{model}** with `{pre['weights']}` weights {verdict} than with a random encoder: "
+            f"train - test Dice gap {pre[gap]:.3f} vs {rnd[gap]:.3f}; test Dice (paper's "
+            f"definition) {pre[test]:.3f} vs {rnd[test]:.3f} ({d_test:+.3f}), "
+            f"{int(pre['seeds'])} seed(s) each."
+        )
+    return out
 
 
 def findings(
@@ -651,6 +724,9 @@ def reference_runs(path: Path = REFERENCE_RUNS) -> pd.DataFrame:
             {
                 **{k: r["params"][k] for k in ("model", "seed", "n_train", "bn_momentum")},
                 "norm": r["params"].get("norm", "batch"),
+                "encoder_arm": "random"
+                if str(r["params"].get("encoder_weights")) in ("none", "random", "None")
+                else "asked",
                 **r["metrics"],
             }
             for r in doc["runs"]
@@ -696,6 +772,9 @@ def _mean_std_table(
 ) -> pd.DataFrame:
     ms = mean_std(runs, "model", list(columns))
     table = pd.DataFrame(index=[MODEL_LABELS[m] for m in ms.index])
+    # the weights the runs really carried (the source is in the runs)
+    first = runs.groupby("model", sort=False)["weights_used"].first()
+    table["weights"] = [weights_name(first[m]) for m in ms.index]
     for col, name in columns.items():
         table[name] = [
             format_mean_std(m, s, 1, 3) for m, s in zip(ms[f"{col}_mean"], ms[f"{col}_std"])
@@ -743,7 +822,8 @@ def bn_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     """Mean Dice per model, normalisation and momentum: inference vs training mode (transductive),
     recomputed statistics, with the number of BN updates (steps)."""
     rows = []
-    sel = runs[runs["n_train"] == p["n_train"]]
+    sel = asked(runs)
+    sel = sel[sel["n_train"] == p["n_train"]]
     for (model, norm, momentum), g in sel.groupby(["model", "norm", "bn_momentum"], sort=False):
         rows.append(
             {
@@ -767,7 +847,8 @@ def bn_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
 def size_curve(runs: pd.DataFrame) -> pd.DataFrame:
     """Test Dice (inference mode and with recomputed BN) by model and training-set size, at Keras'
     momentum, with the epochs and steps each size trained for."""
-    r = runs[(runs["bn_momentum"] == KERAS_BN_MOMENTUM) & (runs["norm"] == "batch")]
+    r = asked(runs)
+    r = r[(r["bn_momentum"] == KERAS_BN_MOMENTUM) & (r["norm"] == "batch")]
     out = (
         r.groupby(["model", "n_train"], sort=False)
         .agg(
