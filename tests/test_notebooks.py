@@ -13,6 +13,14 @@ from lus_common.studies import s3_cxr_overfitting as cxr
 SECTIONS = ["Parameters", "Setup", "Data", "Models", "Training", "Results", "Figures", "Discussion"]
 # Chapters that are not studies have their own sections.
 CHAPTER_SECTIONS = {
+    "A1_pretrained_weights.ipynb": [
+        "Parameters",
+        "Setup",
+        "Sources",
+        "Checks",
+        "What the weights see",
+        "How they differ from the papers' weights",
+    ],
     "00_phantoms.ipynb": [
         "Parameters",
         "Setup",
@@ -25,7 +33,7 @@ CHAPTER_SECTIONS = {
         "Fetal head",
         "Speed",
         "Limits",
-    ]
+    ],
 }
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
 

@@ -133,7 +133,7 @@ def test_efficientnet_lite0_recognises_the_cat_and_the_espresso(imported):
     mean, std = np.asarray(w.IMAGENET_MEAN, np.float32), np.asarray(w.IMAGENET_STD, np.float32)
     tops = {}
     for picture in ("chelsea", "coffee"):
-        x = w._nchw((w._image(picture, 224).astype(np.float32) / 255 - mean) / std)
+        x = w._nchw((w.sample_image(picture, 224).astype(np.float32) / 255 - mean) / std)
         with torch.no_grad():
             prob = model(x).softmax(1)[0]
         tops[picture] = (int(prob.argmax()), float(prob.max()))
@@ -159,8 +159,8 @@ def test_hed_finds_edges_and_random_weights_do_not(imported, wheels):
             head[f"{n}.bias"] = torch.from_numpy(bias)
     converted = load_file(str(_file(imported, "hed-bsds500", 1)))
     assert all(torch.equal(converted[k], v) for k, v in head.items())
-    image = w._image("astronaut", w.HED_CHECK_SIZE)
-    edges = w.hed_edges(w._load_encoder("vgg16", _file(imported, "hed-bsds500")), head, image)
+    image = w.sample_image("astronaut", w.HED_CHECK_SIZE)
+    edges = w.hed_edges(w.load_encoder("vgg16", _file(imported, "hed-bsds500")), head, image)
     assert edges.shape == image.shape[:2] and 0 <= edges.min() and edges.max() <= 1
     pretrained = w.sobel_correlation(edges, image)
     random = w.sobel_correlation(w.hed_edges(*w.random_hed_head(), image), image)
@@ -190,7 +190,7 @@ def test_one_vgg16_file_serves_keras_too(imported, wheels):
     x = np.random.default_rng(0).normal(0, 50, (1, 32, 32, 3)).astype(np.float32)
     keras_out = np.asarray(k.ops.convert_to_numpy(model(x)))[0].transpose(2, 0, 1)
     with torch.no_grad():
-        torch_out = w._load_encoder("vgg16", path)(w._nchw(x[0]))[-1][0].numpy()
+        torch_out = w.load_encoder("vgg16", path)(w._nchw(x[0]))[-1][0].numpy()
     assert w._rel(torch_out, keras_out) < 1e-5
 
 
@@ -322,12 +322,12 @@ def test_the_hc18_model_carries_the_imported_mobilenet_v2_as_keras_computed_it(
         "imagenet-dogs160 (local file mobilenet_v2.imagenet-dogs160.safetensors, "
         "Keras padding and BN eps)"
     )
-    plain = w._load_encoder("mobilenet_v2", _file(imported, "imagenet-dogs160"))
+    plain = w.load_encoder("mobilenet_v2", _file(imported, "imagenet-dogs160"))
     x = torch.randn(1, 3, 64, 64)
     model.eval()
     with torch.no_grad():
         ours, theirs = model.encoder(x)[-1], keras_mobilenet_v2(plain)(x)[-1]
-        torch_padding = w._load_encoder("mobilenet_v2", _file(imported, "imagenet-dogs160"))(x)[-1]
+        torch_padding = w.load_encoder("mobilenet_v2", _file(imported, "imagenet-dogs160"))(x)[-1]
     assert torch.allclose(ours, theirs) and not torch.allclose(ours, torch_padding, atol=1e-3)
     # the paper's trainable-parameter counts do not change: padding adds no parameter
     assert sum(p.numel() for p in model.parameters()) == sum(

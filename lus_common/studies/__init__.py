@@ -3,7 +3,7 @@
 
 Each study has one spelling everywhere: ``lus run hc18_strategies`` <->
 ``notebooks/04_hc18_strategies.ipynb`` <-> :mod:`lus_common.studies.s4_hc18_strategies`. Chapters
-whose study is not built yet are listed with ``notebook=None`` (the book shows a placeholder page).
+whose study is not built yet are listed with ``built=False`` (the book shows a placeholder page).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ class Study:
             code is :mod:`lus_common.phantoms`).
         built: False while the chapter is a placeholder page (``book/chapters/<chapter>.md``).
         smoke: the parameters the tests and CI add to the ``smoke`` profile.
+        kind: ``"data"`` (the phantoms), ``"study"`` (a paper, on phantoms by default) or
+            ``"appendix"`` (reference pages on real files, e.g. the pretrained weights).
     """
 
     name: str
@@ -34,6 +36,7 @@ class Study:
     module: str | None = None
     built: bool = True
     smoke: dict = field(default_factory=dict)
+    kind: str = "study"
 
     @property
     def notebook(self) -> str:
@@ -48,7 +51,12 @@ class Study:
 
 
 _ALL = [
-    Study("phantoms", "00_phantoms", "The phantoms: synthetic images with exact ground truth"),
+    Study(
+        "phantoms",
+        "00_phantoms",
+        "The phantoms: synthetic images with exact ground truth",
+        kind="data",
+    ),
     Study("data_reduction", "01_data_reduction", "Data reduction (Muñoz et al. 2025)", built=False),
     Study("v_vs_x_unet", "02_v_vs_x_unet", "V-UNet vs X-UNet (Cheng & Lam 2021)", built=False),
     Study(
@@ -71,6 +79,7 @@ _ALL = [
         "Dense vs sparse reverse transfer (Gare et al.)",
         built=False,
     ),
+    Study("pretrained_weights", "A1_pretrained_weights", "Pretrained weights", kind="appendix"),
 ]
 REGISTRY: dict[str, Study] = {s.name: s for s in _ALL}
 # The chapters that execute (the others are placeholder pages).
