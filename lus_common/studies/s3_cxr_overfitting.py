@@ -298,26 +298,7 @@ def run_one(
             to_keras(d, channels) for d in (train, splits["val"], splits["test"])
         )
         n_bn = set_bn_momentum(model, bn_momentum)
-        model.compile(
-            optimizer=k.optimizers.Adam(p["lr"]),
-            loss=dice_loss,
-            metrics=[dice_coefficient, k.metrics.BinaryAccuracy(name="accuracy")],
-        )
-        start = time.perf_counter()
-        trained = model.fit(
-            x,
-            y,
-            batch_size=p["batch_size"],
-            epochs=rp["epochs"],
-            validation_data=(xv, yv),
-            shuffle=True,
-            verbose=0,
-        )
-        seconds = time.perf_counter() - start
-        history = pd.DataFrame(trained.history).rename(
-            columns={"dice_coefficient": "dice", "val_dice_coefficient": "val_dice"}
-        )
-        history.insert(0, "epoch", np.arange(1, len(history) + 1))
+        history, seconds = _fit_keras(model, p, rp["epochs"], (x, y), (xv, yv))
         metrics = {
             "weights_used": weights.used,
             "params": int(model.count_params()),
@@ -326,28 +307,16 @@ def run_one(
             "steps": rp["steps"],
             "epochs": rp["epochs"],
             "test_background_fraction": float(1 - yt.mean()),
+            **{f"test_{key}_keras": value for key, value in _keras_evaluate(model, xt, yt).items()},
         }
-        for key, value in _keras_evaluate(model, xt, yt).items():
-            metrics[f"test_{key}_keras"] = value
-        probs, per_image = _score_modes(
-            model, {"train": (x, y), "test": (xt, yt)}, p["batch_size"], metrics
-        )
+        probs, per_image = _bn_metrics(model, (x, y), (xt, yt), p["batch_size"], metrics)
         per_image.insert(0, "id", splits["test"].ids)
-        recompute_bn_statistics(model, x, p["batch_size"])
-        for split, (xs, ys) in {"train": (x, y), "test": (xt, yt)}.items():
-            scores = segmentation_scores(
-                predict_probabilities(model, xs, p["batch_size"]), ys[..., 0]
-            )
-            for key, value in _summary(scores).items():
-                metrics[f"{split}_{key}_recomputed_bn"] = value
         last = history.iloc[-1]
         metrics.update(
-            {
-                "last_train_accuracy": float(last["accuracy"]),
-                "last_train_dice": float(last["dice"]),
-                "last_val_accuracy": float(last["val_accuracy"]),
-                "last_val_dice": float(last["val_dice"]),
-            }
+            last_train_accuracy=float(last["accuracy"]),
+            last_train_dice=float(last["dice"]),
+            last_val_accuracy=float(last["val_accuracy"]),
+            last_val_dice=float(last["val_dice"]),
         )
         config = {
             "study": STUDY,
@@ -363,14 +332,52 @@ def run_one(
             "environment": environment_info(),
         }
         arrays = {
-            "probs": results.encode_probabilities(probs["test", "inference"][:keep_predictions]),
-            "probs_training_mode": results.encode_probabilities(
-                probs["test", "training"][:keep_predictions]
-            ),
+            name: results.encode_probabilities(probs["test", mode][:keep_predictions])
+            for name, mode in (("probs", "inference"), ("probs_training_mode", "training"))
         }
         return run_record(config, metrics, history, per_image, arrays)
 
     return cached_run(STUDY, key, RUN_NAME_KEYS, build, fit)
+
+
+def _fit_keras(model, p: dict, epochs: int, train: tuple, val: tuple) -> tuple[pd.DataFrame, float]:
+    """Compile with the authors' loss, metrics and optimiser, fit, and return the per-epoch history
+    (``dice``, ``val_dice``, ``accuracy``, ...) and the seconds the fit took."""
+    k = keras()
+    model.compile(
+        optimizer=k.optimizers.Adam(p["lr"]),
+        loss=dice_loss,
+        metrics=[dice_coefficient, k.metrics.BinaryAccuracy(name="accuracy")],
+    )
+    start = time.perf_counter()
+    trained = model.fit(
+        *train,
+        batch_size=p["batch_size"],
+        epochs=epochs,
+        validation_data=val,
+        shuffle=True,
+        verbose=0,
+    )
+    seconds = time.perf_counter() - start
+    history = pd.DataFrame(trained.history).rename(
+        columns={"dice_coefficient": "dice", "val_dice_coefficient": "val_dice"}
+    )
+    history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    return history, seconds
+
+
+def _bn_metrics(model, train: tuple, test: tuple, batch_size: int, metrics: dict):
+    """The batch-norm test of one trained model, into ``metrics``: train and test scores in
+    inference and training mode (:func:`_score_modes`), then in inference mode once the moving
+    statistics are recomputed on the training images. Returns the probabilities and per-image test
+    scores of :func:`_score_modes` (before the recomputation)."""
+    probs, per_image = _score_modes(model, {"train": train, "test": test}, batch_size, metrics)
+    recompute_bn_statistics(model, train[0], batch_size)
+    for split, (xs, ys) in {"train": train, "test": test}.items():
+        scores = segmentation_scores(predict_probabilities(model, xs, batch_size), ys[..., 0])
+        for key, value in _summary(scores).items():
+            metrics[f"{split}_{key}_recomputed_bn"] = value
+    return probs, per_image
 
 
 def _score_modes(model, sets: dict, batch_size: int, metrics: dict) -> tuple[dict, pd.DataFrame]:
