@@ -196,33 +196,14 @@ def train_model(
     loss_fn = nn.BCEWithLogitsLoss()
     x_all = _place(to_input(train_images, norm=cfg.input_norm), device)
     y_all = _place(to_target(train_masks), device)
-    n = len(x_all)
     rows = []
     for epoch in tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress, leave=False):
         start = time.perf_counter()
         model.train()
         for module in frozen:
             module.eval()
-        order = torch.randperm(n, device=device, generator=gen)
-        total = torch.zeros((), device=device)
-        seen = 0
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            if len(idx) < 2:  # batch norm cannot train on a single image; it is seen next epoch
-                continue
-            x = x_all[idx.to(x_all.device)].to(device, non_blocking=True)
-            y = y_all[idx.to(y_all.device)].to(device, non_blocking=True)
-            x, y = augment(x, y, cfg, gen)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, cfg.amp):
-                loss = loss_fn(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(idx)
-            seen += len(idx)
-        row = {"epoch": epoch, "train_loss": total.item() / seen, "lr": scheduler.get_last_lr()[0]}
+        loss = _train_epoch(model, x_all, y_all, cfg, optimizer, loss_fn, device, gen)
+        row = {"epoch": epoch, "train_loss": loss, "lr": scheduler.get_last_lr()[0]}
         scheduler.step()
         if val_images is not None:
             row.update(
@@ -233,6 +214,32 @@ def train_model(
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _train_epoch(model, x_all, y_all, cfg, optimizer, loss_fn, device, gen) -> float:
+    """One pass over the training images in a random order: augmentation, mixed precision, one
+    optimiser step per batch. Returns the mean training loss."""
+    n = len(x_all)
+    order = torch.randperm(n, device=device, generator=gen)
+    total = torch.zeros((), device=device)
+    seen = 0
+    for i in range(0, n, cfg.batch_size):
+        idx = order[i : i + cfg.batch_size]
+        if len(idx) < 2:  # batch norm cannot train on a single image; it is seen next epoch
+            continue
+        x = x_all[idx.to(x_all.device)].to(device, non_blocking=True)
+        y = y_all[idx.to(y_all.device)].to(device, non_blocking=True)
+        x, y = augment(x, y, cfg, gen)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, cfg.amp):
+            loss = loss_fn(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(idx)
+        seen += len(idx)
+    return total.item() / seen
 
 
 @torch.no_grad()
