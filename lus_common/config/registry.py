@@ -8,7 +8,10 @@ from collections.abc import Iterable, Mapping
 
 
 def plural(kind: str) -> str:
-    """'study' -> 'studies', 'model' -> 'models', 'weights' -> 'weights'."""
+    """'study' -> 'studies', 'model' -> 'models', 'diagnosis' -> 'diagnoses', 'weights' ->
+    'weights'."""
+    if kind.endswith("is"):
+        return kind[:-2] + "es"
     if kind.endswith("s"):
         return kind
     if kind.endswith("y") and kind[-2:-1] not in "aeiou":

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from lus_common.config.registry import lookup
 from lus_common.data.sets import SegmentationSet
 from lus_common.phantoms import bmode
 
@@ -517,14 +518,11 @@ def lung_ultrasound_phantom(
         binary mask per structure plus ``"dense"`` and ``"sparse"`` class maps, and ``meta`` with
         patient, video, frame, probe, diagnosis and severity per image.
     """
-    if target not in TARGETS:
-        raise ValueError(f"Unknown target '{target}'. Known: {TARGETS}")
-    if probe not in PROBES + ("mixed",):
-        raise ValueError(f"Unknown probe '{probe}'. Known: {PROBES + ('mixed',)}")
+    lookup(TARGETS, target, "target", error=ValueError)
+    lookup(PROBES + ("mixed",), probe, "probe", error=ValueError)
     diagnoses = (diagnoses,) if isinstance(diagnoses, str) else tuple(diagnoses)
     for d in diagnoses:
-        if d not in DIAGNOSES:
-            raise ValueError(f"Unknown diagnosis '{d}'. Known: {DIAGNOSES}")
+        lookup(DIAGNOSES, d, "diagnosis", error=ValueError)
     rng = bmode.as_generator(seed)
     size = int(image_size)
     n_videos = -(-n_images // frames_per_video)
@@ -577,50 +575,42 @@ def lung_ultrasound_phantom(
         spacing[sl] = out["spacing"]
         if keep_envelope:
             envelopes[sl] = out["envelope"]
-        sev = world["severity"]
-        return [
-            dict(
-                patient=f"lus_p{pid:03d}",
-                video=f"lus_p{pid:03d}_v{v:04d}",
-                frame=f,
-                probe=kinds[v],
-                diagnosis=pat["diagnosis"],
-                depth_mm=world["depth_mm"],
-                pleural_depth_mm=world["pleural_depth_mm"],
-                n_blines=sev["n_blines"],
-                pleural_irregularity_mm=sev["pleural_irregularity_mm"],
-                consolidations=sev["consolidations"],
-            )
-            for f in range(sl.stop - sl.start)
-        ]
+        return _video_rows(pid, v, kinds[v], pat["diagnosis"], world, sl.stop - sl.start)
 
     # numpy and scipy.fft release the GIL on whole arrays: videos render in parallel threads.
     with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
         rows = [row for video in pool.map(make_video, range(n_videos)) for row in video]
     meta = pd.DataFrame(rows)
     ids = [f"{r['video']}_f{r['frame']:03d}" for r in rows]
-    info = {
-        "generator": "lung_ultrasound_phantom",
-        "version": GENERATOR_VERSION,
-        "target": target,
-        "probe": probe,
-        "dense_classes": DENSE_CLASSES,
-        "sparse_classes": SPARSE_CLASSES,
-    }
+    info = {"target": target, "probe": probe, "dense_classes": DENSE_CLASSES,
+            "sparse_classes": SPARSE_CLASSES}  # fmt: skip
     if keep_envelope:
         info["envelope"] = envelopes
-    return SegmentationSet(
-        images=images,
-        masks=masks,
-        ids=ids,
-        groups=list(meta["patient"]),
-        spacing_mm=spacing,
-        source="synthetic",
-        synthetic=True,
-        info=info,
-        layers=layers,
-        meta=meta,
-    )
+    return SegmentationSet.phantom(
+        images, masks, ids, "lung_ultrasound_phantom", GENERATOR_VERSION,
+        groups=list(meta["patient"]), spacing_mm=spacing, info=info, layers=layers, meta=meta,
+    )  # fmt: skip
+
+
+def _video_rows(pid: int, v: int, probe: str, diagnosis: str, world: dict, n_frames: int) -> list:
+    """The ``meta`` rows of one video's frames: patient, video, frame, probe, diagnosis, depths
+    and severity."""
+    sev = world["severity"]
+    video = dict(patient=f"lus_p{pid:03d}", video=f"lus_p{pid:03d}_v{v:04d}")
+    return [
+        {
+            **video,
+            "frame": f,
+            "probe": probe,
+            "diagnosis": diagnosis,
+            "depth_mm": world["depth_mm"],
+            "pleural_depth_mm": world["pleural_depth_mm"],
+            "n_blines": sev["n_blines"],
+            "pleural_irregularity_mm": sev["pleural_irregularity_mm"],
+            "consolidations": sev["consolidations"],
+        }
+        for f in range(n_frames)
+    ]
 
 
 def formation_steps(
