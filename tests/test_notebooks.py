@@ -91,7 +91,8 @@ def test_hc18_smoke_synthetic_end_to_end(tmp_path, isolated_results):
     text = _outputs(nb)
     assert "SYNTHETIC phantom" in text and "Weights used" in text
     folders = sorted((isolated_results / "hc18_strategies").iterdir())
-    assert len(folders) == 9  # 8 strategies and the random-encoder control, 1 seed
+    # 8 strategies, the random-encoder control and the EfficientNet-Lite0 pair, 1 seed
+    assert len(folders) == 11
     for folder in folders:
         metrics = json.loads((folder / "metrics.json").read_text())
         config = json.loads((folder / "config.json").read_text())
@@ -109,7 +110,7 @@ def test_hc18_smoke_synthetic_end_to_end(tmp_path, isolated_results):
         output=tmp_path / "nb2.ipynb",
         progress=False,
     )
-    assert "9 reused from the results store" in _outputs(nbformat.read(tmp_path / "nb2.ipynb", 4))
+    assert "11 reused from the results store" in _outputs(nbformat.read(tmp_path / "nb2.ipynb", 4))
 
 
 def test_hc18_smoke_real_data(tmp_path, real_data):

@@ -52,7 +52,20 @@ def test_exact_counts_of_the_authors_code(models):
         "baseline",
         "decoder",
         "decoder_random",
+        "effnet_decoder",
+        "effnet_decoder_random",
     ]
+
+
+def test_encoder_family_control_trains_the_decoder_and_head_only(models):
+    for name in ("effnet_decoder", "effnet_decoder_random"):
+        model, s = models[name]
+        assert model.encoder.__class__.__name__.startswith("EfficientNet")
+        assert not any(p.requires_grad for p in model.encoder.parameters())
+        parts = [*model.decoder.parameters(), *model.segmentation_head.parameters()]
+        assert trainable_parameters(model) == sum(p.numel() for p in parts) > 0
+    assert get_strategy("effnet_decoder").pretrained
+    assert not get_strategy("effnet_decoder_random").pretrained
 
 
 def test_random_encoder_control():
@@ -102,7 +115,8 @@ def test_head_parameters():
 def test_findings_are_generated_from_the_runs_and_the_paper():
     p = hc18_study.study_params("quick")
     col = hc18_study.report_column(p)
-    dice = {"baseline": [0.90, 0.92], "decoder": [0.95, 0.97], "decoder_random": [0.80, 0.82]}
+    dice = {"baseline": [0.90, 0.92], "decoder": [0.95, 0.97], "decoder_random": [0.80, 0.82],
+            "effnet_decoder": [0.93, 0.93], "effnet_decoder_random": [0.70, 0.72]}  # fmt: skip
     runs = pd.DataFrame(
         [
             {"strategy": s, "seed": i, col: d, "weights_used": "imagenet-dogs160 (local file x)"}
@@ -110,7 +124,7 @@ def test_findings_are_generated_from_the_runs_and_the_paper():
             for i, d in enumerate(values)
         ]
     )
-    runs.loc[runs.strategy != "decoder", "weights_used"] = "none/random"
+    runs.loc[~runs.strategy.isin(["decoder", "effnet_decoder"]), "weights_used"] = "none/random"
     weights = {s: {"used": u} for s, u in zip(runs.strategy, runs.weights_used)}
     text = "\n".join(hc18_study.findings(runs, p, "SYNTHETIC phantom", weights))
     assert "Best mean Dice: **decoder** (96.00 %)" in text
@@ -118,6 +132,8 @@ def test_findings_are_generated_from_the_runs_and_the_paper():
     assert "minus baseline: +5.00 Dice points (paper: +0.75)" in text  # 96.28 - 95.53
     assert "pretrained (imagenet-dogs160 (local file x)) vs random: 96.00 % vs 81.00 %" in text
     assert "encoder-only" not in text  # no encoder runs, no sentence about them
+    assert "EfficientNet-Lite0 frozen, pretrained (imagenet-dogs160 (local file x)) vs random: " \
+        "93.00 % vs 71.00 % Dice, beside MobileNetV2's 96.00 % vs 81.00 %." in text  # fmt: skip
     runs["weights_used"] = "none/random"  # nothing pretrained: the page says the test is not made
     text = "\n".join(hc18_study.findings(runs, p, "SYNTHETIC phantom", weights))
     assert "comparison that measures transfer is not made" in text

@@ -29,6 +29,10 @@ MODELS: dict[str, dict] = {
     },
     "unet_resnet50": {"description": "smp Unet with a ResNet50 encoder", "encoder": "resnet50"},
     "unet_vgg16": {"description": "smp Unet with a VGG16 encoder", "encoder": "vgg16"},
+    "unet_efficientnet_lite0": {
+        "description": "smp Unet with an EfficientNet-Lite0 encoder (timm's TF port)",
+        "encoder": "timm-tf_efficientnet_lite0",
+    },
 }
 
 

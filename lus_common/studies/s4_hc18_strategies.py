@@ -401,6 +401,19 @@ def findings(runs: pd.DataFrame, p: dict, data_label: str, weights: dict) -> lis
                 f"{means['decoder_random']:.2f} % Dice: what the pretrained features are worth "
                 "here."
             )
+    if {"effnet_decoder", "effnet_decoder_random"} <= have:
+        w_eff = runs.loc[runs.strategy == "effnet_decoder", "weights_used"].iloc[0]
+        lines.append(
+            f"- Encoder-family control (not in the paper), EfficientNet-Lite0 frozen, pretrained "
+            f"({w_eff}) vs random: {means['effnet_decoder']:.2f} % vs "
+            f"{means['effnet_decoder_random']:.2f} % Dice"
+            + (
+                f", beside MobileNetV2's {means['decoder']:.2f} % vs "
+                f"{means['decoder_random']:.2f} %."
+                if {"decoder", "decoder_random"} <= have
+                else "."
+            )
+        )
     small = [s for s in ("d234", "d4") if s in have]
     if small:
         lines.append(

