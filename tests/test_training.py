@@ -86,10 +86,14 @@ def test_study_params_validate():
         20,
         4,
     )
-    # The authors' augmentation and input scaling; the eight strategies and the random-encoder
-    # control.
+    # The authors' augmentation and input scaling; the eight strategies, the random-encoder
+    # control and the EfficientNet-Lite0 pair.
     assert (p["rotation_deg"], p["hflip"], p["vflip"], p["input_norm"]) == (25, 0.5, 0.1, "unit")
-    assert len(p["strategies"]) == 9 and p["strategies"][-1] == "decoder_random"
+    assert len(p["strategies"]) == 11 and p["strategies"][8:] == [
+        "decoder_random",
+        "effnet_decoder",
+        "effnet_decoder_random",
+    ]
     assert (p["warmup_epochs"], p["report"]) == (5, "after_warmup")
     with pytest.raises(ValueError, match="Unknown report value"):
         hc18_study.study_params("smoke", report="best")
