@@ -44,7 +44,13 @@ from pathlib import Path
 
 from lus_common.config.paths import data_dir
 from lus_common.config.registry import lookup
-from lus_common.models.weights import RANDOM_NAMES, WeightsInfo, hub_reachable, weights_key
+from lus_common.models.weights import (
+    RANDOM_NAMES,
+    WeightsInfo,
+    first_available,
+    hub_reachable,
+    weights_key,
+)
 
 MODELS = ("unet", "vgg16_unet", "resnet50_unet")
 # keras.applications' own file names for the include_top=False ImageNet weights.
@@ -280,13 +286,7 @@ def choose_keras_weights(name: str, preference) -> str | None:
 
     ``None``, ``"none"`` and ``"random"`` ask for a random encoder.
     """
-    names = [preference] if preference is None or isinstance(preference, str) else preference
-    names = [n for n in names if n is not None and n not in RANDOM_NAMES]
-    for weights in names:
-        source, _ = resolve_keras_weights(name, weights)
-        if source is not None:
-            return weights
-    return names[0] if names else None  # nothing available: the first choice says why
+    return first_available(preference, lambda w: resolve_keras_weights(name, w)[0] is not None)
 
 
 def keras_weights_key(name: str, weights) -> str:

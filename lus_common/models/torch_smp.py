@@ -11,10 +11,10 @@ from lus_common.config.paths import data_dir
 from lus_common.config.registry import lookup
 from lus_common.models.torch_unet import UNet
 from lus_common.models.weights import (
-    RANDOM_NAMES,
     WeightsInfo,
     _hub_weights,
     _load_state_dict,
+    first_available,
     hub_reachable,
     local_weights_path,
     smp_pretrained_settings,
@@ -125,14 +125,9 @@ def choose_weights(encoder_name: str, preference) -> str | None:
         The first name whose weights can be loaded; when none can, the first name (the run then
         records ``none/random`` with the reason); ``None`` for random weights.
     """
-    names = [preference] if isinstance(preference, str) or preference is None else list(preference)
-    names = [n for n in names if n is not None and n not in RANDOM_NAMES]
-    if not names:
-        return None
-    for name in names:
-        if encoder_weights_key(encoder_name, name) != "none/random":
-            return name
-    return names[0]
+    return first_available(
+        preference, lambda name: encoder_weights_key(encoder_name, name) != "none/random"
+    )
 
 
 def resolve_encoder_weights(

@@ -35,6 +35,29 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
 RANDOM_NAMES = ("none", "random")
 
 
+def first_available(preference, loads) -> str | None:
+    """The first name of ``preference`` for which ``loads(name)`` is true.
+
+    Args:
+        preference: one weights name, or a list in order of preference; ``None``, ``"none"`` or
+            ``"random"`` ask for random weights.
+        loads: ``name -> bool``, whether those weights can be loaded.
+
+    Returns:
+        That name; the first name when none loads (the run then records ``none/random`` with the
+        reason); ``None`` for random weights.
+    """
+    names = [preference] if isinstance(preference, str) or preference is None else list(preference)
+    names = [n for n in names if n is not None and n not in RANDOM_NAMES]
+    return next((n for n in names if loads(n)), names[0] if names else None)
+
+
+def weights_name(used: str) -> str:
+    """The name in a recorded ``WeightsInfo.used``:
+    ``"hed-bsds500 (local file vgg16.hed-bsds500.safetensors)"`` -> ``"hed-bsds500"``."""
+    return used if used.startswith("none") else used.split(" (")[0]
+
+
 def file_digest(path) -> str:
     """The first 12 hex digits of a file's SHA-256 (cached per path, size and modification time)."""
     stat = Path(path).stat()

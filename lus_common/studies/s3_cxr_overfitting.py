@@ -41,6 +41,7 @@ from lus_common.models.keras_unets import (
     recompute_bn_statistics,
     set_bn_momentum,
 )
+from lus_common.models.weights import RANDOM_NAMES, weights_name
 from lus_common.phantoms.cxr import chest_xray_phantom
 from lus_common.store import results
 from lus_common.store.environment import environment_info
@@ -483,11 +484,6 @@ def main_runs(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     ]
 
 
-def weights_name(used: str) -> str:
-    """``"hed-bsds500 (local file vgg16.hed-bsds500.safetensors)"`` -> ``"hed-bsds500"``."""
-    return used if used.startswith("none") else used.split(" (")[0]
-
-
 def weights_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     """Each model with a random-encoder control: the asked (pretrained) arm against the random one,
     at the paper's setting. The overfitting gap is train Dice (as ``fit`` reports it) minus the
@@ -732,7 +728,7 @@ def reference_runs(path: Path = REFERENCE_RUNS) -> pd.DataFrame:
                 **{k: r["params"][k] for k in ("model", "seed", "n_train", "bn_momentum")},
                 "norm": r["params"].get("norm", "batch"),
                 "encoder_arm": "random"
-                if str(r["params"].get("encoder_weights")) in ("none", "random", "None")
+                if r["params"].get("encoder_weights") in (None, *RANDOM_NAMES)
                 else "asked",
                 **r["metrics"],
             }

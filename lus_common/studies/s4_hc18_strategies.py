@@ -24,6 +24,7 @@ from lus_common.models.torch_smp import (
     create_model,
     encoder_weights_key,
 )
+from lus_common.models.weights import weights_name
 from lus_common.phantoms import fetal_head_phantom
 from lus_common.store import results
 from lus_common.store.environment import environment_info
@@ -319,9 +320,7 @@ def summary_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     # the weights' name; the source (local file, hub, ...) is in the runs
     # and in the note above the table
     table["weights"] = (
-        runs.groupby("strategy", sort=False)["weights_used"]
-        .first()
-        .map(lambda used: used if used.startswith("none") else used.split(" (")[0])
+        runs.groupby("strategy", sort=False)["weights_used"].first().map(weights_name)
     )
     paper = PAPER_RESULTS.reindex(ms.index)
     for col, name, paper_col in [
