@@ -41,4 +41,5 @@ def empty_data_dir(tmp_path, monkeypatch):
     folder = tmp_path / "data"
     folder.mkdir()
     monkeypatch.setenv("LUS_DATA_DIR", str(folder))
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(folder / "weights"))  # no imported weights either
     return folder

@@ -275,7 +275,7 @@ def test_models_load_the_local_file(imported, monkeypatch):
     from lus_common.models.torch_smp import resolve_encoder_weights
     from lus_common.models.weights import local_weights_path
 
-    monkeypatch.setenv("LUS_DATA_DIR", str(imported))
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(w.weights_dir(imported)))
     for s in w.SOURCES.values():
         assert local_weights_path(s.encoder, s.name) == _file(imported, s.name)
     with warnings.catch_warnings():
@@ -302,7 +302,7 @@ def test_cli_weights(capsys, empty_data_dir, tmp_path, monkeypatch):
 
 
 def test_cli_weights_list_shows_imported(capsys, imported, monkeypatch):
-    monkeypatch.setenv("LUS_DATA_DIR", str(imported))
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(w.weights_dir(imported)))
     assert main(["weights", "list"]) == 0
     assert capsys.readouterr().out.count("\tpresent\t") == len(w.SOURCES)
 
@@ -316,7 +316,7 @@ def test_the_hc18_model_carries_the_imported_mobilenet_v2_as_keras_computed_it(
     from lus_common.models.torch_smp import create_model, keras_mobilenet_v2
     from lus_common.studies import s4_hc18_strategies as hc18_study
 
-    monkeypatch.setenv("LUS_DATA_DIR", str(imported))
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(w.weights_dir(imported)))
     model, info = create_model("unet_mobilenet_v2", encoder_weights="imagenet-dogs160")
     assert info.used == (
         "imagenet-dogs160 (local file mobilenet_v2.imagenet-dogs160.safetensors, "
@@ -338,7 +338,7 @@ def test_the_hc18_model_carries_the_imported_mobilenet_v2_as_keras_computed_it(
         hc18_study.study_params("smoke", encoder_weights="imagenet-dogs160"), "d4", 0
     )
     assert key["weights"].startswith("imagenet-dogs160:sha256:")
-    monkeypatch.setenv("LUS_DATA_DIR", str(imported / "nowhere"))
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(imported / "nowhere"))
     _, info = create_model("unet_mobilenet_v2", encoder_weights="imagenet-dogs160")
     assert info.used == "none/random" and "lus weights import imagenet-dogs160" in info.reason
     assert (
@@ -357,7 +357,7 @@ def test_hc18_smoke_run_records_the_imported_weights(
 
     from lus_common.app import runner
 
-    monkeypatch.setenv("LUS_DATA_DIR", str(imported))
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(w.weights_dir(imported)))
     out = runner.run_notebook(
         "hc18_strategies",
         {
@@ -390,7 +390,7 @@ def test_the_keras_vgg16_unet_carries_the_imported_hed_vgg16(imported, monkeypat
 
     from lus_common.models import keras_unets as km
 
-    monkeypatch.setenv("LUS_DATA_DIR", str(imported))
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(w.weights_dir(imported)))
     model, info = km.create_keras_model("vgg16_unet", 64, "hed-bsds500")
     assert info.used == "hed-bsds500 (local file vgg16.hed-bsds500.safetensors)"
     state = load_file(str(_file(imported, "hed-bsds500")))
@@ -400,7 +400,7 @@ def test_the_keras_vgg16_unet_carries_the_imported_hed_vgg16(imported, monkeypat
     assert km.keras_weights_key("vgg16_unet", "hed-bsds500").startswith("hed-bsds500:sha256:")
     _, info = km.create_keras_model("resnet50_unet", 32, "hed-bsds500")  # stays random and says so
     assert info.used == "none/random" and "no hed-bsds500 weights for resnet50_unet" in info.reason
-    monkeypatch.setenv("LUS_DATA_DIR", str(imported / "nowhere"))
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(imported / "nowhere"))
     _, info = km.create_keras_model("vgg16_unet", 32, "hed-bsds500")
     assert info.used == "none/random" and "lus weights import hed-bsds500" in info.reason
     assert km.keras_weights_key("vgg16_unet", "hed-bsds500") == "none/random"
@@ -411,7 +411,7 @@ def test_the_profiles_take_the_first_available_weights(imported, monkeypatch):
     from lus_common.studies import s4_hc18_strategies as hc18_study
 
     monkeypatch.setattr("lus_common.models.torch_smp.hub_reachable", lambda *a, **k: False)
-    monkeypatch.setenv("LUS_DATA_DIR", str(imported))
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(w.weights_dir(imported)))
     assert choose_weights("mobilenet_v2", ["imagenet", "imagenet-dogs160"]) == "imagenet-dogs160"
     assert (
         choose_weights("mobilenet_v2", "none") is None
@@ -421,8 +421,40 @@ def test_the_profiles_take_the_first_available_weights(imported, monkeypatch):
     assert p["encoder_weights"] == hc18_study.NATURAL_WEIGHTS
     assert hc18_study.run_params(p, "decoder", 0)["weights"].startswith("imagenet-dogs160:sha256:")
     assert hc18_study.run_params(p, "decoder_random", 0)["weights"] == "none/random"
-    monkeypatch.setenv(
-        "LUS_DATA_DIR", str(imported / "nowhere")
-    )  # nothing available: the first, unloaded
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(imported / "nowhere"))  # nothing: the first, unloaded
     assert choose_weights("mobilenet_v2", ["imagenet", "imagenet-dogs160"]) == "imagenet"
     assert hc18_study.run_params(p, "decoder", 0)["weights"] == "none/random"
+
+
+def test_weights_are_found_beside_a_read_only_dataset_folder(tmp_path, monkeypatch):
+    """With ``LUS_DATA_DIR`` at a dataset folder (e.g. ``../shared/data``), the weights imported
+    into ``<project>/data/weights`` are still found; ``<data dir>/weights`` comes first and
+    ``LUS_WEIGHTS_DIR`` replaces both."""
+    from lus_common.config import paths
+    from lus_common.models import keras_unets as km
+    from lus_common.models.weights import local_weights_path
+
+    project, datasets, own = tmp_path / "project", tmp_path / "shared", tmp_path / "own"
+    monkeypatch.setattr(paths, "PROJECT_ROOT", project)
+    monkeypatch.setenv("LUS_DATA_DIR", str(datasets))
+    monkeypatch.delenv("LUS_WEIGHTS_DIR", raising=False)
+    name = "vgg16.hed-bsds500.safetensors"
+    assert local_weights_path("vgg16", "hed-bsds500") is None
+    _, info = km.resolve_keras_weights("vgg16_unet", "hed-bsds500")
+    assert info.used == "none/random"
+    assert f"{datasets / 'weights'} nor in {project / 'data' / 'weights'}" in info.reason
+    for folder in (project / "data" / "weights", datasets / "weights", own):
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(b"x")
+    assert w.weights_dir() == project / "data" / "weights"  # imports never write into datasets
+    assert local_weights_path("vgg16", "hed-bsds500") == datasets / "weights" / name
+    (datasets / "weights" / name).unlink()
+    assert local_weights_path("vgg16", "hed-bsds500") == project / "data" / "weights" / name
+    assert km.resolve_keras_weights("vgg16_unet", "hed-bsds500")[0] == str(
+        project / "data" / "weights" / name
+    )
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(own))
+    assert paths.weights_dirs() == [own] and w.weights_dir() == own
+    assert local_weights_path("vgg16", "hed-bsds500") == own / name
+    (own / name).unlink()
+    assert local_weights_path("vgg16", "hed-bsds500") is None  # the others are not searched

