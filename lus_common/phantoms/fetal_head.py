@@ -113,11 +113,5 @@ def fetal_head_phantom(n: int, image_size: int = 256, seed=0) -> SegmentationSet
 
     ids = [f"phantom_{k:04d}" for k in range(n)]
     return SegmentationSet.phantom(
-        images,
-        masks,
-        ids,
-        "fetal_head_phantom",
-        GENERATOR_VERSION,
-        spacing_mm=spacing,
-        hc_mm=hc,
+        images, masks, ids, "fetal_head_phantom", GENERATOR_VERSION, spacing_mm=spacing, hc_mm=hc
     )

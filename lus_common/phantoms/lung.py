@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -109,46 +110,57 @@ def _smooth_noise(n: int, scale_px: float, rng: np.random.Generator) -> np.ndarr
     return (x - x.mean()) / (x.std() + 1e-12)
 
 
+@dataclass(frozen=True)
+class _Draw:
+    """A random severity parameter: ``rng.<method>(*args)``, cast to int for counts."""
+
+    method: str
+    args: tuple
+    cast: type = float
+
+    def __call__(self, rng: np.random.Generator):
+        value = getattr(rng, self.method)(*self.args)
+        return self.cast(value)
+
+
+def _uniform(lo: float, hi: float) -> _Draw:
+    return _Draw("uniform", (lo, hi))
+
+
+def _integers(lo: int, hi: int) -> _Draw:
+    return _Draw("integers", (lo, hi), int)
+
+
+def _choice(*values: int) -> _Draw:
+    return _Draw("choice", (list(values),), int)
+
+
+# Per-video disease parameters by the diagnostic rules of the module docstring: a column per
+# diagnosis of DIAGNOSES; a value is fixed, or drawn (uniform, integers in [lo, hi), a choice),
+# row by row in this order.
+# fmt: off
+SEVERITY = {
+    #                           healthy                 COVID-19             pneumonia
+    "n_blines":                (_choice(0, 0, 0, 1, 2), _integers(3, 11),    _integers(0, 4)),
+    "wide_blines":             (0,                      _integers(0, 3),     0),
+    "pleural_irregularity_mm": (_uniform(0.0, 0.2),     _uniform(0.4, 1.2),  _uniform(0.1, 0.3)),
+    "sick_thickness_mm":       (0.8,                    _uniform(1.2, 2.5),  _uniform(1.0, 1.8)),
+    "fragmentation":           (0.0,                    _uniform(0.2, 0.5),  _uniform(0.0, 0.2)),
+    "consolidations":          (0,                      _choice(0, 0, 1, 2), 1),
+    "consolidation_width_mm":  ((0, 0),                 (2.0, 6.0),          (16.0, 30.0)),
+    "consolidation_depth_mm":  ((0, 0),                 (2.0, 8.0),          (10.0, 30.0)),
+    "bronchograms":            (0,                      1,                   _integers(4, 12)),
+}
+# fmt: on
+
+
 def _severity(diagnosis: str, rng: np.random.Generator, overrides: dict) -> dict:
-    """Per-video disease parameters drawn by the diagnostic rules of the module docstring."""
-    if diagnosis == "healthy":
-        s = dict(
-            n_blines=int(rng.choice([0, 0, 0, 1, 2])),
-            wide_blines=0,
-            pleural_irregularity_mm=rng.uniform(0.0, 0.2),
-            sick_thickness_mm=0.8,
-            fragmentation=0.0,
-            consolidations=0,
-            consolidation_width_mm=(0, 0),
-            consolidation_depth_mm=(0, 0),
-            bronchograms=0,
-        )
-    elif diagnosis == "COVID-19":
-        s = dict(
-            n_blines=int(rng.integers(3, 11)),
-            wide_blines=int(rng.integers(0, 3)),
-            pleural_irregularity_mm=rng.uniform(0.4, 1.2),
-            sick_thickness_mm=rng.uniform(1.2, 2.5),
-            fragmentation=rng.uniform(0.2, 0.5),
-            consolidations=int(rng.choice([0, 0, 1, 2])),
-            consolidation_width_mm=(2.0, 6.0),
-            consolidation_depth_mm=(2.0, 8.0),
-            bronchograms=1,
-        )
-    elif diagnosis == "pneumonia":
-        s = dict(
-            n_blines=int(rng.integers(0, 4)),
-            wide_blines=0,
-            pleural_irregularity_mm=rng.uniform(0.1, 0.3),
-            sick_thickness_mm=rng.uniform(1.0, 1.8),
-            fragmentation=rng.uniform(0.0, 0.2),
-            consolidations=1,
-            consolidation_width_mm=(16.0, 30.0),
-            consolidation_depth_mm=(10.0, 30.0),
-            bronchograms=int(rng.integers(4, 12)),
-        )
-    else:
-        raise ValueError(f"Unknown diagnosis '{diagnosis}'. Known: {DIAGNOSES}")
+    """Per-video disease parameters drawn from :data:`SEVERITY`, then ``overrides`` (not None)."""
+    column = DIAGNOSES.index(lookup(DIAGNOSES, diagnosis, "diagnosis", error=ValueError))
+    s = {}
+    for name, values in SEVERITY.items():
+        value = values[column]
+        s[name] = value(rng) if isinstance(value, _Draw) else value
     unknown = set(overrides) - set(s)
     if unknown:
         raise ValueError(f"Unknown severity parameter(s) {sorted(unknown)}. Known: {sorted(s)}")
@@ -408,12 +420,10 @@ def _video_world(
     )
 
 
-def _render_video(
-    world: dict, n_frames: int, rng: np.random.Generator, keep_envelope: bool
-) -> dict:
-    """Frames of one video: motion, scatterers, PSF, envelope, TGC, log compression, scan
-    conversion."""
-    size, margin, ds, dz = world["size"], world["margin"], world["ds"], world["dz"]
+def _motion(world: dict, n_frames: int, rng: np.random.Generator):
+    """Per-frame world columns of the tissue (breathing jitter) and of the lung (sliding, less
+    when diseased): two ``(frames, size)`` index arrays."""
+    size, margin, ds = world["size"], world["margin"], world["ds"]
     f = np.arange(n_frames)
     phase = rng.uniform(0, 2 * np.pi, 3)
     jitter = rng.uniform(0.0, 0.3) * np.sin(2 * np.pi * f / 60 + phase[0])
@@ -423,7 +433,40 @@ def _render_video(
     o_t = np.clip(np.rint(margin + jitter / ds), 0, 2 * margin).astype(int)
     o_l = np.clip(np.rint(o_t + slide / ds), 0, 2 * margin).astype(int)
     cols = np.arange(size)
-    idx_t, idx_l = o_t[:, None] + cols, o_l[:, None] + cols  # (frames, size)
+    return o_t[:, None] + cols, o_l[:, None] + cols
+
+
+def _envelope(world: dict, trans, echo, scat, rng: np.random.Generator) -> np.ndarray:
+    """The echo envelope of the frames: depth gains, receiver noise, PSF and speckle.
+
+    Tissue attenuation, then TGC and overall gain, vary slowly with depth, so they are applied to
+    the scatterer amplitudes before the (short) PSF; receiver noise enters after attenuation and
+    before TGC, so TGC amplifies it at depth. ``trans`` is overwritten.
+    """
+    size, ds, dz = world["size"], world["ds"], world["dz"]
+    att = bmode.attenuation_amplitude(world["z"], rng.uniform(0.4, 0.6), world["freq"])
+    gain = bmode.tgc_gain(world["z"], 0.5, world["freq"], rng) * 10 ** (rng.uniform(-2, 3) / 20)
+    g2 = ((att * gain) ** 2).astype(np.float32)[:, None]
+    n2 = ((_NOISE_AMPLITUDE * gain) ** 2).astype(np.float32)[:, None]
+    amp = trans
+    amp *= trans
+    amp *= echo
+    amp *= g2
+    amp += n2
+    np.sqrt(amp, out=amp)
+    axial_sigma = max(1.0, 0.25 * 5.0 / world["freq"] / dz)  # ~2-cycle pulse
+    lateral_sigma = max(1.2, (0.45 if world["probe"] == "linear" else 0.8) / ds)
+    psf = bmode.analytic_psf_spectrum(bmode.padded_shape((size, size)), axial_sigma, lateral_sigma)
+    return bmode.envelope(amp, psf, rng, scatterers=scat)
+
+
+def _render_video(
+    world: dict, n_frames: int, rng: np.random.Generator, keep_envelope: bool
+) -> dict:
+    """Frames of one video: motion, scatterers, PSF, envelope, TGC, log compression, scan
+    conversion."""
+    size, margin = world["size"], world["margin"]
+    idx_t, idx_l = _motion(world, n_frames, rng)
 
     def take(a, idx):  # (rows, world cols) -> (frames, rows, size)
         return np.moveaxis(np.take(a, idx, axis=1), 1, 0)
@@ -444,23 +487,7 @@ def _render_video(
     scat *= np.float32(np.sqrt(1 - eps**2))
     scat += np.float32(eps) * rng.standard_normal(scat.shape, dtype=np.float32)
 
-    # Depth gains: tissue attenuation, then TGC and overall gain. Both vary slowly with depth, so
-    # they are applied to the scatterer amplitudes before the (short) PSF; receiver noise enters
-    # after attenuation and before TGC, so TGC amplifies it at depth.
-    att = bmode.attenuation_amplitude(world["z"], rng.uniform(0.4, 0.6), world["freq"])
-    gain = bmode.tgc_gain(world["z"], 0.5, world["freq"], rng) * 10 ** (rng.uniform(-2, 3) / 20)
-    g2 = ((att * gain) ** 2).astype(np.float32)[:, None]
-    n2 = ((_NOISE_AMPLITUDE * gain) ** 2).astype(np.float32)[:, None]
-    amp = trans
-    amp *= trans
-    amp *= echo
-    amp *= g2
-    amp += n2
-    np.sqrt(amp, out=amp)
-    axial_sigma = max(1.0, 0.25 * 5.0 / world["freq"] / dz)  # ~2-cycle pulse
-    lateral_sigma = max(1.2, (0.45 if world["probe"] == "linear" else 0.8) / ds)
-    psf = bmode.analytic_psf_spectrum(bmode.padded_shape((size, size)), axial_sigma, lateral_sigma)
-    env = bmode.envelope(amp, psf, rng, scatterers=scat)
+    env = _envelope(world, trans, echo, scat, rng)
     image = bmode.log_compress(env, 1.0, rng.uniform(55, 65))
     if world["probe"] == "convex":
         g = world["geometry"]
@@ -470,7 +497,7 @@ def _render_video(
             env = bmode.scan_convert(env, g, order=1)
         spacing = (g["spacing_mm"], g["spacing_mm"])
     else:
-        spacing = (dz, ds)
+        spacing = (world["dz"], world["ds"])
     return dict(
         image=image,
         bits=bits,
@@ -525,23 +552,10 @@ def lung_ultrasound_phantom(
         lookup(DIAGNOSES, d, "diagnosis", error=ValueError)
     rng = bmode.as_generator(seed)
     size = int(image_size)
-    n_videos = -(-n_images // frames_per_video)
-    n_patients = n_patients or min(n_videos, max(2, n_videos // 4))
-    if n_patients > n_videos:
-        raise ValueError(
-            f"{n_patients} patients need at least as many videos; {n_images} images of "
-            f"{frames_per_video} frames make {n_videos}. Lower frames_per_video."
-        )
-    patients = [
-        dict(
-            diagnosis=diagnoses[int(rng.integers(len(diagnoses)))],
-            chest_wall_mm=rng.uniform(10, 22),
-        )
-        for _ in range(n_patients)
-    ]
-    kinds = [probe if probe != "mixed" else PROBES[int(rng.integers(2))] for _ in range(n_videos)]
-    video_rngs = rng.spawn(n_videos)  # one stream per video: the same images with any thread count
-    starts = [v * frames_per_video for v in range(n_videos)]
+    patients, kinds, video_rngs = _deal_videos(
+        rng, n_images, n_patients, frames_per_video, probe, diagnoses
+    )
+    n_patients, n_videos = len(patients), len(kinds)
     images = np.empty((n_images, size, size), np.float32)
     layers = {
         name: np.empty((n_images, size, size), np.uint8)
@@ -553,7 +567,7 @@ def lung_ultrasound_phantom(
 
     def make_video(v: int) -> list[dict]:
         pid, pat = v % n_patients, patients[v % n_patients]
-        sl = slice(starts[v], min(starts[v] + frames_per_video, n_images))
+        sl = slice(v * frames_per_video, min((v + 1) * frames_per_video, n_images))
         world = _video_world(
             size,
             max(4, size // 32),
@@ -565,13 +579,10 @@ def lung_ultrasound_phantom(
         )
         out = _render_video(world, sl.stop - sl.start, video_rngs[v], keep_envelope)
         np.multiply(out["image"], np.float32(1 / 255), out=images[sl])
-        for i, name in enumerate(STRUCTURES):
-            np.bitwise_and(out["bits"] >> i, 1, out=layers[name][sl])
+        _store_labels(out["bits"], out["dense"], {k: a[sl] for k, a in layers.items()})
         if target == "artifacts":
             any_bit = _BIT["pleura"] | _BIT["alines"] | _BIT["blines"] | _BIT["consolidation"]
             np.not_equal(out["bits"] & any_bit, 0, out=masks[sl], casting="unsafe")
-        layers["dense"][sl] = out["dense"]
-        layers["sparse"][sl] = dense_to_sparse(out["dense"])
         spacing[sl] = out["spacing"]
         if keep_envelope:
             envelopes[sl] = out["envelope"]
@@ -590,6 +601,43 @@ def lung_ultrasound_phantom(
         images, masks, ids, "lung_ultrasound_phantom", GENERATOR_VERSION,
         groups=list(meta["patient"]), spacing_mm=spacing, info=info, layers=layers, meta=meta,
     )  # fmt: skip
+
+
+def _deal_videos(
+    rng: np.random.Generator,
+    n_images: int,
+    n_patients: int | None,
+    frames_per_video: int,
+    probe: str,
+    diagnoses: tuple,
+) -> tuple[list[dict], list[str], list[np.random.Generator]]:
+    """The patients (diagnosis, chest-wall thickness), each video's probe and its own random
+    stream (the same images with any thread count); videos go to patients in turn."""
+    n_videos = -(-n_images // frames_per_video)
+    n_patients = n_patients or min(n_videos, max(2, n_videos // 4))
+    if n_patients > n_videos:
+        raise ValueError(
+            f"{n_patients} patients need at least as many videos; {n_images} images of "
+            f"{frames_per_video} frames make {n_videos}. Lower frames_per_video."
+        )
+    patients = [
+        dict(
+            diagnosis=diagnoses[int(rng.integers(len(diagnoses)))],
+            chest_wall_mm=rng.uniform(10, 22),
+        )
+        for _ in range(n_patients)
+    ]
+    kinds = [probe if probe != "mixed" else PROBES[int(rng.integers(2))] for _ in range(n_videos)]
+    return patients, kinds, rng.spawn(n_videos)
+
+
+def _store_labels(bits: np.ndarray, dense: np.ndarray, layers: dict) -> None:
+    """One video's structure masks (from its bit planes) and class maps, written into ``layers``
+    (views of the set's arrays)."""
+    for i, name in enumerate(STRUCTURES):
+        np.bitwise_and(bits >> i, 1, out=layers[name])
+    layers["dense"][...] = dense
+    layers["sparse"][...] = dense_to_sparse(dense)
 
 
 def _video_rows(pid: int, v: int, probe: str, diagnosis: str, world: dict, n_frames: int) -> list:

@@ -88,12 +88,8 @@ def salient_object_phantom(n: int, image_size: int = 256, seed=0) -> Segmentatio
         images[k] = np.clip((img - lo) / (hi - lo), 0, 1)
         masks[k] = mask
     ids = [f"salient_phantom_{k:05d}" for k in range(n)]
+    meta = pd.DataFrame({"object_fraction": masks.reshape(n, -1).mean(1)})
     return SegmentationSet.phantom(
-        images,
-        masks,
-        ids,
-        "salient_object_phantom",
-        GENERATOR_VERSION,
+        images, masks, ids, "salient_object_phantom", GENERATOR_VERSION, meta=meta,
         spacing_mm=np.ones((n, 2)),
-        meta=pd.DataFrame({"object_fraction": masks.reshape(n, -1).mean(1)}),
-    )
+    )  # fmt: skip
