@@ -137,3 +137,35 @@ def test_findings_are_generated_from_the_runs_and_the_paper():
     runs["weights_used"] = "none/random"  # nothing pretrained: the page says the test is not made
     text = "\n".join(hc18_study.findings(runs, p, "SYNTHETIC phantom", weights))
     assert "comparison that measures transfer is not made" in text
+
+
+def test_reference_runs_round_trip_with_the_input_range_control(tmp_path, isolated_results):
+    """A reference JSON written from run folders reads back as run rows: the main runs (the study's
+    [0, 1] input) feed the summary table, the [-1, 1] rerun of a strategy the input-range table,
+    and the sentences carry the runs' own numbers."""
+    from lus_common.studies import base
+
+    p = hc18_study.study_params("smoke", strategies=["decoder", "decoder_random"], device="cpu")
+    q = hc18_study.study_params("smoke", strategies=["decoder"], input_norm="symmetric")
+    train, test = hc18_study.load_data(p)
+    runs = [
+        hc18_study.run_one(r, get_strategy(s), 0, train, test, torch.device("cpu"))
+        for r, s in ((p, "decoder"), (p, "decoder_random"), (q, "decoder"))
+    ]
+    assert runs[0]["folder"] != runs[2]["folder"]  # the input range is part of the run key
+    path = hc18_study.export_reference(
+        [r["folder"] for r in runs], "caption", "cmd", "test CPU", p, tmp_path / "ref.json"
+    )
+    what, ref_p, rows = hc18_study.reference_runs(path)
+    assert what == "caption" and ref_p["input_norm"] == "unit" and len(rows) == 3
+    main = rows[rows["input_norm"] == "unit"]
+    assert set(hc18_study.summary_table(main, ref_p).index) == {"decoder", "decoder_random"}
+    table = hc18_study.input_range_table(rows, ref_p)
+    assert list(table.index) == ["decoder"]
+    unit, sym = (r["metrics"][hc18_study.report_column(p)] * 100 for r in (runs[0], runs[2]))
+    assert table.loc["decoder", "Dice % ([0, 1] input)"] == pytest.approx(round(unit, 2))
+    assert table.loc["decoder", "Dice % ([-1, 1] input)"] == pytest.approx(round(sym, 2))
+    (line,) = hc18_study.input_range_findings(rows, ref_p)
+    assert f"{round(sym, 2):.2f} % with [-1, 1] input against {round(unit, 2):.2f} %" in line
+    with pytest.raises(FileNotFoundError, match="run_\\*_reference.py"):
+        base.read_reference(tmp_path / "missing.json")

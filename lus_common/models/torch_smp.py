@@ -16,6 +16,7 @@ from lus_common.models.weights import (
     _load_state_dict,
     first_available,
     hub_reachable,
+    local_file_label,
     local_weights_path,
     smp_pretrained_settings,
     weights_key,
@@ -167,9 +168,9 @@ def resolve_encoder_weights(
         if (encoder_name, weights) in KERAS_TRAINED:
             keras_mobilenet_v2(encoder)
             return WeightsInfo(
-                weights, f"{weights} (local file {path.name}, Keras padding and BN eps)"
+                weights, f"{weights} ({local_file_label(path)}, Keras padding and BN eps)"
             )
-        return WeightsInfo(weights, f"{weights} (local file {path.name})")
+        return WeightsInfo(weights, f"{weights} ({local_file_label(path)})")
     if weights not in smp_weight_names(encoder_name):
         return WeightsInfo(
             weights,

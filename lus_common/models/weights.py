@@ -120,6 +120,22 @@ def local_weights_path(encoder: str, weights: str) -> Path | None:
     return find_weights_file(*names)
 
 
+def local_file_label(path: Path) -> str:
+    """``"local file <name>"``, with ``", fp16 copy"`` for a half-precision copy
+    (:func:`lus_common.models.wheels.export_fp16`), as a run's ``weights used`` says it."""
+    label = f"local file {path.name}"
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("dtype") == "float16":
+                    label += ", fp16 copy"
+        except Exception:  # a damaged file: the loader says so, with what to do
+            pass
+    return label
+
+
 def _load_state_dict(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file

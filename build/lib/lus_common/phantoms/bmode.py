@@ -1,0 +1,221 @@
+"""B-mode image formation shared by the ultrasound phantoms.
+
+A B-mode image is formed, not painted, in the steps a scanner takes:
+
+1. **Scatterers.** Every pixel of the beam-space grid (rows = depth along the beam, columns =
+   scan lines) holds a random scatterer with zero-mean Gaussian amplitude, scaled by the square
+   root of the local echogenicity (backscattered power) and by the two-way transmission (bone
+   and air block the beam: shadows). Many scatterers per resolution cell give *fully developed
+   speckle*.
+2. **Point-spread function.** The RF echo is the scatterer field convolved with the PSF: an
+   axial pulse (a Gaussian-windowed cosine at the carrier) times a Gaussian lateral beam profile.
+   The convolution is a product in the Fourier domain (``scipy.fft``, all frames at once).
+3. **Envelope detection.** Keeping only the positive axial frequencies of the filtered spectrum
+   gives the analytic (Hilbert) signal; its magnitude is the envelope. For fully developed
+   speckle the envelope is Rayleigh distributed: mean/std = sqrt(pi / (4 - pi)) = 1.913.
+4. **Attenuation and time-gain compensation.** Tissue attenuates the round trip by
+   ``2 * alpha * f * z`` dB; receiver noise enters before the TGC amplifier, which then
+   compensates the nominal attenuation with a few slider errors, so deep noise is amplified.
+5. **Log compression** of the envelope to a display dynamic range, quantised to 8 bits.
+6. **Scan conversion** of the beam-space image to Cartesian pixels for a convex probe (sector);
+   a linear probe's beam space is already rectangular.
+
+The carrier is scaled to the pixel grid (``CARRIER_CYCLES_PER_PX``): a real 5 MHz RF line would
+need about four times finer axial sampling than a 256-pixel image has. The envelope statistics and
+the speckle size, set by the pulse length and beam width in millimetres, are unaffected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+
+RAYLEIGH_MEAN_OVER_STD = float(np.sqrt(np.pi / (4 - np.pi)))  # 1.913
+CARRIER_CYCLES_PER_PX = 0.3  # well below Nyquist (0.5) and above the pulse bandwidth
+
+
+def as_generator(seed) -> np.random.Generator:
+    """``np.random.Generator`` from an int seed (or the Generator itself)."""
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def analytic_psf_spectrum(
+    shape: tuple[int, int],
+    axial_sigma_px: float,
+    lateral_sigma_px: float,
+    carrier: float = CARRIER_CYCLES_PER_PX,
+) -> np.ndarray:
+    """Fourier transform of the analytic point-spread function on a ``(rows, cols)`` grid.
+
+    The RF PSF is ``exp(-z^2 / 2 sz^2) cos(2 pi f_c z) * exp(-x^2 / 2 sx^2)``; its spectrum is a
+    pair of Gaussians at +-f_c along the axial frequency. Keeping the positive-frequency half (and
+    doubling it) makes the filtered field the analytic signal, whose magnitude is the envelope.
+
+    Args:
+        shape: beam-space grid ``(rows, cols)``; rows run along the beam (depth).
+        axial_sigma_px: standard deviation of the pulse's Gaussian window, in rows.
+        lateral_sigma_px: standard deviation of the beam profile, in columns.
+        carrier: carrier frequency in cycles per row.
+
+    Returns:
+        complex64 array of ``shape``, normalised so that white unit-variance scatterers give an
+        envelope of unit mean square.
+    """
+    rows, cols = shape
+    fz = scipy.fft.fftfreq(rows)[:, None]
+    fx = scipy.fft.fftfreq(cols)[None, :]
+    sf_z = 1.0 / (2 * np.pi * axial_sigma_px)  # Gaussian window -> Gaussian spectrum
+    sf_x = 1.0 / (2 * np.pi * lateral_sigma_px)
+    # One-sided (analytic) and tapered to zero at DC and Nyquist: a hard cut there would give the
+    # PSF slowly decaying 1/z tails that smear bright reflectors (ribs) down into their shadows.
+    taper = np.where(fz > 0, np.sin(2 * np.pi * fz) ** 2, 0.0)
+    axial = np.exp(-((fz - carrier) ** 2) / (2 * sf_z**2)) * taper
+    lateral = np.exp(-(fx**2) / (2 * sf_x**2))
+    h = axial * lateral
+    h *= np.sqrt(rows * cols / np.sum(h**2))  # unit output power for unit white input
+    return h.astype(np.complex64)
+
+
+def padded_shape(shape: tuple[int, int], pad: int = 16) -> tuple[int, int]:
+    """A fast FFT size at least ``pad`` larger than ``shape`` on both axes.
+
+    The zero padding keeps the circular FFT convolution from wrapping the bright skin at the top
+    into the bottom rows (and one image edge into the other).
+    """
+    return tuple(scipy.fft.next_fast_len(n + pad) for n in shape)
+
+
+def envelope(
+    amplitude: np.ndarray,
+    psf_spectrum: np.ndarray,
+    rng: np.random.Generator,
+    scatterers: np.ndarray | None = None,
+    workers: int = 1,
+) -> np.ndarray:
+    """Envelope of random scatterers of the given amplitude map seen through the PSF.
+
+    Args:
+        amplitude: float array ``(..., rows, cols)``, the RMS scatterer amplitude per pixel
+            (square root of echogenicity times transmission).
+        psf_spectrum: from :func:`analytic_psf_spectrum`, of shape ``(rows, cols)`` or larger
+            (:func:`padded_shape`): the field is then zero-padded for the convolution.
+        rng: random generator for the scatterers.
+        scatterers: optional unit-variance scatterer field of ``amplitude``'s shape (frames of one
+            video share most of theirs); drawn from ``rng`` when omitted.
+        workers: FFT threads (1 when the caller already runs frames in parallel threads).
+
+    Returns:
+        float32 envelope of ``amplitude``'s shape.
+    """
+    if scatterers is None:
+        scatterers = rng.standard_normal(amplitude.shape, dtype=np.float32)
+    field = (amplitude * scatterers).astype(np.float32, copy=False)
+    rows, cols = field.shape[-2:]
+    spectrum = scipy.fft.fft2(field, s=psf_spectrum.shape, workers=workers)
+    spectrum *= psf_spectrum
+    analytic = scipy.fft.ifft2(spectrum, workers=workers, overwrite_x=True)[..., :rows, :cols]
+    return np.abs(analytic)
+
+
+def attenuation_amplitude(
+    depth_mm: np.ndarray, alpha_db_cm_mhz: float, freq_mhz: float
+) -> np.ndarray:
+    """Two-way amplitude factor of tissue attenuation at each depth (mm)."""
+    return 10 ** (-2 * alpha_db_cm_mhz * freq_mhz * (depth_mm / 10.0) / 20.0)
+
+
+def tgc_gain(
+    depth_mm: np.ndarray,
+    alpha_db_cm_mhz: float,
+    freq_mhz: float,
+    rng: np.random.Generator,
+    sliders: int = 8,
+    slider_error_db: float = 1.0,
+) -> np.ndarray:
+    """Time-gain compensation: the inverse of the nominal attenuation, set by a few sliders.
+
+    Each of ``sliders`` evenly spaced depths is off by a uniform error of up to
+    ``slider_error_db``; the gain is interpolated linearly in dB between them.
+    """
+    knots = np.linspace(depth_mm.min(), depth_mm.max(), sliders)
+    error_db = np.interp(depth_mm, knots, rng.uniform(-slider_error_db, slider_error_db, sliders))
+    return 10 ** ((2 * alpha_db_cm_mhz * freq_mhz * (depth_mm / 10.0) + error_db) / 20.0)
+
+
+def log_compress(env: np.ndarray, reference: float, dynamic_range_db: float) -> np.ndarray:
+    """Log compression to 8 bits: ``reference`` maps to 255, ``-dynamic_range_db`` below it to 0.
+
+    Returns:
+        uint8 array of ``env``'s shape.
+    """
+    out = np.maximum(env, np.float32(1e-12) * reference, dtype=np.float32)
+    np.log10(out, out=out)
+    scale = np.float32(20.0 * 255.0 / dynamic_range_db)  # 8-bit steps per decade of amplitude
+    out *= scale
+    out += np.float32(255.0 - scale * np.log10(reference))
+    np.clip(out, 0, 255, out=out)
+    return np.rint(out, out=out).astype(np.uint8)
+
+
+def sector_geometry(image_size: int, radius_mm: float, depth_mm: float, angle_deg: float) -> dict:
+    """Cartesian pixel grid of a convex probe's sector, and where each pixel falls in beam space.
+
+    The apex of the fan lies ``radius_mm`` above the transducer face; beams run radially over
+    ``angle_deg``; the image shows depths 0..``depth_mm`` below the face. Pixels are square and
+    the sector is centred in a square image.
+
+    Returns:
+        dict with ``row``, ``col`` (fractional beam-space indices per output pixel, for a beam-space
+        grid of ``image_size`` x ``image_size``), ``inside`` (bool sector mask), ``spacing_mm``.
+    """
+    half = np.deg2rad(angle_deg) / 2
+    r_max = radius_mm + depth_mm
+    width = 2 * r_max * np.sin(half)
+    height = r_max - radius_mm * np.cos(half)
+    pix = max(width, height) / image_size
+    centres = (np.arange(image_size) + 0.5) * pix
+    y = centres[:, None] + radius_mm * np.cos(half) - (image_size * pix - height) / 2
+    x = centres[None, :] - image_size * pix / 2
+    r = np.hypot(x, y)
+    theta = np.arctan2(x, y)
+    row = (r - radius_mm) / depth_mm * image_size - 0.5
+    col = (theta + half) / (2 * half) * image_size - 0.5
+    inside = (row >= 0) & (row <= image_size - 1) & (col >= 0) & (col <= image_size - 1)
+    return {"row": row, "col": col, "inside": inside, "spacing_mm": pix}
+
+
+def scan_convert(beam: np.ndarray, geometry: dict, order: int = 1) -> np.ndarray:
+    """Resample beam-space frames ``(..., rows, cols)`` onto the sector's Cartesian grid.
+
+    Args:
+        beam: beam-space array; leading axes (frames) are converted together.
+        geometry: from :func:`sector_geometry`.
+        order: 1 for bilinear (images), 0 for nearest (label maps).
+
+    Returns:
+        array of ``beam``'s dtype with the last two axes replaced by the Cartesian grid; zero
+        outside the sector.
+    """
+    rows, cols = beam.shape[-2:]
+    inside = geometry["inside"]
+    r = np.clip(geometry["row"], 0, rows - 1)
+    c = np.clip(geometry["col"], 0, cols - 1)
+    flat = beam.reshape(*beam.shape[:-2], rows * cols)
+    if order == 0:
+        idx = np.rint(r).astype(np.intp) * cols + np.rint(c).astype(np.intp)
+        out = np.take(flat, idx, axis=-1)
+    else:
+        r0 = np.minimum(np.floor(r).astype(np.intp), rows - 2)
+        c0 = np.minimum(np.floor(c).astype(np.intp), cols - 2)
+        fr, fc = (r - r0).astype(np.float32), (c - c0).astype(np.float32)
+        i00 = r0 * cols + c0
+        v = flat.astype(np.float32, copy=False)
+        out = (np.take(v, i00, axis=-1) * (1 - fc) + np.take(v, i00 + 1, axis=-1) * fc) * (
+            1 - fr
+        ) + (
+            np.take(v, i00 + cols, axis=-1) * (1 - fc) + np.take(v, i00 + cols + 1, axis=-1) * fc
+        ) * fr
+        if np.issubdtype(beam.dtype, np.integer):
+            out = np.rint(out)
+        out = out.astype(beam.dtype)
+    return np.where(inside, out, 0).astype(beam.dtype)

@@ -1,0 +1,683 @@
+"""Lung ultrasound B-mode phantom: anatomy, artifacts, videos and labels (papers 1, 2 and 5).
+
+Every frame is formed by :mod:`.bmode` from an echogenicity map and a transmission map drawn in
+beam space (rows = depth along the beam, columns = scan lines), for a linear probe (rectangular
+image) or a convex probe (sector, scan-converted). The maps hold:
+
+- **Chest wall**: skin, subcutaneous fat with thin septa, a fascia line, intercostal muscle.
+- **Ribs**: a bright curved cortical surface; bone passes about 0.1 % of the echo amplitude, so
+  everything beneath it lies in a posterior acoustic shadow to the bottom of the image.
+- **Pleural line**: a bright line about 0.5-0.8 mm thick a few millimetres below the rib surface;
+  thickened, irregular and fragmented where the lung beneath is diseased.
+- **A-lines**: reverberations between the transducer and the pleura (air reflects almost all of
+  the beam), so they repeat the pleural line at integer multiples of its depth (2p, 3p, ...), each
+  repeat weaker by a reflection factor, until they sink below the lung's background.
+- **B-lines**: vertical hyperechoic ring-down bands from the pleura to the bottom of the image that
+  do not fade with depth, and that erase the A-lines where they cross them.
+- **Consolidations**: tissue-like (hepatised) hypoechoic regions under an irregular pleura, with
+  an irregular deep border and bright air bronchograms.
+
+**Videos.** Frames of one video share the anatomy and most of the speckle. The chest wall and ribs
+move with small probe jitter; the pleura and all lung artifacts beneath it slide laterally as the
+lung breathes (lung sliding); a quarter of each frame's speckle is redrawn (out-of-plane motion).
+Every frame carries patient, video and frame ids, so splits can be patient- or video-wise.
+
+**Diagnostic classes** (paper 5), drawn per patient, and the rules that generate them:
+
+- ``healthy``: thin smooth pleura (irregularity <= 0.2 mm), A-lines under the whole pleura,
+  0-2 isolated B-lines (normal in a healthy lung), no consolidation.
+- ``COVID-19``: patchy interstitial disease: 3-10 B-lines, some confluent (wide), with spared
+  segments that still show A-lines; pleura over diseased segments thickened (1.2-2.5 mm),
+  irregular (0.4-1.2 mm) and fragmented; 0-2 small subpleural consolidations (2-6 mm wide).
+- ``pneumonia`` (bacterial or other viral): one large lobar consolidation (16-30 mm wide,
+  10-30 mm deep) with air bronchograms; a regular pleura elsewhere, with A-lines; 0-3 focal
+  B-lines beside the consolidation.
+
+**Labels**, all from the same maps, none drawn afterwards: binary structure masks (``pleura``,
+``ribs``, ``alines``, ``blines``, ``consolidation``; only where the beam reaches, not in shadow);
+paper 5's dense 7-class map (A-line, B-line, healthy pleural line, unhealthy pleural line, healthy
+region, unhealthy region, background) and the sparse 4-class map derived from it exactly as the
+paper derives it (:func:`dense_to_sparse`). A pleural segment is *unhealthy* where B-lines or a
+consolidation lie beneath it; the region beneath a pleural segment takes its health.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from lus_common.config.registry import lookup
+from lus_common.data.sets import SegmentationSet
+from lus_common.phantoms import bmode
+
+STRUCTURES = ("pleura", "ribs", "alines", "blines", "consolidation")
+DENSE_CLASSES = (
+    "background",
+    "A-line",
+    "B-line",
+    "healthy pleural line",
+    "unhealthy pleural line",
+    "healthy region",
+    "unhealthy region",
+)
+SPARSE_CLASSES = ("background", "A-line", "B-line", "pleural line")
+DIAGNOSES = ("healthy", "COVID-19", "pneumonia")
+PROBES = ("linear", "convex")
+TARGETS = STRUCTURES + (
+    "artifacts",
+)  # "artifacts": pleura, A-lines, B-lines, consolidation (paper 1)
+# Paper 5: healthy + unhealthy pleural line -> pleural line; healthy + unhealthy region ->
+# background.
+DENSE_TO_SPARSE = np.array([0, 1, 2, 3, 3, 0, 0], dtype=np.uint8)
+GENERATOR_VERSION = 1  # bump when the images change, so stored results are not reused
+
+_BIT = {name: np.uint8(1 << i) for i, name in enumerate(STRUCTURES)}
+# Echogenicity (backscattered power) relative to the healthy pleural line.
+_ECHO = {
+    "skin": 7e-3,
+    "fat": 9e-5,
+    "septum": 2e-3,
+    "fascia": 7e-3,
+    "muscle": 4.5e-4,
+    "rib": 3.0,
+    "pleura": 1.0,
+    "air": 2e-5,
+    "sick_air": 5e-5,
+    "bronchogram": 0.1,
+}
+_RIB_TRANSMISSION = 1e-3  # two-way amplitude passed by bone (-60 dB)
+_NOISE_AMPLITUDE = 10 ** (-105 / 20)  # receiver noise before TGC, relative to the pleura's echo
+_FRAME_DECORRELATION = 0.25  # share of speckle amplitude redrawn every frame
+
+
+def dense_to_sparse(dense: np.ndarray) -> np.ndarray:
+    """Sparse 4-class map from paper 5's dense 7-class map (merge pleura classes, regions to
+    background)."""
+    return DENSE_TO_SPARSE[dense]
+
+
+def _smooth_noise(n: int, scale_px: float, rng: np.random.Generator) -> np.ndarray:
+    """1-D Gaussian-filtered white noise of unit standard deviation."""
+    x = ndimage.gaussian_filter1d(
+        rng.standard_normal(n + 8 * int(scale_px) + 8), scale_px, mode="wrap"
+    )
+    x = x[4 * int(scale_px) + 4 :][:n]
+    return (x - x.mean()) / (x.std() + 1e-12)
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """A random severity parameter: ``rng.<method>(*args)``, cast to int for counts."""
+
+    method: str
+    args: tuple
+    cast: type = float
+
+    def __call__(self, rng: np.random.Generator):
+        value = getattr(rng, self.method)(*self.args)
+        return self.cast(value)
+
+
+def _uniform(lo: float, hi: float) -> _Draw:
+    return _Draw("uniform", (lo, hi))
+
+
+def _integers(lo: int, hi: int) -> _Draw:
+    return _Draw("integers", (lo, hi), int)
+
+
+def _choice(*values: int) -> _Draw:
+    return _Draw("choice", (list(values),), int)
+
+
+# Per-video disease parameters by the diagnostic rules of the module docstring: a column per
+# diagnosis of DIAGNOSES; a value is fixed, or drawn (uniform, integers in [lo, hi), a choice),
+# row by row in this order.
+# fmt: off
+SEVERITY = {
+    #                           healthy                 COVID-19             pneumonia
+    "n_blines":                (_choice(0, 0, 0, 1, 2), _integers(3, 11),    _integers(0, 4)),
+    "wide_blines":             (0,                      _integers(0, 3),     0),
+    "pleural_irregularity_mm": (_uniform(0.0, 0.2),     _uniform(0.4, 1.2),  _uniform(0.1, 0.3)),
+    "sick_thickness_mm":       (0.8,                    _uniform(1.2, 2.5),  _uniform(1.0, 1.8)),
+    "fragmentation":           (0.0,                    _uniform(0.2, 0.5),  _uniform(0.0, 0.2)),
+    "consolidations":          (0,                      _choice(0, 0, 1, 2), 1),
+    "consolidation_width_mm":  ((0, 0),                 (2.0, 6.0),          (16.0, 30.0)),
+    "consolidation_depth_mm":  ((0, 0),                 (2.0, 8.0),          (10.0, 30.0)),
+    "bronchograms":            (0,                      1,                   _integers(4, 12)),
+}
+# fmt: on
+
+
+def _severity(diagnosis: str, rng: np.random.Generator, overrides: dict) -> dict:
+    """Per-video disease parameters drawn from :data:`SEVERITY`, then ``overrides`` (not None)."""
+    column = DIAGNOSES.index(lookup(DIAGNOSES, diagnosis, "diagnosis", error=ValueError))
+    s = {}
+    for name, values in SEVERITY.items():
+        value = values[column]
+        s[name] = value(rng) if isinstance(value, _Draw) else value
+    unknown = set(overrides) - set(s)
+    if unknown:
+        raise ValueError(f"Unknown severity parameter(s) {sorted(unknown)}. Known: {sorted(s)}")
+    s.update({k: v for k, v in overrides.items() if v is not None})
+    return s
+
+
+def _probe(
+    size: int, probe: str, rng: np.random.Generator
+) -> tuple[float, float, float, dict | None]:
+    """Imaging depth (mm), face width (mm; arc length for a convex probe), frequency (MHz), sector
+    geometry."""
+    if probe == "linear":
+        return rng.uniform(40, 60), rng.uniform(38, 46), rng.uniform(5.0, 7.5), None
+    depth_mm, freq = rng.uniform(80, 120), rng.uniform(3.0, 4.5)
+    radius, angle = rng.uniform(40, 60), rng.uniform(55, 70)
+    return (
+        depth_mm,
+        radius * np.deg2rad(angle),
+        freq,
+        bmode.sector_geometry(size, radius, depth_mm, angle),
+    )
+
+
+def _chest_wall(
+    z: np.ndarray, cols: int, chest_wall_mm: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Echogenicity of skin, fat with septa, fascia and muscle down to the pleura (tissue frame)."""
+    skin = rng.uniform(1.0, 2.0)
+    fat = (
+        skin
+        + rng.uniform(0.25, 0.5) * (chest_wall_mm - skin)
+        + 0.6 * _smooth_noise(cols, 40, rng)[None, :]
+    )
+    echo = np.full((len(z), cols), _ECHO["muscle"], np.float32)
+    echo[z[:, 0] < skin] = _ECHO["skin"]
+    in_fat = (z >= skin) & (z < fat)
+    echo[in_fat] = _ECHO["fat"]
+    for _ in range(int(rng.integers(1, 4))):  # thin connective-tissue septa in the fat
+        d = (
+            rng.uniform(skin + 0.5, chest_wall_mm * 0.5)
+            + 0.5 * _smooth_noise(cols, 30, rng)[None, :]
+        )
+        echo[in_fat & (np.abs(z - d) < 0.3)] = _ECHO["septum"]
+    echo[np.abs(z - fat) < 0.35] = _ECHO["fascia"]
+    return echo
+
+
+def _pleura(
+    s: np.ndarray,
+    ds: float,
+    chest_wall_mm: float,
+    sev: dict,
+    diagnosis: str,
+    rng: np.random.Generator,
+) -> dict:
+    """The pleural line per column (depth, thickness, brightness) and which columns are diseased.
+
+    A column is diseased ("sick") where B-lines or a consolidation lie beneath it; there the line is
+    thicker, more irregular and, in COVID-19-like lungs, fragmented.
+    """
+    cols, x = s.shape[1], s[0]
+    depth = (chest_wall_mm + rng.uniform(-2e-3, 2e-3) * x**2 + rng.uniform(-0.04, 0.04) * x).astype(
+        np.float32
+    )
+    half = cols * ds / 2
+    b_pos = rng.uniform(-half, half, sev["n_blines"])
+    b_width = rng.uniform(0.5, 1.4, sev["n_blines"])  # half-width, mm
+    b_width[: sev["wide_blines"]] = rng.uniform(2.5, 5.0, min(sev["wide_blines"], sev["n_blines"]))
+    c_pos = rng.uniform(-0.6 * half, 0.6 * half, sev["consolidations"])
+    c_width = rng.uniform(*sev["consolidation_width_mm"], sev["consolidations"]) / 2
+    c_depth = rng.uniform(*sev["consolidation_depth_mm"], sev["consolidations"])
+    if diagnosis == "pneumonia" and sev["n_blines"]:  # focal B-lines beside the consolidation
+        b_pos = c_pos[0] + rng.choice([-1, 1], sev["n_blines"]) * (
+            c_width[0] + rng.uniform(1, 6, sev["n_blines"])
+        )
+    bprof = np.zeros(cols, np.float32)
+    for c, w in zip(b_pos, b_width):
+        bprof = np.maximum(bprof, 1.0 / (1.0 + ((x - c) / w) ** 6))  # flat-topped, half at +-w
+    cons_cols = np.zeros(cols, bool)
+    for c, w in zip(c_pos, c_width):
+        cons_cols |= np.abs(x - c) < w
+    sick = (bprof > 0.05) | ndimage.binary_dilation(cons_cols, iterations=max(1, int(1.0 / ds)))
+    sick_soft = ndimage.gaussian_filter1d(sick.astype(np.float32), 1.0 / ds)
+    irregular = sev["pleural_irregularity_mm"] * (0.3 + 0.7 * sick_soft)
+    depth = depth + irregular * _smooth_noise(cols, max(1.0, 0.8 / ds), rng)
+    thick = 0.5 + rng.uniform(0.0, 0.3) + (sev["sick_thickness_mm"] - 0.65) * sick_soft
+    echo = np.ones(cols, np.float32)
+    if sev["fragmentation"] > 0:  # gaps in the diseased pleura
+        gaps = _smooth_noise(cols, max(1.0, 0.6 / ds), rng) < -1.2 + 1.5 * sev["fragmentation"]
+        echo = np.where(sick & gaps, 0.12, echo)
+    echo = np.where(cons_cols, 0.5 * echo, echo)
+    return dict(
+        depth=depth,
+        thick=thick,
+        echo=echo,
+        sick=sick,
+        bprof=bprof,
+        c_pos=c_pos,
+        c_width=c_width,
+        c_depth=c_depth,
+    )
+
+
+def _lung(
+    z: np.ndarray,
+    s: np.ndarray,
+    dz: float,
+    ds: float,
+    depth_mm: float,
+    chest_wall_mm: float,
+    pl: dict,
+    sev: dict,
+    rng: np.random.Generator,
+) -> dict:
+    """Lung frame: the pleural line, then air with A-lines, B-lines and consolidations, and their
+    labels."""
+    size, cols = len(z), s.shape[1]
+    p, thick, sick, bprof = pl["depth"], pl["thick"], pl["sick"], pl["bprof"]
+    top, bottom = p - thick / 2, p + thick / 2
+    support = z >= top[None, :]
+    echo = np.where(sick[None, :], _ECHO["sick_air"], _ECHO["air"]).astype(
+        np.float32
+    ) * np.ones_like(z)
+    bits = np.zeros((size, cols), np.uint8)
+    pleura = support & (z <= bottom[None, :])
+    echo = np.where(pleura, pl["echo"][None, :], echo)
+    bits[pleura] |= _BIT["pleura"]
+    # A-lines: reverberations between probe and pleura at k x its depth, weaker by `reflect` per
+    # round trip.
+    reflect = rng.uniform(0.45, 0.65)
+    a_thick = np.minimum(thick, 1.0)
+    healthy_cols = ~sick[None, :]
+    a_echo = (1 - bprof)[None, :]
+    for k in range(2, 12):
+        power = reflect ** (2 * (k - 1))
+        if power < 4 * _ECHO["air"] or k * chest_wall_mm > depth_mm + 2:
+            break
+        band = (np.abs(z - k * p[None, :]) <= a_thick[None, :] / 2) & healthy_cols
+        echo = np.where(band, np.maximum(echo, power * a_echo), echo)
+        bits[band] |= _BIT["alines"]
+    # B-lines: ring-down from the pleura to the bottom, constant with depth.
+    below = z > bottom[None, :]
+    echo = np.where(below, np.maximum(echo, rng.uniform(0.1, 0.3) * bprof[None, :]), echo)
+    bits[below & (bprof[None, :] >= 0.5)] |= _BIT["blines"]
+    # Consolidations: tissue-like texture with air bronchograms, an irregular deep border.
+    cons = np.zeros((size, cols), bool)
+    for c, w, h in zip(pl["c_pos"], pl["c_width"], pl["c_depth"]):
+        u = np.clip((s[0] - c) / w, -1, 1)
+        deep = bottom + h * np.sqrt(1 - u**2) * (
+            1 + 0.25 * _smooth_noise(cols, max(1.0, 1.5 / ds), rng)
+        )
+        cons |= below & (z < deep[None, :]) & (np.abs(s[0] - c) < w)[None, :]
+    if cons.any():
+        texture = np.exp(
+            0.5
+            * ndimage.gaussian_filter(rng.standard_normal((size, cols)), (0.8 / dz, 0.8 / ds))
+            / 0.1
+        ).astype(np.float32)
+        echo = np.where(cons, rng.uniform(3e-4, 1e-3) * np.clip(texture, 0.2, 5), echo)
+        cz, cs = np.nonzero(cons)
+        for i in rng.choice(len(cz), min(sev["bronchograms"], len(cz)), replace=False):
+            r = rng.uniform(0.3, 0.7)
+            dot = cons & (((z - z[cz[i], 0]) / r) ** 2 + ((s - s[0, cs[i]]) / (2.5 * r)) ** 2 < 1)
+            echo = np.where(dot, _ECHO["bronchogram"], echo)
+        bits[cons] |= _BIT["consolidation"]
+        bits[cons] &= ~_BIT["blines"]
+    dense = np.where(sick[None, :], 6, 5).astype(np.uint8) * support
+    dense[pleura] = np.where(sick[None, :], 4, 3).astype(np.uint8).repeat(size, 0)[pleura]
+    dense[(bits & _BIT["alines"]) > 0] = 1
+    dense[(bits & _BIT["blines"]) > 0] = 2
+    return dict(support=support, echo=echo, bits=bits, dense=dense, reflect=reflect)
+
+
+def _ribs(
+    z: np.ndarray,
+    s: np.ndarray,
+    ds: float,
+    chest_wall_mm: float,
+    probe: str,
+    echo: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rib cortex arcs (tissue frame) and the two-way transmission beneath them.
+
+    Returns:
+        ``(echogenicity with the cortex, structure bits, transmission)``.
+    """
+    size, cols = len(z), s.shape[1]
+    half = cols * ds / 2
+    transmission = np.ones((size, cols), np.float32)
+    bits = np.zeros((size, cols), np.uint8)
+    rib_half, gap = rng.uniform(5.0, 7.0), rng.uniform(14.0, 24.0)
+    pitch = 2 * rib_half + gap
+    if rng.random() < 0.85:  # otherwise the probe lies along an intercostal space: no rib in view
+        first = rng.uniform(-pitch / 2, pitch / 2) + (pitch / 2 if probe == "linear" else 0)
+        centres = first + pitch * np.arange(-4, 5)
+        for c in centres[np.abs(centres) < half + rib_half]:
+            u = (s[0] - c) / rib_half
+            on = np.abs(u) < 1
+            curve = 1 - np.sqrt(1 - np.clip(u, -1, 1) ** 2)
+            surface = chest_wall_mm - rng.uniform(3.0, 6.0) + rng.uniform(1.5, 3.0) * curve
+            cortex = on[None, :] & (z >= surface[None, :]) & (z < surface[None, :] + 1.0)
+            echo = np.where(cortex, _ECHO["rib"], echo)
+            bits[cortex] |= _BIT["ribs"]
+            edge = np.clip(
+                (1 - np.abs(u)) / (0.6 / rib_half), 0, 1
+            )  # half a millimetre of soft edge
+            shade = 1 - (1 - _RIB_TRANSMISSION) * edge
+            transmission = np.where(
+                z >= surface[None, :] + 1.0, np.minimum(transmission, shade[None, :]), transmission
+            )
+    return echo, bits, transmission
+
+
+def _video_world(
+    size: int,
+    margin: int,
+    probe: str,
+    chest_wall_mm: float,
+    diagnosis: str,
+    rng: np.random.Generator,
+    overrides: dict,
+) -> dict:
+    """Beam-space maps of one video, ``margin`` columns wider on each side for motion."""
+    depth_mm, width_mm, freq, geometry = _probe(size, probe, rng)
+    dz, ds = depth_mm / size, width_mm / size
+    cols = size + 2 * margin
+    z = ((np.arange(size) + 0.5) * dz)[:, None].astype(np.float32)  # depth, mm
+    s = ((np.arange(cols) - cols / 2 + 0.5) * ds)[None, :].astype(np.float32)  # lateral, mm
+    sev = _severity(diagnosis, rng, overrides)
+    echo_t = _chest_wall(z, cols, chest_wall_mm, rng)
+    pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng)
+    lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng)
+    echo_t, bits_t, transmission = _ribs(z, s, ds, chest_wall_mm, probe, echo_t, rng)
+    return dict(
+        size=size,
+        margin=margin,
+        probe=probe,
+        geometry=geometry,
+        depth_mm=depth_mm,
+        width_mm=width_mm,
+        freq=freq,
+        dz=dz,
+        ds=ds,
+        z=z[:, 0],
+        echo_t=echo_t,
+        bits_t=bits_t,
+        transmission=transmission,
+        support=lung["support"],
+        echo_l=lung["echo"],
+        bits_l=lung["bits"],
+        dense_l=lung["dense"],
+        severity=sev,
+        pleural_depth_mm=float(chest_wall_mm),
+        reflect=lung["reflect"],
+    )
+
+
+def _motion(world: dict, n_frames: int, rng: np.random.Generator):
+    """Per-frame world columns of the tissue (breathing jitter) and of the lung (sliding, less
+    when diseased): two ``(frames, size)`` index arrays."""
+    size, margin, ds = world["size"], world["margin"], world["ds"]
+    f = np.arange(n_frames)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    jitter = rng.uniform(0.0, 0.3) * np.sin(2 * np.pi * f / 60 + phase[0])
+    slide = rng.uniform(0.5, 2.0) * np.sin(2 * np.pi * f / 40 + phase[1])
+    if world["severity"]["consolidations"] and world["severity"]["pleural_irregularity_mm"] > 0.3:
+        slide *= 0.4  # diseased lung slides less
+    o_t = np.clip(np.rint(margin + jitter / ds), 0, 2 * margin).astype(int)
+    o_l = np.clip(np.rint(o_t + slide / ds), 0, 2 * margin).astype(int)
+    cols = np.arange(size)
+    return o_t[:, None] + cols, o_l[:, None] + cols
+
+
+def _envelope(world: dict, trans, echo, scat, rng: np.random.Generator) -> np.ndarray:
+    """The echo envelope of the frames: depth gains, receiver noise, PSF and speckle.
+
+    Tissue attenuation, then TGC and overall gain, vary slowly with depth, so they are applied to
+    the scatterer amplitudes before the (short) PSF; receiver noise enters after attenuation and
+    before TGC, so TGC amplifies it at depth. ``trans`` is overwritten.
+    """
+    size, ds, dz = world["size"], world["ds"], world["dz"]
+    att = bmode.attenuation_amplitude(world["z"], rng.uniform(0.4, 0.6), world["freq"])
+    gain = bmode.tgc_gain(world["z"], 0.5, world["freq"], rng) * 10 ** (rng.uniform(-2, 3) / 20)
+    g2 = ((att * gain) ** 2).astype(np.float32)[:, None]
+    n2 = ((_NOISE_AMPLITUDE * gain) ** 2).astype(np.float32)[:, None]
+    amp = trans
+    amp *= trans
+    amp *= echo
+    amp *= g2
+    amp += n2
+    np.sqrt(amp, out=amp)
+    axial_sigma = max(1.0, 0.25 * 5.0 / world["freq"] / dz)  # ~2-cycle pulse
+    lateral_sigma = max(1.2, (0.45 if world["probe"] == "linear" else 0.8) / ds)
+    psf = bmode.analytic_psf_spectrum(bmode.padded_shape((size, size)), axial_sigma, lateral_sigma)
+    return bmode.envelope(amp, psf, rng, scatterers=scat)
+
+
+def _render_video(
+    world: dict, n_frames: int, rng: np.random.Generator, keep_envelope: bool
+) -> dict:
+    """Frames of one video: motion, scatterers, PSF, envelope, TGC, log compression, scan
+    conversion."""
+    size, margin = world["size"], world["margin"]
+    idx_t, idx_l = _motion(world, n_frames, rng)
+
+    def take(a, idx):  # (rows, world cols) -> (frames, rows, size)
+        return np.moveaxis(np.take(a, idx, axis=1), 1, 0)
+
+    sel = take(world["support"], idx_l)
+    trans = take(world["transmission"], idx_t)
+    visible = trans > 0.5
+    echo = np.where(sel, take(world["echo_l"], idx_l), take(world["echo_t"], idx_t))
+    bits = np.where(sel, take(world["bits_l"], idx_l), take(world["bits_t"], idx_t))
+    bits = np.where(visible, bits, bits & _BIT["ribs"])
+    dense = np.where(sel & visible, take(world["dense_l"], idx_l), np.uint8(0))
+
+    # Scatterers shared by the video (tissue and lung frames), a quarter redrawn per frame.
+    world_t = rng.standard_normal((size, size + 2 * margin), dtype=np.float32)
+    world_l = rng.standard_normal((size, size + 2 * margin), dtype=np.float32)
+    eps = _FRAME_DECORRELATION
+    scat = np.where(sel, take(world_l, idx_l), take(world_t, idx_t))
+    scat *= np.float32(np.sqrt(1 - eps**2))
+    scat += np.float32(eps) * rng.standard_normal(scat.shape, dtype=np.float32)
+
+    env = _envelope(world, trans, echo, scat, rng)
+    image = bmode.log_compress(env, 1.0, rng.uniform(55, 65))
+    if world["probe"] == "convex":
+        g = world["geometry"]
+        image = bmode.scan_convert(image, g, order=1)
+        bits, dense = bmode.scan_convert(bits, g, order=0), bmode.scan_convert(dense, g, order=0)
+        if keep_envelope:
+            env = bmode.scan_convert(env, g, order=1)
+        spacing = (g["spacing_mm"], g["spacing_mm"])
+    else:
+        spacing = (world["dz"], world["ds"])
+    return dict(
+        image=image,
+        bits=bits,
+        dense=dense,
+        envelope=env if keep_envelope else None,
+        spacing=spacing,
+    )
+
+
+def lung_ultrasound_phantom(
+    n_images: int,
+    n_patients: int | None = None,
+    frames_per_video: int = 16,
+    image_size: int = 256,
+    probe: str = "mixed",
+    diagnoses=DIAGNOSES,
+    target: str = "pleura",
+    seed=0,
+    keep_envelope: bool = False,
+    **severity,
+) -> SegmentationSet:
+    """Lung ultrasound videos of synthetic patients, with every label of papers 1, 2 and 5.
+
+    Args:
+        n_images: total number of frames.
+        n_patients: number of patients (default: one per 4 videos, at least 2 when there are 2
+            videos). Videos are dealt to patients in turn; a patient keeps one diagnosis and one
+            chest-wall thickness.
+        frames_per_video: frames of each video (the last video may be shorter).
+        image_size: side of the square output images.
+        probe: ``"linear"``, ``"convex"`` or ``"mixed"`` (drawn per video).
+        diagnoses: the diagnostic classes to draw patients from (a name or a sequence of names of
+            :data:`DIAGNOSES`), uniformly.
+        target: the structure that becomes ``masks`` (one of :data:`TARGETS`; ``"artifacts"`` is
+            the union of pleura, A-lines, B-lines and consolidation).
+        seed: int seed or ``np.random.Generator``.
+        keep_envelope: also keep the envelope before log compression in ``info["envelope"]``.
+        **severity: fixed disease parameters overriding the diagnostic rules (``n_blines``,
+            ``wide_blines``, ``pleural_irregularity_mm``, ``sick_thickness_mm``, ``fragmentation``,
+            ``consolidations``, ``consolidation_width_mm``, ``consolidation_depth_mm``,
+            ``bronchograms``).
+
+    Returns:
+        A synthetic :class:`SegmentationSet` with ``groups`` = patient ids, ``layers`` holding one
+        binary mask per structure plus ``"dense"`` and ``"sparse"`` class maps, and ``meta`` with
+        patient, video, frame, probe, diagnosis and severity per image.
+    """
+    lookup(TARGETS, target, "target", error=ValueError)
+    lookup(PROBES + ("mixed",), probe, "probe", error=ValueError)
+    diagnoses = (diagnoses,) if isinstance(diagnoses, str) else tuple(diagnoses)
+    for d in diagnoses:
+        lookup(DIAGNOSES, d, "diagnosis", error=ValueError)
+    rng = bmode.as_generator(seed)
+    size = int(image_size)
+    patients, kinds, video_rngs = _deal_videos(
+        rng, n_images, n_patients, frames_per_video, probe, diagnoses
+    )
+    n_patients, n_videos = len(patients), len(kinds)
+    images = np.empty((n_images, size, size), np.float32)
+    layers = {
+        name: np.empty((n_images, size, size), np.uint8)
+        for name in STRUCTURES + ("dense", "sparse")
+    }
+    masks = layers[target] if target != "artifacts" else np.empty((n_images, size, size), np.uint8)
+    envelopes = np.empty((n_images, size, size), np.float32) if keep_envelope else None
+    spacing = np.empty((n_images, 2))
+
+    def make_video(v: int) -> list[dict]:
+        pid, pat = v % n_patients, patients[v % n_patients]
+        sl = slice(v * frames_per_video, min((v + 1) * frames_per_video, n_images))
+        world = _video_world(
+            size,
+            max(4, size // 32),
+            kinds[v],
+            pat["chest_wall_mm"],
+            pat["diagnosis"],
+            video_rngs[v],
+            severity,
+        )
+        out = _render_video(world, sl.stop - sl.start, video_rngs[v], keep_envelope)
+        np.multiply(out["image"], np.float32(1 / 255), out=images[sl])
+        _store_labels(out["bits"], out["dense"], {k: a[sl] for k, a in layers.items()})
+        if target == "artifacts":
+            any_bit = _BIT["pleura"] | _BIT["alines"] | _BIT["blines"] | _BIT["consolidation"]
+            np.not_equal(out["bits"] & any_bit, 0, out=masks[sl], casting="unsafe")
+        spacing[sl] = out["spacing"]
+        if keep_envelope:
+            envelopes[sl] = out["envelope"]
+        return _video_rows(pid, v, kinds[v], pat["diagnosis"], world, sl.stop - sl.start)
+
+    # numpy and scipy.fft release the GIL on whole arrays: videos render in parallel threads.
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
+        rows = [row for video in pool.map(make_video, range(n_videos)) for row in video]
+    meta = pd.DataFrame(rows)
+    ids = [f"{r['video']}_f{r['frame']:03d}" for r in rows]
+    info = {"target": target, "probe": probe, "dense_classes": DENSE_CLASSES,
+            "sparse_classes": SPARSE_CLASSES}  # fmt: skip
+    if keep_envelope:
+        info["envelope"] = envelopes
+    return SegmentationSet.phantom(
+        images, masks, ids, "lung_ultrasound_phantom", GENERATOR_VERSION,
+        groups=list(meta["patient"]), spacing_mm=spacing, info=info, layers=layers, meta=meta,
+    )  # fmt: skip
+
+
+def _deal_videos(
+    rng: np.random.Generator,
+    n_images: int,
+    n_patients: int | None,
+    frames_per_video: int,
+    probe: str,
+    diagnoses: tuple,
+) -> tuple[list[dict], list[str], list[np.random.Generator]]:
+    """The patients (diagnosis, chest-wall thickness), each video's probe and its own random
+    stream (the same images with any thread count); videos go to patients in turn."""
+    n_videos = -(-n_images // frames_per_video)
+    n_patients = n_patients or min(n_videos, max(2, n_videos // 4))
+    if n_patients > n_videos:
+        raise ValueError(
+            f"{n_patients} patients need at least as many videos; {n_images} images of "
+            f"{frames_per_video} frames make {n_videos}. Lower frames_per_video."
+        )
+    patients = [
+        dict(
+            diagnosis=diagnoses[int(rng.integers(len(diagnoses)))],
+            chest_wall_mm=rng.uniform(10, 22),
+        )
+        for _ in range(n_patients)
+    ]
+    kinds = [probe if probe != "mixed" else PROBES[int(rng.integers(2))] for _ in range(n_videos)]
+    return patients, kinds, rng.spawn(n_videos)
+
+
+def _store_labels(bits: np.ndarray, dense: np.ndarray, layers: dict) -> None:
+    """One video's structure masks (from its bit planes) and class maps, written into ``layers``
+    (views of the set's arrays)."""
+    for i, name in enumerate(STRUCTURES):
+        np.bitwise_and(bits >> i, 1, out=layers[name])
+    layers["dense"][...] = dense
+    layers["sparse"][...] = dense_to_sparse(dense)
+
+
+def _video_rows(pid: int, v: int, probe: str, diagnosis: str, world: dict, n_frames: int) -> list:
+    """The ``meta`` rows of one video's frames: patient, video, frame, probe, diagnosis, depths
+    and severity."""
+    sev = world["severity"]
+    video = dict(patient=f"lus_p{pid:03d}", video=f"lus_p{pid:03d}_v{v:04d}")
+    return [
+        {
+            **video,
+            "frame": f,
+            "probe": probe,
+            "diagnosis": diagnosis,
+            "depth_mm": world["depth_mm"],
+            "pleural_depth_mm": world["pleural_depth_mm"],
+            "n_blines": sev["n_blines"],
+            "pleural_irregularity_mm": sev["pleural_irregularity_mm"],
+            "consolidations": sev["consolidations"],
+        }
+        for f in range(n_frames)
+    ]
+
+
+def formation_steps(
+    image_size: int = 256, probe: str = "linear", diagnosis: str = "COVID-19", seed=0
+) -> dict:
+    """The intermediate maps of one frame's image formation, for figures.
+
+    Returns:
+        dict of beam-space ``echogenicity_db`` (10 log10 of echogenicity x two-way transmission),
+        ``envelope`` (after PSF, envelope detection and TGC), ``b_mode`` (log compressed, scan
+        converted for a convex probe, in [0, 1]) and ``dense`` (paper 5's classes).
+    """
+    rng = bmode.as_generator(seed)
+    world = _video_world(int(image_size), 0, probe, rng.uniform(12, 20), diagnosis, rng, {})
+    echo = np.where(world["support"], world["echo_l"], world["echo_t"]) * world["transmission"] ** 2
+    out = _render_video(world, 1, rng, keep_envelope=True)
+    return {
+        "echogenicity_db": 10 * np.log10(echo + 1e-12),
+        "envelope": out["envelope"][0],
+        "b_mode": out["image"][0] / 255.0,
+        "dense": out["dense"][0],
+    }

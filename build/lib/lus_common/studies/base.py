@@ -1,0 +1,143 @@
+"""The skeleton every study module stands on, written once.
+
+- :func:`derive_profiles`: the ``paper`` profile (the paper's settings) and the other profiles as
+  differences from it, so a profile says only what it changes;
+- :func:`check_choice`: a parameter whose value must be one of a few (the lookup's message);
+- :func:`cached_run`: the cache check and the save around one run, keyed by what really ran
+  (its ``fit`` returns a :func:`run_record`);
+- :class:`Collector`: the runs of a study gathered into the tables a chapter shows.
+
+A study module then holds only what is its own: profiles, data, the training of one run, tables and
+``findings()``, which writes the Discussion's sentences from the runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pandas as pd
+
+from lus_common.config.registry import lookup
+from lus_common.store import results
+
+
+def derive_profiles(paper: dict, **differences: dict) -> dict[str, dict]:
+    """``{"paper": paper, name: paper | differences[name], ...}``.
+
+    Raises:
+        KeyError: a difference names a parameter the paper profile does not have (a typo would
+            otherwise add a parameter that nothing reads).
+    """
+    out = {"paper": dict(paper)}
+    for name, diff in differences.items():
+        for key in diff:
+            lookup(paper, key, f"parameter of the paper profile (in profile '{name}')")
+        out[name] = {**paper, **diff}
+    return out
+
+
+def check_choice(p: dict, name: str, allowed: Iterable) -> None:
+    """Raise ValueError unless ``p[name]`` is one of ``allowed``."""
+    lookup(tuple(allowed), p[name], f"{name} value", error=ValueError)
+
+
+def cached_run(
+    study: str,
+    key: dict,
+    name_keys: tuple[str, ...],
+    build: Callable[[], tuple],
+    fit: Callable[..., dict],
+) -> dict:
+    """One run, reused from the results store when a run with the same key is there.
+
+    Args:
+        study: the study's name (its folder in the results store).
+        key: what identifies the run (:func:`run_params` of the study); ``key["weights"]`` names
+            the weights the run will load.
+        name_keys: the keys that make the folder's readable name.
+        build: ``() -> (model, WeightsInfo)``, called only when the run is not stored.
+        fit: ``(model, weights, key) -> {"config", "metrics", "history", "tables", "arrays"}``:
+            trains and evaluates; its result is saved atomically.
+
+    Returns:
+        The run as :func:`lus_common.store.results.load_run` gives it, plus ``"reused"``. When the
+        weights could not be loaded, the run is keyed (and looked up again) as ``none/random``.
+    """
+    stored = results.reusable_run(results.run_dir(study, key, name_keys), key["weights"])
+    if stored is not None:
+        return stored
+    model, weights = build()
+    key, folder = results.settle_weights(study, key, weights.used, name_keys)
+    stored = results.reusable_run(folder, key["weights"])
+    if stored is not None:
+        return stored
+    results.save_run(folder, **fit(model, weights, key))
+    return {**results.load_run(folder), "reused": False}
+
+
+def run_record(
+    config: dict,
+    metrics: dict,
+    history: pd.DataFrame,
+    per_image: pd.DataFrame | None = None,
+    arrays: dict | None = None,
+) -> dict:
+    """What a ``fit`` of :func:`cached_run` returns: the run's parts, as
+    :func:`lus_common.store.results.save_run` stores them."""
+    tables = {} if per_image is None else {"per_image": per_image}
+    return {
+        "config": config,
+        "metrics": metrics,
+        "history": history,
+        "tables": tables,
+        "arrays": arrays,
+    }
+
+
+class Collector:
+    """The runs of a study, gathered: one row per run, and for the main runs their per-epoch
+    history, per-image scores, first predictions and weights."""
+
+    def __init__(self):
+        self.rows, self.histories, self.per_image = [], [], []
+        self.predictions, self.weights, self.reused = {}, {}, 0
+
+    def add(
+        self,
+        run: dict,
+        labels: dict,
+        main: dict | None = None,
+        name: str | None = None,
+        predictions: Callable[[dict], object] | None = None,
+    ) -> None:
+        """Add a run.
+
+        Args:
+            run: from :func:`cached_run`.
+            labels: what tells the run apart (its row's first columns).
+            main: for a main run, the labels of its history and per-image rows.
+            name: for a main run, its key in ``predictions`` and ``weights`` (the first run of a
+                name gives the predictions).
+            predictions: ``arrays -> predictions`` of a main run.
+        """
+        self.reused += run["reused"]
+        self.rows.append({**labels, **run["metrics"], "reused": run["reused"]})
+        if main is None:
+            return
+        self.histories.append(run["history"].assign(**main))
+        self.per_image.append(run["per_image"].assign(**main))
+        if name not in self.predictions and predictions is not None:
+            self.predictions[name] = predictions(run["arrays"])
+        self.weights[name] = run["config"]["weights"]
+
+    def result(self, **extra) -> dict:
+        """``{"runs", "histories", "per_image", "predictions", "weights", "reused", **extra}``."""
+        return {
+            "runs": pd.DataFrame(self.rows),
+            "histories": pd.concat(self.histories, ignore_index=True),
+            "per_image": pd.concat(self.per_image, ignore_index=True),
+            "predictions": self.predictions,
+            "weights": self.weights,
+            "reused": self.reused,
+            **extra,
+        }

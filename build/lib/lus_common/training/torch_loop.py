@@ -1,0 +1,260 @@
+"""One training loop for every torch study: Adam, BCE-with-logits, optional bf16 autocast,
+channels_last on GPU, data held on the device, on-device augmentation, seeded, with history.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from lus_common.config.registry import lookup
+from lus_common.evaluation.metrics import pooled_scores, segmentation_scores
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_NORMS = ("imagenet", "unit")
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of :func:`train_model` (names as in every notebook)."""
+
+    epochs: int = 20
+    batch_size: int = 10
+    lr: float = 1e-4
+    lr_decay: float = 1.0  # per-epoch multiplicative decay (1.0: constant)
+    rotation_deg: float = 0.0  # random rotation in [-r, r]
+    hflip: float = 0.0  # probability of a horizontal flip (True: 0.5)
+    vflip: float = 0.0  # probability of a vertical flip (True: 0.5)
+    amp: bool = True  # bf16 autocast, on CUDA only
+    seed: int = 0
+    input_norm: str = (
+        "imagenet"  # "imagenet" (mean/std) or "unit" (grey in [0, 1], the HC18 authors')
+    )
+
+    def __post_init__(self):
+        for name in ("hflip", "vflip"):
+            value = getattr(self, name)
+            setattr(
+                self, name, (0.5 if value else 0.0) if isinstance(value, bool) else float(value)
+            )
+        lookup(INPUT_NORMS, self.input_norm, "input_norm", error=ValueError)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def to_input(
+    images: np.ndarray, device: torch.device | str = "cpu", norm: str = "imagenet"
+) -> torch.Tensor:
+    """Grey images (N, H, W) in [0, 1] to a 3-channel batch (N, 3, H, W).
+
+    The grey channel is repeated and, with ``norm="imagenet"``, normalised with ImageNet statistics,
+    as smp's pretrained encoders expect; ``norm="unit"`` keeps [0, 1] (the HC18 authors'
+    ``A.Normalize(mean=0, std=1)``). The scratch U-Net gets the same input so models compare fairly.
+    """
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=device)[:, None].expand(
+        -1, 3, -1, -1
+    )
+    if norm == "unit":
+        return x.contiguous()
+    lookup(INPUT_NORMS, norm, "input_norm", error=ValueError)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def to_target(masks: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """0/1 masks (N, H, W) to float targets (N, 1, H, W)."""
+    return torch.as_tensor(np.asarray(masks, dtype=np.float32), device=device)[:, None]
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator):
+    """Random rotation and flips of a batch, on its device, image and mask alike.
+
+    Rotation resamples the image bilinearly and the mask by nearest neighbour; both use one
+    affine grid per batch (no Python loop over images).
+    """
+    n = x.shape[0]
+    if cfg.hflip:
+        flip = torch.rand(n, device=x.device, generator=gen) < cfg.hflip
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-1), y)
+    if cfg.vflip:
+        flip = torch.rand(n, device=x.device, generator=gen) < cfg.vflip
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-2), x)
+        y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-2), y)
+    if cfg.rotation_deg > 0:
+        angle = (torch.rand(n, device=x.device, generator=gen) * 2 - 1) * math.radians(
+            cfg.rotation_deg
+        )
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        zero = torch.zeros_like(cos)
+        theta = torch.stack(
+            [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1
+        )
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False).to(x.dtype)
+        # Pixels rotated in from outside take the value of black in normalised units.
+        fill = x.amin(dim=(2, 3), keepdim=True)
+        x = (
+            F.grid_sample(
+                x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+            + fill
+        )
+        y = F.grid_sample(
+            y, grid.to(y.dtype), mode="nearest", padding_mode="zeros", align_corners=False
+        )
+    return x, y
+
+
+def _autocast(device: torch.device, amp: bool):
+    enabled = amp and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _place(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move data to the device when it fits comfortably, else keep it in (pinned) host memory."""
+    if device.type != "cuda":
+        return t
+    free, _ = torch.cuda.mem_get_info(device)
+    if t.element_size() * t.nelement() < 0.3 * free:
+        return t.to(device)
+    return t.pin_memory()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    input_norm: str = "imagenet",
+) -> np.ndarray:
+    """Foreground probabilities (N, H, W) of a binary model, in eval mode."""
+    device = torch.device(device)
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start : start + batch_size], device, input_norm)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            out.append(torch.sigmoid(model(x).float())[:, 0].cpu())
+    return torch.cat(out).numpy()
+
+
+def train_model(
+    model: nn.Module,
+    train_images: np.ndarray,
+    train_masks: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+    val_images: np.ndarray | None = None,
+    val_masks: np.ndarray | None = None,
+    frozen: list[nn.Module] = (),
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Train a binary segmentation model in place.
+
+    Args:
+        model: network returning logits (N, 1, H, W); its ``requires_grad`` flags are respected.
+        train_images: (N, H, W) floats in [0, 1].
+        train_masks: (N, H, W) 0/1.
+        cfg: hyperparameters.
+        device: where to train.
+        val_images: optional images evaluated (loss and Dice) after every epoch.
+        val_masks: their masks.
+        frozen: modules kept in eval mode while training (frozen batch-norm statistics).
+        progress: show a tqdm bar over epochs.
+
+    Returns:
+        History with one row per epoch: ``epoch, train_loss, lr, seconds`` and, with ``val_images``,
+        ``val_loss``, ``val_dice`` (per image) and the HC18 authors' batch-pooled ``val_pa_pooled``,
+        ``val_dice_pooled``, ``val_iou_pooled``
+        (:func:`lus_common.evaluation.metrics.pooled_scores`).
+    """
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("The model has no trainable parameter: check the freezing strategy.")
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
+    loss_fn = nn.BCEWithLogitsLoss()
+    x_all = _place(to_input(train_images, norm=cfg.input_norm), device)
+    y_all = _place(to_target(train_masks), device)
+    rows = []
+    for epoch in tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress, leave=False):
+        start = time.perf_counter()
+        model.train()
+        for module in frozen:
+            module.eval()
+        loss = _train_epoch(model, x_all, y_all, cfg, optimizer, loss_fn, device, gen)
+        row = {"epoch": epoch, "train_loss": loss, "lr": scheduler.get_last_lr()[0]}
+        scheduler.step()
+        if val_images is not None:
+            row.update(
+                evaluate_loss_dice(
+                    model, val_images, val_masks, cfg.batch_size, device, cfg.amp, cfg.input_norm
+                )
+            )
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _train_epoch(model, x_all, y_all, cfg, optimizer, loss_fn, device, gen) -> float:
+    """One pass over the training images in a random order: augmentation, mixed precision, one
+    optimiser step per batch. Returns the mean training loss."""
+    n = len(x_all)
+    order = torch.randperm(n, device=device, generator=gen)
+    total = torch.zeros((), device=device)
+    seen = 0
+    for i in range(0, n, cfg.batch_size):
+        idx = order[i : i + cfg.batch_size]
+        if len(idx) < 2:  # batch norm cannot train on a single image; it is seen next epoch
+            continue
+        x = x_all[idx.to(x_all.device)].to(device, non_blocking=True)
+        y = y_all[idx.to(y_all.device)].to(device, non_blocking=True)
+        x, y = augment(x, y, cfg, gen)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, cfg.amp):
+            loss = loss_fn(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(idx)
+        seen += len(idx)
+    return total.item() / seen
+
+
+@torch.no_grad()
+def evaluate_loss_dice(
+    model, images, masks, batch_size, device, amp=True, input_norm="imagenet"
+) -> dict:
+    """BCE loss, mean per-image Dice and the authors' batch-pooled PA/Dice/IoU (threshold 0.5) on a
+    held-out set, in eval mode."""
+    probs = predict(model, images, batch_size, device, amp, input_norm)
+    p = torch.as_tensor(probs).clamp(1e-6, 1 - 1e-6)
+    t = torch.as_tensor(np.asarray(masks, dtype=np.float32))
+    loss = F.binary_cross_entropy(p, t).item()
+    pooled = pooled_scores(probs, masks, batch_size)
+    return {
+        "val_loss": loss,
+        "val_dice": float(segmentation_scores(probs, masks)["dice"].mean()),
+        **{f"val_{k if k != 'pixel_accuracy' else 'pa'}_pooled": v for k, v in pooled.items()},
+    }
