@@ -80,3 +80,32 @@ def test_pooled_scores_are_the_hc18_authors_check_accuracy():
     )
     with pytest.raises(ValueError, match="differ in shape"):
         pooled_scores(pred[:, :2], target, 2)
+
+
+def test_class_scores_and_false_positives_of_known_label_maps():
+    """Two 4x6 maps of paper 5's sparse classes with known overlaps."""
+    from lus_common.evaluation.metrics import class_scores, false_positives
+
+    classes = ["background", "A-line", "B-line", "pleural line"]
+    target = np.zeros((2, 4, 6), int)
+    target[0, 0, :] = 3  # pleural line: 6 pixels
+    target[0, 2, 1:5] = 1  # an A-line: 4 pixels
+    pred = target.copy()
+    pred[0, 2, 1:3] = 0  # half the A-line missed
+    pred[0, 3, 0] = 1  # a stray A-line pixel, a component of its own (8-connected)
+    pred[1, 1:3, 0] = 2  # a B-line where image 1 has none: 2 pixels, one component
+    out = class_scores(pred, target, classes)
+    assert out["iou"]["pleural line"] == 1.0
+    assert out["iou"]["A-line"] == pytest.approx(2 / 5)  # tp 2, fn 2, fp 1
+    assert out["iou"]["B-line"] == 0.0  # predicted only
+    bg_tp = 48 - 6 - 4 - 1 - 2  # all background pixels that stay background: 35
+    assert out["iou"]["background"] == pytest.approx(bg_tp / (bg_tp + 2 + 3))
+    assert out["pixel_accuracy"] == pytest.approx(1 - 5 / 48)
+    assert out["miou"] == pytest.approx(np.mean(list(out["iou"].values())))
+    fp = false_positives(pred, target, classes).set_index(["image", "class"])
+    assert fp.loc[(0, "A-line"), ["fp_pixels", "fp_components", "components"]].tolist() == [1, 1, 2]
+    assert fp.loc[(1, "B-line"), ["fp_pixels", "fp_components"]].tolist() == [2, 1]
+    assert fp.loc[(0, "pleural line"), "fp_pixels"] == 0
+    assert np.isnan(class_scores(target[1:], target[1:], classes)["iou"]["A-line"])
+    with pytest.raises(ValueError, match="label maps"):
+        class_scores(pred[0], target[0], classes)

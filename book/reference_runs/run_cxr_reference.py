@@ -3,8 +3,10 @@
 Each job is ``model:norm:momentum[:weights]`` (e.g. ``unet:batch:0.99``, ``unet:group:0.99``,
 ``vgg16_unet:batch:0.99:hed-bsds500``; without ``weights``, ``--encoder-weights``); every job runs
 the ``paper`` profile (the authors' setup) for each ``--seeds``, or is read back from the results
-store when it already ran. ``cxr_overfitting_shenzhen.json`` is then written from the run folders of
-*all* the jobs named, with this command line as its provenance::
+store when it already ran. ``--random-arm-folders`` adds stored runs that asked for pretrained
+weights but trained from a random encoder (recorded ``none/random``) as the random control.
+``cxr_overfitting_shenzhen.json`` is then written from the run folders of *all* the jobs named,
+with this command line as its provenance::
 
     LUS_DATA_DIR=../shared/data python book/reference_runs/run_cxr_reference.py \
         --jobs unet:batch:0.99 unet:batch:0.9 unet:group:0.99 resnet50_unet:batch:0.99 \
@@ -18,6 +20,7 @@ import shlex
 import sys
 import time
 
+from lus_common.store import results
 from lus_common.studies import s3_cxr_overfitting as cs
 
 
@@ -51,6 +54,13 @@ def main(argv=None) -> int:
         "--device", default="2-core CPU", help="how the machine is described in the file"
     )
     ap.add_argument("--no-export", action="store_true", help="only run (or reuse) the jobs")
+    ap.add_argument(
+        "--random-arm-folders",
+        nargs="*",
+        default=[],
+        help="stored runs that asked for pretrained weights but trained from a random encoder "
+        "(weights used none/random), included as the random-encoder control",
+    )
     args = ap.parse_args(argv)
     jobs = [parse_job(j, args.encoder_weights) for j in args.jobs]
     p = cs.study_params("paper", seeds=args.seeds, encoder_weights=args.encoder_weights)
@@ -70,6 +80,14 @@ def main(argv=None) -> int:
                 flush=True,
             )
             folders.append(run["folder"])
+    for folder in args.random_arm_folders:
+        config = results.load_run(folder)["config"]
+        if not config["weights"]["used"].startswith("none") or config["params"]["model"] == "unet":
+            raise SystemExit(
+                f"{folder} is not a random-encoder run (weights used: "
+                f"{config['weights']['used']}, model {config['params']['model']})."
+            )
+        folders.append((folder, {"encoder_arm": "random"}))
     if not args.no_export:
         command = (
             "LUS_DATA_DIR=../shared/data python book/reference_runs/run_cxr_reference.py "

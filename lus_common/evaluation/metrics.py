@@ -7,7 +7,10 @@ Two definitions, kept apart because papers differ:
   that the HC18 paper's text defines, but not what its code computes);
 - :func:`pooled_scores`: the HC18 authors' ``check_accuracy``: Dice and foreground IoU pooled over
   the pixels of each batch, then averaged over batches; PA over all pixels. Their "mIoU" is this
-  foreground (head) IoU.
+  foreground (head) IoU;
+- :func:`class_scores` and :func:`false_positives`: label maps with several classes (paper 5's
+  dense and sparse labels): pixel accuracy, per-class IoU pooled over the images, and the false
+  positives per class as pixels and as connected components.
 """
 
 from __future__ import annotations
@@ -75,3 +78,78 @@ def pooled_scores(pred, target, batch_size: int, threshold: float = 0.5) -> dict
         "dice": float(torch.stack(dice).mean()),
         "iou": float(torch.stack(iou).mean()),
     }
+
+
+def _label_maps(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
+    pred = torch.as_tensor(np.asarray(pred)).long()
+    target = torch.as_tensor(np.asarray(target)).long()
+    if pred.shape != target.shape or pred.ndim != 3:
+        raise ValueError(
+            f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} must be label maps "
+            "of one shape (N, H, W)"
+        )
+    return pred, target
+
+
+def class_scores(pred, target, classes: list[str]) -> dict:
+    """Pixel accuracy and per-class IoU of label maps, pooled over all pixels of the images (the
+    IoU of a class over a test fold, as paper 5's Table 1 reports it).
+
+    Args:
+        pred: predicted class indices, (N, H, W).
+        target: true class indices, same shape.
+        classes: the class names, index order.
+
+    Returns:
+        ``{"pixel_accuracy": float, "iou": {class: float}, "miou": mean over the classes}``; a
+        class absent from both prediction and truth has IoU NaN and is left out of ``miou``.
+    """
+    import segmentation_models_pytorch as smp
+
+    pred, target = _label_maps(pred, target)
+    stats = smp.metrics.get_stats(pred, target, mode="multiclass", num_classes=len(classes))
+    tp, fp, fn = stats[:3]
+    tp, fp, fn = tp.sum(0).double(), fp.sum(0).double(), fn.sum(0).double()
+    union = tp + fp + fn
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.nan)
+    return {
+        "pixel_accuracy": float((pred == target).double().mean()),
+        "iou": dict(zip(classes, iou.tolist())),
+        "miou": float(np.nanmean(iou.numpy())) if bool((union > 0).any()) else float("nan"),
+    }
+
+
+def false_positives(pred, target, classes: list[str]) -> pd.DataFrame:
+    """False positives per image and class: pixels predicted as the class where the truth is
+    another, and predicted connected components (8-connected) that touch no true pixel of the
+    class (a detection with no object behind it).
+
+    Args:
+        pred: predicted class indices, (N, H, W).
+        target: true class indices, same shape.
+        classes: the class names, index order (every class is counted, background included).
+
+    Returns:
+        One row per (image, class): ``image``, ``class``, ``fp_pixels``, ``fp_components``,
+        ``components`` (all predicted components of the class).
+    """
+    from scipy import ndimage
+
+    pred, target = (x.numpy() for x in _label_maps(pred, target))
+    eight = np.ones((3, 3), bool)
+    rows = []
+    for i in range(len(pred)):
+        for c, name in enumerate(classes):
+            mine, truth = pred[i] == c, target[i] == c
+            labels, n = ndimage.label(mine, structure=eight)
+            hit = np.unique(labels[truth & mine])
+            rows.append(
+                {
+                    "image": i,
+                    "class": name,
+                    "fp_pixels": int((mine & ~truth).sum()),
+                    "fp_components": int(n - np.count_nonzero(hit)),
+                    "components": int(n),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -159,7 +159,8 @@ def export_reference(
     weights, environment and metrics: nothing typed by hand).
 
     Args:
-        folders: run folders (:func:`cached_run`'s ``"folder"``).
+        folders: run folders (:func:`cached_run`'s ``"folder"``), or ``(folder, fields)`` pairs
+            whose fields are added to that run's entry (e.g. ``{"encoder_arm": "random"}``).
         what: the caption (one sentence on data, settings and machine).
         command: the command line that made the file.
         device: how the machine is described.
@@ -167,7 +168,8 @@ def export_reference(
         params: the study parameters the runs share, for the chapter's tables (optional).
     """
     runs = []
-    for folder in folders:
+    for item in folders:
+        folder, fields = item if isinstance(item, tuple) else (item, {})
         run = results.load_run(folder)
         c = run["config"]
         runs.append(
@@ -178,6 +180,7 @@ def export_reference(
                 "environment": {k: c["environment"].get(k) for k in _REFERENCE_ENVIRONMENT_KEYS},
                 **{k: c[k] for k in _REFERENCE_CONFIG_KEYS if k in c},
                 "metrics": run["metrics"],
+                **fields,
             }
         )
     doc = {"what": what, "command": command, "runs": runs}

@@ -724,9 +724,13 @@ def reference_runs(path: Path = REFERENCE_RUNS) -> pd.DataFrame:
             {
                 **{k: r["params"][k] for k in ("model", "seed", "n_train", "bn_momentum")},
                 "norm": r["params"].get("norm", "batch"),
-                "encoder_arm": "random"
-                if r["params"].get("encoder_weights") in (None, *RANDOM_NAMES)
-                else "asked",
+                # the arm the run was made for: recorded by the script, else what it asked for
+                "encoder_arm": r.get("encoder_arm")
+                or (
+                    "random"
+                    if r["params"].get("encoder_weights") in (None, *RANDOM_NAMES)
+                    else "asked"
+                ),
                 **r["metrics"],
             }
             for r in doc["runs"]
