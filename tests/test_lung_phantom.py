@@ -177,3 +177,17 @@ def test_paper_1_sized_set_is_possible():
     )
     assert len(d) == 5131 and d.meta["patient"].nunique() == 30
     assert d.masks.mean() > 0.02
+
+
+def test_dense_to_sparse_merge_rule_on_a_hand_built_map():
+    """Paper 5: healthy and unhealthy pleural line -> pleural line; healthy and unhealthy region ->
+    background; A-line, B-line and background stay."""
+    dense = np.array([[0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0]], np.uint8)[None]
+    sparse = dense_to_sparse(dense)
+    names = [[SPARSE_CLASSES[k] for k in row] for row in sparse[0]]
+    assert names[0] == ["background", "A-line", "B-line", "pleural line", "pleural line",
+                        "background", "background"]  # fmt: skip
+    assert names[1] == names[0][::-1] and sparse.shape == dense.shape
+    assert [DENSE_CLASSES[k] for k in (3, 4, 5, 6)] == [
+        "healthy pleural line", "unhealthy pleural line", "healthy region", "unhealthy region"
+    ]  # fmt: skip

@@ -81,6 +81,22 @@ REGISTRY: dict[str, Dataset] = {
             "shenzhen_cxr/masks/*.png."
         ),
     ),
+    "pocus": Dataset(
+        name="pocus",
+        description=(
+            "POCUS lung ultrasound, convex probe: 121 clips and 29 images, COVID-19, bacterial "
+            "or viral pneumonia and healthy (class = file-name prefix Cov/Pneu/Vir/Reg)."
+        ),
+        citation="Born et al. 2021, Applied Sciences 11(2):672 (POCOVID-Net)",
+        files={},
+        manual=(
+            "Clone https://github.com/jannisborn/covid19_ultrasound and copy "
+            "data/pocus_videos/convex, data/pocus_images/convex and data/dataset_metadata.csv into "
+            "pocus/ (as pocus/pocus_videos/convex/, pocus/pocus_images/convex/ and "
+            "pocus/dataset_metadata.csv). Rows with InThisRepo = No in the CSV are not in the "
+            "repository; licences differ per source (CSV column 'License')."
+        ),
+    ),
 }
 
 
