@@ -1,2 +1,0 @@
-"""Figures: ``plots`` (plotly curves, bars, overlays, galleries; the book's renderer) and
-``explorer`` (the ipywidgets segmentation explorer)."""
