@@ -16,11 +16,10 @@ with this command line as its provenance::
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 
 from lus_common.store import results
+from lus_common.studies import base
 from lus_common.studies import s3_cxr_overfitting as cs
 
 
@@ -89,10 +88,7 @@ def main(argv=None) -> int:
             )
         folders.append((folder, {"encoder_arm": "random"}))
     if not args.no_export:
-        command = (
-            "LUS_DATA_DIR=../shared/data python book/reference_runs/run_cxr_reference.py "
-            + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-        )
+        command = base.reference_command(__file__, argv)
         what = (
             f"Reference runs of the CXR study on the real Shenzhen images with the authors' setup "
             f"(the paper profile: {p['image_size']} px, "

@@ -16,11 +16,10 @@ with this command line as its provenance::
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 
 from lus_common.config.device import resolve_device
+from lus_common.studies import base
 from lus_common.studies import s4_hc18_strategies as hs
 from lus_common.training.freezing import get_strategy
 
@@ -68,10 +67,7 @@ def main(argv=None) -> int:
                 flush=True,
             )
             folders.append(run["folder"])
-    command = (
-        "LUS_DATA_DIR=../shared/data python book/reference_runs/run_hc18_reference.py "
-        + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    )
+    command = base.reference_command(__file__, argv)
     reduced = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in diffs.items())
     what = (
         f"Reference runs of the HC18 study on the real HC18 images ({len(train)} train / "

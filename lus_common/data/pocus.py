@@ -44,7 +44,6 @@ non-black pixels (any frame brighter than 8/255), then takes the centred square 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -58,7 +57,7 @@ import pandas as pd
 
 from lus_common.config.paths import dataset_dir
 from lus_common.config.registry import lookup
-from lus_common.data.sets import read_grey
+from lus_common.data.sets import fingerprint, read_grey
 from lus_common.phantoms.lung import DIAGNOSES
 
 __all__ = [
@@ -339,14 +338,9 @@ class FrameSet:
     def fingerprint(self) -> str:
         """A short hash of the pixels, labels, frame numbers and the video, patient and file ids:
         names this exact data in run keys (it changes with a file, the sampling or the resize)."""
-        h = hashlib.sha256()
-        for arr in (self.frames, self.labels, self.frame_index):
-            h.update(str(arr.shape).encode())
-            h.update(np.ascontiguousarray(arr).tobytes())
-        for names in (self.videos, self.patients, self.files):
-            h.update("\n".join(names).encode())
-            h.update(b"\0")
-        return h.hexdigest()[:12]
+        return fingerprint(
+            (self.frames, self.labels, self.frame_index), (self.videos, self.patients, self.files)
+        )
 
     @property
     def label(self) -> str:

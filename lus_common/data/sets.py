@@ -14,6 +14,17 @@ import numpy as np
 import pandas as pd
 
 
+def fingerprint(arrays, name_lists) -> str:
+    """12 hex digits of SHA-256 over arrays (shape and bytes, in order) and lists of names (each
+    joined by newlines, lists separated by a NUL byte): what names a data set in run keys."""
+    h = hashlib.sha256()
+    for arr in arrays:
+        h.update(str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(b"\0".join("\n".join(names).encode() for names in name_lists))
+    return h.hexdigest()[:12]
+
+
 @dataclass
 class SegmentationSet:
     """Images, binary masks and per-image metadata, all of one size.
@@ -113,14 +124,10 @@ class SegmentationSet:
         It changes when a file, the loader, the resizing or the phantom generator changes, so a
         stored run is never reused for other data.
         """
-        h = hashlib.sha256()
         measures = [np.asarray(a, np.float64) for a in (self.spacing_mm, self.hc_mm)]
         # An all-NaN measurement (a set without pixel sizes or circumferences) carries nothing.
-        for arr in [self.images, self.masks, *(m for m in measures if not np.isnan(m).all())]:
-            h.update(str(arr.shape).encode())
-            h.update(np.ascontiguousarray(arr).tobytes())
-        h.update("\n".join(self.ids).encode())
-        return h.hexdigest()[:12]
+        arrays = [self.images, self.masks, *(m for m in measures if not np.isnan(m).all())]
+        return fingerprint(arrays, [self.ids])
 
     @property
     def label(self) -> str:

@@ -193,6 +193,16 @@ def export_reference(
     return path
 
 
+def reference_command(script: str, argv: list[str] | None) -> str:
+    """The command line a reference script records as its provenance: ``LUS_DATA_DIR=../shared/data
+    python book/reference_runs/<script> <its arguments, shell-quoted>``."""
+    import shlex
+    import sys
+
+    args = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    return f"LUS_DATA_DIR=../shared/data python book/reference_runs/{Path(script).name} {args}"
+
+
 def read_reference(path: Path) -> dict:
     """A reference-run JSON (:func:`export_reference`), with a message naming the maker when it is
     missing."""

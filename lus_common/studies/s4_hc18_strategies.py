@@ -462,13 +462,18 @@ def reference_runs(path=REFERENCE_RUNS) -> tuple[str, dict, pd.DataFrame]:
     return doc["what"], doc["study_params"], rows
 
 
+def _input_range_dice(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
+    """Dice (%) by strategy (rows) and ``input_norm`` (columns), for the strategies run with more
+    than one input range."""
+    several = runs.groupby("strategy")["input_norm"].nunique()
+    chosen = runs[runs["strategy"].isin(several[several > 1].index)]
+    return chosen.pivot_table(index="strategy", columns="input_norm", values=report_column(p)) * 100
+
+
 def input_range_table(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
     """Dice (authors' definition, %) of each strategy run with more than one input range: the
     range the weights were trained on against the study's (``p["input_norm"]``)."""
-    metric = report_column(p)
-    several = runs.groupby("strategy")["input_norm"].nunique()
-    chosen = runs[runs["strategy"].isin(several[several > 1].index)]
-    table = chosen.pivot_table(index="strategy", columns="input_norm", values=metric) * 100
+    table = _input_range_dice(runs, p)
     return table.rename(columns=lambda c: f"Dice % ({INPUT_RANGES.get(c, c)} input)").round(2)
 
 
@@ -478,15 +483,15 @@ INPUT_RANGES = {"unit": "[0, 1]", "symmetric": "[-1, 1]", "imagenet": "ImageNet 
 def input_range_findings(runs: pd.DataFrame, p: dict) -> list[str]:
     """One sentence per strategy of :func:`input_range_table`: the difference the input range
     makes, next to the study's own range."""
-    table = input_range_table(runs, p)
-    own = f"Dice % ({INPUT_RANGES[p['input_norm']]} input)"
+    table = _input_range_dice(runs, p).round(2)
+    own = p["input_norm"]
     lines = []
     for strategy, row in table.iterrows():
-        for col, value in row.items():
-            if col != own and pd.notna(value):
+        for norm, value in row.items():
+            if norm != own and pd.notna(value):
                 lines.append(
-                    f"- {strategy}: {value:.2f} % with {col.split('(')[1][:-7]} input against "
-                    f"{row[own]:.2f} % with the study's {INPUT_RANGES[p['input_norm']]} "
+                    f"- {strategy}: {value:.2f} % with {INPUT_RANGES.get(norm, norm)} input "
+                    f"against {row[own]:.2f} % with the study's {INPUT_RANGES[own]} "
                     f"({value - row[own]:+.2f} points)."
                 )
     return lines
