@@ -16,7 +16,6 @@ with this command line as its provenance::
 from __future__ import annotations
 
 import argparse
-import time
 
 from lus_common.store import results
 from lus_common.studies import base
@@ -68,9 +67,9 @@ def main(argv=None) -> int:
     for model, norm, momentum, weights in jobs:
         p = {**p, "encoder_weights": weights}
         for seed in args.seeds:
-            start = time.perf_counter()
-            run = cs.run_one(p, model, seed, p["n_train"], momentum, splits, norm)
-            state = "reused" if run["reused"] else f"trained in {time.perf_counter() - start:.0f} s"
+            run, state = base.timed_run(
+                cs.run_one, p, model, seed, p["n_train"], momentum, splits, norm
+            )
             m = run["metrics"]
             print(
                 f"{model} {norm} {momentum} seed {seed}: {state}; test Dice (paper's definition) "

@@ -16,7 +16,6 @@ with this command line as its provenance::
 from __future__ import annotations
 
 import argparse
-import time
 
 from lus_common.config.device import resolve_device
 from lus_common.studies import base
@@ -56,9 +55,9 @@ def main(argv=None) -> int:
     folders = []
     for q, name in jobs:
         for seed in q["seeds"]:
-            start = time.perf_counter()
-            run = hs.run_one(q, get_strategy(name), seed, train, test, device)
-            state = "reused" if run["reused"] else f"trained in {time.perf_counter() - start:.0f} s"
+            run, state = base.timed_run(
+                hs.run_one, q, get_strategy(name), seed, train, test, device
+            )
             m = run["metrics"]
             print(
                 f"{name} ({q['input_norm']}) seed {seed}: {state}; Dice "

@@ -193,6 +193,16 @@ def export_reference(
     return path
 
 
+def timed_run(run: Callable[..., dict], *args) -> tuple[dict, str]:
+    """``run(*args)`` (a study's ``run_one``, a :func:`cached_run`) and what happened:
+    ``"reused"`` or ``"trained in N s"``."""
+    import time
+
+    start = time.perf_counter()
+    out = run(*args)
+    return out, "reused" if out["reused"] else f"trained in {time.perf_counter() - start:.0f} s"
+
+
 def reference_command(script: str, argv: list[str] | None) -> str:
     """The command line a reference script records as its provenance: ``LUS_DATA_DIR=../shared/data
     python book/reference_runs/<script> <its arguments, shell-quoted>``."""
