@@ -43,3 +43,22 @@ def empty_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("LUS_DATA_DIR", str(folder))
     monkeypatch.setenv("LUS_WEIGHTS_DIR", str(folder / "weights"))  # no imported weights either
     return folder
+
+
+def pocus_data_root() -> Path | None:
+    """``$LUS_DATA_DIR/pocus`` or ``../shared/data/pocus`` beside the project, if it has clips."""
+    from lus_common.data import pocus
+
+    for candidate in (os.environ.get("LUS_DATA_DIR"), PROJECT_ROOT.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "pocus" / pocus.VIDEO_DIR).is_dir():
+            return Path(candidate).resolve() / "pocus"
+    return None
+
+
+@pytest.fixture
+def real_pocus():
+    """The real POCUS folder (skips the test without it)."""
+    root = pocus_data_root()
+    if root is None:
+        pytest.skip("POCUS data not present (set LUS_DATA_DIR or provide ../shared/data/pocus)")
+    return root

@@ -3,7 +3,6 @@ container the release uses, bad files, grouped folds, and the real clips when pr
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lus_common.config.paths import PROJECT_ROOT
 from lus_common.data import pocus
 from lus_common.data.pocus import (
     DIAGNOSES,
@@ -372,22 +370,6 @@ def test_group_folds_keep_groups_whole_and_balance_classes():
 
 
 # ---------------------------------------------------------------- the real clips
-
-
-def pocus_data_root() -> Path | None:
-    """``$LUS_DATA_DIR/pocus`` or ``../shared/data/pocus`` beside the project, if it has clips."""
-    for candidate in (os.environ.get("LUS_DATA_DIR"), PROJECT_ROOT.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / "pocus" / pocus.VIDEO_DIR).is_dir():
-            return Path(candidate).resolve() / "pocus"
-    return None
-
-
-@pytest.fixture
-def real_pocus():
-    root = pocus_data_root()
-    if root is None:
-        pytest.skip("POCUS data not present (set LUS_DATA_DIR or provide ../shared/data/pocus)")
-    return root
 
 
 @pytest.mark.realdata

@@ -57,7 +57,7 @@ import pandas as pd
 
 from lus_common.config.paths import dataset_dir
 from lus_common.config.registry import lookup
-from lus_common.data.sets import fingerprint, read_grey
+from lus_common.data.sets import fingerprint, group_folds, read_grey
 from lus_common.phantoms.lung import DIAGNOSES
 
 __all__ = [
@@ -344,8 +344,8 @@ class FrameSet:
 
     @property
     def label(self) -> str:
-        """Short label for figure titles: ``"POCUS (real)"``."""
-        return "SYNTHETIC" if self.synthetic else f"{self.source.upper()} (real)"
+        """Short label for figure titles: ``"POCUS (real)"`` or ``"SYNTHETIC phantom"``."""
+        return "SYNTHETIC phantom" if self.synthetic else f"{self.source.upper()} (real)"
 
 
 def list_pocus(
@@ -529,42 +529,6 @@ def load_pocus(
             "failures": failures,
         },
     )
-
-
-def group_folds(groups, k: int, seed: int, stratify=None) -> np.ndarray:
-    """Assign every item to one of ``k`` folds so that a group (patient, video) is in one fold:
-    scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded) when ``stratify`` is given, else
-    ``GroupKFold``.
-
-    Args:
-        groups: one group id per item.
-        k: number of folds (>= 2).
-        seed: the shuffle of the stratified folds.
-        stratify: one class per item to spread across folds (default: balance sizes only).
-
-    Returns:
-        Integer array (n,): the fold (0..k-1) of each item; fold ``f`` tests ``folds == f``.
-
-    Raises:
-        ValueError: ``k`` < 2, fewer groups than folds, or ``stratify`` of another length.
-    """
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
-
-    groups = np.asarray(groups)
-    n_groups = len(np.unique(groups))
-    if k < 2 or n_groups < k:
-        raise ValueError(f"{k} folds need k >= 2 and at least k groups; got {n_groups} groups.")
-    if stratify is not None and len(stratify) != len(groups):
-        raise ValueError(f"stratify has {len(stratify)} entries for {len(groups)} items.")
-    if stratify is None:
-        splits = GroupKFold(n_splits=k).split(groups, groups=groups)
-    else:
-        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        splits = splitter.split(groups, np.asarray(stratify), groups=groups)
-    folds = np.empty(len(groups), int)
-    for f, (_, test) in enumerate(splits):
-        folds[test] = f
-    return folds
 
 
 def _stem(name: str) -> str:

@@ -129,6 +129,43 @@ class SegmentationSet:
         arrays = [self.images, self.masks, *(m for m in measures if not np.isnan(m).all())]
         return fingerprint(arrays, [self.ids])
 
+    @classmethod
+    def concat(cls, sets: list[SegmentationSet]) -> SegmentationSet:
+        """The sets one after the other (e.g. phantom patients drawn by diagnosis). They must share
+        source, ``synthetic`` and layer names; ``info`` is the first set's, ``meta`` is joined
+        where every set has one.
+
+        Raises:
+            ValueError: no set, or sets of another source, kind or layer names.
+        """
+        if not sets:
+            raise ValueError("concat needs at least one set.")
+        first = sets[0]
+        for s in sets[1:]:
+            if (s.source, s.synthetic, set(s.layers)) != (
+                first.source,
+                first.synthetic,
+                set(first.layers),
+            ):
+                raise ValueError(
+                    "Sets to join must share source, synthetic and layer names: "
+                    f"{first.source}/{sorted(first.layers)} vs {s.source}/{sorted(s.layers)}."
+                )
+        metas = [s.meta for s in sets]
+        return cls(
+            images=np.concatenate([s.images for s in sets]),
+            masks=np.concatenate([s.masks for s in sets]),
+            ids=[i for s in sets for i in s.ids],
+            source=first.source,
+            synthetic=first.synthetic,
+            groups=[g for s in sets for g in s.groups],
+            spacing_mm=np.concatenate([s.spacing_mm for s in sets]),
+            hc_mm=np.concatenate([s.hc_mm for s in sets]),
+            info=dict(first.info),
+            layers={k: np.concatenate([s.layers[k] for s in sets]) for k in first.layers},
+            meta=None if any(m is None for m in metas) else pd.concat(metas, ignore_index=True),
+        )
+
     @property
     def label(self) -> str:
         """Short label for figure titles, e.g. ``"HC18 (real)"`` or ``"SYNTHETIC phantom"``."""
@@ -164,6 +201,42 @@ def split_by_group(groups, test_fraction: float, seed: int) -> tuple[np.ndarray,
     test_groups = test_groups[: len(unique) - 1]  # keep at least one subject for training
     is_test = np.isin(groups, test_groups)
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def group_folds(groups, k: int, seed: int, stratify=None) -> np.ndarray:
+    """Assign every item to one of ``k`` folds so that a group (patient, video) is in one fold:
+    scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded) when ``stratify`` is given, else
+    ``GroupKFold``.
+
+    Args:
+        groups: one group id per item.
+        k: number of folds (>= 2).
+        seed: the shuffle of the stratified folds.
+        stratify: one class per item to spread across folds (default: balance sizes only).
+
+    Returns:
+        Integer array (n,): the fold (0..k-1) of each item; fold ``f`` tests ``folds == f``.
+
+    Raises:
+        ValueError: ``k`` < 2, fewer groups than folds, or ``stratify`` of another length.
+    """
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if k < 2 or n_groups < k:
+        raise ValueError(f"{k} folds need k >= 2 and at least k groups; got {n_groups} groups.")
+    if stratify is not None and len(stratify) != len(groups):
+        raise ValueError(f"stratify has {len(stratify)} entries for {len(groups)} items.")
+    if stratify is None:
+        splits = GroupKFold(n_splits=k).split(groups, groups=groups)
+    else:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(groups, np.asarray(stratify), groups=groups)
+    folds = np.empty(len(groups), int)
+    for f, (_, test) in enumerate(splits):
+        folds[test] = f
+    return folds
 
 
 def read_grey(path: Path):

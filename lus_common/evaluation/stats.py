@@ -1,5 +1,6 @@
 """Statistics across seeds and strategies: mean ± std, one-way ANOVA + Tukey HSD and Welch's t-test
-for independent runs; Friedman + Wilcoxon signed-rank (Holm) for paired per-image scores."""
+for independent runs; Friedman + Wilcoxon signed-rank (Holm) for paired per-image scores; the paired
+t-test and Wilcoxon test of two conditions on the same units."""
 
 from __future__ import annotations
 
@@ -143,3 +144,31 @@ def friedman_wilcoxon(
         holm[idx] = running
     pairs["p_holm"] = holm
     return {"chi2": float(chi2), "p": float(p), "k": len(names), "n": len(table)}, pairs
+
+
+def paired_difference(a, b) -> dict:
+    """Two conditions measured on the same units (e.g. dense and sparse labels on the same folds and
+    seeds): the mean difference ``a - b``, the paired t-test and Wilcoxon's signed-rank test.
+
+    Returns:
+        ``{"n", "mean_a", "mean_b", "mean_diff", "p_t", "p_wilcoxon"}``; the p-values are NaN with
+        fewer than two pairs, and Wilcoxon's is 1.0 when every difference is zero. With n pairs
+        the smallest two-sided Wilcoxon p is 2 / 2**n (0.25 for three folds).
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.shape} vs {b.shape}")
+    diff = a - b
+    n = len(diff)
+    p_t = p_w = float("nan")
+    if n >= 2:
+        p_t = float(stats.ttest_rel(a, b).pvalue) if np.ptp(diff) > 0 else float("nan")
+        p_w = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+    return {
+        "n": n,
+        "mean_a": float(a.mean()) if n else float("nan"),
+        "mean_b": float(b.mean()) if n else float("nan"),
+        "mean_diff": float(diff.mean()) if n else float("nan"),
+        "p_t": p_t,
+        "p_wilcoxon": p_w,
+    }

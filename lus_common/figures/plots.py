@@ -268,12 +268,28 @@ CLASS_RGB = np.array(
 )
 
 
-def class_overlay_rgb(image: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Grey image with a class map blended on top (class 0 left uncoloured)."""
+# The sparse classes (background, A-line, B-line, pleural line): A- and B-lines as in the dense map,
+# the merged pleural line in its own colour.
+SPARSE_RGB = np.array([[0, 0, 0], [0, 120, 255], [255, 200, 0], [255, 0, 255]], dtype=np.uint8)
+
+
+def class_overlay_rgb(
+    image: np.ndarray, classes: np.ndarray, alpha: float = 0.45, palette: np.ndarray = CLASS_RGB
+) -> np.ndarray:
+    """Grey image with a class map blended on top (class 0 left uncoloured); ``palette`` gives one
+    RGB colour per class (default the dense classes', :data:`SPARSE_RGB` for sparse maps)."""
     grey = np.repeat((np.clip(image, 0, 1) * 255)[..., None], 3, axis=2)
-    colour = CLASS_RGB[classes].astype(float)
+    colour = np.asarray(palette)[classes].astype(float)
     a = np.where(classes[..., None] > 0, alpha, 0.0)
     return ((1 - a) * grey + a * colour).astype(np.uint8)
+
+
+def class_legend(names, palette: np.ndarray = CLASS_RGB) -> str:
+    """A markdown line naming each class beside a square of its colour."""
+    return " · ".join(
+        f'<span style="color:rgb({r},{g},{b})">■</span> {name}'
+        for name, (r, g, b) in zip(names, np.asarray(palette).tolist())
+    )
 
 
 def png_source(panel: np.ndarray) -> str:

@@ -4,7 +4,8 @@ All phantoms share one interface: a ``seed`` (int or ``np.random.Generator``) in
 :class:`~lus_common.data.sets.SegmentationSet` marked ``synthetic=True`` out (images, masks,
 metadata).
 
-- :func:`lung_ultrasound_phantom` (papers 1, 2 and 5): B-mode videos formed by :mod:`.bmode`.
+- :func:`lung_ultrasound_phantom` (papers 1, 2 and 5): B-mode videos formed by :mod:`.bmode`;
+  :func:`lung_patients_phantom` draws them patient by patient, with the diagnoses given.
 - :func:`fetal_head_phantom` (paper 4, HC18).
 - :func:`chest_xray_phantom` (paper 3, Shenzhen-like chest X-rays).
 - :func:`salient_object_phantom` (paper 2's X-UNet pretraining, XPIE-like scenes).
@@ -19,6 +20,7 @@ from lus_common.phantoms.lung import (
     SPARSE_CLASSES,
     STRUCTURES,
     dense_to_sparse,
+    lung_patients_phantom,
     lung_ultrasound_phantom,
 )
 from lus_common.phantoms.salient import salient_object_phantom
@@ -27,6 +29,7 @@ __all__ = [
     "RAYLEIGH_MEAN_OVER_STD",
     "ellipse_circumference",
     "fetal_head_phantom",
+    "lung_patients_phantom",
     "lung_ultrasound_phantom",
     "chest_xray_phantom",
     "salient_object_phantom",

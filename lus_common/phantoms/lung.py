@@ -44,6 +44,7 @@ consolidation lie beneath it; the region beneath a pleural segment takes its hea
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -517,6 +518,7 @@ def lung_ultrasound_phantom(
     target: str = "pleura",
     seed=0,
     keep_envelope: bool = False,
+    id_prefix: str = "lus",
     **severity,
 ) -> SegmentationSet:
     """Lung ultrasound videos of synthetic patients, with every label of papers 1, 2 and 5.
@@ -535,6 +537,8 @@ def lung_ultrasound_phantom(
             the union of pleura, A-lines, B-lines and consolidation).
         seed: int seed or ``np.random.Generator``.
         keep_envelope: also keep the envelope before log compression in ``info["envelope"]``.
+        id_prefix: the start of the patient, video and image ids (``<prefix>_p000_v0000_f000``);
+            sets drawn by separate calls and then joined need different prefixes.
         **severity: fixed disease parameters overriding the diagnostic rules (``n_blines``,
             ``wide_blines``, ``pleural_irregularity_mm``, ``sick_thickness_mm``, ``fragmentation``,
             ``consolidations``, ``consolidation_width_mm``, ``consolidation_depth_mm``,
@@ -586,7 +590,7 @@ def lung_ultrasound_phantom(
         spacing[sl] = out["spacing"]
         if keep_envelope:
             envelopes[sl] = out["envelope"]
-        return _video_rows(pid, v, kinds[v], pat["diagnosis"], world, sl.stop - sl.start)
+        return _video_rows(id_prefix, pid, v, kinds[v], pat["diagnosis"], world, sl.stop - sl.start)
 
     # numpy and scipy.fft release the GIL on whole arrays: videos render in parallel threads.
     with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
@@ -601,6 +605,56 @@ def lung_ultrasound_phantom(
         images, masks, ids, "lung_ultrasound_phantom", GENERATOR_VERSION,
         groups=list(meta["patient"]), spacing_mm=spacing, info=info, layers=layers, meta=meta,
     )  # fmt: skip
+
+
+def lung_patients_phantom(
+    diagnoses: Sequence[str],
+    images_per_patient: int,
+    videos_per_patient: int = 1,
+    image_size: int = 256,
+    probe: str = "mixed",
+    seed=0,
+    id_prefix: str = "lus",
+    **kwargs,
+) -> SegmentationSet:
+    """One synthetic patient per entry of ``diagnoses``, so the caller sets the classes exactly
+    (paper 5's three COVID-19 patients and one healthy; its 188 / 477 / 49 videos, one patient
+    each).
+
+    Args:
+        diagnoses: one diagnosis of :data:`DIAGNOSES` per patient.
+        images_per_patient: frames of each patient.
+        videos_per_patient: videos they are split into (paper 5: 2, the left and right lung).
+        image_size: side of the square images.
+        probe: as :func:`lung_ultrasound_phantom`.
+        seed: int seed or ``np.random.Generator``; every patient draws from its own stream.
+        id_prefix: start of the ids; patient ``k`` is ``<id_prefix><k>_p000`` (unique across
+            the patients of a call; calls joined later need different prefixes).
+        **kwargs: more arguments of :func:`lung_ultrasound_phantom` (``target``, severity).
+
+    Returns:
+        The patients' sets joined (:meth:`SegmentationSet.concat`), in the order of ``diagnoses``.
+    """
+    if not len(diagnoses):
+        raise ValueError("diagnoses must name at least one patient.")
+    rng = bmode.as_generator(seed)
+    frames = -(-int(images_per_patient) // int(videos_per_patient))
+    digits = len(str(len(diagnoses) - 1))
+    sets = [
+        lung_ultrasound_phantom(
+            images_per_patient,
+            1,
+            frames,
+            image_size,
+            probe,
+            diagnosis,
+            seed=stream,
+            id_prefix=f"{id_prefix}{k:0{digits}d}",
+            **kwargs,
+        )  # fmt: skip
+        for k, (diagnosis, stream) in enumerate(zip(diagnoses, rng.spawn(len(diagnoses))))
+    ]
+    return SegmentationSet.concat(sets)
 
 
 def _deal_videos(
@@ -640,11 +694,13 @@ def _store_labels(bits: np.ndarray, dense: np.ndarray, layers: dict) -> None:
     layers["sparse"][...] = dense_to_sparse(dense)
 
 
-def _video_rows(pid: int, v: int, probe: str, diagnosis: str, world: dict, n_frames: int) -> list:
+def _video_rows(
+    prefix: str, pid: int, v: int, probe: str, diagnosis: str, world: dict, n_frames: int
+) -> list:
     """The ``meta`` rows of one video's frames: patient, video, frame, probe, diagnosis, depths
     and severity."""
     sev = world["severity"]
-    video = dict(patient=f"lus_p{pid:03d}", video=f"lus_p{pid:03d}_v{v:04d}")
+    video = dict(patient=f"{prefix}_p{pid:03d}", video=f"{prefix}_p{pid:03d}_v{v:04d}")
     return [
         {
             **video,

@@ -22,6 +22,7 @@ import pandas as pd
 from lus_common.config.paths import results_dir
 
 REQUIRED = ("config.json", "metrics.json", "history.csv")
+MODEL_FILE = "model.safetensors"  # the weights of a run that later runs start from
 
 
 def _jsonable(obj):
@@ -110,6 +111,7 @@ def save_run(
     history: pd.DataFrame,
     tables: dict[str, pd.DataFrame] | None = None,
     arrays: dict[str, np.ndarray] | None = None,
+    state: dict | None = None,
 ) -> Path:
     """Write a run folder atomically (temporary folder, then rename).
 
@@ -120,6 +122,8 @@ def save_run(
         history: per-epoch history.
         tables: extra CSV files, name -> frame (``"per_image"`` gives ``per_image.csv``).
         arrays: arrays saved together in ``predictions.npz``.
+        state: a model's ``state_dict``, saved as ``model.safetensors`` for runs whose weights a
+            later run starts from (:func:`load_state`).
 
     Returns:
         The folder.
@@ -135,6 +139,11 @@ def save_run(
             table.to_csv(tmp / f"{name}.csv", index=False)
         if arrays:
             np.savez_compressed(tmp / "predictions.npz", **arrays)
+        if state is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                      tmp / MODEL_FILE)  # fmt: skip
         if folder.exists():  # an incomplete or older copy: replace it whole
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -142,6 +151,23 @@ def save_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def load_state(folder: Path) -> dict:
+    """The model weights a run stored (:func:`save_run`'s ``state``).
+
+    Raises:
+        FileNotFoundError: the run folder has no ``model.safetensors`` (it names the folder).
+    """
+    path = Path(folder) / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} holds no model weights ({MODEL_FILE}): rerun the study so that the run "
+            "that makes them is trained again."
+        )
+    from safetensors.torch import load_file
+
+    return load_file(path)
 
 
 def load_run(folder: Path) -> dict:

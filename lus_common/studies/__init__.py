@@ -77,7 +77,8 @@ _ALL = [
         "dense_sparse",
         "05_dense_sparse",
         "Dense vs sparse reverse transfer (Gare et al.)",
-        built=False,
+        "s5_dense_sparse",
+        smoke={"device": "cpu"},
     ),
     Study("pretrained_weights", "A1_pretrained_weights", "Pretrained weights", kind="appendix"),
 ]

@@ -1,11 +1,18 @@
-"""One training loop for every torch study: Adam, BCE-with-logits, optional bf16 autocast,
-channels_last on GPU, data held on the device, on-device augmentation, seeded, with history.
+"""One training loop for every torch study: Adam, optional bf16 autocast, channels_last on GPU,
+data held on the device, on-device augmentation, seeded, with history.
+
+Three tasks share it (``TrainConfig.task``): ``"binary"`` segmentation (one logit map,
+BCE-with-logits), ``"multiclass"`` segmentation (class-index maps, cross-entropy) and
+``"classify"`` (one class per image, cross-entropy). The learning rate decays per epoch
+(``scheduler="exponential"``) or halves when a watched history column plateaus
+(``scheduler="plateau"``, paper 5's ReduceLROnPlateau).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,6 +28,8 @@ from lus_common.evaluation.metrics import pooled_scores, segmentation_scores
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_NORMS = ("imagenet", "unit", "symmetric")
+TASKS = ("binary", "multiclass", "classify")
+SCHEDULERS = ("exponential", "plateau")
 
 
 @dataclass
@@ -39,6 +48,12 @@ class TrainConfig:
     # "imagenet" (mean/std), "unit" (grey in [0, 1], the HC18 authors') or "symmetric" ([-1, 1],
     # what Keras' MobileNetV2 and so the imagenet-dogs160 weights were trained on)
     input_norm: str = "imagenet"
+    # "binary" (masks 0/1, BCE), "multiclass" (class maps, CE) or "classify" (a class per image)
+    task: str = "binary"
+    scheduler: str = "exponential"  # "exponential" (lr_decay) or "plateau" (ReduceLROnPlateau)
+    plateau_on: str = "train_loss"  # history column the plateau watches (a *loss falls, else rises)
+    plateau_factor: float = 0.5
+    plateau_patience: int = 10  # torch's default; paper 5 gives none
 
     def __post_init__(self):
         for name in ("hflip", "vflip"):
@@ -47,6 +62,8 @@ class TrainConfig:
                 self, name, (0.5 if value else 0.0) if isinstance(value, bool) else float(value)
             )
         lookup(INPUT_NORMS, self.input_norm, "input_norm", error=ValueError)
+        lookup(TASKS, self.task, "task", error=ValueError)
+        lookup(SCHEDULERS, self.scheduler, "scheduler", error=ValueError)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -76,26 +93,40 @@ def to_input(
     return ((x - mean) / std).contiguous()
 
 
-def to_target(masks: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """0/1 masks (N, H, W) to float targets (N, 1, H, W)."""
-    return torch.as_tensor(np.asarray(masks, dtype=np.float32), device=device)[:, None]
+def to_target(
+    masks: np.ndarray, device: torch.device | str = "cpu", task: str = "binary"
+) -> torch.Tensor:
+    """Targets of a task: 0/1 masks (N, H, W) to floats (N, 1, H, W) (``"binary"``); class maps
+    (N, H, W) or one class per image (N,) to int64 (``"multiclass"``, ``"classify"``)."""
+    if task == "binary":
+        return torch.as_tensor(np.asarray(masks, dtype=np.float32), device=device)[:, None]
+    lookup(TASKS, task, "task", error=ValueError)
+    return torch.as_tensor(np.asarray(masks, dtype=np.int64), device=device)
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator):
     """Random rotation and flips of a batch, on its device, image and mask alike.
 
     Rotation resamples the image bilinearly and the mask by nearest neighbour; both use one
-    affine grid per batch (no Python loop over images).
+    affine grid per batch (no Python loop over images). ``y`` is a mask batch (N, 1, H, W), a
+    class-map batch (N, H, W; outside pixels become class 0) or one class per image (N,; left as
+    it is).
     """
     n = x.shape[0]
+    maps = y.ndim == 3
+    if maps:
+        y = y[:, None].float()
+    spatial = y.ndim == 4
     if cfg.hflip:
         flip = torch.rand(n, device=x.device, generator=gen) < cfg.hflip
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-1), y)
+        if spatial:
+            y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-1), y)
     if cfg.vflip:
         flip = torch.rand(n, device=x.device, generator=gen) < cfg.vflip
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-2), x)
-        y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-2), y)
+        if spatial:
+            y = torch.where(flip.view(-1, 1, 1, 1), y.flip(-2), y)
     if cfg.rotation_deg > 0:
         angle = (torch.rand(n, device=x.device, generator=gen) * 2 - 1) * math.radians(
             cfg.rotation_deg
@@ -114,10 +145,11 @@ def augment(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Gener
             )
             + fill
         )
-        y = F.grid_sample(
-            y, grid.to(y.dtype), mode="nearest", padding_mode="zeros", align_corners=False
-        )
-    return x, y
+        if spatial:
+            y = F.grid_sample(
+                y, grid.to(y.dtype), mode="nearest", padding_mode="zeros", align_corners=False
+            )
+    return x, (y[:, 0].round().long() if maps else y)
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -136,6 +168,20 @@ def _place(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _outputs(model, images, batch_size, device, amp, input_norm, transform) -> np.ndarray:
+    """``transform(logits)`` of every image, batch by batch, in eval mode, as one array."""
+    device = torch.device(device)
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start : start + batch_size], device, input_norm)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            out.append(transform(model(x).float()).cpu())
+    return torch.cat(out).numpy()
+
+
 def predict(
     model: nn.Module,
     images: np.ndarray,
@@ -145,16 +191,39 @@ def predict(
     input_norm: str = "imagenet",
 ) -> np.ndarray:
     """Foreground probabilities (N, H, W) of a binary model, in eval mode."""
-    device = torch.device(device)
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = to_input(images[start : start + batch_size], device, input_norm)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
-            out.append(torch.sigmoid(model(x).float())[:, 0].cpu())
-    return torch.cat(out).numpy()
+    return _outputs(
+        model, images, batch_size, device, amp, input_norm, lambda y: torch.sigmoid(y)[:, 0]
+    )
+
+
+def predict_classes(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    input_norm: str = "imagenet",
+) -> np.ndarray:
+    """Class-index maps (N, H, W), uint8, of a multi-class segmentation model (the arg-max of its
+    logits), in eval mode."""
+    return _outputs(
+        model, images, batch_size, device, amp, input_norm, lambda y: y.argmax(1).to(torch.uint8)
+    )
+
+
+def predict_proba(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    input_norm: str = "imagenet",
+) -> np.ndarray:
+    """Class probabilities (softmax over dimension 1) of a classifier, (N, classes), in eval
+    mode."""
+    return _outputs(
+        model, images, batch_size, device, amp, input_norm, lambda y: torch.softmax(y, 1)
+    )
 
 
 def train_model(
@@ -167,26 +236,35 @@ def train_model(
     val_masks: np.ndarray | None = None,
     frozen: list[nn.Module] = (),
     progress: bool = False,
+    evaluate: Callable[[nn.Module, int], dict] | None = None,
 ) -> pd.DataFrame:
-    """Train a binary segmentation model in place.
+    """Train a model in place for ``cfg.task``.
 
     Args:
-        model: network returning logits (N, 1, H, W); its ``requires_grad`` flags are respected.
+        model: network returning logits: (N, 1, H, W) for ``"binary"``, (N, C, H, W) for
+            ``"multiclass"``, (N, C) for ``"classify"``; its ``requires_grad`` flags are respected.
         train_images: (N, H, W) floats in [0, 1].
-        train_masks: (N, H, W) 0/1.
+        train_masks: the targets: (N, H, W) 0/1 masks, (N, H, W) class maps, or (N,) classes.
         cfg: hyperparameters.
         device: where to train.
-        val_images: optional images evaluated (loss and Dice) after every epoch.
+        val_images: optional images evaluated (loss and Dice) after every epoch (binary only;
+            the other tasks use ``evaluate``).
         val_masks: their masks.
         frozen: modules kept in eval mode while training (frozen batch-norm statistics).
         progress: show a tqdm bar over epochs.
+        evaluate: ``(model, epoch) -> dict`` called after every epoch; its values join the
+            epoch's history row (and may be what ``cfg.plateau_on`` watches).
 
     Returns:
         History with one row per epoch: ``epoch, train_loss, lr, seconds`` and, with ``val_images``,
         ``val_loss``, ``val_dice`` (per image) and the HC18 authors' batch-pooled ``val_pa_pooled``,
         ``val_dice_pooled``, ``val_iou_pooled``
-        (:func:`lus_common.evaluation.metrics.pooled_scores`).
+        (:func:`lus_common.evaluation.metrics.pooled_scores`), and ``evaluate``'s columns.
     """
+    if val_images is not None and cfg.task != "binary":
+        raise ValueError(
+            f"val_images scores binary masks; for task '{cfg.task}' pass evaluate= instead."
+        )
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     model.to(device)
@@ -196,10 +274,16 @@ def train_model(
     if not params:
         raise ValueError("The model has no trainable parameter: check the freezing strategy.")
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
-    loss_fn = nn.BCEWithLogitsLoss()
+    if cfg.scheduler == "plateau":
+        mode = "min" if cfg.plateau_on.endswith("loss") else "max"
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
+    loss_fn = nn.BCEWithLogitsLoss() if cfg.task == "binary" else nn.CrossEntropyLoss()
     x_all = _place(to_input(train_images, norm=cfg.input_norm), device)
-    y_all = _place(to_target(train_masks), device)
+    y_all = _place(to_target(train_masks, task=cfg.task), device)
     rows = []
     for epoch in tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress, leave=False):
         start = time.perf_counter()
@@ -207,14 +291,19 @@ def train_model(
         for module in frozen:
             module.eval()
         loss = _train_epoch(model, x_all, y_all, cfg, optimizer, loss_fn, device, gen)
-        row = {"epoch": epoch, "train_loss": loss, "lr": scheduler.get_last_lr()[0]}
-        scheduler.step()
+        row = {"epoch": epoch, "train_loss": loss, "lr": optimizer.param_groups[0]["lr"]}
+        if cfg.scheduler == "exponential":
+            scheduler.step()
         if val_images is not None:
             row.update(
                 evaluate_loss_dice(
                     model, val_images, val_masks, cfg.batch_size, device, cfg.amp, cfg.input_norm
                 )
             )
+        if evaluate is not None:
+            row.update(evaluate(model, epoch))
+        if cfg.scheduler == "plateau":
+            scheduler.step(lookup(row, cfg.plateau_on, "history column (plateau_on)"))
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
     return pd.DataFrame(rows)
