@@ -1050,6 +1050,20 @@ def reference_findings(runs: pd.DataFrame, p: dict) -> list[str]:
     return lines
 
 
+def reference_seg_runs(path=REFERENCE_RUNS) -> pd.DataFrame:
+    """The recorded Part 1 fold runs (empty when the file holds only Part 2): one row per run
+    like :func:`run_study`'s ``"seg_runs"``."""
+    doc = base.read_reference(path)
+    return pd.DataFrame(
+        [
+            {k: r["params"][k] for k in ("labels", "split", "fold", "seed")}
+            | {"device": r["device"], **r["metrics"]}
+            for r in doc["runs"]
+            if "labels" in r["params"] and r["params"]["fold"] != "all"
+        ]
+    )
+
+
 def reference_runs(path=REFERENCE_RUNS) -> tuple[str, dict, pd.DataFrame]:
     """The recorded reference runs: ``(caption, study parameters, one row per classification
     run with its pretrain, fold, seed and metrics)``."""
