@@ -16,8 +16,9 @@ from lus_common.evaluation.stats import paired_difference
 from lus_common.models.torch_seg_classifier import SegmentationClassifier
 from lus_common.phantoms.lung import dense_to_sparse, lung_patients_phantom
 from lus_common.store import results
+from lus_common.studies import base
 from lus_common.studies import s5_dense_sparse as s5
-from lus_common.training.torch_loop import TrainConfig, augment, predict_proba, train_model
+from lus_common.training.torch_loop import TrainConfig, augment, predict, train_model
 
 
 class _Fixed(nn.Module):
@@ -92,7 +93,7 @@ def test_classification_training_and_a_plateau_that_halves_the_rate():
     )
     cfg = TrainConfig(epochs=60, batch_size=6, lr=0.05, task="classify", input_norm="unit")
     train_model(model, images, labels, cfg)
-    prob = predict_proba(model, images, input_norm="unit")
+    prob = predict(model, images, input_norm="unit", output="proba")
     assert prob.shape == (30, 3) and np.allclose(prob.sum(1), 1, atol=1e-5)
     assert (prob.argmax(1) == labels).mean() >= 0.9
     # A watched score that never improves: with patience 0 the rate halves after every epoch but
@@ -195,7 +196,7 @@ def test_run_weights_are_stored_and_read_back(tmp_path):
 
 
 def test_study_smoke_end_to_end_and_reverse_transfer_starts_from_the_segmentation(
-    isolated_results,
+    isolated_results, tmp_path
 ):
     p = s5.study_params("smoke", device="cpu")
     seg, cls = s5.load_segmentation(p), s5.load_classification(p)
@@ -222,6 +223,18 @@ def test_study_smoke_end_to_end_and_reverse_transfer_starts_from_the_segmentatio
     assert len(panels) == 5 * 4 and titles[1] == "dense truth"  # one row per patient
     again = s5.run_study(p, seg, cls, progress=False)
     assert again["reused"] == len(runs) + 2 + len(out["cls_runs"])  # + the two pretraining runs
+    # the reference JSON of these run folders reads back as the same tables
+    folders = sorted((isolated_results / "dense_sparse").iterdir())
+    path = base.export_reference(folders, "cap", "cmd", "test CPU", tmp_path / "r.json", params=p)
+    what, ref_p, ref_cls = s5.reference_runs(path)
+    ref_seg = s5.reference_seg_runs(path)
+    assert what == "cap" and len(ref_cls) == 9 and len(ref_seg) == 12 and ref_p["folds"] == 3
+    assert s5.table2(ref_cls).equals(s5.table2(out["cls_runs"]))
+    assert s5.table1(ref_seg).equals(s5.table1(runs))
+    acc = out["cls_runs"].groupby("pretrain")["last_accuracy"].mean()
+    assert f"dense pretraining: frame accuracy {acc['dense']:.3f}" in "\n".join(
+        s5.reference_findings(ref_cls, ref_p)
+    )
 
 
 def test_dense_sparse_chapter_smoke(tmp_path):

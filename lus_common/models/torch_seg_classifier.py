@@ -23,7 +23,7 @@ class SegmentationClassifier(nn.Module):
         classes: the diagnostic classes (paper 5: healthy, COVID-19, pneumonia).
 
     ``forward`` returns diagnostic logits (N, classes): the final softmax is the loss's (and
-    :func:`lus_common.training.torch_loop.predict_proba`'s).
+    :func:`lus_common.training.torch_loop.predict` with ``output="proba"``).
     """
 
     def __init__(self, segmenter: nn.Module, seg_classes: int, classes: int = 3):

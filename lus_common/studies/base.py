@@ -213,6 +213,24 @@ def reference_command(script: str, argv: list[str] | None) -> str:
     return f"LUS_DATA_DIR=../shared/data python book/reference_runs/{Path(script).name} {args}"
 
 
+def reference_rows(doc: dict, keys: tuple[str, ...], keep=None) -> pd.DataFrame:
+    """One row per run of a reference-run JSON (:func:`read_reference`), like a study's
+    ``"runs"``: the run's ``keys`` of its params, its device and its metrics.
+
+    Args:
+        doc: the JSON's content.
+        keys: the params that tell the runs apart (e.g. ``("strategy", "seed")``).
+        keep: ``run -> bool`` choosing the runs (default: all).
+    """
+    return pd.DataFrame(
+        [
+            {**{k: r["params"][k] for k in keys}, "device": r["device"], **r["metrics"]}
+            for r in doc["runs"]
+            if keep is None or keep(r)
+        ]
+    )
+
+
 def read_reference(path: Path) -> dict:
     """A reference-run JSON (:func:`export_reference`), with a message naming the maker when it is
     missing."""

@@ -447,18 +447,7 @@ def reference_runs(path=REFERENCE_RUNS) -> tuple[str, dict, pd.DataFrame]:
         with the run's input_norm and device)``.
     """
     doc = base.read_reference(path)
-    rows = pd.DataFrame(
-        [
-            {
-                "strategy": r["params"]["strategy"],
-                "seed": r["params"]["seed"],
-                "input_norm": r["params"]["input_norm"],
-                "device": r["device"],
-                **r["metrics"],
-            }
-            for r in doc["runs"]
-        ]
-    )
+    rows = base.reference_rows(doc, ("strategy", "seed", "input_norm"))
     return doc["what"], doc["study_params"], rows
 
 

@@ -53,8 +53,7 @@ from lus_common.studies import base
 from lus_common.studies.base import Collector, cached_run, check_choice, derive_profiles, run_record
 from lus_common.training.torch_loop import (
     TrainConfig,
-    predict_classes,
-    predict_proba,
+    predict,
     train_model,
 )
 
@@ -473,7 +472,7 @@ def run_segmentation(
         test_images = data.images[test_idx]
 
         def evaluate(m, epoch):
-            pred = predict_classes(m, test_images, 16, device, p["amp"], INPUT_NORM)
+            pred = predict(m, test_images, 16, device, p["amp"], INPUT_NORM, "classes")
             row = _seg_epoch_scores(pred, data, test_idx, labels)
             best.offer(m, row["test_pixel_accuracy"], epoch)
             return row
@@ -489,9 +488,9 @@ def run_segmentation(
         metrics = {"train_seconds": float(history["seconds"].sum()), "n_classes": n_classes}
         tables, arrays = {}, {}
         if len(test_idx):
-            last = predict_classes(model, test_images, 16, device, p["amp"], INPUT_NORM)
+            last = predict(model, test_images, 16, device, p["amp"], INPUT_NORM, "classes")
             model.load_state_dict(best.state)
-            best_pred = predict_classes(model, test_images, 16, device, p["amp"], INPUT_NORM)
+            best_pred = predict(model, test_images, 16, device, p["amp"], INPUT_NORM, "classes")
             per_image = []
             for sel, pred in (("last", last), ("best_test", best_pred)):
                 m, rows = _seg_final_scores(pred, data, test_idx, labels)
@@ -608,7 +607,7 @@ def run_classification(
         test_frames, test_labels = data.frames[test_idx], data.labels[test_idx]
 
         def evaluate(m, epoch):
-            prob = predict_proba(m, test_frames, 16, device, p["amp"], INPUT_NORM)
+            prob = predict(m, test_frames, 16, device, p["amp"], INPUT_NORM, "proba")
             acc = float((prob.argmax(1) == test_labels).mean())
             best.offer(m, acc, epoch)
             return {"test_accuracy": acc}
@@ -616,11 +615,11 @@ def run_classification(
         history = train_model(
             model, data.frames[train_idx], data.labels[train_idx], cfg, device, evaluate=evaluate
         )
-        last = predict_proba(model, test_frames, 16, device, p["amp"], INPUT_NORM)
+        last = predict(model, test_frames, 16, device, p["amp"], INPUT_NORM, "proba")
         fc = {"fc_weight": model.fc.weight.detach().cpu().numpy().tolist(),
               "fc_bias": model.fc.bias.detach().cpu().numpy().tolist()}  # fmt: skip
         model.load_state_dict(best.state)
-        best_prob = predict_proba(model, test_frames, 16, device, p["amp"], INPUT_NORM)
+        best_prob = predict(model, test_frames, 16, device, p["amp"], INPUT_NORM, "proba")
         videos = [data.videos[i] for i in test_idx]
         metrics = {"train_seconds": float(history["seconds"].sum()), "best_test_epoch": best.epoch}
         per_image = pd.DataFrame(
@@ -1053,14 +1052,10 @@ def reference_findings(runs: pd.DataFrame, p: dict) -> list[str]:
 def reference_seg_runs(path=REFERENCE_RUNS) -> pd.DataFrame:
     """The recorded Part 1 fold runs (empty when the file holds only Part 2): one row per run
     like :func:`run_study`'s ``"seg_runs"``."""
-    doc = base.read_reference(path)
-    return pd.DataFrame(
-        [
-            {k: r["params"][k] for k in ("labels", "split", "fold", "seed")}
-            | {"device": r["device"], **r["metrics"]}
-            for r in doc["runs"]
-            if "labels" in r["params"] and r["params"]["fold"] != "all"
-        ]
+    return base.reference_rows(
+        base.read_reference(path),
+        ("labels", "split", "fold", "seed"),
+        lambda r: "labels" in r["params"] and r["params"]["fold"] != "all",
     )
 
 
@@ -1068,17 +1063,7 @@ def reference_runs(path=REFERENCE_RUNS) -> tuple[str, dict, pd.DataFrame]:
     """The recorded reference runs: ``(caption, study parameters, one row per classification
     run with its pretrain, fold, seed and metrics)``."""
     doc = base.read_reference(path)
-    rows = pd.DataFrame(
-        [
-            {
-                "pretrain": r["params"]["pretrain"],
-                "fold": r["params"]["fold"],
-                "seed": r["params"]["seed"],
-                "device": r["device"],
-                **r["metrics"],
-            }
-            for r in doc["runs"]
-            if "pretrain" in r["params"]
-        ]
+    rows = base.reference_rows(
+        doc, ("pretrain", "fold", "seed"), lambda r: "pretrain" in r["params"]
     )
     return doc["what"], doc["study_params"], rows

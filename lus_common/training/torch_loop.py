@@ -167,9 +167,32 @@ def _place(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory()
 
 
+# What :func:`predict` returns, from a model's logits.
+OUTPUTS = {
+    "foreground": lambda y: torch.sigmoid(y)[:, 0],  # binary: foreground probability (N, H, W)
+    "classes": lambda y: y.argmax(1).to(torch.uint8),  # multi-class: class-index maps (N, H, W)
+    "proba": lambda y: torch.softmax(y, 1),  # classifier: class probabilities (N, classes)
+}
+
+
 @torch.no_grad()
-def _outputs(model, images, batch_size, device, amp, input_norm, transform) -> np.ndarray:
-    """``transform(logits)`` of every image, batch by batch, in eval mode, as one array."""
+def predict(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    input_norm: str = "imagenet",
+    output: str = "foreground",
+) -> np.ndarray:
+    """A model's predictions for grey images, batch by batch, in eval mode, as one array.
+
+    ``output`` (:data:`OUTPUTS`): ``"foreground"``, the foreground probabilities (N, H, W) of a
+    binary model; ``"classes"``, the class-index maps (N, H, W, uint8) of a multi-class
+    segmentation model (the arg-max of its logits); ``"proba"``, the class probabilities
+    (N, classes) of a classifier (softmax over dimension 1).
+    """
+    transform = lookup(OUTPUTS, output, "output", error=ValueError)
     device = torch.device(device)
     model.eval()
     out = []
@@ -180,50 +203,6 @@ def _outputs(model, images, batch_size, device, amp, input_norm, transform) -> n
         with _autocast(device, amp):
             out.append(transform(model(x).float()).cpu())
     return torch.cat(out).numpy()
-
-
-def predict(
-    model: nn.Module,
-    images: np.ndarray,
-    batch_size: int = 16,
-    device: torch.device | str = "cpu",
-    amp: bool = True,
-    input_norm: str = "imagenet",
-) -> np.ndarray:
-    """Foreground probabilities (N, H, W) of a binary model, in eval mode."""
-    return _outputs(
-        model, images, batch_size, device, amp, input_norm, lambda y: torch.sigmoid(y)[:, 0]
-    )
-
-
-def predict_classes(
-    model: nn.Module,
-    images: np.ndarray,
-    batch_size: int = 16,
-    device: torch.device | str = "cpu",
-    amp: bool = True,
-    input_norm: str = "imagenet",
-) -> np.ndarray:
-    """Class-index maps (N, H, W), uint8, of a multi-class segmentation model (the arg-max of its
-    logits), in eval mode."""
-    return _outputs(
-        model, images, batch_size, device, amp, input_norm, lambda y: y.argmax(1).to(torch.uint8)
-    )
-
-
-def predict_proba(
-    model: nn.Module,
-    images: np.ndarray,
-    batch_size: int = 16,
-    device: torch.device | str = "cpu",
-    amp: bool = True,
-    input_norm: str = "imagenet",
-) -> np.ndarray:
-    """Class probabilities (softmax over dimension 1) of a classifier, (N, classes), in eval
-    mode."""
-    return _outputs(
-        model, images, batch_size, device, amp, input_norm, lambda y: torch.softmax(y, 1)
-    )
 
 
 def train_model(
