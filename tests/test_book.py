@@ -84,6 +84,7 @@ def test_build_refuses_missing_chapter(tmp_path):
         ("00_phantoms", 11),
         ("03_cxr_overfitting", 6),
         ("A1_pretrained_weights", 1),
+        ("05_dense_sparse", 4),
     ],  # fmt: skip
 )
 def test_figures_render_offline_in_chromium(built_book, tmp_path, chapter, figures):

@@ -78,10 +78,11 @@ PROFILES = derive_profiles(
          models=list(MODELS), encoder_weights=NATURAL_WEIGHTS, random_controls=["vgg16_unet"],
          bn_momenta=[0.99, 0.9], norm_controls=["group"], train_sizes=[25, 50, 100, 200, 400],
          curve_seeds=[0, 1, 2], curve_steps="matched"),
-    # Under three minutes on a 2-core CPU (the book's default; a Keras VGG16- or ResNet50-U-Net
-    # step takes about 1.2 s there, so the chapter's time is its steps): the chest X-ray phantom at
-    # 32 px, 16 training images in batches of 8 for 5 epochs (10 steps, at 10x the paper's step
-    # size so that they learn something; the paper had 210 steps at 1e-4), one seed.
+    # About three minutes on a 2-core CPU (the book's default; 12 runs, nine of them Keras VGG16-
+    # or ResNet50-U-Nets at about 1.5 s a step there, a quarter of it Keras' torch backend copying
+    # every conv kernel per call): the chest X-ray phantom at 32 px, 16 training images in batches
+    # of 8 for 5 epochs (10 steps, at 10x the paper's step size so that they learn something; the
+    # paper had 210 steps at 1e-4), one seed.
     quick=dict(data_source="synthetic", image_size=32, n_train=16, n_val=8, n_test=8, epochs=5,
                batch_size=8, lr=1e-3, seeds=[0], train_sizes=[8, 16], curve_seeds=[0]),
     # Seconds, for tests.
