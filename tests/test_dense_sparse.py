@@ -12,7 +12,7 @@ from torch import nn
 
 from lus_common.app import runner
 from lus_common.data.sets import SegmentationSet
-from lus_common.evaluation.stats import paired_difference
+from lus_common.evaluation.stats import format_p, paired_difference
 from lus_common.models.torch_seg_classifier import SegmentationClassifier
 from lus_common.phantoms.lung import dense_to_sparse, lung_patients_phantom
 from lus_common.store import results
@@ -181,6 +181,7 @@ def test_paired_difference_of_three_folds():
     assert r["n"] == 3 and r["mean_diff"] == pytest.approx(0.15)
     assert r["p_wilcoxon"] == pytest.approx(0.25)  # the smallest two-sided p with three pairs
     assert 0 < r["p_t"] < 0.1
+    assert format_p(r["p_wilcoxon"]) == "p = 0.250" and format_p(1e-9) == "p < 0.001"
     same = paired_difference([1, 2], [1, 2])
     assert same["p_wilcoxon"] == 1.0 and np.isnan(same["p_t"])
 
@@ -260,3 +261,59 @@ def test_dense_sparse_smoke_on_real_pocus(tmp_path, monkeypatch, real_pocus):
     text = json.dumps([c.get("outputs", []) for c in nbformat.read(out, 4).cells])
     assert "Part 2 data: POCUS (real)" in text and "patients in more than one fold: 0" in text
     assert "Part 1 data: SYNTHETIC phantom" in text
+
+
+def test_findings_read_the_runs_numbers():
+    import pandas as pd
+
+    p = s5.study_params("smoke")
+    rows = []
+    for split, shift in (("patient", 0.0), ("random", 0.1)):
+        for fold in range(3):
+            for labels, miou, fp in (("dense", 0.5, 1.0), ("sparse", 0.4, 3.0)):
+                rows.append(
+                    {
+                        "labels": labels,
+                        "split": split,
+                        "fold": fold,
+                        "seed": 0,
+                        "last_miou": miou + shift,
+                        "best_test_miou": miou + shift + 0.02,
+                        "last_fp_components_total": fp,
+                    }  # fmt: skip
+                )
+    per_image = pd.DataFrame(
+        [
+            {
+                "split": "patient",
+                "selection": "last",
+                "labels": labels,
+                "id": f"i{k}",
+                "fp_components_total": fp + k % 2,
+            }  # fmt: skip
+            for k in range(8)
+            for labels, fp in (("dense", 1), ("sparse", 3))
+        ]
+    )
+    cls = pd.DataFrame(
+        [
+            {"pretrain": pt, "fold": f, "seed": 0, "last_accuracy": acc, "last_video_accuracy": acc}
+            for pt, acc in (("dense", 0.8), ("sparse", 0.7), ("none", 0.6))
+            for f in range(3)
+        ]
+    )
+    out = {"seg_runs": pd.DataFrame(rows), "seg_per_image": per_image, "cls_runs": cls}
+    text = "\n".join(s5.findings(out, p, "SYNTHETIC phantom", "POCUS (real)"))
+    assert "Part 2 from POCUS (real) data" in text
+    assert (
+        "dense (merged) 0.500 vs sparse 0.400 (+0.100; paper, random folds: 0.711 vs 0.654" in text
+    )
+    assert "dense 1.00 vs sparse 3.00 (Wilcoxon over 8 paired test images: p = 0.008)" in text
+    assert "dense labels give fewer false positives here" in text
+    assert "mIoU 0.550 vs 0.450 (+0.100)" in text  # random folds vs folds by patient
+    assert "from 0.450 (last epoch) to 0.470 (folds by patient)" in text
+    assert (
+        "dense 0.800, sparse 0.700, none 0.600 (paper: dense 0.849, sparse 0.843, none 0.824)"
+        in text
+    )
+    assert "pretraining minus none: +0.200 frame accuracy over 3 run(s)" in text

@@ -1,4 +1,5 @@
-"""The in-memory segmentation set every study uses, and subject-disjoint splits.
+"""The in-memory segmentation set every study uses, and subject-disjoint splits (one train/test
+split, :func:`split_by_group`, or k folds, :func:`group_folds`).
 
 Loaders (``hc18``) and phantoms (``phantoms``) both return a :class:`SegmentationSet`, so a
 study switches between real and synthetic data with one parameter.

@@ -172,3 +172,10 @@ def paired_difference(a, b) -> dict:
         "p_t": p_t,
         "p_wilcoxon": p_w,
     }
+
+
+def format_p(p: float) -> str:
+    """``"p = 0.034"``, ``"p < 0.001"`` below a thousandth, ``"p n/a"`` for NaN."""
+    if p is None or np.isnan(p):
+        return "p n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"

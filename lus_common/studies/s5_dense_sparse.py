@@ -36,7 +36,12 @@ from lus_common.config.profiles import resolve_params
 from lus_common.data.pocus import FrameSet, load_pocus
 from lus_common.data.sets import fingerprint, group_folds
 from lus_common.evaluation.metrics import class_scores, false_positives
-from lus_common.evaluation.stats import format_mean_std, friedman_wilcoxon, paired_difference
+from lus_common.evaluation.stats import (
+    format_mean_std,
+    format_p,
+    friedman_wilcoxon,
+    paired_difference,
+)
 from lus_common.models.torch_seg_classifier import SegmentationClassifier
 from lus_common.models.torch_unet import UNet
 from lus_common.models.weights import WeightsInfo
@@ -974,7 +979,7 @@ def findings(out: dict, p: dict, data_label: str, cls_label: str) -> list[str]:
         per_image = tests[tests["unit"] == "test image"]
         p_img = (
             f" (Wilcoxon over {int(per_image['n'].iloc[0])} paired test images: "
-            f"p = {per_image['p_wilcoxon'].iloc[0]:.3g})"
+            f"{format_p(per_image['p_wilcoxon'].iloc[0])})"
             if len(per_image)
             else ""
         )
