@@ -230,7 +230,8 @@ def test_study_smoke_end_to_end_and_reverse_transfer_starts_from_the_segmentatio
     what, ref_p, ref_cls = s5.reference_runs(path)
     ref_seg = s5.reference_seg_runs(path)
     assert what == "cap" and len(ref_cls) == 9 and len(ref_seg) == 12 and ref_p["folds"] == 3
-    assert s5.table2(ref_cls).equals(s5.table2(out["cls_runs"]))
+    # the same rows (the JSON keeps the folders' order, the study its own)
+    assert s5.table2(ref_cls).sort_index().equals(s5.table2(out["cls_runs"]).sort_index())
     assert s5.table1(ref_seg).equals(s5.table1(runs))
     acc = out["cls_runs"].groupby("pretrain")["last_accuracy"].mean()
     assert f"dense pretraining: frame accuracy {acc['dense']:.3f}" in "\n".join(

@@ -54,8 +54,9 @@ def main(argv=None) -> int:
 
     def write(parts: str) -> None:
         what = (
-            f"Reference runs of study 5 ({parts}): segmentation pretrained on the SYNTHETIC phantom "
-            f"Part 1 set ({len(seg)} augmented images of {len(set(seg.patients))} patients), "
+            f"Reference runs of study 5 ({parts}): segmentation pretrained on the SYNTHETIC "
+            f"phantom Part 1 set ({len(seg)} augmented images of {len(set(seg.patients))} "
+            "patients), "
             f"classification on the real POCUS clips ({len(cls)} frames of "
             f"{len(set(cls.videos))} clips and images, {len(set(cls.patients))} patients, "
             f"{p['folds']} patient-grouped folds); the paper profile (CE, Adam {p['lr']:g}, batch "

@@ -844,8 +844,8 @@ def dense_vs_sparse_tests(
     paired t-test and Wilcoxon; for false-positive components also paired over the test images
     (each image's count, averaged over seeds; Wilcoxon)."""
     r = runs[runs["split"] == split]
-    wide = r.pivot_table(index=["fold", "seed"], columns="labels",
-                         values=[f"{select}_{m}" for m in _TESTED])  # fmt: skip
+    present = [f"{select}_{m}" for m in _TESTED if f"{select}_{m}" in r]
+    wide = r.pivot_table(index=["fold", "seed"], columns="labels", values=present)
     rows = []
     for m in _TESTED:
         col = f"{select}_{m}"
