@@ -134,7 +134,7 @@ def test_semantic_lung_copies_and_folds():
     flip = seg.info["copies"].index("flip_x0.8")
     np.testing.assert_array_equal(seg.dense[flip * n : (flip + 1) * n], seg.dense[:n, :, ::-1])
     np.testing.assert_allclose(seg.images[flip * n], np.clip(seg.images[0, :, ::-1] * 0.8, 0, 1))
-    assert s5.augment_copies(None, True, [1.0, 0.8, 1.1]).__len__() == 6  # the paper's x6
+    assert s5.augment_copies(True, [1.0, 0.8, 1.1]).__len__() == 6  # the paper's x6
     by_patient = s5.segmentation_folds(seg, "patient", 3, 0)
     patients = np.asarray(seg.patients)
     for f in range(3):

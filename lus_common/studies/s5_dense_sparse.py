@@ -22,8 +22,8 @@ frames together.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -168,9 +168,9 @@ def study_params(profile: str = "quick", **given) -> dict:
     for name, allowed in (("splits", SPLITS), ("pretrains", PRETRAINS)):
         p[name] = [str(v) for v in np.atleast_1d(p[name])]
         for value in p[name]:
-            base.check_choice({name: value}, name, allowed)
+            check_choice({name: value}, name, allowed)
     for d in p["seg_patients"]:
-        base.check_choice({"seg_patients": d}, "seg_patients", DIAGNOSES)
+        check_choice({"seg_patients": d}, "seg_patients", DIAGNOSES)
     if "patient" in p["splits"] and len(p["seg_patients"]) < p["folds"]:
         raise ValueError(
             f"{p['folds']} folds by patient need at least {p['folds']} patients in seg_patients."
@@ -230,7 +230,7 @@ class SemanticLung:
         return "SYNTHETIC phantom" if self.synthetic else "real"
 
 
-def augment_copies(images: np.ndarray, flip: bool, scales) -> list[tuple[str, bool, float]]:
+def augment_copies(flip: bool, scales) -> list[tuple[str, bool, float]]:
     """The paper's offline augmentation as ``(tag, flipped, scale)`` per copy: every grey scale,
     with and without a left-right flip (six copies for flip and three scales)."""
     return [
@@ -253,7 +253,7 @@ def load_segmentation(p: dict) -> SemanticLung:
         seed=5000 + p["split_seed"],
         id_prefix="seg",
     )
-    copies = augment_copies(base_set.images, p["flip_copies"], p["grey_scales"])
+    copies = augment_copies(p["flip_copies"], p["grey_scales"])
     images, dense = [], []
     for _, flipped, scale in copies:
         im, de = base_set.images, base_set.layers["dense"]
@@ -372,7 +372,7 @@ def build_classifier(p: dict, pretrain: str, seed: int, seg_run: dict | None):
 
 
 def _folder_name(run: dict) -> str:
-    return str(run["folder"]).rstrip("/").rsplit("/", 1)[-1]
+    return Path(run["folder"]).name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,16 +408,18 @@ def _config(p: dict, epochs: int, task: str, seed: int, watch: str) -> TrainConf
     )
 
 
-class _Best:
-    """The model state at the epoch with the highest value of a test score (the paper's choice)."""
+class _Epochs:
+    """The test-fold outputs of the last epoch and of the epoch with the highest test score (the
+    paper's choice), kept as the per-epoch evaluation computes them: no model state is copied and
+    nothing is predicted again."""
 
     def __init__(self):
-        self.value, self.epoch, self.state = -np.inf, None, None
+        self.value, self.epoch, self.best, self.last = -np.inf, None, None, None
 
-    def offer(self, model, value: float, epoch: int) -> None:
+    def offer(self, outputs: np.ndarray, value: float, epoch: int) -> None:
+        self.last = outputs
         if value > self.value:
-            self.value, self.epoch = value, epoch
-            self.state = copy.deepcopy(model.state_dict())
+            self.value, self.epoch, self.best = value, epoch, outputs
 
 
 def _common_config(p: dict, rp: dict, weights: WeightsInfo, cfg: TrainConfig, device, **more):
@@ -473,13 +475,13 @@ def run_segmentation(
         cfg = _config(
             p, p["seg_epochs"], "multiclass", seed, "test_miou" if len(test_idx) else None
         )
-        best = _Best()
+        epochs = _Epochs()
         test_images = data.images[test_idx]
 
         def evaluate(m, epoch):
             pred = predict(m, test_images, 16, device, p["amp"], INPUT_NORM, "classes")
             row = _seg_epoch_scores(pred, data, test_idx, labels)
-            best.offer(m, row["test_pixel_accuracy"], epoch)
+            epochs.offer(pred, row["test_pixel_accuracy"], epoch)
             return row
 
         history = train_model(
@@ -493,15 +495,13 @@ def run_segmentation(
         metrics = {"train_seconds": float(history["seconds"].sum()), "n_classes": n_classes}
         tables, arrays = {}, {}
         if len(test_idx):
-            last = predict(model, test_images, 16, device, p["amp"], INPUT_NORM, "classes")
-            model.load_state_dict(best.state)
-            best_pred = predict(model, test_images, 16, device, p["amp"], INPUT_NORM, "classes")
+            last, best_pred = epochs.last, epochs.best
             per_image = []
             for sel, pred in (("last", last), ("best_test", best_pred)):
                 m, rows = _seg_final_scores(pred, data, test_idx, labels)
                 metrics.update({f"{sel}_{k}": v for k, v in m.items()})
                 per_image.append(rows.assign(selection=sel))
-            metrics["best_test_epoch"] = best.epoch
+            metrics["best_test_epoch"] = epochs.epoch
             tables["per_image"] = pd.concat(per_image, ignore_index=True)
             show = _overlay_images(data, test_idx)
             arrays = {
@@ -608,25 +608,26 @@ def run_classification(
         folds = classification_folds(data, p["folds"], p["split_seed"])
         train_idx, test_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
         cfg = _config(p, p["cls_epochs"], "classify", seed, "test_accuracy")
-        best = _Best()
+        epochs = _Epochs()
         test_frames, test_labels = data.frames[test_idx], data.labels[test_idx]
 
         def evaluate(m, epoch):
             prob = predict(m, test_frames, 16, device, p["amp"], INPUT_NORM, "proba")
             acc = float((prob.argmax(1) == test_labels).mean())
-            best.offer(m, acc, epoch)
+            epochs.offer(prob, acc, epoch)
             return {"test_accuracy": acc}
 
         history = train_model(
             model, data.frames[train_idx], data.labels[train_idx], cfg, device, evaluate=evaluate
         )
-        last = predict(model, test_frames, 16, device, p["amp"], INPUT_NORM, "proba")
+        last, best_prob = epochs.last, epochs.best
         fc = {"fc_weight": model.fc.weight.detach().cpu().numpy().tolist(),
               "fc_bias": model.fc.bias.detach().cpu().numpy().tolist()}  # fmt: skip
-        model.load_state_dict(best.state)
-        best_prob = predict(model, test_frames, 16, device, p["amp"], INPUT_NORM, "proba")
         videos = [data.videos[i] for i in test_idx]
-        metrics = {"train_seconds": float(history["seconds"].sum()), "best_test_epoch": best.epoch}
+        metrics = {
+            "train_seconds": float(history["seconds"].sum()),
+            "best_test_epoch": epochs.epoch,
+        }
         per_image = pd.DataFrame(
             {
                 "video": videos,
