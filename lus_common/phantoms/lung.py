@@ -56,7 +56,9 @@ from lus_common.config.registry import lookup
 from lus_common.data.sets import SegmentationSet
 from lus_common.phantoms import bmode
 
-STRUCTURES = ("pleura", "ribs", "alines", "blines", "consolidation")
+# "ribs": the bright 1 mm cortex; "rib_body": the whole rib cross-section beneath the probe (its
+# cortex and the bone under it, which lies in its own shadow), the rib as paper 2 annotates it.
+STRUCTURES = ("pleura", "ribs", "alines", "blines", "consolidation", "rib_body")
 DENSE_CLASSES = (
     "background",
     "A-line",
@@ -76,6 +78,7 @@ TARGETS = STRUCTURES + (
 # background.
 DENSE_TO_SPARSE = np.array([0, 1, 2, 3, 3, 0, 0], dtype=np.uint8)
 GENERATOR_VERSION = 1  # bump when the images change, so stored results are not reused
+_RIB_DEPTH_OVER_HALF_WIDTH = 0.9  # rib cross-section: about 10-14 mm wide, 4.5-6.3 mm deep
 
 _BIT = {name: np.uint8(1 << i) for i, name in enumerate(STRUCTURES)}
 # Echogenicity (backscattered power) relative to the healthy pleural line.
@@ -345,15 +348,15 @@ def _ribs(
     echo: np.ndarray,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rib cortex arcs (tissue frame) and the two-way transmission beneath them.
+    """Rib cortex arcs and rib bodies (tissue frame) and the two-way transmission beneath them.
 
     Returns:
         ``(echogenicity with the cortex, structure bits, transmission)``.
     """
-    size, cols = len(z), s.shape[1]
+    rows, cols = len(z), s.shape[1]
     half = cols * ds / 2
-    transmission = np.ones((size, cols), np.float32)
-    bits = np.zeros((size, cols), np.uint8)
+    transmission = np.ones((rows, cols), np.float32)
+    bits = np.zeros((rows, cols), np.uint8)
     rib_half, gap = rng.uniform(5.0, 7.0), rng.uniform(14.0, 24.0)
     pitch = 2 * rib_half + gap
     if rng.random() < 0.85:  # otherwise the probe lies along an intercostal space: no rib in view
@@ -367,6 +370,11 @@ def _ribs(
             cortex = on[None, :] & (z >= surface[None, :]) & (z < surface[None, :] + 1.0)
             echo = np.where(cortex, _ECHO["rib"], echo)
             bits[cortex] |= _BIT["ribs"]
+            # the lower half of an oval beneath the surface (no random draw: images unchanged)
+            body = surface + np.maximum(
+                _RIB_DEPTH_OVER_HALF_WIDTH * rib_half * np.sqrt(1 - np.clip(u, -1, 1) ** 2), 1.0
+            )
+            bits[on[None, :] & (z >= surface[None, :]) & (z < body[None, :])] |= _BIT["rib_body"]
             edge = np.clip(
                 (1 - np.abs(u)) / (0.6 / rib_half), 0, 1
             )  # half a millimetre of soft edge
@@ -385,12 +393,18 @@ def _video_world(
     diagnosis: str,
     rng: np.random.Generator,
     overrides: dict,
+    rows: int | None = None,
+    frequency_mhz: float | None = None,
 ) -> dict:
-    """Beam-space maps of one video, ``margin`` columns wider on each side for motion."""
+    """Beam-space maps of one video, ``margin`` columns wider on each side for motion: ``size``
+    scan lines of ``rows`` depth samples (default ``size``), at the probe's drawn frequency or
+    ``frequency_mhz``."""
     depth_mm, width_mm, freq, geometry = _probe(size, probe, rng)
-    dz, ds = depth_mm / size, width_mm / size
+    freq = freq if frequency_mhz is None else float(frequency_mhz)  # the draw is kept: same images
+    rows = size if rows is None else int(rows)
+    dz, ds = depth_mm / rows, width_mm / size
     cols = size + 2 * margin
-    z = ((np.arange(size) + 0.5) * dz)[:, None].astype(np.float32)  # depth, mm
+    z = ((np.arange(rows) + 0.5) * dz)[:, None].astype(np.float32)  # depth, mm
     s = ((np.arange(cols) - cols / 2 + 0.5) * ds)[None, :].astype(np.float32)  # lateral, mm
     sev = _severity(diagnosis, rng, overrides)
     echo_t = _chest_wall(z, cols, chest_wall_mm, rng)
@@ -399,6 +413,7 @@ def _video_world(
     echo_t, bits_t, transmission = _ribs(z, s, ds, chest_wall_mm, probe, echo_t, rng)
     return dict(
         size=size,
+        rows=rows,
         margin=margin,
         probe=probe,
         geometry=geometry,
@@ -444,7 +459,7 @@ def _envelope(world: dict, trans, echo, scat, rng: np.random.Generator) -> np.nd
     the scatterer amplitudes before the (short) PSF; receiver noise enters after attenuation and
     before TGC, so TGC amplifies it at depth. ``trans`` is overwritten.
     """
-    size, ds, dz = world["size"], world["ds"], world["dz"]
+    size, rows, ds, dz = world["size"], world["rows"], world["ds"], world["dz"]
     att = bmode.attenuation_amplitude(world["z"], rng.uniform(0.4, 0.6), world["freq"])
     gain = bmode.tgc_gain(world["z"], 0.5, world["freq"], rng) * 10 ** (rng.uniform(-2, 3) / 20)
     g2 = ((att * gain) ** 2).astype(np.float32)[:, None]
@@ -457,7 +472,7 @@ def _envelope(world: dict, trans, echo, scat, rng: np.random.Generator) -> np.nd
     np.sqrt(amp, out=amp)
     axial_sigma = max(1.0, 0.25 * 5.0 / world["freq"] / dz)  # ~2-cycle pulse
     lateral_sigma = max(1.2, (0.45 if world["probe"] == "linear" else 0.8) / ds)
-    psf = bmode.analytic_psf_spectrum(bmode.padded_shape((size, size)), axial_sigma, lateral_sigma)
+    psf = bmode.analytic_psf_spectrum(bmode.padded_shape((rows, size)), axial_sigma, lateral_sigma)
     return bmode.envelope(amp, psf, rng, scatterers=scat)
 
 
@@ -466,7 +481,7 @@ def _render_video(
 ) -> dict:
     """Frames of one video: motion, scatterers, PSF, envelope, TGC, log compression, scan
     conversion."""
-    size, margin = world["size"], world["margin"]
+    size, rows, margin = world["size"], world["rows"], world["margin"]
     idx_t, idx_l = _motion(world, n_frames, rng)
 
     def take(a, idx):  # (rows, world cols) -> (frames, rows, size)
@@ -477,12 +492,12 @@ def _render_video(
     visible = trans > 0.5
     echo = np.where(sel, take(world["echo_l"], idx_l), take(world["echo_t"], idx_t))
     bits = np.where(sel, take(world["bits_l"], idx_l), take(world["bits_t"], idx_t))
-    bits = np.where(visible, bits, bits & _BIT["ribs"])
+    bits = np.where(visible, bits, bits & (_BIT["ribs"] | _BIT["rib_body"]))
     dense = np.where(sel & visible, take(world["dense_l"], idx_l), np.uint8(0))
 
     # Scatterers shared by the video (tissue and lung frames), a quarter redrawn per frame.
-    world_t = rng.standard_normal((size, size + 2 * margin), dtype=np.float32)
-    world_l = rng.standard_normal((size, size + 2 * margin), dtype=np.float32)
+    world_t = rng.standard_normal((rows, size + 2 * margin), dtype=np.float32)
+    world_l = rng.standard_normal((rows, size + 2 * margin), dtype=np.float32)
     eps = _FRAME_DECORRELATION
     scat = np.where(sel, take(world_l, idx_l), take(world_t, idx_t))
     scat *= np.float32(np.sqrt(1 - eps**2))
@@ -519,6 +534,8 @@ def lung_ultrasound_phantom(
     seed=0,
     keep_envelope: bool = False,
     id_prefix: str = "lus",
+    beam_shape: tuple[int, int] | None = None,
+    frequency_mhz: float | None = None,
     **severity,
 ) -> SegmentationSet:
     """Lung ultrasound videos of synthetic patients, with every label of papers 1, 2 and 5.
@@ -539,6 +556,10 @@ def lung_ultrasound_phantom(
         keep_envelope: also keep the envelope before log compression in ``info["envelope"]``.
         id_prefix: the start of the patient, video and image ids (``<prefix>_p000_v0000_f000``);
             sets drawn by separate calls and then joined need different prefixes.
+        beam_shape: ``(depth samples, scan lines)`` of raw linear-probe frames, e.g. paper 2's
+            Verasonics ``(960, 128)``, instead of ``image_size`` square (linear probe only; the
+            images are then of this shape, unresized).
+        frequency_mhz: a fixed probe frequency (paper 2: 5.2 MHz) instead of the drawn one.
         **severity: fixed disease parameters overriding the diagnostic rules (``n_blines``,
             ``wide_blines``, ``pleural_irregularity_mm``, ``sick_thickness_mm``, ``fragmentation``,
             ``consolidations``, ``consolidation_width_mm``, ``consolidation_depth_mm``,
@@ -556,17 +577,22 @@ def lung_ultrasound_phantom(
         lookup(DIAGNOSES, d, "diagnosis", error=ValueError)
     rng = bmode.as_generator(seed)
     size = int(image_size)
+    rows = size
+    if beam_shape is not None:
+        if probe != "linear":
+            raise ValueError(
+                f"beam_shape is for raw linear-probe frames; probe is '{probe}' (use 'linear')."
+            )
+        rows, size = (int(n) for n in beam_shape)
     patients, kinds, video_rngs = _deal_videos(
         rng, n_images, n_patients, frames_per_video, probe, diagnoses
     )
     n_patients, n_videos = len(patients), len(kinds)
-    images = np.empty((n_images, size, size), np.float32)
-    layers = {
-        name: np.empty((n_images, size, size), np.uint8)
-        for name in STRUCTURES + ("dense", "sparse")
-    }
-    masks = layers[target] if target != "artifacts" else np.empty((n_images, size, size), np.uint8)
-    envelopes = np.empty((n_images, size, size), np.float32) if keep_envelope else None
+    shape = (n_images, rows, size)
+    images = np.empty(shape, np.float32)
+    layers = {name: np.empty(shape, np.uint8) for name in STRUCTURES + ("dense", "sparse")}
+    masks = layers[target] if target != "artifacts" else np.empty(shape, np.uint8)
+    envelopes = np.empty(shape, np.float32) if keep_envelope else None
     spacing = np.empty((n_images, 2))
 
     def make_video(v: int) -> list[dict]:
@@ -580,6 +606,8 @@ def lung_ultrasound_phantom(
             pat["diagnosis"],
             video_rngs[v],
             severity,
+            rows,
+            frequency_mhz,
         )
         out = _render_video(world, sl.stop - sl.start, video_rngs[v], keep_envelope)
         np.multiply(out["image"], np.float32(1 / 255), out=images[sl])
@@ -708,6 +736,7 @@ def _video_rows(
             "probe": probe,
             "diagnosis": diagnosis,
             "depth_mm": world["depth_mm"],
+            "frequency_mhz": world["freq"],
             "pleural_depth_mm": world["pleural_depth_mm"],
             "n_blines": sev["n_blines"],
             "pleural_irregularity_mm": sev["pleural_irregularity_mm"],
