@@ -97,6 +97,23 @@ REGISTRY: dict[str, Dataset] = {
             "repository; licences differ per source (CSV column 'License')."
         ),
     ),
+    "lus_pleura_rib": Dataset(
+        name="lus_pleura_rib",
+        description=(
+            "156 real lung ultrasound frames of one healthy volunteer (curved Clarius probe, 12 "
+            "clips of 13 frames) with pleural-line, rib-line and rib-shadow masks."
+        ),
+        citation=(
+            "Ma, Zeng & Zhou, WPI CS541 project 2022 (github.com/MXHsj/CS541-Deep-Learning-Project)"
+        ),
+        files={},
+        manual=(
+            "Clone https://github.com/MXHsj/CS541-Deep-Learning-Project and copy its frames and "
+            "masks as lus_pleura_rib/image/<stem>.jpg and "
+            "lus_pleura_rib/mask/{pleural_line,rib_line,rib_shadow}/<stem>-<structure>.jpg. No "
+            "licence is stated for the data: research and teaching use, cite the repository."
+        ),
+    ),
 }
 
 
