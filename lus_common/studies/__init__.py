@@ -58,7 +58,13 @@ _ALL = [
         kind="data",
     ),
     Study("data_reduction", "01_data_reduction", "Data reduction (Muñoz et al. 2025)", built=False),
-    Study("v_vs_x_unet", "02_v_vs_x_unet", "V-UNet vs X-UNet (Cheng & Lam 2021)", built=False),
+    Study(
+        "v_vs_x_unet",
+        "02_v_vs_x_unet",
+        "V-UNet vs X-UNet for rib segmentation (Cheng & Lam 2021)",
+        "s2_v_vs_x_unet",
+        smoke={"device": "cpu"},
+    ),
     Study(
         "cxr_overfitting",
         "03_cxr_overfitting",
