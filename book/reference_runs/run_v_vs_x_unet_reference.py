@@ -9,7 +9,8 @@ already in the results store are read back. ``v_vs_x_unet_lus_pleura_rib.json`` 
 every fold from the run folders, with this command line as its provenance::
 
     LUS_DATA_DIR=../shared/data python book/reference_runs/run_v_vs_x_unet_reference.py \\
-        --image-size 48 --epochs 2 3 3 --pretrain-epochs 5 --lr-scale 50 --device "2-core CPU"
+        --image-size 48 --epochs 2 3 3 --pretrain-epochs 5 --lr-scale 50 --pretrain-lr-scale 10 \\
+        --device "2-core CPU"
 """
 
 from __future__ import annotations
@@ -34,13 +35,17 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--lr-scale", type=float, default=1.0, help="every learning rate times this (few epochs)"
     )
+    ap.add_argument(
+        "--pretrain-lr-scale", type=float, default=None, help="X-UNet pretraining's (default: same)"
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--device", default="2-core CPU", help="how the machine is described")
     ap.add_argument("--torch-device", default="auto", help="cpu, cuda or auto")
     ap.add_argument("--out", default=str(s2.REFERENCE_RUNS), help="the JSON to write")
     args = ap.parse_args(argv)
     paper = s2.PROFILES["paper"]
-    lrs = {k: paper[k] * args.lr_scale for k in ("v_tl_lr", "v_ft_lr", "pretrain_lr", "x_ft_lr")}
+    lrs = {k: paper[k] * args.lr_scale for k in ("v_tl_lr", "v_ft_lr", "x_ft_lr")}
+    lrs["pretrain_lr"] = paper["pretrain_lr"] * (args.pretrain_lr_scale or args.lr_scale)
     diffs = dict(
         image_size=args.image_size,
         v_tl_epochs=args.epochs[0],

@@ -70,6 +70,7 @@ def load_lus_pleura_rib(
     target: str = "rib_line",
     image_size: int = 256,
     limit: int | None = None,
+    only: list[str] | None = None,
 ) -> SegmentationSet:
     """The real frames with every structure's mask, ``target``'s as ``masks``.
 
@@ -78,6 +79,7 @@ def load_lus_pleura_rib(
         target: the structure that becomes ``masks``, one of :data:`STRUCTURES`.
         image_size: side of the square output arrays.
         limit: keep only the first ``limit`` frames (ordered by clip and frame).
+        only: keep only the frames of these stems (e.g. those a figure shows).
 
     Returns:
         A real :class:`SegmentationSet`: ``groups`` = clips, ``layers`` = one mask per structure,
@@ -101,6 +103,8 @@ def load_lus_pleura_rib(
         )
     rows = [{"stem": p.stem, **_parse(p.stem)} for p in paths]
     meta = pd.DataFrame(rows).sort_values(["clip", "frame"], kind="stable").reset_index(drop=True)
+    if only is not None:
+        meta = meta[meta["stem"].isin(list(only))].reset_index(drop=True)
     if limit:
         meta = meta.iloc[: int(limit)].reset_index(drop=True)
     n = len(meta)

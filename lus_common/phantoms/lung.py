@@ -17,6 +17,9 @@ image) or a convex probe (sector, scan-converted). The maps hold:
 - **Consolidations**: tissue-like (hepatised) hypoechoic regions under an irregular pleura, with
   an irregular deep border and bright air bronchograms.
 
+**Raw linear-probe frames.** ``beam_shape=(960, 128)`` and ``frequency_mhz=5.2`` give paper 2's
+Verasonics frames (depth samples x elements) unresized, at a fixed frequency.
+
 **Videos.** Frames of one video share the anatomy and most of the speckle. The chest wall and ribs
 move with small probe jitter; the pleura and all lung artifacts beneath it slide laterally as the
 lung breathes (lung sliding); a quarter of each frame's speckle is redrawn (out-of-plane motion).
@@ -34,7 +37,9 @@ Every frame carries patient, video and frame ids, so splits can be patient- or v
   B-lines beside the consolidation.
 
 **Labels**, all from the same maps, none drawn afterwards: binary structure masks (``pleura``,
-``ribs``, ``alines``, ``blines``, ``consolidation``; only where the beam reaches, not in shadow);
+``ribs``, ``alines``, ``blines``, ``consolidation``; only where the beam reaches, not in shadow;
+and ``rib_body``, the whole rib cross-section under the probe, cortex and bone, as paper 2
+annotates the rib);
 paper 5's dense 7-class map (A-line, B-line, healthy pleural line, unhealthy pleural line, healthy
 region, unhealthy region, background) and the sparse 4-class map derived from it exactly as the
 paper derives it (:func:`dense_to_sparse`). A pleural segment is *unhealthy* where B-lines or a

@@ -96,10 +96,12 @@ PROFILES = derive_profiles(
          pretrain_lr=1e-5, x_ft_epochs=100, x_ft_lr=5e-6, curves=True, keep_predictions=6),
     # About three minutes on a 2-core CPU: 30 frames (5 videos of 6) at 32 px, 2 folds, 2-3
     # epochs (about a dozen steps) at learning rates 100x the paper's, so that the Adam steps add
-    # up to about the paper's (1,600 steps at 5e-6), the leak and despeckling on V-UNet only.
+    # up to about the paper's (1,600 steps at 5e-6); X-UNet's pretraining at 10x only (a plain
+    # U-Net without batch norm diverged at 100x: activations in the thousands, every output 1);
+    # the leak and despeckling on V-UNet only.
     quick=dict(image_size=32, frames=30, frames_per_video=6, folds=2, v_batch=8, v_tl_epochs=2,
                v_tl_lr=1e-3, v_ft_epochs=2, v_ft_lr=5e-4, x_batch=8, pretrain_images=48,
-               pretrain_epochs=3, pretrain_lr=1e-3, x_ft_epochs=3, x_ft_lr=5e-4,
+               pretrain_epochs=3, pretrain_lr=1e-4, x_ft_epochs=3, x_ft_lr=5e-4,
                despeckle_arms=["v_unet_400"], leaky_arms=["v_unet_400"], curves=False,
                keep_predictions=4),
     # Seconds, for tests.
@@ -166,10 +168,11 @@ def _resize(images: np.ndarray, size: int, order: int) -> np.ndarray:
     return out.clip(0, 1).astype(np.float32) if order else (out > 0.5).astype(np.uint8)
 
 
-def load_frames(p: dict) -> SegmentationSet:
+def load_frames(p: dict, only: list[str] | None = None) -> SegmentationSet:
     """The volunteer's original frames at ``image_size``, target in ``masks``, every structure in
     ``layers``; ``info["despeckled"]`` holds the same images despeckled before resizing (paper 2:
     despeckled raw frames, then resized to 256x256), and ``groups`` the video (clip) of each.
+    ``only``: the real frames of these stems alone (for figures of recorded runs).
 
     Raises:
         FileNotFoundError: ``data_source="lus_pleura_rib"`` and the data is not there.
@@ -180,7 +183,9 @@ def load_frames(p: dict) -> SegmentationSet:
         from lus_common.data.lus_pleura_rib import STRUCTURES, load_lus_pleura_rib
 
         lookup(STRUCTURES, p["target"], "lus_pleura_rib target", error=ValueError)
-        raw = load_lus_pleura_rib(target=p["target"], image_size=p["real_despeckle_size"])
+        raw = load_lus_pleura_rib(
+            target=p["target"], image_size=p["real_despeckle_size"], only=only
+        )
         groups = list(raw.groups)
     else:
         from lus_common.phantoms.lung import TARGETS, lung_ultrasound_phantom
@@ -371,8 +376,8 @@ def score(
     probs: np.ndarray, masks: np.ndarray, prefix: str, batch: int
 ) -> tuple[dict, pd.DataFrame]:
     """A stage's scores on the scored fold: the authors' Dice (soft, over each batch of ``batch``
-    images, averaged over batches, as ``model.evaluate`` reports it), the thresholded Dice per
-    image (ours), and the boundary measures (:mod:`lus_common.evaluation.boundary`)."""
+    images, averaged over batches, as Keras reports validation data in ``fit``), the thresholded
+    Dice per image (ours), and the boundary measures (:mod:`lus_common.evaluation.boundary`)."""
     m = masks.astype(np.float32)
     soft = []
     for i in range(0, len(probs), batch):
@@ -396,6 +401,28 @@ def score(
         f"{prefix}_frames_without_target": int((~has).sum()),
     }
     return metrics, per
+
+
+def _part_weights(model) -> dict[str, list[np.ndarray]]:
+    """Copies of the weights of each part (``encoder``: VGG16's ``block*`` layers; ``bottleneck``;
+    ``rest``), to measure how far a stage moved them."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for layer in model.layers:
+        name = layer.name
+        part = "encoder" if name.startswith("block") else (
+            "bottleneck" if name.startswith("bottleneck_") else "rest")  # fmt: skip
+        parts.setdefault(part, []).extend(np.array(w) for w in layer.get_weights())
+    return parts
+
+
+def _relative_change(before: dict, after: dict) -> dict[str, float]:
+    """Per part, ``||w1 - w0|| / ||w0||`` over all its weights (0: the stage did not move it)."""
+    out = {}
+    for part, w0 in before.items():
+        num = sum(float(np.sum((a - b) ** 2)) for a, b in zip(after[part], w0))
+        den = sum(float(np.sum(b**2)) for b in w0)
+        out[part] = float(np.sqrt(num / den)) if den > 0 else 0.0
+    return out
 
 
 def _state(model) -> dict:
@@ -465,8 +492,15 @@ def pretrain_x_unet(p: dict, seed: int) -> dict:
             model, p, (x[train], y[train]), (x[val], y[val]), p["pretrain_epochs"],
             p["pretrain_lr"], p["x_batch"], seed, "pretrain",
         )  # fmt: skip
-        metrics, per = score(_predict(model, x[val]), sal.masks[val], "val", p["x_batch"])
-        metrics.update(train_seconds=seconds, params=int(model.count_params()), n_train=len(train))
+        probs = _predict(model, x[val])
+        metrics, per = score(probs, sal.masks[val], "val", p["x_batch"])
+        # the soft Dice's trivial solution, the whole frame as the object, as a yardstick
+        trivial, _ = score(np.ones_like(probs), sal.masks[val], "trivial", p["x_batch"])
+        metrics.update(
+            train_seconds=seconds, params=int(model.count_params()), n_train=len(train),
+            val_foreground=float((probs > 0.5).mean()), val_truth_foreground=float(
+                sal.masks[val].mean()), trivial_dice_keras=trivial["trivial_dice_keras"],
+        )  # fmt: skip
         config = _config(p, rk, weights, synthetic=sal.synthetic, source=sal.source)
         record = run_record(config, metrics, history, per)
         return {**record, "state": _state(model)}
@@ -537,7 +571,10 @@ def run_one(p: dict, prep: dict, arm: str, scheme: str, fold: int, despeckle: bo
             batch = p["x_batch"]
         for stage, frozen, epochs, lr in stages:
             metrics[f"{stage}_frozen_params"] = set_frozen(model, frozen)
+            start = _part_weights(model)
             h, s = _fit(model, p, train, val, epochs, lr, batch, seed, stage)
+            for part, change in _relative_change(start, _part_weights(model)).items():
+                metrics[f"{stage}_{part}_change"] = change
             histories.append(h)
             seconds += s
             probs = _predict(model, val[0])
@@ -807,9 +844,12 @@ def _mean(runs: pd.DataFrame, arm: str, col: str, scheme="grouped", despeckle=Tr
     return float(g[col].mean()) if len(g) else float("nan")
 
 
-def findings(runs: pd.DataFrame, p: dict, data_label: str) -> list[str]:
+def findings(
+    runs: pd.DataFrame, p: dict, data_label: str, pretrain: pd.DataFrame | None = None
+) -> list[str]:
     """The Discussion's sentences, each from the runs' own numbers (grouped folds, last epoch,
-    the paper's Dice definition unless said otherwise), beside the paper's claims."""
+    the paper's Dice definition unless said otherwise), beside the paper's claims; with the
+    ``pretrain`` rows, whether X-UNet's pretraining learnt more than the trivial answer."""
     out = []
     d = "ft_dice_keras"
     has = set(runs["arm"])
@@ -841,12 +881,40 @@ def findings(runs: pd.DataFrame, p: dict, data_label: str) -> list[str]:
                 f"Dice), measured: {'; '.join(parts)}. It holds on {verdict} of {len(parts)} "
                 "measures here."
             )
+    if pretrain is not None and len(pretrain) and "trivial_dice_keras" in pretrain:
+        pre = pretrain.mean(numeric_only=True)
+        learnt = (
+            pre["val_foreground"] < 0.9 and pre["val_dice_keras"] > pre["trivial_dice_keras"] + 0.05
+        )
+        out.append(
+            f"**X-UNet's pretraining** scores Dice {pre['val_dice_keras']:.3f} on held-out salient "
+            f"objects (the paper's TL column: 0.7189 on XPIE); calling the whole image the object "
+            f"scores {pre['trivial_dice_keras']:.3f}, and it predicts "
+            f"{100 * pre['val_foreground']:.0f} % of the pixels as object (truth "
+            f"{100 * pre['val_truth_foreground']:.0f} %). "
+            + ("It has learnt more than that trivial answer of the soft Dice loss."
+               if learnt else "It has not got far beyond the soft Dice loss's trivial answer, so "
+               "its fine-tuning starts from little: read X-UNet's rows with that in mind.")
+        )  # fmt: skip
     if {"x_all_400", "x_bb_400"} <= has:
         a, b = _mean(runs, "x_all_400", d), _mean(runs, "x_bb_400", d)
-        out.append(
+        text = (
             f"**X-UNet, all layers vs bottleneck frozen**: {a:.3f} vs {b:.3f} ({a - b:+.3f}); "
             "the paper: 0.8179 vs 0.8097 (+0.008, all layers slightly better)."
         )
+        if "ft_bottleneck_change" in runs:
+            moved = _mean(runs, "x_all_400", "ft_bottleneck_change")
+            rest = _mean(runs, "x_all_400", "ft_rest_change")
+            text += (
+                f" Fine-tuning all layers moved the bottleneck's weights by {100 * moved:.2g} % "
+                f"(relative L2) and the other layers' by {100 * rest:.2g} %"
+                + (
+                    ": the bottleneck hardly trains here, so freezing it changes little."
+                    if moved < 0.2 * rest
+                    else "."
+                )  # fmt: skip
+            )
+        out.append(text)
     if {"v_unet_400", "v_unet_200"} <= has:
         a, b = _mean(runs, "v_unet_400", d), _mean(runs, "v_unet_200", d)
         out.append(
@@ -911,6 +979,20 @@ def reference_runs(path: Path = REFERENCE_RUNS) -> tuple[str, dict, pd.DataFrame
     )
     pre = base.reference_rows(doc, ("seed",), lambda r: "arm" not in r["params"])
     return doc["what"], doc["study_params"], rows, pre
+
+
+def reference_overlay_panels(ref_p: dict, predictions: dict, despeckle: bool = True):
+    """The reference runs' kept test frames of fold 0 with truth and predictions
+    (:func:`overlay_panels`), reading only those real frames from ``$LUS_DATA_DIR``.
+
+    Raises:
+        FileNotFoundError: the real frames are not at hand.
+    """
+    arms = [a for a in ARMS if (a, 0, despeckle) in predictions]
+    ids = sorted({i for a in arms for i in predictions[a, 0, despeckle][0]})
+    data = load_frames(ref_p, only=ids)
+    prep = {"data": data}
+    return overlay_panels(prep, predictions, arms, 0, despeckle)
 
 
 def reference_predictions(path: Path = REFERENCE_RUNS) -> dict:
