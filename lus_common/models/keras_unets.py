@@ -65,7 +65,8 @@ from lus_common.models.weights import (
     weights_key,
 )
 
-MODELS = ("unet", "vgg16_unet", "resnet50_unet", "v_unet", "x_unet")
+CXR_MODELS = ("unet", "vgg16_unet", "resnet50_unet")  # paper 3
+MODELS = CXR_MODELS + ("v_unet", "x_unet")  # and paper 2
 # Models trained from scratch here (X-UNet's pretraining is a run of its own, paper 2).
 SCRATCH_MODELS = ("unet", "x_unet")
 # keras.applications' own file names for the include_top=False ImageNet weights.

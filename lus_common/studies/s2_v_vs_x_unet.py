@@ -826,7 +826,7 @@ def overlay_panels(
         k = index[frame]
         empty = np.zeros_like(data.masks[k], dtype=np.float32)
         panels.append(overlay_rgb(images[k], data.masks[k], empty))
-        titles.append(f"{frame.split('_')[-2]}_{frame.split('_')[-1]}: truth")
+        titles.append(f"{'_'.join(frame.split('_')[-2:])}: truth")  # phantom: video_frame
         for arm in arms:
             got_ids, probs = predictions[arm, fold, despeckle]
             prob = probs[got_ids.index(frame)] if frame in got_ids else empty

@@ -31,8 +31,10 @@ from lus_common.data.shenzhen import load_shenzhen, percentile_normalize
 from lus_common.evaluation.metrics import segmentation_scores
 from lus_common.evaluation.stats import format_mean_std, mean_std
 from lus_common.models.keras_unets import (
+    CXR_MODELS as MODELS,
+)
+from lus_common.models.keras_unets import (
     INPUT_CHANNELS,
-    MODELS,
     batch_norm_layers,
     create_keras_model,
     keras,
