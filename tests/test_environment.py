@@ -14,10 +14,11 @@ def _norm(spec: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_norm(s) for s in project["dependencies"] + project["optional-dependencies"]["test"]}
+    extras = [s for group in project["optional-dependencies"].values() for s in group]
+    wanted = {_norm(s) for s in project["dependencies"] + extras}
     env = yaml.safe_load((PROJECT_ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    listed = {_norm(s) for s in pip if not s.startswith("-e")}
+    listed = {_norm(s.split("#")[0]) for s in pip if not s.startswith("-e")}
     assert listed == wanted
 
 

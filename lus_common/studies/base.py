@@ -51,6 +51,7 @@ def cached_run(
     name_keys: tuple[str, ...],
     build: Callable[[], tuple],
     fit: Callable[..., dict],
+    free: Callable[[], None] | None = None,
 ) -> dict:
     """One run, reused from the results store when a run with the same key is there.
 
@@ -62,6 +63,9 @@ def cached_run(
         build: ``() -> (model, WeightsInfo)``, called only when the run is not stored.
         fit: ``(model, weights, key) -> {"config", "metrics", "history", "tables", "arrays"}``:
             trains and evaluates; its result is saved atomically.
+        free: called once the trained model is dropped (e.g.
+            :func:`lus_common.models.keras_unets.free_memory`), so a sweep does not keep every
+            model it built.
 
     Returns:
         The run as :func:`lus_common.store.results.load_run` gives it, plus ``"reused"``. When the
@@ -71,11 +75,16 @@ def cached_run(
     if stored is not None:
         return stored
     model, weights = build()
-    key, folder = results.settle_weights(study, key, weights.used, name_keys)
-    stored = results.reusable_run(folder, key["weights"])
-    if stored is not None:
-        return stored
-    results.save_run(folder, **fit(model, weights, key))
+    try:
+        key, folder = results.settle_weights(study, key, weights.used, name_keys)
+        stored = results.reusable_run(folder, key["weights"])
+        if stored is not None:
+            return stored
+        results.save_run(folder, **fit(model, weights, key))
+    finally:
+        del model
+        if free is not None:
+            free()
     return {**results.load_run(folder), "reused": False}
 
 

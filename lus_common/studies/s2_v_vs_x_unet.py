@@ -41,6 +41,7 @@ from lus_common.evaluation.metrics import segmentation_scores
 from lus_common.evaluation.stats import format_mean_std, format_p, paired_difference
 from lus_common.models.keras_unets import (
     create_keras_model,
+    free_memory,
     keras,
     keras_weights_key,
     set_frozen,
@@ -505,7 +506,7 @@ def pretrain_x_unet(p: dict, seed: int) -> dict:
         record = run_record(config, metrics, history, per)
         return {**record, "state": _state(model)}
 
-    return cached_run(STUDY, key, ("stage", "pretrain_source", "seed"), build, fit)
+    return cached_run(STUDY, key, ("stage", "pretrain_source", "seed"), build, fit, free_memory)
 
 
 _RUN_KEYS = ("data_source", "target", "image_size", "raw_shape", "frequency_mhz", "frames",
@@ -593,7 +594,7 @@ def run_one(p: dict, prep: dict, arm: str, scheme: str, fold: int, despeckle: bo
                          n_train=int((~test).sum()), n_test=int(test.sum()))  # fmt: skip
         return run_record(config, metrics, pd.concat(histories, ignore_index=True), per, arrays)
 
-    return cached_run(STUDY, key, RUN_NAME_KEYS, build, fit)
+    return cached_run(STUDY, key, RUN_NAME_KEYS, build, fit, free_memory)
 
 
 def jobs(p: dict) -> list[tuple[str, str, int, bool, int]]:

@@ -37,6 +37,7 @@ from lus_common.models.keras_unets import (
     INPUT_CHANNELS,
     batch_norm_layers,
     create_keras_model,
+    free_memory,
     keras,
     keras_weights_key,
     predict_probabilities,
@@ -343,7 +344,7 @@ def run_one(
         }
         return run_record(config, metrics, history, per_image, arrays)
 
-    return cached_run(STUDY, key, RUN_NAME_KEYS, build, fit)
+    return cached_run(STUDY, key, RUN_NAME_KEYS, build, fit, free_memory)
 
 
 def _fit_keras(model, p: dict, epochs: int, train: tuple, val: tuple) -> tuple[pd.DataFrame, float]:
