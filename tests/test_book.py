@@ -86,6 +86,7 @@ def test_build_refuses_missing_chapter(tmp_path):
         ("A1_pretrained_weights", 1),
         ("05_dense_sparse", 4),
         ("02_v_vs_x_unet", 3),
+        ("01_data_reduction", 4),
     ],  # fmt: skip
 )
 def test_figures_render_offline_in_chromium(built_book, tmp_path, chapter, figures):

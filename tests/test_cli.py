@@ -21,6 +21,13 @@ def test_unknown_study_and_parameter_exit_2(capsys):
     assert "Unknown parameter(s) ['epoch']" in capsys.readouterr().err
 
 
+def test_executor_is_for_studies_with_sweeps(capsys):
+    assert main(["run", "phantoms", "--executor", "ray"]) == 2
+    assert "--executor is for the studies" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse refuses other executors
+        main(["run", "data_reduction", "--executor", "slurm"])
+
+
 def test_bench_prints_one_json_line(capsys):
     assert (
         main(

@@ -45,8 +45,8 @@ def test_each_study_module_has_one_spelling():
 
 
 def test_unknown_study_lists_the_built_ones():
-    with pytest.raises(KeyError, match=r"Unknown study 'data_reduction'.*hc18_strategies"):
-        get_study("data_reduction")  # planned, not built: no notebook to run
+    with pytest.raises(KeyError, match=r"Unknown study 'data_reductoin'.*data_reduction"):
+        get_study("data_reductoin")
     assert get_study("hc18_strategies").notebook == "04_hc18_strategies.ipynb"
 
 

@@ -66,10 +66,10 @@ def test_unknown_executor_is_refused():
 @pytest.fixture
 def local_ray(store):
     ray = pytest.importorskip("ray")
-    import ray.cloudpickle
+    cloudpickle = pytest.importorskip("ray.cloudpickle")
 
     # this test module is not importable in Ray's workers: send its functions by value
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     sweep.init_ray(num_cpus=2)
     yield ray
     ray.shutdown()

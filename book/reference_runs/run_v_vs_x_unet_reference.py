@@ -16,6 +16,7 @@ every fold from the run folders, with this command line as its provenance::
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lus_common.studies import base
 from lus_common.studies import s2_v_vs_x_unet as s2
@@ -42,6 +43,14 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="2-core CPU", help="how the machine is described")
     ap.add_argument("--torch-device", default="auto", help="cpu, cuda or auto")
     ap.add_argument("--out", default=str(s2.REFERENCE_RUNS), help="the JSON to write")
+    ap.add_argument(
+        "--folds", nargs="+", type=int, default=None, help="run only these folds (default: all)"
+    )
+    ap.add_argument(
+        "--extend",
+        action="store_true",
+        help="keep the runs already in --out (other folds; its pretraining entries) and add these",
+    )
     args = ap.parse_args(argv)
     paper = s2.PROFILES["paper"]
     lrs = {k: paper[k] * args.lr_scale for k in ("v_tl_lr", "v_ft_lr", "x_ft_lr")}
@@ -72,16 +81,28 @@ def main(argv=None) -> int:
         f"{p['pretrain_source']}; the paper profile (-Dice loss, Adam, batches 20 / 30, "
         f"augmentation, last epoch) with {reduced}; on a {args.device}."
     )
-    folders = []
+    folders, keep = [], []
+    if args.extend:  # an earlier command's runs of the other folds go first, and its pretraining
+        old = base.read_reference(Path(args.out))
+
+        def same(d: dict) -> dict:  # the executor does not change a run
+            return {k: v for k, v in base.results.jsonable(d).items() if k != "executor"}
+
+        if same(old["study_params"]) != same(p):
+            raise SystemExit("--extend: the file was made with other parameters; rerun it whole.")
+        keep = [r for r in old["runs"] if r["params"].get("fold") not in (args.folds or [])]
+        command = f"{old['command']}; then {command}"
 
     def write() -> None:
-        path = base.export_reference(folders, what, command, args.device, args.out, params=p)
+        path = base.export_reference(folders, what, command, args.device, args.out, params=p,
+                                     keep_runs=keep)  # fmt: skip
         print(f"wrote {path}", flush=True)
 
     for seed in p["seeds"]:
         pre = s2.pretrain_x_unet(p, seed)
-        folders.append(pre["folder"])
-    jobs = s2.jobs(p)
+        if not keep:
+            folders.append(pre["folder"])
+    jobs = [j for j in s2.jobs(p) if args.folds is None or j[2] in args.folds]
     for i, (arm, scheme, fold, despeckle, seed) in enumerate(jobs):
         run, state = base.timed_run(s2.run_one, p, prep, arm, scheme, fold, despeckle, seed)
         print(f"{i + 1}/{len(jobs)} {arm} {scheme} fold {fold} despeckle {despeckle}: {state}",

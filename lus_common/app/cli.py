@@ -28,6 +28,15 @@ def _cmd_run(args) -> int:
     from lus_common.app.runner import run_notebook
 
     params = {name: _parse_value(value) for name, value in args.param}
+    if args.executor is not None:
+        from lus_common.app.runner import notebook_parameters
+
+        if "executor" not in notebook_parameters(args.study):
+            raise ValueError(
+                f"Study '{args.study}' runs its trainings in the notebook's process only; "
+                "--executor is for the studies whose notebook has an `executor` parameter."
+            )
+        params["executor"] = args.executor
     out = run_notebook(args.study, params, profile=args.profile, output=args.output)
     print(f"executed notebook: {out}")
     return 0
@@ -151,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", choices=PROFILE_NAMES, default=None)
     run.add_argument(
         "--output", default=None, help="executed notebook path (default: book/chapters/)"
+    )
+    run.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default=None,
+        help="where the trainings run: in the notebook (local) or as Ray tasks (ray; a local Ray, "
+        "or the cluster at RAY_ADDRESS); the same as -p executor ...",
     )
     run.set_defaults(func=_cmd_run)
 

@@ -16,7 +16,7 @@ the stride-32 map as the bridge):
 - ``mobilenet_v2``: ``block_1_expand_relu``, ``block_3_expand_relu``, ``block_6_expand_relu``,
   ``block_13_expand_relu``; bridge ``out_relu``;
 - ``scratch``: ``enc1_relu2`` .. ``enc4_relu2`` (32, 64, 128, 256 filters); bridge
-  ``enc5_relu2`` (512).
+  ``enc5_relu2`` (256).
 
 ``scratch`` is the same network with its own encoder, trained from scratch (the paper's reference
 model): a 16-filter stem at full resolution, then five blocks of two 3x3 Conv-BN-ReLU, each after
@@ -27,9 +27,9 @@ the encoder's own preprocessing (``caffe`` mean subtraction on 0-255 for VGG16 a
 [-1, 1] for MobileNetV2), so one input serves all four.
 
 **Decoder** (identical for every encoder, parameter for parameter): 1x1 Conv-BN-ReLU *adapters*
-bring each skip to the decoder's width at its level (32, 64, 128, 256) and the bridge to 512 (the
+bring each skip to the decoder's width at its level (32, 64, 128, 256) and the bridge to 256 (the
 only encoder-dependent weights besides the encoder); a centre block of two 3x3 convolutions at
-512; then at each level 1/16 .. 1/2 a 2x2 transposed convolution, an **attention gate** on the
+256; then at each level 1/16 .. 1/2 a 2x2 transposed convolution, an **attention gate** on the
 skip (Oktay et al.: additive attention, ``psi = sigmoid(conv1x1(relu(W_x skip + W_g g)))`` with the
 upsampled decoder feature as the gating signal ``g``, then ``skip * psi``), concatenation, two
 3x3 Conv-BN-ReLU, a **channel attention** module (squeeze-and-excitation, reduction 8) and a
@@ -87,9 +87,9 @@ SPECS = {
         None, ("enc1_relu2", "enc2_relu2", "enc3_relu2", "enc4_relu2"), "enc5_relu2", "none"
     ),
 }
-SCRATCH_FILTERS = (32, 64, 128, 256, 512)  # strides 2 .. 32, after a 16-filter stem
+SCRATCH_FILTERS = (32, 64, 128, 256, 256)  # strides 2 .. 32, after a 16-filter stem
 DECODER_FILTERS = (256, 128, 64, 32)  # levels 1/16 .. 1/2
-BRIDGE_FILTERS = 512
+BRIDGE_FILTERS = 256
 FULL_RES_FILTERS = 16
 SE_REDUCTION = 8
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications' "caffe" preprocessing

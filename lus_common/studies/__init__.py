@@ -57,7 +57,13 @@ _ALL = [
         "The phantoms: synthetic images with exact ground truth",
         kind="data",
     ),
-    Study("data_reduction", "01_data_reduction", "Data reduction (Muñoz et al. 2025)", built=False),
+    Study(
+        "data_reduction",
+        "01_data_reduction",
+        "Data reduction (Muñoz et al. 2025)",
+        "s1_data_reduction",
+        smoke={"device": "cpu"},
+    ),
     Study(
         "v_vs_x_unet",
         "02_v_vs_x_unet",

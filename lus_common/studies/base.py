@@ -88,6 +88,35 @@ def cached_run(
     return {**results.load_run(folder), "reused": False}
 
 
+def sweep_runs(
+    run: Callable[..., dict],
+    jobs: list[tuple],
+    args: tuple,
+    p: dict,
+    progress: bool = True,
+    desc: str = "runs",
+    setup: Callable[[], None] | None = None,
+) -> list[tuple[tuple, dict]]:
+    """A study's runs through the sweep executor (:mod:`lus_common.training.sweep`) that
+    ``p["executor"]`` names (default ``"local"``); a Ray task asks for ``p["ray_cpus"]`` CPUs (1)
+    and one GPU when the study runs on CUDA.
+
+    Returns:
+        ``[(job, run), ...]`` in job order.
+
+    Raises:
+        lus_common.training.sweep.SweepError: some runs failed (after every other one is stored).
+    """
+    from lus_common.config.device import resolve_device
+    from lus_common.training import sweep
+
+    gpus = 1 if resolve_device(p.get("device", "auto")).type == "cuda" else 0
+    resources = sweep.Resources(cpus=p.get("ray_cpus", 1), gpus=gpus)
+    out = sweep.run_sweep(run, jobs, args, p.get("executor", "local"), resources, setup,
+                          progress, desc)  # fmt: skip
+    return out.check().runs
+
+
 def run_record(
     config: dict,
     metrics: dict,
@@ -162,7 +191,13 @@ _REFERENCE_ENVIRONMENT_KEYS = ("python", "torch", "numpy", "platform", "date")
 
 
 def export_reference(
-    folders: Iterable, what: str, command: str, device: str, path: Path, params: dict | None = None
+    folders: Iterable,
+    what: str,
+    command: str,
+    device: str,
+    path: Path,
+    params: dict | None = None,
+    keep_runs: list[dict] | None = None,
 ) -> Path:
     """Write the reference-run JSON a chapter shows, from stored run folders (their params,
     weights, environment and metrics: nothing typed by hand).
@@ -175,8 +210,10 @@ def export_reference(
         device: how the machine is described.
         path: the JSON to write (atomically).
         params: the study parameters the runs share, for the chapter's tables (optional).
+        keep_runs: entries of an earlier file of this study that go first (a reference extended
+            by a later command, e.g. one more fold; ``command`` then names both commands).
     """
-    runs = []
+    runs = list(keep_runs or [])
     for item in folders:
         folder, fields = item if isinstance(item, tuple) else (item, {})
         run = results.load_run(folder)

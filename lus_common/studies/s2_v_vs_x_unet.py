@@ -23,13 +23,13 @@ off; and the real ``lus_pleura_rib`` frames.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from lus_common.config.paths import PROJECT_ROOT
 from lus_common.config.profiles import resolve_params
@@ -94,7 +94,8 @@ PROFILES = derive_profiles(
          arms=list(ARMS), seeds=[0], encoder_weights=NATURAL_WEIGHTS, augment=True,
          v_batch=20, v_tl_epochs=100, v_tl_lr=1e-5, v_ft_epochs=100, v_ft_lr=5e-6,
          x_batch=30, pretrain_source="synthetic", pretrain_images=1000, pretrain_epochs=100,
-         pretrain_lr=1e-5, x_ft_epochs=100, x_ft_lr=5e-6, curves=True, keep_predictions=6),
+         pretrain_lr=1e-5, x_ft_epochs=100, x_ft_lr=5e-6, curves=True, keep_predictions=6,
+         executor="local"),
     # About three minutes on a 2-core CPU: 30 frames (5 videos of 6) at 32 px, 2 folds, 2-3
     # epochs (about a dozen steps) at learning rates 100x the paper's, so that the Adam steps add
     # up to about the paper's (1,600 steps at 5e-6); X-UNet's pretraining at 10x only (a plain
@@ -612,6 +613,12 @@ def jobs(p: dict) -> list[tuple[str, str, int, bool, int]]:
     return out
 
 
+def setup_worker(device: str) -> None:
+    """Keras' device and, on a GPU, the mixed bf16 policy (in this process or a Ray worker)."""
+    if use_device(device) == "cuda":
+        keras().mixed_precision.set_global_policy("mixed_bfloat16")
+
+
 def run_study(p: dict, prep: dict, progress: bool = True) -> dict:
     """Every run of :func:`jobs` (and X-UNet's pretraining), trained or reused.
 
@@ -621,8 +628,7 @@ def run_study(p: dict, prep: dict, progress: bool = True) -> dict:
         "device"}``.
     """
     device = use_device(p["device"])
-    if device == "cuda":
-        keras().mixed_precision.set_global_policy("mixed_bfloat16")
+    setup_worker(p["device"])
     rows, pre_rows, histories, per_image, predictions, reused = [], [], [], [], {}, 0
     for seed in p["seeds"]:
         if any(ARMS[a].model == "x_unet" for a in p["arms"]):
@@ -630,8 +636,9 @@ def run_study(p: dict, prep: dict, progress: bool = True) -> dict:
             reused += pre["reused"]
             pre_rows.append({"seed": seed, "source": pre["config"]["source"],
                              **pre["metrics"], "reused": pre["reused"]})  # fmt: skip
-    for arm, scheme, fold, despeckle, seed in tqdm(jobs(p), desc="runs", disable=not progress):
-        run = run_one(p, prep, arm, scheme, fold, despeckle, seed)
+    setup = functools.partial(setup_worker, p["device"])
+    for job, run in base.sweep_runs(run_one, jobs(p), (p, prep), p, progress, "runs", setup):
+        arm, scheme, fold, despeckle, seed = job
         reused += run["reused"]
         labels = {"arm": arm, "scheme": scheme, "fold": fold, "despeckle": despeckle, "seed": seed}
         rows.append({**labels, **run["metrics"], "reused": run["reused"]})

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from lus_common.config.paths import PROJECT_ROOT
 from lus_common.config.profiles import resolve_params
@@ -80,7 +79,7 @@ PROFILES = derive_profiles(
          stretch="global", epochs=30, batch_size=16, lr=1e-4, seeds=[0, 1, 2, 3, 4],
          models=list(MODELS), encoder_weights=NATURAL_WEIGHTS, random_controls=["vgg16_unet"],
          bn_momenta=[0.99, 0.9], norm_controls=["group"], train_sizes=[25, 50, 100, 200, 400],
-         curve_seeds=[0, 1, 2], curve_steps="matched"),
+         curve_seeds=[0, 1, 2], curve_steps="matched", executor="local"),
     # About three minutes on a 2-core CPU (the book's default; 12 runs, nine of them Keras VGG16-
     # or ResNet50-U-Nets at about 1.5 s a step there, a quarter of it Keras' torch backend copying
     # every conv kernel per call): the chest X-ray phantom at 32 px, 16 training images in batches
@@ -429,6 +428,11 @@ def jobs(p: dict) -> list[tuple[str, int, int, float, str, str]]:
     return out
 
 
+def _run_job(p, splits, model, seed, n_train, momentum, norm, arm) -> dict:
+    """One job of :func:`jobs` for the sweep executor."""
+    return run_one(p, model, seed, n_train, momentum, splits, norm, arm=arm)
+
+
 def run_study(p: dict, splits: dict, progress: bool = True) -> dict:
     """Every run of :func:`jobs`, trained or reused.
 
@@ -438,8 +442,8 @@ def run_study(p: dict, splits: dict, progress: bool = True) -> dict:
         and training mode}, "weights": {model: weights used}, "reused": count}``.
     """
     runs = Collector()
-    for model, seed, n, momentum, norm, arm in tqdm(jobs(p), desc="runs", disable=not progress):
-        run = run_one(p, model, seed, n, momentum, splits, norm, arm=arm)
+    for job, run in base.sweep_runs(_run_job, jobs(p), (p, splits), p, progress):
+        model, seed, n, momentum, norm, arm = job
         main = (n, momentum, norm, arm) == (p["n_train"], KERAS_BN_MOMENTUM, "batch", "asked")
         labels = {"model": model, "norm": norm, "seed": seed, "n_train": n, "bn_momentum": momentum}
         runs.add(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from lus_common.config.device import describe_device, resolve_device
 from lus_common.config.paths import PROJECT_ROOT
@@ -36,6 +35,7 @@ from lus_common.studies.base import (
     check_choice,
     derive_profiles,
     run_record,
+    sweep_runs,
 )
 from lus_common.training.freezing import (
     Strategy,
@@ -66,7 +66,8 @@ PROFILES = derive_profiles(
     dict(data_source="hc18", image_size=512, n_images=None, test_fraction=0.2, split_seed=0,
          epochs=20, batch_size=10, lr=1e-4, lr_decay=1.0, seeds=[0, 1, 2, 3], strategies="all",
          rotation_deg=25.0, hflip=0.5, vflip=0.1, input_norm="unit", amp=True,
-         encoder_weights=NATURAL_WEIGHTS, freeze_bn=False, warmup_epochs=5, report="after_warmup"),
+         encoder_weights=NATURAL_WEIGHTS, freeze_bn=False, warmup_epochs=5, report="after_warmup",
+         executor="local"),
     # About three minutes on a 2-core CPU (the book's default): 48 small phantom images, 4 epochs
     # (the tables average epochs 3-4), a larger step size.
     quick=dict(data_source="synthetic", image_size=64, n_images=48, epochs=4, batch_size=8, lr=1e-3,
@@ -270,6 +271,11 @@ def _run_metrics(p: dict, per_image: pd.DataFrame, pooled: dict, history: pd.Dat
     }
 
 
+def _run_job(p, train, test, device, strategy, seed) -> dict:
+    """One (strategy, seed) for the sweep executor."""
+    return run_one(p, strategy, seed, train, test, device)
+
+
 def run_study(
     p: dict, train: SegmentationSet, test: SegmentationSet, progress: bool = True
 ) -> dict:
@@ -283,8 +289,7 @@ def run_study(
     device = resolve_device(p.get("device", "auto"))
     runs = Collector()
     jobs = [(s, seed) for s in resolve_strategies(p["strategies"]) for seed in p["seeds"]]
-    for strategy, seed in tqdm(jobs, desc="runs", disable=not progress):
-        run = run_one(p, strategy, seed, train, test, device)
+    for (strategy, seed), run in sweep_runs(_run_job, jobs, (p, train, test, device), p, progress):
         labels = {"strategy": strategy.name, "seed": seed}
         runs.add(
             run,

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from lus_common.config.device import describe_device, resolve_device
 from lus_common.config.paths import PROJECT_ROOT
@@ -55,7 +54,14 @@ from lus_common.phantoms.lung import (
 from lus_common.store import results
 from lus_common.store.environment import environment_info
 from lus_common.studies import base
-from lus_common.studies.base import Collector, cached_run, check_choice, derive_profiles, run_record
+from lus_common.studies.base import (
+    Collector,
+    cached_run,
+    check_choice,
+    derive_profiles,
+    run_record,
+    sweep_runs,
+)
 from lus_common.training.torch_loop import (
     TrainConfig,
     predict,
@@ -93,7 +99,8 @@ PROFILES = derive_profiles(
          splits=["patient", "random"], folds=3, split_seed=0, seeds=[0], seg_epochs=50,
          lr=1e-3, batch_size=4, plateau_on="train_loss", plateau_factor=0.5, plateau_patience=10,
          select="last", cls_videos=[188, 477, 49], cls_frames_per_video=8, cls_epochs=12,
-         pretrains=["dense", "sparse", "none"], pocus_fps=3.0, pocus_max_frames=None, amp=True),
+         pretrains=["dense", "sparse", "none"], pocus_fps=3.0, pocus_max_frames=None, amp=True,
+         executor="local"),
     # About three minutes on a 2-core CPU (the book's default): 64 px, a U-Net of 8-16-32-64
     # features, 6 images per patient, batch 8, 8 + 6 epochs, 15 phantom videos of 6 frames.
     quick=dict(image_size=64, unet_features=[8, 16, 32, 64], seg_images_per_patient=6,
@@ -685,6 +692,16 @@ def diagnosis_scores(prob: np.ndarray, labels: np.ndarray, videos: list[str]) ->
 # The study
 
 
+def _seg_job(p, seg, device, labels, split, fold, seed) -> dict:
+    """One segmentation run for the sweep executor."""
+    return run_segmentation(p, seg, labels, split, fold, seed, device)
+
+
+def _cls_job(p, cls, device, pretrain, fold, seed, pretrained) -> dict:
+    """One classification run (on a pretraining run's weights) for the sweep executor."""
+    return run_classification(p, cls, pretrain, fold, seed, device, pretrained)
+
+
 def run_study(p: dict, seg: SemanticLung, cls: FrameSet, progress: bool = True) -> dict:
     """Every run of the parameters, trained or reused: Part 1 (labels x splits x folds x seeds),
     the pretraining on every Part 1 image (dense and sparse, per seed), then Part 2 (pretrains x
@@ -707,29 +724,27 @@ def run_study(p: dict, seg: SemanticLung, cls: FrameSet, progress: bool = True) 
     pre = [(labels, seed) for seed in p["seeds"] for labels in LABELS if labels in p["pretrains"]]
     cls_jobs = [(pt, fold, seed) for seed in p["seeds"] for pt in p["pretrains"]
                 for fold in range(p["folds"])]  # fmt: skip
-    bar = tqdm(total=len(jobs) + len(pre) + len(cls_jobs), desc="runs", disable=not progress)
-    for labels, split, fold, seed in jobs:
-        run = run_segmentation(p, seg, labels, split, fold, seed, device)
+    shared = (p, seg, device)
+    for (labels, split, fold, seed), run in sweep_runs(_seg_job, jobs, shared, p, progress,
+                                                       "Part 1"):  # fmt: skip
         tags = {"labels": labels, "split": split, "fold": fold, "seed": seed}
         seg_runs.add(run, tags, main=tags, name=f"{labels}/{split}/{fold}/{seed}")
         a = run["arrays"]
         overlays.setdefault((split, labels, seed), []).extend(
             zip(a["overlay_index"], a["overlay_last"], a["overlay_best_test"])
         )
-        bar.update()
     pretrained = {}
-    for labels, seed in pre:
-        pretrained[labels, seed] = run_segmentation(p, seg, labels, "all", None, seed, device)
-        seg_runs.reused += pretrained[labels, seed]["reused"]
-        bar.update()
-    for pretrain, fold, seed in cls_jobs:
-        run = run_classification(
-            p, cls, pretrain, fold, seed, device, pretrained.get((pretrain, seed))
-        )
+    pre_jobs = [(labels, "all", None, seed) for labels, seed in pre]
+    for (labels, _, _, seed), run in sweep_runs(_seg_job, pre_jobs, shared, p, progress,
+                                                "pretraining"):  # fmt: skip
+        pretrained[labels, seed] = run
+        seg_runs.reused += run["reused"]
+    cls_jobs = [(pt, fold, seed, pretrained.get((pt, seed))) for pt, fold, seed in cls_jobs]
+    shared = (p, cls, device)
+    for (pretrain, fold, seed, _), run in sweep_runs(_cls_job, cls_jobs, shared, p, progress,
+                                                     "Part 2"):  # fmt: skip
         tags = {"pretrain": pretrain, "fold": fold, "seed": seed}
         cls_runs.add(run, tags, main=tags, name=f"{pretrain}/{fold}/{seed}")
-        bar.update()
-    bar.close()
     s, c = seg_runs.result(), cls_runs.result()
     return {
         "seg_runs": s["runs"],

@@ -81,11 +81,12 @@ class SweepResult:
         if not self.failures:
             return self
         lines = "\n".join(f"  {f.job}: {f.error}" for f in self.failures)
+        tail = "\n".join(self.failures[0].traceback.strip().splitlines()[-12:])
         raise SweepError(
             f"{len(self.failures)} of {len(self.failures) + len(self.runs)} runs failed "
             f"({self.executor} executor):\n{lines}\nThe {len(self.runs)} others are stored in the "
             "results store; fix the cause and run again: finished runs are reused, only the "
-            "failed ones are trained."
+            f"failed ones are trained.\nThe first failure's traceback ends:\n{tail}"
         )
 
 
