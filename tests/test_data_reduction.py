@@ -77,7 +77,8 @@ def test_mobilenet_v2_weights_load_into_keras_as_the_timm_encoder_reproduces_the
     for layer, arrays in keras_mobilenet_v2_weights(keras_file):
         net.get_layer(layer).set_weights(arrays)
     x = np.random.default_rng(1).uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32)
-    ours = np.asarray(k.Model(net.input, net.get_layer("block_16_project_BN").output)(x))
+    trunk = k.Model(net.input, net.get_layer("block_16_project_BN").output)
+    ours = np.asarray(trunk.predict(x, verbose=0))
     enc = load_encoder("tu-mobilenetv2_100", timm_file, pad_type="same", bn_eps=1e-3).eval()
     with torch.no_grad():
         theirs = enc(torch.from_numpy(x).permute(0, 3, 1, 2))[-1].permute(0, 2, 3, 1).numpy()
@@ -192,7 +193,7 @@ def test_smoke_study_on_ray_reuses_the_local_runs(tmp_path, monkeypatch):
         p_ray = {**p, "executor": "ray"}
         out = s1.run_study(p_ray, prep, progress=False)
         assert out["reused"] == len(local["runs"])  # the local runs' folders, read by Ray workers
-        fresh = {**p_ray, "seeds": [1]}  # a new initialisation: trained in a Ray worker
+        fresh = {**p_ray, "seeds": [1], "reduction_seeds": [1]}  # new: trained in Ray workers
         trained = s1.run_study(fresh, prep, progress=False)
         assert trained["reused"] == 0 and len(trained["runs"]) == 3
     finally:
