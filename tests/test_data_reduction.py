@@ -211,3 +211,41 @@ def test_smoke_study_on_real_frames(tmp_path, monkeypatch):
     clips = [{prep["data"].groups[i] for i in prep[k]} for k in ("train", "val", "test")]
     assert not (clips[0] & clips[2] or clips[0] & clips[1] or clips[1] & clips[2])
     assert not prep["data"].synthetic and len(out["runs"]) == 3
+
+
+def _chapter_text(path) -> str:
+    import json
+
+    import nbformat
+
+    return json.dumps([c.get("outputs", []) for c in nbformat.read(path, 4).cells])
+
+
+def test_chapter_smoke_with_the_ray_executor(tmp_path, isolated_results):
+    """`lus run data_reduction --executor ray`: the notebook's trainings run as Ray tasks."""
+    pytest.importorskip("ray")
+    from lus_common.app.cli import main
+
+    out = tmp_path / "nb.ipynb"
+    argv = ["run", "data_reduction", "--profile", "smoke", "-p", "device", "cpu",
+            "--executor", "ray", "--output", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    text = _chapter_text(out)
+    assert "3 runs on cpu (ray executor); 0 reused" in text
+    assert "Table 1" in text and "SYNTHETIC phantom" in text and "Figure 3" in text
+
+
+@pytest.mark.realdata
+def test_chapter_smoke_on_real_frames(tmp_path, monkeypatch, isolated_results):
+    from lus_common.app import runner
+
+    root = real_data_root()
+    if root is None or not (root / "lus_pleura_rib").is_dir():
+        pytest.skip("lus_pleura_rib not present")
+    monkeypatch.setenv("LUS_DATA_DIR", str(root))
+    out = runner.run_notebook(
+        "data_reduction", {"device": "cpu", "data_source": "lus_pleura_rib"}, profile="smoke",
+        output=tmp_path / "nb.ipynb", progress=False,
+    )  # fmt: skip
+    text = _chapter_text(out)
+    assert "LUS_PLEURA_RIB (real)" in text and "frames with pleural line" in text

@@ -34,6 +34,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from lus_common.config.paths import PROJECT_ROOT
 from lus_common.config.profiles import resolve_params
 from lus_common.config.registry import lookup
 from lus_common.data.sets import SegmentationSet, split_by_group
@@ -49,6 +50,7 @@ from lus_common.models.keras_unets import (
 from lus_common.models.weights import weights_name
 from lus_common.store import results
 from lus_common.store.environment import environment_info
+from lus_common.studies import base
 from lus_common.studies.base import (
     cached_run,
     check_choice,
@@ -60,6 +62,8 @@ from lus_common.training import sweep
 
 STUDY = "data_reduction"
 CODE_VERSION = "v1"
+# The chapter's recorded runs on the real frames (book/reference_runs/run_data_reduction_*.py).
+REFERENCE_RUNS = PROJECT_ROOT / "book" / "reference_runs" / "data_reduction_lus_pleura_rib.json"
 STRUCTURES = ("pleura", "alines", "blines", "consolidation")  # the phantom's layers, paper 1's
 STRUCTURE_LABELS = {"pleura": "pleura", "alines": "A-lines", "blines": "B-lines",
                     "consolidation": "consolidations", "union": "union",
@@ -406,7 +410,7 @@ def run_study(p: dict, prep: dict, progress: bool = True) -> dict:
     Returns:
         ``{"runs": one row per run, "histories", "per_image", "predictions": {encoder: (ids,
         probabilities) of its first seed}, "weights": {encoder: weights used}, "reduction_encoder",
-        "reused", "device"}``.
+        "folders": the run folders, "reused", "device"}``.
     """
     device = use_device(p["device"])
     setup_worker(p["device"])
@@ -430,6 +434,7 @@ def run_study(p: dict, prep: dict, progress: bool = True) -> dict:
         "predictions": predictions,
         "weights": weights,
         "reduction_encoder": chosen,
+        "folders": [r["folder"] for _, r in done],
         "reused": sum(r["reused"] for _, r in done),
         "device": device,
     }
@@ -529,22 +534,31 @@ def smallest_comparable(curve: pd.DataFrame, alpha: float) -> int | None:
     return best
 
 
-def figure3(curve: pd.DataFrame, baseline: pd.Series, encoder: str, label: str):
-    """Figure 3: mean ± std test Dice against the share of training data, the full-data scratch
-    baseline as a line with its ± std band."""
+def figure3(curve: pd.DataFrame, baseline: pd.DataFrame, encoder: str, label: str):
+    """Figure 3: mean ± std Dice against the share of training data, validation (what the paper's
+    Discussion says its Figure 3 plots) and test, each with the full-data scratch baseline as a
+    line; the paper's smallest comparable share as a vertical line.
+
+    Args:
+        curve: :func:`reduction_curve`.
+        baseline: the scratch runs on the full training set (``val_dice``, ``test_dice``).
+    """
     import plotly.graph_objects as go
 
     c = curve.sort_index()
-    m, s = baseline.mean(), baseline.std() if len(baseline) > 1 else 0.0
     fig = go.Figure()
-    fig.add_hrect(y0=m - s, y1=m + s, fillcolor="grey", opacity=0.2, line_width=0)
-    fig.add_hline(y=m, line_dash="dash",
-                  annotation_text=f"scratch baseline, 100 % ({m:.3f})")  # fmt: skip
-    fig.add_trace(go.Scatter(x=c.index, y=c["test_mean"], mode="lines+markers",
-                             error_y=dict(type="data", array=c["test_std"].fillna(0)),
-                             name=f"{ENCODER_LABELS[encoder]}, mean ± std"))  # fmt: skip
-    fig.update_layout(title=f"Figure 3 — test Dice vs share of training data — {label}",
-                      xaxis_title="training data (%)", yaxis_title="test Dice", height=420,
+    for part, name, dash in (("val", "validation", "dash"), ("test", "test", "dot")):
+        m = baseline[f"{part}_dice"].mean()
+        fig.add_hline(y=m, line_dash=dash, line_color="grey",
+                      annotation_text=f"scratch, 100 %, {name} ({m:.3f})")  # fmt: skip
+        fig.add_trace(go.Scatter(x=c.index, y=c[f"{part}_mean"], mode="lines+markers",
+                                 error_y=dict(type="data", array=c[f"{part}_std"].fillna(0)),
+                                 name=f"{ENCODER_LABELS[encoder]}, {name} Dice"))  # fmt: skip
+    paper = f"paper: comparable down to {PAPER_SMALLEST_FRACTION} %"
+    fig.add_vline(x=PAPER_SMALLEST_FRACTION, line_dash="dot", line_color="black",
+                  annotation_text=paper)  # fmt: skip
+    fig.update_layout(title=f"Figure 3 — Dice (mean ± std) vs share of training data — {label}",
+                      xaxis_title="training data (%)", yaxis_title="Dice", height=440,
                       xaxis=dict(autorange="reversed"))  # fmt: skip
     return fig
 
@@ -591,3 +605,15 @@ def findings(out: dict, p: dict, label: str) -> list[str]:
              + (f"{small} %" if small else "none (already the largest is, or too few runs)")
              + f" (paper: {PAPER_SMALLEST_FRACTION} %).")  # fmt: skip
     return s
+
+
+def reference_runs(path=REFERENCE_RUNS) -> tuple[str, dict, dict]:
+    """The recorded reference runs: ``(caption, study parameters, out)`` where ``out`` has the
+    ``"runs"``, ``"weights"`` and ``"reduction_encoder"`` that :func:`findings` and the tables
+    read, as :func:`run_study` gives them."""
+    doc = base.read_reference(path)
+    runs = base.reference_rows(doc, ("encoder", "fraction", "seed"))
+    weights = {r["params"]["encoder"]: r["weights"] for r in doc["runs"]}
+    p = doc["study_params"]
+    out = {"runs": runs, "weights": weights, "reduction_encoder": p["reduction_encoder"]}
+    return doc["what"], p, out
