@@ -147,6 +147,25 @@ def use_device(device: str = "auto") -> str:
     return wanted
 
 
+def setup_keras(device: str = "auto") -> str:
+    """:func:`use_device`, and on a GPU the mixed bf16 policy: what a Keras study sets in its
+    process and in each Ray worker (idempotent). Returns the device type."""
+    wanted = use_device(device)
+    if wanted == "cuda":
+        keras().mixed_precision.set_global_policy("mixed_bfloat16")
+    return wanted
+
+
+def predict_batches(model, x, batch_size: int = 16):
+    """The model's outputs in inference mode, batch by batch, as one float32 numpy array."""
+    import numpy as np
+
+    k = keras()
+    out = [k.ops.convert_to_numpy(model(x[i : i + batch_size], training=False))
+           for i in range(0, len(x), batch_size)]  # fmt: skip
+    return np.concatenate(out).astype(np.float32)
+
+
 def free_memory() -> None:
     """Release what Keras keeps of the models built so far (its global state, then a garbage
     collection, then CUDA's cache), keeping the global precision policy. Call it between runs: a

@@ -45,7 +45,8 @@ from lus_common.models.keras_unets import (
     free_memory,
     keras,
     keras_weights_key,
-    use_device,
+    predict_batches,
+    setup_keras,
 )
 from lus_common.models.weights import weights_name
 from lus_common.store import results
@@ -311,13 +312,6 @@ def _fit(model, p, train, val, epochs, stage, seed) -> tuple[pd.DataFrame, float
     return history, seconds
 
 
-def _predict(model, x, batch: int = 16) -> np.ndarray:
-    k = keras()
-    out = [k.ops.convert_to_numpy(model(x[i : i + batch], training=False))
-           for i in range(0, len(x), batch)]  # fmt: skip
-    return np.concatenate(out).astype(np.float32)
-
-
 def run_one(p: dict, prep: dict, encoder: str, fraction: int, seed: int) -> dict:
     """Train and score one (encoder, training fraction, seed), or reuse its stored run."""
     data, names = prep["data"], outputs(p)
@@ -341,9 +335,9 @@ def run_one(p: dict, prep: dict, encoder: str, fraction: int, seed: int) -> dict
             h, s = _fit(model, p, train, val, epochs, stage, seed)
             histories.append(h)
             seconds += s
-        probs = _predict(model, x_test)
+        probs = predict_batches(model, x_test)
         metrics.update(_scores("test", probs, y_test, names))
-        metrics.update(_scores("val", _predict(model, val[0]), val[1], names))
+        metrics.update(_scores("val", predict_batches(model, val[0]), val[1], names))
         counts = att.parameter_counts(model)
         metrics.update(
             weights_used=weights.used, params=counts["total"], encoder_params=counts["encoder"],
@@ -381,14 +375,8 @@ def reduction_jobs(p: dict, encoder: str) -> list[tuple[str, int, int]]:
     return [(encoder, f, s) for f in p["fractions"] for s in p["reduction_seeds"]]
 
 
-def setup_worker(device: str) -> None:
-    """Keras' device and, on a GPU, the mixed bf16 policy (in this process or a Ray worker)."""
-    if use_device(device) == "cuda":
-        keras().mixed_precision.set_global_policy("mixed_bfloat16")
-
-
 def _sweep(p: dict, prep: dict, jobs, progress: bool, desc: str) -> list:
-    setup = functools.partial(setup_worker, p["device"])
+    setup = functools.partial(setup_keras, p["device"])
     return sweep_runs(run_one, jobs, (p, prep), p, progress, desc, setup)
 
 
@@ -414,8 +402,7 @@ def run_study(p: dict, prep: dict, progress: bool = True) -> dict:
         probabilities) of its first seed}, "weights": {encoder: weights used}, "reduction_encoder",
         "folders": the run folders, "reused", "device"}``.
     """
-    device = use_device(p["device"])
-    setup_worker(p["device"])
+    device = setup_keras(p["device"])
     done = _sweep(p, prep, table1_jobs(p), progress, "Table 1")
     rows = pd.DataFrame([_row(j, r) for j, r in done])
     chosen = best_encoder(rows) if p["reduction_encoder"] == "best" else p["reduction_encoder"]
@@ -466,22 +453,21 @@ def table1(runs: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 
 def welch_one_sided(a, b) -> float:
     """p of Welch's test that ``a`` is lower than ``b`` (NaN with fewer than two of either)."""
-    from scipy import stats
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    return float(stats.ttest_ind(a, b, equal_var=False, alternative="less").pvalue)
+    return _welch(a, b, "less")
 
 
 def welch_two_sided(a, b) -> float:
     """p of Welch's two-sided test (NaN with fewer than two of either)."""
+    return _welch(a, b, "two-sided")
+
+
+def _welch(a, b, alternative: str) -> float:
     from scipy import stats
 
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 2 or len(b) < 2:
         return float("nan")
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return float(stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
 
 
 def significance(runs: pd.DataFrame, alpha: float) -> pd.DataFrame:

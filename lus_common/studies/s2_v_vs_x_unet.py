@@ -44,8 +44,9 @@ from lus_common.models.keras_unets import (
     free_memory,
     keras,
     keras_weights_key,
+    predict_batches,
     set_frozen,
-    use_device,
+    setup_keras,
 )
 from lus_common.models.weights import weights_name
 from lus_common.store import results
@@ -366,12 +367,7 @@ def _fit(model, p: dict, train, val, epochs: int, lr: float, batch: int, seed: i
 
 
 def _predict(model, x: np.ndarray, batch: int = 16) -> np.ndarray:
-    k = keras()
-    out = [
-        k.ops.convert_to_numpy(model(x[i : i + batch], training=False))
-        for i in range(0, len(x), batch)
-    ]
-    return np.concatenate(out)[..., 0].astype(np.float32)
+    return predict_batches(model, x, batch)[..., 0]
 
 
 def score(
@@ -613,12 +609,6 @@ def jobs(p: dict) -> list[tuple[str, str, int, bool, int]]:
     return out
 
 
-def setup_worker(device: str) -> None:
-    """Keras' device and, on a GPU, the mixed bf16 policy (in this process or a Ray worker)."""
-    if use_device(device) == "cuda":
-        keras().mixed_precision.set_global_policy("mixed_bfloat16")
-
-
 def run_study(p: dict, prep: dict, progress: bool = True) -> dict:
     """Every run of :func:`jobs` (and X-UNet's pretraining), trained or reused.
 
@@ -627,8 +617,7 @@ def run_study(p: dict, prep: dict, progress: bool = True) -> dict:
         "per_image", "predictions": {(arm, fold, despeckle): (ids, probabilities)}, "reused",
         "device"}``.
     """
-    device = use_device(p["device"])
-    setup_worker(p["device"])
+    device = setup_keras(p["device"])
     rows, pre_rows, histories, per_image, predictions, reused = [], [], [], [], {}, 0
     for seed in p["seeds"]:
         if any(ARMS[a].model == "x_unet" for a in p["arms"]):
@@ -636,7 +625,7 @@ def run_study(p: dict, prep: dict, progress: bool = True) -> dict:
             reused += pre["reused"]
             pre_rows.append({"seed": seed, "source": pre["config"]["source"],
                              **pre["metrics"], "reused": pre["reused"]})  # fmt: skip
-    setup = functools.partial(setup_worker, p["device"])
+    setup = functools.partial(setup_keras, p["device"])
     for job, run in base.sweep_runs(run_one, jobs(p), (p, prep), p, progress, "runs", setup):
         arm, scheme, fold, despeckle, seed = job
         reused += run["reused"]

@@ -92,7 +92,7 @@ class SweepResult:
 
 def check_executor(executor: str) -> str:
     """Raise ValueError unless ``executor`` is one of :data:`EXECUTORS`."""
-    return lookup(EXECUTORS, executor, "sweep executor", error=ValueError) and executor
+    return lookup(EXECUTORS, executor, "sweep executor", error=ValueError)
 
 
 def _one_line(exc: BaseException) -> str:
