@@ -1,10 +1,11 @@
 """The ``lus`` command: ``lus run``, ``lus book``, ``lus bench``, ``lus data``, ``lus weights``,
-``lus studies``."""
+``lus studies``, ``lus phantom-check`` and ``lus phantom-calibrate``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 
@@ -129,6 +130,60 @@ def _cmd_weights(args) -> int:
     return 0
 
 
+def _real_folder(args):
+    """The phantom commands' real folder: ``--real``, else ``$LUS_DATA_DIR/lus_pleura_rib``."""
+    from pathlib import Path
+
+    from lus_common.config.paths import dataset_dir
+
+    folder = Path(args.real) if args.real else dataset_dir("lus_pleura_rib")
+    if not (folder / "image").is_dir():
+        raise FileNotFoundError(
+            f"No real frames in {folder}/image: give --real a folder laid out as lus_pleura_rib "
+            "(image/<stem>.jpg, mask/<structure>/<stem>-<structure>.jpg), e.g. "
+            "--real ../shared/data/lus_pleura_rib"
+        )
+    return folder
+
+
+def _cmd_phantom_check(args) -> int:
+    from lus_common.phantoms import realism
+
+    result = realism.phantom_check(
+        _real_folder(args),
+        structures=tuple(args.structure or ("pleural_line", "rib_shadow")),
+        generators=tuple(args.generators),
+        profile=args.profile,
+        device=args.device,
+        progress=not args.quiet,
+        **({"size": args.size} if args.size else {}),
+    )
+    result["command"] = args.command_line
+    if args.out:
+        realism.write_check(result, args.out)
+    print(json.dumps(realism.headline(result)))
+    return 0
+
+
+def _cmd_phantom_calibrate(args) -> int:
+    from lus_common.data.lus_pleura_rib import load_lus_pleura_rib
+    from lus_common.phantoms import calibration
+
+    real = load_lus_pleura_rib(_real_folder(args), image_size=args.size)
+    record = calibration.calibrate(
+        real.images, real.groups, args.sobol, args.evaluations, args.seed, progress=not args.quiet
+    )
+    path = calibration.write_record(
+        record, real.fingerprint(), args.command_line, args.out or calibration.CALIBRATION_FILE
+    )
+    print(
+        json.dumps(
+            {"written": str(path), "objective": record["objective"], "seconds": record["seconds"]}
+        )
+    )
+    return 0
+
+
 def _cmd_studies(args) -> int:
     from lus_common.studies import REGISTRY
 
@@ -211,6 +266,44 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--out", help="fp16: the folder for the half-precision copies")
     weights.set_defaults(func=_cmd_weights)
 
+    check = sub.add_parser(
+        "phantom-check",
+        help="how real is the lung phantom: sim-to-real Dice, real-to-real ceiling, domain AUC and "
+        "appearance statistics per generator, as one JSON line",
+    )
+    check.add_argument(
+        "--real", default=None, help="real frames laid out as lus_pleura_rib "
+        "(default: $LUS_DATA_DIR/lus_pleura_rib)",
+    )  # fmt: skip
+    check.add_argument(
+        "--structure", action="append", choices=["pleural_line", "rib_shadow", "rib_line"],
+        help="a real structure to segment (repeat; default: pleural_line and rib_shadow)",
+    )  # fmt: skip
+    check.add_argument(
+        "--generators", nargs="+", default=["v1", "calibrated"],
+        help="phantom appearances to compare (default: v1 calibrated)",
+    )  # fmt: skip
+    check.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
+    check.add_argument("--size", type=int, default=None, help="working size (default: profile's)")
+    check.add_argument("--device", default="cpu")
+    check.add_argument("--out", default=None, help="also write the whole result as JSON here")
+    check.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    check.set_defaults(func=_cmd_phantom_check)
+
+    cal = sub.add_parser(
+        "phantom-calibrate",
+        help="fit the calibrated phantom appearance to real frames' appearance statistics "
+        "(writes lus_common/phantoms/calibration.json)",
+    )
+    cal.add_argument("--real", default=None, help="real frames laid out as lus_pleura_rib")
+    cal.add_argument("--size", type=int, default=256)
+    cal.add_argument("--sobol", type=int, default=64, help="initial Sobol points")
+    cal.add_argument("--evaluations", type=int, default=400, help="Powell evaluations after them")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--out", default=None, help="the record (default: the package's own)")
+    cal.add_argument("--quiet", action="store_true")
+    cal.set_defaults(func=_cmd_phantom_calibrate)
+
     studies = sub.add_parser(
         "studies", help="list the chapters: name, chapter file, notebook, title"
     )
@@ -222,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lus`` console command. Errors print one clear line, exit code 2."""
     args = build_parser().parse_args(argv)
+    args.command_line = "lus " + shlex.join(sys.argv[1:] if argv is None else argv)
     if getattr(args, "action", None) in ("fetch", "verify") and not args.name:
         print("lus data: give a dataset name, e.g. `lus data fetch hc18`", file=sys.stderr)
         return 2

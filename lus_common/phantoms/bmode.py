@@ -76,6 +76,37 @@ def analytic_psf_spectrum(
     return h.astype(np.complex64)
 
 
+def baseband_psf_spectrum(
+    shape: tuple[int, int], axial_sigma_px: float, lateral_sigma_px: float
+) -> np.ndarray:
+    """Fourier transform of the point-spread function after IQ demodulation (baseband).
+
+    A scanner mixes the RF echo down to baseband before detection: the complex (I + jQ) echo is
+    then complex scatterers seen through the pulse and beam envelopes, ``exp(-z^2 / 2 sz^2)
+    exp(-x^2 / 2 sx^2)``, with no carrier. Its magnitude is the same envelope as the analytic
+    signal's (:func:`analytic_psf_spectrum`), but the pulse may be as short as one sample: the
+    carrier no longer needs room below the Nyquist frequency. Use it with complex scatterers
+    (:func:`envelope`).
+
+    Returns:
+        real float32 array of ``shape`` (complex64 for :func:`envelope`), normalised so that white
+        unit-variance complex scatterers give an envelope of unit mean square.
+    """
+    rows, cols = shape
+    fz = scipy.fft.fftfreq(rows)[:, None]
+    fx = scipy.fft.fftfreq(cols)[None, :]
+    h = np.exp(-2 * np.pi**2 * (fz**2 * axial_sigma_px**2 + fx**2 * lateral_sigma_px**2))
+    h *= np.sqrt(rows * cols / np.sum(h**2))
+    return h.astype(np.complex64)
+
+
+def complex_scatterers(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    """Circular complex Gaussian scatterers of unit variance (I and Q each of variance 1/2)."""
+    iq = rng.standard_normal((2, *shape), dtype=np.float32)
+    iq *= np.float32(np.sqrt(0.5))
+    return iq[0] + np.complex64(1j) * iq[1]
+
+
 def padded_shape(shape: tuple[int, int], pad: int = 16) -> tuple[int, int]:
     """A fast FFT size at least ``pad`` larger than ``shape`` on both axes.
 
@@ -101,7 +132,9 @@ def envelope(
             (:func:`padded_shape`): the field is then zero-padded for the convolution.
         rng: random generator for the scatterers.
         scatterers: optional unit-variance scatterer field of ``amplitude``'s shape (frames of one
-            video share most of theirs); drawn from ``rng`` when omitted.
+            video share most of theirs): real with :func:`analytic_psf_spectrum`, complex
+            (:func:`complex_scatterers`) with :func:`baseband_psf_spectrum`; real ones are drawn
+            from ``rng`` when omitted.
         workers: FFT threads (1 when the caller already runs frames in parallel threads).
 
     Returns:
@@ -109,7 +142,8 @@ def envelope(
     """
     if scatterers is None:
         scatterers = rng.standard_normal(amplitude.shape, dtype=np.float32)
-    field = (amplitude * scatterers).astype(np.float32, copy=False)
+    dtype = np.complex64 if np.iscomplexobj(scatterers) else np.float32
+    field = (amplitude * scatterers).astype(dtype, copy=False)
     rows, cols = field.shape[-2:]
     spectrum = scipy.fft.fft2(field, s=psf_spectrum.shape, workers=workers)
     spectrum *= psf_spectrum
@@ -157,31 +191,53 @@ def log_compress(env: np.ndarray, reference: float, dynamic_range_db: float) -> 
     return np.rint(out, out=out).astype(np.uint8)
 
 
-def sector_geometry(image_size: int, radius_mm: float, depth_mm: float, angle_deg: float) -> dict:
+def sector_geometry(
+    image_size: int, radius_mm: float, depth_mm: float, angle_deg: float, fill: bool = False
+) -> dict:
     """Cartesian pixel grid of a convex probe's sector, and where each pixel falls in beam space.
 
     The apex of the fan lies ``radius_mm`` above the transducer face; beams run radially over
-    ``angle_deg``; the image shows depths 0..``depth_mm`` below the face. Pixels are square and
-    the sector is centred in a square image.
+    ``angle_deg``; the image shows depths 0..``depth_mm`` below the face.
+
+    Args:
+        image_size: side of the square output grid (and of the beam-space grid it samples).
+        radius_mm: the probe's radius of curvature.
+        depth_mm: imaging depth below the face.
+        angle_deg: the fan's opening angle.
+        fill: ``False``: square pixels, the fan centred in the square image (letterboxed).
+            ``True``: the fan's bounding box is the frame, as a scanner displays it (its face's
+            corners at the top edge, its deep corners at the sides), then resized to the square,
+            as the loaders resize real frames: the pixels are then taller or wider than square.
 
     Returns:
         dict with ``row``, ``col`` (fractional beam-space indices per output pixel, for a beam-space
-        grid of ``image_size`` x ``image_size``), ``inside`` (bool sector mask), ``spacing_mm``.
+        grid of ``image_size`` x ``image_size``), ``inside`` (bool sector mask), ``spacing_mm``
+        (the larger side of a pixel) and ``spacing_yx_mm`` (its height and width).
     """
     half = np.deg2rad(angle_deg) / 2
     r_max = radius_mm + depth_mm
     width = 2 * r_max * np.sin(half)
     height = r_max - radius_mm * np.cos(half)
-    pix = max(width, height) / image_size
-    centres = (np.arange(image_size) + 0.5) * pix
-    y = centres[:, None] + radius_mm * np.cos(half) - (image_size * pix - height) / 2
-    x = centres[None, :] - image_size * pix / 2
+    if fill:
+        dy, dx = height / image_size, width / image_size
+    else:
+        dy = dx = max(width, height) / image_size
+    # the frame's top edge lies (frame height - fan height) / 2 above the face's corners
+    top = (image_size * dy - height) / 2
+    y = ((np.arange(image_size) + 0.5) * dy)[:, None] + radius_mm * np.cos(half) - top
+    x = ((np.arange(image_size) + 0.5) * dx)[None, :] - image_size * dx / 2
     r = np.hypot(x, y)
     theta = np.arctan2(x, y)
     row = (r - radius_mm) / depth_mm * image_size - 0.5
     col = (theta + half) / (2 * half) * image_size - 0.5
     inside = (row >= 0) & (row <= image_size - 1) & (col >= 0) & (col <= image_size - 1)
-    return {"row": row, "col": col, "inside": inside, "spacing_mm": pix}
+    return {
+        "row": row,
+        "col": col,
+        "inside": inside,
+        "spacing_mm": max(dy, dx),
+        "spacing_yx_mm": (dy, dx),
+    }
 
 
 def scan_convert(beam: np.ndarray, geometry: dict, order: int = 1) -> np.ndarray:

@@ -60,10 +60,17 @@ from scipy import ndimage
 from lus_common.config.registry import lookup
 from lus_common.data.sets import SegmentationSet
 from lus_common.phantoms import bmode
+from lus_common.phantoms.appearance import (
+    DEFAULT_APPEARANCE,
+    Appearance,
+    resolve_appearance,
+)
 
 # "ribs": the bright 1 mm cortex; "rib_body": the whole rib cross-section beneath the probe (its
 # cortex and the bone under it, which lies in its own shadow), the rib as paper 2 annotates it.
-STRUCTURES = ("pleura", "ribs", "alines", "blines", "consolidation", "rib_body")
+# "rib_shadow": everything beneath a rib that its bone shades (two-way transmission below one half),
+# the rib shadow as real annotations (lus_pleura_rib) draw it.
+STRUCTURES = ("pleura", "ribs", "alines", "blines", "consolidation", "rib_body", "rib_shadow")
 DENSE_CLASSES = (
     "background",
     "A-line",
@@ -82,7 +89,8 @@ TARGETS = STRUCTURES + (
 # Paper 5: healthy + unhealthy pleural line -> pleural line; healthy + unhealthy region ->
 # background.
 DENSE_TO_SPARSE = np.array([0, 1, 2, 3, 3, 0, 0], dtype=np.uint8)
-GENERATOR_VERSION = 1  # bump when the images change, so stored results are not reused
+# The images' generator version is the appearance's (appearance.py: v1 is 1, calibrated 2); bump
+# it there when the images change, so stored results are not reused.
 _RIB_DEPTH_OVER_HALF_WIDTH = 0.9  # rib cross-section: about 10-14 mm wide, 4.5-6.3 mm deep
 
 _BIT = {name: np.uint8(1 << i) for i, name in enumerate(STRUCTURES)}
@@ -93,13 +101,11 @@ _ECHO = {
     "septum": 2e-3,
     "fascia": 7e-3,
     "muscle": 4.5e-4,
-    "rib": 3.0,
     "pleura": 1.0,
     "air": 2e-5,
     "sick_air": 5e-5,
     "bronchogram": 0.1,
 }
-_RIB_TRANSMISSION = 1e-3  # two-way amplitude passed by bone (-60 dB)
 _NOISE_AMPLITUDE = 10 ** (-105 / 20)  # receiver noise before TGC, relative to the pleura's echo
 _FRAME_DECORRELATION = 0.25  # share of speckle amplitude redrawn every frame
 
@@ -178,26 +184,38 @@ def _severity(diagnosis: str, rng: np.random.Generator, overrides: dict) -> dict
 
 
 def _probe(
-    size: int, probe: str, rng: np.random.Generator
+    size: int, probe: str, rng: np.random.Generator, a: Appearance
 ) -> tuple[float, float, float, dict | None]:
     """Imaging depth (mm), face width (mm; arc length for a convex probe), frequency (MHz), sector
     geometry."""
     if probe == "linear":
-        return rng.uniform(40, 60), rng.uniform(38, 46), rng.uniform(5.0, 7.5), None
-    depth_mm, freq = rng.uniform(80, 120), rng.uniform(3.0, 4.5)
-    radius, angle = rng.uniform(40, 60), rng.uniform(55, 70)
+        return (
+            rng.uniform(*a.linear_depth_mm),
+            rng.uniform(*a.linear_width_mm),
+            rng.uniform(*a.linear_freq_mhz),
+            None,
+        )
+    depth_mm, freq = rng.uniform(*a.convex_depth_mm), rng.uniform(*a.convex_freq_mhz)
+    radius, angle = rng.uniform(*a.convex_radius_mm), rng.uniform(*a.convex_angle_deg)
     return (
         depth_mm,
         radius * np.deg2rad(angle),
         freq,
-        bmode.sector_geometry(size, radius, depth_mm, angle),
+        bmode.sector_geometry(size, radius, depth_mm, angle, fill=a.fill_frame),
     )
 
 
 def _chest_wall(
-    z: np.ndarray, cols: int, chest_wall_mm: float, rng: np.random.Generator
+    z: np.ndarray,
+    cols: int,
+    chest_wall_mm: float,
+    rng: np.random.Generator,
+    a: Appearance,
+    dz: float,
+    ds: float,
 ) -> np.ndarray:
-    """Echogenicity of skin, fat with septa, fascia and muscle down to the pleura (tissue frame)."""
+    """Echogenicity of skin, fat with septa, fascia and muscle down to the pleura (tissue frame),
+    with the appearance's fascia layers in the muscle and its tissue texture."""
     skin = rng.uniform(1.0, 2.0)
     fat = (
         skin
@@ -215,6 +233,22 @@ def _chest_wall(
         )
         echo[in_fat & (np.abs(z - d) < 0.3)] = _ECHO["septum"]
     echo[np.abs(z - fat) < 0.35] = _ECHO["fascia"]
+    lo, hi = a.muscle_fascia
+    for _ in range(int(rng.integers(lo, hi)) if hi > lo else 0):  # layers between muscles
+        d = rng.uniform(fat.mean(), chest_wall_mm - 1.0) + 0.4 * _smooth_noise(cols, 30, rng)[None]
+        echo[(z > fat) & (np.abs(z - d) < rng.uniform(0.15, 0.35))] = _ECHO["fascia"] * rng.uniform(
+            0.2, 1.0
+        )
+    if a.texture > 0:  # fibres and lobules: log-normal echogenicity, long laterally
+        grain = ndimage.gaussian_filter(
+            rng.standard_normal((len(z), cols), dtype=np.float32),
+            (a.texture_mm[0] / dz, a.texture_mm[1] / ds),
+            mode="wrap",
+        )
+        grain *= np.float32(a.texture / (grain.std() + 1e-12))
+        echo *= np.exp(grain - a.texture**2 / 2)
+    if a.wall_gain != 1.0:
+        echo *= np.float32(a.wall_gain)
     return echo
 
 
@@ -284,6 +318,7 @@ def _lung(
     pl: dict,
     sev: dict,
     rng: np.random.Generator,
+    a: Appearance,
 ) -> dict:
     """Lung frame: the pleural line, then air with A-lines, B-lines and consolidations, and their
     labels."""
@@ -305,7 +340,7 @@ def _lung(
     healthy_cols = ~sick[None, :]
     a_echo = (1 - bprof)[None, :]
     for k in range(2, 12):
-        power = reflect ** (2 * (k - 1))
+        power = reflect ** (2 * (k - 1)) * a.aline_gain
         if power < 4 * _ECHO["air"] or k * chest_wall_mm > depth_mm + 2:
             break
         band = (np.abs(z - k * p[None, :]) <= a_thick[None, :] / 2) & healthy_cols
@@ -313,6 +348,10 @@ def _lung(
         bits[band] |= _BIT["alines"]
     # B-lines: ring-down from the pleura to the bottom, constant with depth.
     below = z > bottom[None, :]
+    if a.lung_haze > 0:  # reverberation haze: multiple echoes between pleura, wall and probe
+        echo = echo + np.where(
+            below, a.lung_haze * np.exp(-(z - bottom[None, :]) / a.haze_decay_mm), 0
+        ).astype(np.float32)
     echo = np.where(below, np.maximum(echo, rng.uniform(0.1, 0.3) * bprof[None, :]), echo)
     bits[below & (bprof[None, :] >= 0.5)] |= _BIT["blines"]
     # Consolidations: tissue-like texture with air bronchograms, an irregular deep border.
@@ -352,8 +391,13 @@ def _ribs(
     probe: str,
     echo: np.ndarray,
     rng: np.random.Generator,
+    a: Appearance,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rib cortex arcs and rib bodies (tissue frame) and the two-way transmission beneath them.
+
+    Bone passes ``a.rib_transmission`` of the amplitude. The shadow's edge is ``a.shadow_edge_mm``
+    wide inside the rib's ends (``v1``) or, with ``a.shadow_spread``, centred on them and widening
+    with depth as the beam's diffraction blurs it.
 
     Returns:
         ``(echogenicity with the cortex, structure bits, transmission)``.
@@ -373,19 +417,21 @@ def _ribs(
             curve = 1 - np.sqrt(1 - np.clip(u, -1, 1) ** 2)
             surface = chest_wall_mm - rng.uniform(3.0, 6.0) + rng.uniform(1.5, 3.0) * curve
             cortex = on[None, :] & (z >= surface[None, :]) & (z < surface[None, :] + 1.0)
-            echo = np.where(cortex, _ECHO["rib"], echo)
+            echo = np.where(cortex, a.rib_echo, echo)
             bits[cortex] |= _BIT["ribs"]
             # the lower half of an oval beneath the surface (no random draw: images unchanged)
             body = surface + np.maximum(
                 _RIB_DEPTH_OVER_HALF_WIDTH * rib_half * np.sqrt(1 - np.clip(u, -1, 1) ** 2), 1.0
             )
             bits[on[None, :] & (z >= surface[None, :]) & (z < body[None, :])] |= _BIT["rib_body"]
-            edge = np.clip(
-                (1 - np.abs(u)) / (0.6 / rib_half), 0, 1
-            )  # half a millimetre of soft edge
-            shade = 1 - (1 - _RIB_TRANSMISSION) * edge
+            if a.shadow_spread > 0:  # a penumbra centred on the rib's ends, widening with depth
+                width = a.shadow_edge_mm + a.shadow_spread * np.maximum(z - surface[None, :], 0)
+                edge = np.clip(0.5 - (np.abs(s[0] - c) - rib_half)[None, :] / width, 0, 1)
+            else:  # the first generator: a soft edge inside the rib's ends
+                edge = np.clip((1 - np.abs(u)) / (a.shadow_edge_mm / rib_half), 0, 1)[None, :]
+            shade = 1 - (1 - a.rib_transmission) * edge
             transmission = np.where(
-                z >= surface[None, :] + 1.0, np.minimum(transmission, shade[None, :]), transmission
+                z >= surface[None, :] + 1.0, np.minimum(transmission, shade), transmission
             )
     return echo, bits, transmission
 
@@ -400,11 +446,13 @@ def _video_world(
     overrides: dict,
     rows: int | None = None,
     frequency_mhz: float | None = None,
+    appearance: Appearance | None = None,
 ) -> dict:
     """Beam-space maps of one video, ``margin`` columns wider on each side for motion: ``size``
     scan lines of ``rows`` depth samples (default ``size``), at the probe's drawn frequency or
-    ``frequency_mhz``."""
-    depth_mm, width_mm, freq, geometry = _probe(size, probe, rng)
+    ``frequency_mhz``, with ``appearance`` (default: the calibrated one)."""
+    a = resolve_appearance(DEFAULT_APPEARANCE if appearance is None else appearance)
+    depth_mm, width_mm, freq, geometry = _probe(size, probe, rng, a)
     freq = freq if frequency_mhz is None else float(frequency_mhz)  # the draw is kept: same images
     rows = size if rows is None else int(rows)
     dz, ds = depth_mm / rows, width_mm / size
@@ -412,11 +460,12 @@ def _video_world(
     z = ((np.arange(rows) + 0.5) * dz)[:, None].astype(np.float32)  # depth, mm
     s = ((np.arange(cols) - cols / 2 + 0.5) * ds)[None, :].astype(np.float32)  # lateral, mm
     sev = _severity(diagnosis, rng, overrides)
-    echo_t = _chest_wall(z, cols, chest_wall_mm, rng)
+    echo_t = _chest_wall(z, cols, chest_wall_mm, rng, a, dz, ds)
     pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng)
-    lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng)
-    echo_t, bits_t, transmission = _ribs(z, s, ds, chest_wall_mm, probe, echo_t, rng)
+    lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng, a)
+    echo_t, bits_t, transmission = _ribs(z, s, ds, chest_wall_mm, probe, echo_t, rng, a)
     return dict(
+        appearance=a,
         size=size,
         rows=rows,
         margin=margin,
@@ -465,19 +514,29 @@ def _envelope(world: dict, trans, echo, scat, rng: np.random.Generator) -> np.nd
     before TGC, so TGC amplifies it at depth. ``trans`` is overwritten.
     """
     size, rows, ds, dz = world["size"], world["rows"], world["ds"], world["dz"]
-    att = bmode.attenuation_amplitude(world["z"], rng.uniform(0.4, 0.6), world["freq"])
-    gain = bmode.tgc_gain(world["z"], 0.5, world["freq"], rng) * 10 ** (rng.uniform(-2, 3) / 20)
+    a = world["appearance"]
+    att = bmode.attenuation_amplitude(
+        world["z"], rng.uniform(*a.attenuation_db_cm_mhz), world["freq"]
+    )
+    gain = bmode.tgc_gain(world["z"], 0.5 * a.tgc_fraction, world["freq"], rng) * 10 ** (
+        rng.uniform(*a.gain_db) / 20
+    )
     g2 = ((att * gain) ** 2).astype(np.float32)[:, None]
     n2 = ((_NOISE_AMPLITUDE * gain) ** 2).astype(np.float32)[:, None]
+    if a.edge_falloff_db > 0 and world["probe"] == "convex":  # element directivity at the edges
+        x = (np.arange(size) + 0.5) / size * 2 - 1
+        g2 = g2 * (10 ** (-a.edge_falloff_db * x**2 / 10)).astype(np.float32)[None, :]
     amp = trans
     amp *= trans
     amp *= echo
     amp *= g2
     amp += n2
     np.sqrt(amp, out=amp)
-    axial_sigma = max(1.0, 0.25 * 5.0 / world["freq"] / dz)  # ~2-cycle pulse
-    lateral_sigma = max(1.2, (0.45 if world["probe"] == "linear" else 0.8) / ds)
-    psf = bmode.analytic_psf_spectrum(bmode.padded_shape((rows, size)), axial_sigma, lateral_sigma)
+    axial_sigma = max(a.min_axial_px, a.axial_scale * 0.25 * 5.0 / world["freq"] / dz)  # 2 cycles
+    lateral_mm = a.lateral_mm_linear if world["probe"] == "linear" else a.lateral_mm_convex
+    lateral_sigma = max(a.min_sigma_px, lateral_mm / ds)
+    spectrum = bmode.baseband_psf_spectrum if a.baseband else bmode.analytic_psf_spectrum
+    psf = spectrum(bmode.padded_shape((rows, size)), axial_sigma, lateral_sigma)
     return bmode.envelope(amp, psf, rng, scatterers=scat)
 
 
@@ -497,26 +556,36 @@ def _render_video(
     visible = trans > 0.5
     echo = np.where(sel, take(world["echo_l"], idx_l), take(world["echo_t"], idx_t))
     bits = np.where(sel, take(world["bits_l"], idx_l), take(world["bits_t"], idx_t))
-    bits = np.where(visible, bits, bits & (_BIT["ribs"] | _BIT["rib_body"]))
+    bone = _BIT["ribs"] | _BIT["rib_body"]
+    bits = np.where(visible, bits, (bits & bone) | _BIT["rib_shadow"])
     dense = np.where(sel & visible, take(world["dense_l"], idx_l), np.uint8(0))
 
     # Scatterers shared by the video (tissue and lung frames), a quarter redrawn per frame.
-    world_t = rng.standard_normal((rows, size + 2 * margin), dtype=np.float32)
-    world_l = rng.standard_normal((rows, size + 2 * margin), dtype=np.float32)
+    if world["appearance"].baseband:  # complex (I + jQ) scatterers
+        draw = lambda shape: bmode.complex_scatterers(rng, shape)  # noqa: E731
+    else:
+        draw = lambda shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
+    world_t = draw((rows, size + 2 * margin))
+    world_l = draw((rows, size + 2 * margin))
     eps = _FRAME_DECORRELATION
     scat = np.where(sel, take(world_l, idx_l), take(world_t, idx_t))
     scat *= np.float32(np.sqrt(1 - eps**2))
-    scat += np.float32(eps) * rng.standard_normal(scat.shape, dtype=np.float32)
+    scat += np.float32(eps) * draw(scat.shape)
 
     env = _envelope(world, trans, echo, scat, rng)
-    image = bmode.log_compress(env, 1.0, rng.uniform(55, 65))
+    a = world["appearance"]
+    image = bmode.log_compress(env, 1.0, rng.uniform(*a.dynamic_range_db))
+    if a.gamma != 1.0 or a.grey_floor > 0:  # the scanner's grey map
+        grey = np.arange(256) / 255
+        lut = np.rint(255 * (a.grey_floor + (1 - a.grey_floor) * grey**a.gamma))
+        image = lut.astype(np.uint8)[image]
     if world["probe"] == "convex":
         g = world["geometry"]
         image = bmode.scan_convert(image, g, order=1)
         bits, dense = bmode.scan_convert(bits, g, order=0), bmode.scan_convert(dense, g, order=0)
         if keep_envelope:
             env = bmode.scan_convert(env, g, order=1)
-        spacing = (g["spacing_mm"], g["spacing_mm"])
+        spacing = g["spacing_yx_mm"]
     else:
         spacing = (world["dz"], world["ds"])
     return dict(
@@ -541,6 +610,7 @@ def lung_ultrasound_phantom(
     id_prefix: str = "lus",
     beam_shape: tuple[int, int] | None = None,
     frequency_mhz: float | None = None,
+    appearance: str | Appearance = DEFAULT_APPEARANCE,
     **severity,
 ) -> SegmentationSet:
     """Lung ultrasound videos of synthetic patients, with every label of papers 1, 2 and 5.
@@ -565,6 +635,9 @@ def lung_ultrasound_phantom(
             Verasonics ``(960, 128)``, instead of ``image_size`` square (linear probe only; the
             images are then of this shape, unresized).
         frequency_mhz: a fixed probe frequency (paper 2: 5.2 MHz) instead of the drawn one.
+        appearance: ``"calibrated"`` (the default: fitted to real convex lung ultrasound), ``"v1"``
+            (the first generator, bit for bit) or an :class:`Appearance`
+            (:mod:`lus_common.phantoms.appearance`); its version is the set's generator version.
         **severity: fixed disease parameters overriding the diagnostic rules (``n_blines``,
             ``wide_blines``, ``pleural_irregularity_mm``, ``sick_thickness_mm``, ``fragmentation``,
             ``consolidations``, ``consolidation_width_mm``, ``consolidation_depth_mm``,
@@ -580,6 +653,7 @@ def lung_ultrasound_phantom(
     diagnoses = (diagnoses,) if isinstance(diagnoses, str) else tuple(diagnoses)
     for d in diagnoses:
         lookup(DIAGNOSES, d, "diagnosis", error=ValueError)
+    a = resolve_appearance(appearance)
     rng = bmode.as_generator(seed)
     size = int(image_size)
     rows = size
@@ -590,7 +664,7 @@ def lung_ultrasound_phantom(
             )
         rows, size = (int(n) for n in beam_shape)
     patients, kinds, video_rngs = _deal_videos(
-        rng, n_images, n_patients, frames_per_video, probe, diagnoses
+        rng, n_images, n_patients, frames_per_video, probe, diagnoses, a.chest_wall_mm
     )
     n_patients, n_videos = len(patients), len(kinds)
     shape = (n_images, rows, size)
@@ -613,6 +687,7 @@ def lung_ultrasound_phantom(
             severity,
             rows,
             frequency_mhz,
+            a,
         )
         out = _render_video(world, sl.stop - sl.start, video_rngs[v], keep_envelope)
         np.multiply(out["image"], np.float32(1 / 255), out=images[sl])
@@ -631,11 +706,11 @@ def lung_ultrasound_phantom(
     meta = pd.DataFrame(rows)
     ids = [f"{r['video']}_f{r['frame']:03d}" for r in rows]
     info = {"target": target, "probe": probe, "dense_classes": DENSE_CLASSES,
-            "sparse_classes": SPARSE_CLASSES}  # fmt: skip
+            "sparse_classes": SPARSE_CLASSES, "appearance": a.name}  # fmt: skip
     if keep_envelope:
         info["envelope"] = envelopes
     return SegmentationSet.phantom(
-        images, masks, ids, "lung_ultrasound_phantom", GENERATOR_VERSION,
+        images, masks, ids, "lung_ultrasound_phantom", a.version,
         groups=list(meta["patient"]), spacing_mm=spacing, info=info, layers=layers, meta=meta,
     )  # fmt: skip
 
@@ -697,6 +772,7 @@ def _deal_videos(
     frames_per_video: int,
     probe: str,
     diagnoses: tuple,
+    chest_wall_mm: tuple = (10.0, 22.0),
 ) -> tuple[list[dict], list[str], list[np.random.Generator]]:
     """The patients (diagnosis, chest-wall thickness), each video's probe and its own random
     stream (the same images with any thread count); videos go to patients in turn."""
@@ -710,7 +786,7 @@ def _deal_videos(
     patients = [
         dict(
             diagnosis=diagnoses[int(rng.integers(len(diagnoses)))],
-            chest_wall_mm=rng.uniform(10, 22),
+            chest_wall_mm=rng.uniform(*chest_wall_mm),
         )
         for _ in range(n_patients)
     ]
@@ -752,7 +828,11 @@ def _video_rows(
 
 
 def formation_steps(
-    image_size: int = 256, probe: str = "linear", diagnosis: str = "COVID-19", seed=0
+    image_size: int = 256,
+    probe: str = "linear",
+    diagnosis: str = "COVID-19",
+    seed=0,
+    appearance: str | Appearance = DEFAULT_APPEARANCE,
 ) -> dict:
     """The intermediate maps of one frame's image formation, for figures.
 
@@ -762,7 +842,10 @@ def formation_steps(
         converted for a convex probe, in [0, 1]) and ``dense`` (paper 5's classes).
     """
     rng = bmode.as_generator(seed)
-    world = _video_world(int(image_size), 0, probe, rng.uniform(12, 20), diagnosis, rng, {})
+    a = resolve_appearance(appearance)
+    lo, hi = a.chest_wall_mm  # a typical chest wall: 2 mm inside the patients' range
+    chest_wall_mm = rng.uniform(lo + 2, hi - 2)
+    world = _video_world(int(image_size), 0, probe, chest_wall_mm, diagnosis, rng, {}, appearance=a)
     echo = np.where(world["support"], world["echo_l"], world["echo_t"]) * world["transmission"] ** 2
     out = _render_video(world, 1, rng, keep_envelope=True)
     return {

@@ -1,9 +1,11 @@
 """One training loop for every torch study: Adam, optional bf16 autocast, channels_last on GPU,
 data held on the device, on-device augmentation, seeded, with history.
 
-Three tasks share it (``TrainConfig.task``): ``"binary"`` segmentation (one logit map,
-BCE-with-logits), ``"multiclass"`` segmentation (class-index maps, cross-entropy) and
-``"classify"`` (one class per image, cross-entropy). The learning rate decays per epoch
+Four tasks share it (``TrainConfig.task``): ``"binary"`` segmentation (one logit map,
+BCE-with-logits), ``"multilabel"`` segmentation (one logit map per structure, structures may
+overlap, BCE-with-logits), ``"multiclass"`` segmentation (class-index maps, cross-entropy) and
+``"classify"`` (one class per image, cross-entropy). Binary and multi-label losses can add smp's
+soft Dice loss (``dice_weight``), which thin structures need. The learning rate decays per epoch
 (``scheduler="exponential"``) or halves when a watched history column plateaus
 (``scheduler="plateau"``, paper 5's ReduceLROnPlateau).
 """
@@ -28,7 +30,7 @@ from lus_common.evaluation.metrics import pooled_scores, segmentation_scores
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_NORMS = ("imagenet", "unit", "symmetric")
-TASKS = ("binary", "multiclass", "classify")
+TASKS = ("binary", "multilabel", "multiclass", "classify")
 SCHEDULERS = ("exponential", "plateau")
 
 
@@ -48,8 +50,10 @@ class TrainConfig:
     # "imagenet" (mean/std), "unit" (grey in [0, 1], the HC18 authors') or "symmetric" ([-1, 1],
     # what Keras' MobileNetV2 and so the imagenet-dogs160 weights were trained on)
     input_norm: str = "imagenet"
-    # "binary" (masks 0/1, BCE), "multiclass" (class maps, CE) or "classify" (a class per image)
+    # "binary" (masks 0/1, BCE), "multilabel" (N, C, H, W masks, BCE), "multiclass" (class maps,
+    # CE) or "classify" (a class per image)
     task: str = "binary"
+    dice_weight: float = 0.0  # binary / multilabel: + this x smp's soft Dice loss
     scheduler: str = "exponential"  # "exponential" (lr_decay) or "plateau" (ReduceLROnPlateau)
     plateau_on: str = "train_loss"  # history column the plateau watches (a *loss falls, else rises)
     plateau_factor: float = 0.5
@@ -96,10 +100,16 @@ def to_input(
 def to_target(
     masks: np.ndarray, device: torch.device | str = "cpu", task: str = "binary"
 ) -> torch.Tensor:
-    """Targets of a task: 0/1 masks (N, H, W) to floats (N, 1, H, W) (``"binary"``); class maps
-    (N, H, W) or one class per image (N,) to int64 (``"multiclass"``, ``"classify"``)."""
+    """Targets of a task: 0/1 masks (N, H, W) to floats (N, 1, H, W) (``"binary"``); 0/1 masks
+    (N, C, H, W) to floats (``"multilabel"``); class maps (N, H, W) or one class per image (N,) to
+    int64 (``"multiclass"``, ``"classify"``)."""
     if task == "binary":
         return torch.as_tensor(np.asarray(masks, dtype=np.float32), device=device)[:, None]
+    if task == "multilabel":
+        masks = np.asarray(masks, dtype=np.float32)
+        if masks.ndim != 4:
+            raise ValueError(f"multilabel targets are (N, C, H, W) masks, got shape {masks.shape}")
+        return torch.as_tensor(masks, device=device)
     lookup(TASKS, task, "task", error=ValueError)
     return torch.as_tensor(np.asarray(masks, dtype=np.int64), device=device)
 
@@ -170,6 +180,7 @@ def _place(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 # What :func:`predict` returns, from a model's logits.
 OUTPUTS = {
     "foreground": lambda y: torch.sigmoid(y)[:, 0],  # binary: foreground probability (N, H, W)
+    "multilabel": torch.sigmoid,  # multi-label: each structure's probability (N, C, H, W)
     "classes": lambda y: y.argmax(1).to(torch.uint8),  # multi-class: class-index maps (N, H, W)
     "proba": lambda y: torch.softmax(y, 1),  # classifier: class probabilities (N, classes)
 }
@@ -188,7 +199,8 @@ def predict(
     """A model's predictions for grey images, batch by batch, in eval mode, as one array.
 
     ``output`` (:data:`OUTPUTS`): ``"foreground"``, the foreground probabilities (N, H, W) of a
-    binary model; ``"classes"``, the class-index maps (N, H, W, uint8) of a multi-class
+    binary model; ``"multilabel"``, every structure's probabilities (N, C, H, W); ``"classes"``,
+    the class-index maps (N, H, W, uint8) of a multi-class
     segmentation model (the arg-max of its logits); ``"proba"``, the class probabilities
     (N, classes) of a classifier (softmax over dimension 1).
     """
@@ -260,7 +272,7 @@ def train_model(
         )
     else:
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
-    loss_fn = nn.BCEWithLogitsLoss() if cfg.task == "binary" else nn.CrossEntropyLoss()
+    loss_fn = _loss(cfg)
     x_all = _place(to_input(train_images, norm=cfg.input_norm), device)
     y_all = _place(to_target(train_masks, task=cfg.task), device)
     rows = []
@@ -286,6 +298,20 @@ def train_model(
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _loss(cfg: TrainConfig) -> Callable:
+    """The task's loss: BCE-with-logits (+ ``dice_weight`` x smp's soft Dice) for binary and
+    multi-label masks, cross-entropy for class maps and classes."""
+    if cfg.task in ("multiclass", "classify"):
+        return nn.CrossEntropyLoss()
+    bce = nn.BCEWithLogitsLoss()
+    if not cfg.dice_weight:
+        return bce
+    import segmentation_models_pytorch as smp
+
+    dice = smp.losses.DiceLoss("multilabel", from_logits=True)
+    return lambda logits, y: bce(logits, y) + cfg.dice_weight * dice(logits, y)
 
 
 def _train_epoch(model, x_all, y_all, cfg, optimizer, loss_fn, device, gen) -> float:

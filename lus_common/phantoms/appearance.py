@@ -1,0 +1,111 @@
+"""The lung phantom's appearance: probe geometry, pulse and beam, gains, display and the look of
+tissue, shadows and lung, as one set of parameters (:class:`Appearance`).
+
+Two generators are kept, so that one run can compare them (``lus phantom-check``):
+
+- ``"v1"``: the first generator, bit for bit (generator version 1): a letterboxed fan, a 2-cycle
+  pulse, a 55-65 dB display, pitch-black rib shadows with crisp edges, bright A-lines.
+- ``"calibrated"`` (the default, generator version 2): ``v1`` with its appearance parameters fitted
+  to the appearance statistics of real convex lung ultrasound
+  (:mod:`lus_common.phantoms.calibration`, record in ``calibration.json``), and what the statistics
+  showed missing: a fan that fills the frame as scanners display it, tissue texture and fascia
+  layers in the chest wall, a reverberation haze under the pleura that fades with depth, shadows
+  whose edges soften with depth and that clutter fills in a little, weaker scan lines at the fan's
+  edges, a grey map (gamma) after log compression.
+
+A range ``(lo, hi)`` is drawn uniformly per video; a number is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from lus_common.config.registry import lookup
+
+CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """Appearance parameters of :func:`lus_common.phantoms.lung_ultrasound_phantom`.
+
+    The defaults are the first generator's (``v1``); a feature whose parameter is at its default
+    draws no random number, so ``v1`` images stay bit-identical.
+    """
+
+    name: str = "v1"
+    version: int = 1  # the generator version stored with the images (run keys change with it)
+    # Probe geometry. Linear: depth, face width (mm); convex: depth, radius, opening angle.
+    linear_depth_mm: tuple = (40.0, 60.0)
+    linear_width_mm: tuple = (38.0, 46.0)
+    linear_freq_mhz: tuple = (5.0, 7.5)
+    convex_depth_mm: tuple = (80.0, 120.0)
+    convex_freq_mhz: tuple = (3.0, 4.5)
+    convex_radius_mm: tuple = (40.0, 60.0)
+    convex_angle_deg: tuple = (55.0, 70.0)
+    fill_frame: bool = False  # the fan's bounding box is the frame (True), or letterboxed (False)
+    chest_wall_mm: tuple = (10.0, 22.0)  # per patient, skin to pleura
+    # Pulse and beam: axial sigma = axial_scale x a 2-cycle pulse; lateral sigma in mm. baseband:
+    # the echo is formed after IQ demodulation (complex scatterers, no carrier), so the pulse may
+    # be shorter than the carrier's room on the pixel grid allows (v1: an analytic RF signal).
+    baseband: bool = False
+    axial_scale: float = 1.0
+    lateral_mm_linear: float = 0.45
+    lateral_mm_convex: float = 0.8
+    min_sigma_px: float = 1.2  # the beam is never narrower than this many scan lines
+    min_axial_px: float = 1.0  # nor the pulse shorter than this many depth samples
+    # Gains and display.
+    attenuation_db_cm_mhz: tuple = (0.4, 0.6)
+    tgc_fraction: float = 1.0  # share of the nominal attenuation (0.5 dB/cm/MHz) TGC restores
+    gain_db: tuple = (-2.0, 3.0)
+    dynamic_range_db: tuple = (55.0, 65.0)
+    gamma: float = 1.0  # grey map after log compression: out = floor + (1 - floor) in ** gamma
+    grey_floor: float = 0.0  # the darkest grey inside the image (scanners rarely show black)
+    edge_falloff_db: float = 0.0  # convex: weaker scan lines at the fan's edges (dB at the edge)
+    # Tissue.
+    wall_gain: float = 1.0  # echogenicity of skin, fat, septa, fascia and muscle, x this
+    texture: float = 0.0  # std of the log echogenicity of chest-wall texture (muscle fibres, fat)
+    texture_mm: tuple = (0.25, 2.5)  # its correlation lengths, axial and lateral
+    muscle_fascia: tuple = (0, 0)  # extra fascia lines in the muscle, [lo, hi)
+    # Lung.
+    aline_gain: float = 1.0  # A-line brightness relative to the reverberation model
+    lung_haze: float = 0.0  # echogenicity of reverberation haze under the pleura (pleura = 1)
+    haze_decay_mm: float = 10.0  # its fall-off length with depth below the pleura
+    # Ribs.
+    rib_echo: float = 3.0  # echogenicity of the rib's cortex (pleura = 1)
+    rib_transmission: float = 1e-3  # two-way amplitude passed by bone (-60 dB)
+    shadow_edge_mm: float = 0.6  # width of the shadow's soft edge at the rib
+    shadow_spread: float = 0.0  # extra edge width per mm of depth below the rib (diffraction)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+V1 = Appearance()
+
+
+def _calibrated() -> Appearance:
+    """The calibrated appearance: :data:`V1` with the fitted values of ``calibration.json``."""
+    record = json.loads(CALIBRATION_FILE.read_text()) if CALIBRATION_FILE.is_file() else {}
+    known = {f.name for f in fields(Appearance)}
+    fitted = record.get("appearance", {})
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in fitted.items()}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(
+            f"{CALIBRATION_FILE.name}: unknown appearance parameters {sorted(unknown)}"
+        )
+    return replace(V1, **{**values, "name": "calibrated", "version": 2})
+
+
+APPEARANCES = {"v1": V1, "calibrated": _calibrated()}
+DEFAULT_APPEARANCE = "calibrated"
+
+
+def resolve_appearance(appearance) -> Appearance:
+    """An :class:`Appearance` from a name of :data:`APPEARANCES` or an instance (kept as it is)."""
+    if isinstance(appearance, Appearance):
+        return appearance
+    return lookup(APPEARANCES, appearance, "phantom appearance", error=ValueError)

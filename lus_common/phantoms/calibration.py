@@ -1,0 +1,262 @@
+"""Fit the lung phantom's appearance to real frames: ``lus phantom-calibrate --real <folder>``.
+
+What is fitted is appearance only, never a label: the statistics of
+:mod:`lus_common.phantoms.realism` (grey levels, speckle, depth profile, layer depth, sector,
+shadows), computed from the pixels of real frames and of phantom frames in the same way.
+
+1. **Sector geometry.** The real frames' fan (:func:`~lus_common.phantoms.realism.sector_masks`,
+   over all frames) against the fans that :func:`~lus_common.phantoms.bmode.sector_geometry`
+   draws when the fan fills the frame: the ratio of probe radius to depth and the opening angle
+   with the largest intersection over union, on a grid.
+2. **Everything else** (:data:`SEARCH`): pulse length, beam width, gain, dynamic range, grey map,
+   the fan's edge fall-off, tissue texture and brightness, the lung's reverberation haze and its
+   fall-off, A-line brightness, the rib's brightness, bone transmission, shadow edges and
+   chest-wall thickness, each in a stated range.
+   The objective (:func:`objective`) is the mean squared standardised difference of the statistics
+   (each capped at 10) plus the histogram and depth-profile distances in stated units. A Sobol
+   sample of the ranges, then Powell's method from the best point, both on the same phantom
+   frames (one seed: common random numbers, so two candidates differ by their parameters alone).
+
+The result is written to ``calibration.json`` beside this module (the fitted values, the
+statistics before and after, the real data's fingerprint and the command), which the
+``"calibrated"`` appearance reads (:mod:`lus_common.phantoms.appearance`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from lus_common.phantoms import bmode, realism
+from lus_common.phantoms.appearance import CALIBRATION_FILE, V1, Appearance
+
+
+@dataclass(frozen=True)
+class Range:
+    """A fitted parameter: searched in ``[lo, hi]`` (on a log scale when ``log``); drawn per video
+    as ``value +- half`` when ``half`` (a range parameter of :class:`Appearance`)."""
+
+    lo: float
+    hi: float
+    log: bool = False
+    half: float = 0.0
+
+    def value(self, u: float) -> float:
+        """The parameter at ``u`` in [0, 1]."""
+        u = float(np.clip(u, 0, 1))
+        if self.log:
+            return float(np.exp(np.log(self.lo) + u * (np.log(self.hi) - np.log(self.lo))))
+        return self.lo + u * (self.hi - self.lo)
+
+    def unit(self, value: float) -> float:
+        """Inverse of :meth:`value`."""
+        if self.log:
+            return float((np.log(value) - np.log(self.lo)) / (np.log(self.hi) - np.log(self.lo)))
+        return (value - self.lo) / (self.hi - self.lo)
+
+
+SEARCH = {
+    "axial_scale": Range(0.15, 1.5),
+    "lateral_mm_convex": Range(0.2, 1.5),
+    "dynamic_range_db": Range(30.0, 75.0, half=4.0),
+    "gain_db": Range(-18.0, 6.0, half=2.5),
+    "gamma": Range(0.6, 2.2),
+    "grey_floor": Range(0.0, 0.08),
+    "edge_falloff_db": Range(0.0, 12.0),
+    "texture": Range(0.0, 1.0),
+    "lung_haze": Range(1e-3, 0.3, log=True),
+    "haze_decay_mm": Range(3.0, 60.0),
+    "aline_gain": Range(0.03, 1.0, log=True),
+    "rib_transmission": Range(3e-3, 0.5, log=True),
+    "shadow_edge_mm": Range(0.3, 4.0),
+    "shadow_spread": Range(0.0, 0.25),
+    "chest_wall_mm": Range(11.0, 30.0, half=5.0),
+    "wall_gain": Range(0.5, 10.0, log=True),
+    "rib_echo": Range(0.3, 3.0, log=True),
+}
+# What the statistics showed missing, switched on, and the convex probe's depth and frequency
+# (the fitted pulse and beam are in millimetres; their size in pixels follows from the depth).
+FIXED = dict(
+    baseband=True,
+    fill_frame=True,
+    min_axial_px=0.3,
+    min_sigma_px=0.5,
+    muscle_fascia=(1, 4),
+    convex_depth_mm=(85.0, 105.0),
+    convex_freq_mhz=(2.5, 4.5),
+)
+# Units of the distances in the objective: a histogram 0.01 apart (Wasserstein-1, grey levels
+# of [0, 1]) or depth profiles 0.02 apart (RMS) count as much as one standard deviation.
+HISTOGRAM_UNIT, PROFILE_UNIT, Z_CAP = 0.01, 0.02, 10.0
+
+
+def fit_sector(inside: np.ndarray, size: int) -> dict:
+    """The fan that fills the frame and best matches the real frames' sector mask.
+
+    Args:
+        inside: (H, W) bool, the real sector (e.g. the mean of
+            :func:`~lus_common.phantoms.realism.sector_masks` over the frames, above one half).
+        size: the frames' side.
+
+    Returns:
+        dict with ``radius_over_depth``, ``angle_deg`` and ``iou``.
+    """
+    best = (-1.0, 0.0, 0.0)
+    for ratio in np.linspace(0.2, 0.8, 31):
+        for angle in np.linspace(40, 90, 51):
+            g = bmode.sector_geometry(size, 50 * ratio, 50, angle, fill=True)
+            iou = (g["inside"] & inside).sum() / max((g["inside"] | inside).sum(), 1)
+            best = max(best, (float(iou), float(ratio), float(angle)))
+    return {"iou": best[0], "radius_over_depth": best[1], "angle_deg": best[2]}
+
+
+def appearance_from(units: dict, sector: dict, base: Appearance = V1) -> Appearance:
+    """The appearance of fitted unit values (one per :data:`SEARCH` entry) and a sector fit."""
+    values = {}
+    for name, r in SEARCH.items():
+        v = r.value(units[name])
+        values[name] = (v - r.half, v + r.half) if r.half else v
+    depth = np.mean(FIXED["convex_depth_mm"])
+    radius = sector["radius_over_depth"] * depth
+    angle = sector["angle_deg"]
+    return replace(
+        base,
+        name="calibrated",
+        version=2,
+        **FIXED,
+        **values,
+        convex_radius_mm=(radius - 3.0, radius + 3.0),
+        convex_angle_deg=(angle - 2.0, angle + 2.0),
+    )
+
+
+def phantom_frames(appearance: Appearance, size: int, n_videos: int = 12, frames: int = 4, seed=0):
+    """Healthy convex-probe phantom frames (the real set is one healthy volunteer) and videos."""
+    from lus_common.phantoms.lung import lung_ultrasound_phantom
+
+    d = lung_ultrasound_phantom(
+        n_videos * frames,
+        n_patients=n_videos,
+        frames_per_video=frames,
+        image_size=size,
+        probe="convex",
+        diagnoses="healthy",
+        seed=seed,
+        appearance=appearance,
+    )
+    return d.images, list(d.meta["video"])
+
+
+def objective(phantom: dict, real: dict) -> tuple[float, dict]:
+    """The distance the fit minimises, and its parts.
+
+    ``mean(min(z^2, 100))`` over the statistics of :data:`realism.STATISTICS`, plus the
+    histogram's Wasserstein-1 and the depth profiles' RMS difference, each in its unit squared.
+    """
+    table, distances = realism.compare_statistics(phantom, real)
+    z2 = float(np.mean(np.minimum(table["z"].to_numpy() ** 2, Z_CAP**2)))
+    value = (
+        z2
+        + (distances["histogram_w1"] / HISTOGRAM_UNIT) ** 2
+        + (distances["profile_rms"] / PROFILE_UNIT) ** 2
+    )
+    return value, {"mean_z2": z2, **distances}
+
+
+def calibrate(
+    real_images: np.ndarray,
+    real_groups,
+    n_sobol: int = 64,
+    max_evaluations: int = 300,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Fit the calibrated appearance to real frames (see the module docstring).
+
+    Args:
+        real_images: (N, S, S) real convex-probe frames in [0, 1].
+        real_groups: clip per frame.
+        n_sobol: points of the initial Sobol sample (a power of 2).
+        max_evaluations: function evaluations of Powell's method after it.
+        seed: the Sobol scramble and the phantom frames' seed.
+        progress: print the best objective as it improves.
+
+    Returns:
+        The record written by :func:`write_record`: ``appearance`` (the fitted values),
+        ``units``, ``sector``, ``objective`` before (``v1``) and after, and the statistics.
+    """
+    from scipy.optimize import minimize
+    from scipy.stats import qmc
+
+    start = time.perf_counter()
+    size = real_images.shape[-1]
+    real = realism.summarise(real_images, real_groups)
+    inside = realism.sector_masks(real_images, real_groups).mean(0) > 0.5
+    sector = fit_sector(inside, size)
+    names = list(SEARCH)
+    cache: dict[tuple, float] = {}
+    best = {"value": np.inf, "units": None}
+
+    def evaluate(u: np.ndarray) -> float:
+        key = tuple(np.round(np.clip(u, 0, 1), 6))
+        if key not in cache:
+            a = appearance_from(dict(zip(names, key)), sector)
+            cache[key] = objective(realism.summarise(*phantom_frames(a, size, seed=seed)), real)[0]
+            if cache[key] < best["value"]:
+                best.update(value=cache[key], units=np.array(key))
+                if progress:
+                    print(f"{len(cache):4d} evaluations: objective {cache[key]:.3f}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+        return cache[key]
+
+    sample = qmc.Sobol(len(names), seed=seed).random(n_sobol)
+    for u in sample:
+        evaluate(u)
+    minimize(
+        evaluate,
+        best["units"],
+        method="Powell",
+        bounds=[(0, 1)] * len(names),
+        options={"maxfev": max_evaluations, "xtol": 1e-3, "ftol": 1e-4},
+    )
+    units = dict(zip(names, best["units"].tolist()))
+    fitted = appearance_from(units, sector)
+    before = objective(realism.summarise(*phantom_frames(V1, size, seed=seed)), real)
+    after = objective(realism.summarise(*phantom_frames(fitted, size, seed=seed)), real)
+    changed = {
+        k: v
+        for k, v in fitted.as_dict().items()
+        if k not in ("name", "version") and getattr(V1, k) != v
+    }
+    return {
+        "appearance": {k: list(v) if isinstance(v, tuple) else v for k, v in changed.items()},
+        "units": units,
+        "sector": sector,
+        "objective": {"v1": before[0], "calibrated": after[0]},
+        "parts": {"v1": before[1], "calibrated": after[1]},
+        "evaluations": len(cache),
+        "seconds": round(time.perf_counter() - start, 1),
+        "image_size": int(size),
+        "frames": int(len(real_images)),
+    }
+
+
+def write_record(record: dict, real_fingerprint: str, command: str, path: Path = CALIBRATION_FILE):
+    """Write the calibration record (with the real data's fingerprint and the command) as JSON."""
+    from lus_common.store.environment import environment_info
+
+    out = {
+        "what": "appearance of the lung phantom fitted to real convex lung ultrasound "
+        "(lus_common.phantoms.calibration); the 'calibrated' appearance reads 'appearance'",
+        "command": command,
+        "real_data": {"fingerprint": real_fingerprint, "frames": record["frames"]},
+        **record,
+        "environment": environment_info(),
+    }
+    Path(path).write_text(json.dumps(out, indent=1, default=float) + "\n")
+    return Path(path)

@@ -1,0 +1,617 @@
+"""How real is the lung phantom? Appearance statistics, a domain classifier and sim-to-real Dice.
+
+Three measurements compare phantom frames with real lung ultrasound frames of the same probe type
+at the same size (:func:`phantom_check` runs all three for one or more generators):
+
+- **Appearance statistics** (:func:`frame_statistics`, :func:`compare_statistics`), from the
+  pixels alone, the same code for both sides (no mask is read): the fraction of the frame inside
+  the sector; grey-level mean, spread and histogram inside it (histogram distance: Wasserstein-1
+  and Jensen-Shannon); speckle in the chest wall (log-domain mean and standard deviation, the
+  dynamic range a Rayleigh envelope would need for that spread, and the speckle size as the
+  autocorrelation's full width at half maximum, axial and lateral); the depth profile of mean
+  brightness; the depth of the brightest layer (the pleura, or the ribs' surface above it) as a
+  fraction of the sector's depth; and how strongly the deep image varies from scan line to scan
+  line (rib shadows), with the steepness of its edges.
+- **A domain classifier** (:func:`domain_auc`): a small CNN trained to tell phantom from real
+  frames, with folds that keep a real clip and a phantom video on one side; its held-out ROC AUC
+  (0.5: it cannot tell them apart).
+- **Sim-to-real transfer** (:func:`sim_to_real`): a U-Net trained on phantom frames only and scored
+  on the real frames (pleural line, rib shadow), beside the real-to-real ceiling: the same U-Net
+  and budget trained on some real clips and scored on the others (:func:`real_to_real`).
+
+The calibration of the phantom (:mod:`lus_common.phantoms.calibration`) fits its appearance
+parameters to the statistics, never to the real masks: the Dice is a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+# The real structure masks of lus_pleura_rib and the phantom layer that labels the same thing.
+STRUCTURE_LAYERS = {"pleural_line": "pleura", "rib_shadow": "rib_shadow", "rib_line": "ribs"}
+DEPTH_BINS = 20
+HIST_BINS = 32
+_EPS = 1e-6
+
+
+def sector_masks(images: np.ndarray, groups) -> np.ndarray:
+    """Where each frame's image lies: the fan of a convex probe, the rectangle of a linear one.
+
+    Rib shadows inside the fan can be as black as the outside, so the fan is taken from all frames
+    of a group (clip or video: one probe setting): the pixels above 3/255 in at least a fifth of
+    them, opened (JPEG specks and stray text go), and the convex hull of what is left (a fan's
+    near-field arc adds a thin sliver to it).
+
+    Args:
+        images: (N, H, W) grey frames in [0, 1].
+        groups: one clip or video id per frame.
+
+    Returns:
+        bool array (N, H, W).
+    """
+    from skimage.morphology import convex_hull_image
+
+    groups = np.asarray(groups)
+    out = np.zeros(images.shape, bool)
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        lit = (images[idx] > 3 / 255).mean(0) >= 0.2
+        lit = ndimage.binary_opening(lit, np.ones((3, 3), bool), iterations=2)
+        out[idx] = convex_hull_image(lit) if lit.any() else lit
+    return out
+
+
+def depth_fraction(inside: np.ndarray) -> np.ndarray:
+    """Per pixel, how far down its scan line it lies: 0 at the sector's top edge in its column,
+    1 at the bottom edge (NaN outside). Columns stand in for scan lines (exact for a linear probe,
+    close to the centre of a fan)."""
+    h = inside.shape[-2]
+    rows = np.arange(h)[:, None]
+    any_col = inside.any(-2)
+    top = np.where(any_col, inside.argmax(-2), 0)
+    bottom = np.where(any_col, h - 1 - inside[..., ::-1, :].argmax(-2), 1)
+    frac = (rows - top[..., None, :]) / np.maximum(bottom - top, 1)[..., None, :]
+    return np.where(inside, frac, np.nan)
+
+
+def _autocorrelation_widths(patch: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
+    """Full width at half maximum (pixels) of the normalised autocorrelation of a zero-mean
+    ``patch`` where ``weight`` is 1, along rows (axial) and columns (lateral)."""
+    shape = [int(2 ** np.ceil(np.log2(2 * n))) for n in patch.shape]
+    f = np.fft.rfft2(patch * weight, shape)
+    w = np.fft.rfft2(weight, shape)
+    ac = np.fft.irfft2(f * np.conj(f), shape)
+    norm = np.fft.irfft2(w * np.conj(w), shape)
+    ac = ac / np.maximum(norm, 1.0)
+    ac /= ac[0, 0] + _EPS
+
+    def fwhm(line):
+        below = np.flatnonzero(line < 0.5)
+        if not len(below):
+            return np.nan
+        k = below[0]
+        # linear interpolation of the half-maximum crossing between k-1 and k
+        x = k - 1 + (line[k - 1] - 0.5) / max(line[k - 1] - line[k], _EPS)
+        return 2 * x
+
+    return fwhm(ac[: shape[0] // 2, 0]), fwhm(ac[0, : shape[1] // 2])
+
+
+def brightest_layer_depth(image: np.ndarray, frac: np.ndarray) -> float:
+    """Depth fraction of the brightest layer in the upper 60 % of the sector: the pleura, or the
+    ribs' surface just above it (the profile of mean brightness over 60 depth bins, the middle
+    half of the scan lines)."""
+    cols = image.shape[1]
+    centre = slice(cols // 4, cols - cols // 4)
+    f, v = frac[:, centre], image[:, centre]
+    ok = np.isfinite(f)
+    bins = np.minimum((f[ok] * 60).astype(int), 59)
+    sums = np.bincount(bins, v[ok], 60)
+    counts = np.bincount(bins, minlength=60)
+    profile = ndimage.gaussian_filter1d(sums / np.maximum(counts, 1), 0.7)
+    lo, hi = 2, 36  # skip the skin line; at most 60 % of the depth
+    return float((lo + np.argmax(profile[lo:hi]) + 0.5) / 60)
+
+
+def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
+    """Appearance statistics of every frame, from the pixels alone.
+
+    Args:
+        images: (N, H, W) grey frames in [0, 1] (real frames as loaded, phantom frames as made).
+        groups: clip or video per frame (the sector is found per group).
+
+    Returns:
+        ``(table, arrays)``: one row per frame with ``sector_fraction``, ``grey_mean``,
+        ``grey_p05``, ``grey_p50``, ``grey_p95``, ``dark_fraction`` (below 0.05 inside the
+        sector), ``layer_depth`` (:func:`brightest_layer_depth`), ``wall_mean`` and ``wall_std``
+        (grey in the chest wall, between 25 % and 85 % of the layer depth),
+        ``implied_range_db`` (5.57 dB / ``wall_std``: the display range at which a Rayleigh
+        envelope, whose log has a 5.57 dB standard deviation, would give that spread),
+        ``speckle_axial_px`` and ``speckle_lateral_px`` (autocorrelation FWHM of the
+        high-passed chest wall and lung), ``column_contrast`` (coefficient of variation of the
+        scan lines' mean brightness between 40 % and 90 % depth: rib shadows) and
+        ``shadow_edge`` (the steepest change of that lateral profile, per pixel, over its mean);
+        and ``arrays`` with ``histogram`` (N, :data:`HIST_BINS`) and ``depth_profile``
+        (N, :data:`DEPTH_BINS`).
+    """
+    images = np.asarray(images, np.float32)
+    n, h, w = images.shape
+    inside = sector_masks(images, groups)
+    rows, hists, profiles = [], [], []
+    edges = np.linspace(0, 1, HIST_BINS + 1)
+    for k in range(n):
+        img, ins = images[k], inside[k]
+        frac = depth_fraction(ins)
+        v = img[ins]
+        hist = np.histogram(v, edges)[0].astype(float)
+        hists.append(hist / max(hist.sum(), 1))
+        ok = np.isfinite(frac)
+        bins = np.minimum((frac[ok] * DEPTH_BINS).astype(int), DEPTH_BINS - 1)
+        prof = np.bincount(bins, img[ok], DEPTH_BINS) / np.maximum(
+            np.bincount(bins, minlength=DEPTH_BINS), 1
+        )
+        profiles.append(prof)
+        layer = brightest_layer_depth(img, frac)
+        wall = ins & (frac > 0.25 * layer) & (frac < 0.85 * layer)
+        wv = img[wall]
+        # speckle size: high-pass (local mean removed) below the skin, ribs and bright lines kept
+        hp = img - ndimage.gaussian_filter(img, 4.0)
+        region = (ins & (frac > 0.05) & (frac < 0.95)).astype(np.float32)
+        region = ndimage.binary_erosion(region, iterations=4).astype(np.float32)
+        ax, lat = _autocorrelation_widths(hp - (hp * region).sum() / max(region.sum(), 1), region)
+        deep = ins & (frac > 0.4) & (frac < 0.9)
+        col_n = deep.sum(0)
+        good = col_n >= 0.1 * h
+        col_mean = (img * deep).sum(0)[good] / col_n[good]
+        smooth = ndimage.gaussian_filter1d(col_mean, 1.0) if len(col_mean) > 3 else col_mean
+        contrast = float(col_mean.std() / (col_mean.mean() + _EPS)) if len(col_mean) else np.nan
+        edge = (
+            float(np.abs(np.diff(smooth)).max() / (col_mean.mean() + _EPS))
+            if len(col_mean) > 3
+            else np.nan
+        )
+        wall_std = float(wv.std()) if wv.size > 20 else np.nan
+        rows.append(
+            {
+                "sector_fraction": float(ins.mean()),
+                "grey_mean": float(v.mean()),
+                "grey_p05": float(np.percentile(v, 5)),
+                "grey_p50": float(np.percentile(v, 50)),
+                "grey_p95": float(np.percentile(v, 95)),
+                "dark_fraction": float((v < 0.05).mean()),
+                "layer_depth": layer,
+                "wall_mean": float(wv.mean()) if wv.size > 20 else np.nan,
+                "wall_std": wall_std,
+                "implied_range_db": 5.57 / wall_std if wall_std and wall_std > 0 else np.nan,
+                "speckle_axial_px": ax,
+                "speckle_lateral_px": lat,
+                "column_contrast": contrast,
+                "shadow_edge": edge,
+            }
+        )
+    return pd.DataFrame(rows), {"histogram": np.array(hists), "depth_profile": np.array(profiles)}
+
+
+# The statistics compared, with the floor of the scale their differences are measured in (a
+# statistic's difference counts in units of the real frames' spread, never below this floor).
+STATISTICS = {
+    "sector_fraction": 0.02,
+    "grey_mean": 0.02,
+    "grey_p05": 0.01,
+    "grey_p50": 0.02,
+    "grey_p95": 0.03,
+    "dark_fraction": 0.03,
+    "layer_depth": 0.02,
+    "wall_mean": 0.03,
+    "wall_std": 0.02,
+    "speckle_axial_px": 0.2,
+    "speckle_lateral_px": 0.3,
+    "column_contrast": 0.05,
+    "shadow_edge": 0.03,
+}
+
+
+def summarise(images: np.ndarray, groups) -> dict:
+    """:func:`frame_statistics` of a set reduced to what :func:`compare_statistics` needs: the
+    per-frame table, its means and standard deviations, the mean histogram and depth profile."""
+    table, arrays = frame_statistics(images, groups)
+    return {
+        "table": table,
+        "mean": table.mean(),
+        "std": table.std(),
+        "histogram": arrays["histogram"].mean(0),
+        "depth_profile": arrays["depth_profile"].mean(0),
+    }
+
+
+def compare_statistics(phantom: dict, real: dict) -> tuple[pd.DataFrame, dict]:
+    """Phantom against real, statistic by statistic, and the distances between their histograms
+    and depth profiles.
+
+    Args:
+        phantom: :func:`summarise` of phantom frames.
+        real: :func:`summarise` of real frames.
+
+    Returns:
+        ``(table, distances)``: one row per statistic of :data:`STATISTICS` with ``real``,
+        ``phantom``, ``real_sd`` and ``z`` (the difference in units of the real frames' standard
+        deviation, or of the statistic's floor where that is larger); ``distances`` holds
+        ``histogram_w1`` (Wasserstein-1 between the grey-level histograms, in grey levels of
+        [0, 1]), ``histogram_js`` (Jensen-Shannon distance, base 2: 0 same, 1 disjoint),
+        ``profile_rms`` (root mean square difference of the depth profiles) and ``mean_abs_z``.
+    """
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import wasserstein_distance
+
+    rows = []
+    for name, floor in STATISTICS.items():
+        r, p, sd = real["mean"][name], phantom["mean"][name], real["std"][name]
+        scale = max(float(sd) if np.isfinite(sd) else 0.0, floor)
+        rows.append({"statistic": name, "real": r, "phantom": p, "real_sd": sd,
+                     "z": (p - r) / scale})  # fmt: skip
+    table = pd.DataFrame(rows).set_index("statistic")
+    centres = (np.arange(HIST_BINS) + 0.5) / HIST_BINS
+    distances = {
+        "histogram_w1": float(
+            wasserstein_distance(centres, centres, phantom["histogram"], real["histogram"])
+        ),
+        "histogram_js": float(jensenshannon(phantom["histogram"], real["histogram"], base=2)),
+        "profile_rms": float(
+            np.sqrt(np.mean((phantom["depth_profile"] - real["depth_profile"]) ** 2))
+        ),
+        "mean_abs_z": float(np.abs(table["z"]).mean()),
+    }
+    return table, distances
+
+
+# ---------------------------------------------------------------------------------------------
+# Learnt measurements: a domain classifier and sim-to-real segmentation
+# ---------------------------------------------------------------------------------------------
+
+# Budgets of `lus phantom-check`: working size, phantom training frames, epochs, folds.
+CHECK_PROFILES = {
+    "paper": dict(size=256, train_videos=60, frames_per_video=13, seg_epochs=30, folds=3,
+                  domain_epochs=20, batch_size=16, lr=1e-3, stats_size=256, seed=0),
+    "quick": dict(size=128, train_videos=24, frames_per_video=13, seg_epochs=12, folds=3,
+                  domain_epochs=10, batch_size=16, lr=2e-3, stats_size=256, seed=0),
+    "smoke": dict(size=64, train_videos=6, frames_per_video=6, seg_epochs=2, folds=2,
+                  domain_epochs=2, batch_size=16, lr=2e-3, stats_size=128, seed=0),
+}  # fmt: skip
+SEGMENTER_FEATURES = (16, 32, 64, 128)  # a small U-Net: fast on a CPU, enough for two structures
+
+
+def label_thickness_px(masks: np.ndarray) -> float:
+    """Median thickness of thin band labels (e.g. the annotated pleural line): pixels per column
+    where a column has any, over all frames."""
+    per_col = masks.sum(-2)
+    return float(np.median(per_col[per_col > 0])) if (per_col > 0).any() else 0.0
+
+
+def thicken(masks: np.ndarray, thickness_px: float) -> np.ndarray:
+    """Band labels of at least ``thickness_px`` rows: each labelled pixel grown up and down.
+
+    A phantom's pleura is its exact acoustic thickness (1-2 pixels); annotators draw the pleural
+    line as a band of a few pixels. Trained on the exact label, a segmenter learns a thinner line
+    than the one it is scored against; thickened, it learns the annotation's convention.
+    """
+    grow = max(0, int(round((thickness_px - 1) / 2)))
+    if grow == 0:
+        return masks
+    structure = np.zeros((1, 2 * grow + 1, 1), bool)
+    structure[0, :, 0] = True
+    return ndimage.binary_dilation(masks.astype(bool), structure).astype(np.uint8)
+
+
+def phantom_training_set(appearance, n_videos: int, frames: int, size: int, seed: int):
+    """Healthy convex-probe phantom videos (as the real volunteer): a SegmentationSet."""
+    from lus_common.phantoms.lung import lung_ultrasound_phantom
+
+    return lung_ultrasound_phantom(
+        n_videos * frames,
+        n_patients=n_videos,
+        frames_per_video=frames,
+        image_size=size,
+        probe="convex",
+        diagnoses="healthy",
+        seed=seed,
+        appearance=appearance,
+        id_prefix=f"sim{seed}",
+    )
+
+
+def _train_segmenter(images, masks, p: dict, seed: int, device: str):
+    """A small U-Net trained on ``masks`` (N, C, H, W), BCE + soft Dice, flips and rotation."""
+    import torch
+
+    from lus_common.models.torch_unet import UNet
+    from lus_common.training.torch_loop import TrainConfig, train_model
+
+    torch.manual_seed(seed)
+    model = UNet(3, masks.shape[1], SEGMENTER_FEATURES)
+    cfg = TrainConfig(
+        epochs=p["seg_epochs"], batch_size=p["batch_size"], lr=p["lr"], lr_decay=0.9,
+        rotation_deg=10, hflip=True, task="multilabel", dice_weight=1.0, seed=seed,
+        input_norm="unit",
+    )  # fmt: skip
+    history = train_model(model, images, masks, cfg, device)
+    return model, history
+
+
+def _dice_per_structure(model, images, masks, structures, device: str) -> dict:
+    """Mean per-frame Dice of each structure, over the frames whose real mask has it."""
+    from lus_common.evaluation.metrics import segmentation_scores
+    from lus_common.training.torch_loop import predict
+
+    probs = predict(model, images, 16, device, input_norm="unit", output="multilabel")
+    out = {}
+    for c, name in enumerate(structures):
+        has = masks[:, c].reshape(len(masks), -1).any(1)
+        scores = segmentation_scores(probs[has, c], masks[has, c])
+        out[name] = {"dice": float(scores["dice"].mean()), "frames": int(has.sum()),
+                     "per_frame": scores["dice"].round(4).tolist()}  # fmt: skip
+    return out
+
+
+def _stack(data, names) -> np.ndarray:
+    return np.stack([data.layers[n] for n in names], 1)
+
+
+def sim_to_real(phantom, real, structures, thickness_px: float, p: dict, device: str) -> dict:
+    """Train on phantom frames only, score on every real frame.
+
+    Args:
+        phantom: a phantom SegmentationSet (its layers named as :data:`STRUCTURE_LAYERS` says).
+        real: the real SegmentationSet (``lus_pleura_rib``), same size.
+        structures: real structure names, e.g. ``("pleural_line", "rib_shadow")``.
+        thickness_px: the pleural line's annotated thickness (:func:`label_thickness_px`).
+        p: a :data:`CHECK_PROFILES` entry.
+        device: torch device.
+
+    Returns:
+        ``{structure: {"dice", "frames", "per_frame"}}`` and ``"train_seconds"``.
+    """
+    import time
+
+    y = _stack(phantom, [STRUCTURE_LAYERS[s] for s in structures])
+    for c, s in enumerate(structures):
+        if s in ("pleural_line", "rib_line"):
+            y[:, c] = thicken(y[:, c], thickness_px)
+    start = time.perf_counter()
+    model, _ = _train_segmenter(phantom.images, y, p, p["seed"], device)
+    out = _dice_per_structure(model, real.images, _stack(real, structures), structures, device)
+    out["train_seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def real_to_real(real, structures, p: dict, device: str) -> dict:
+    """The ceiling: the same U-Net and budget trained on the real frames of some clips and scored
+    on the others (``p["folds"]`` folds by clip); every frame is scored once, held out.
+
+    Returns:
+        ``{structure: {"dice", "frames", "per_frame"}}`` (per frame in the real set's order) and
+        ``"folds"``, ``"train_seconds"``.
+    """
+    import time
+
+    from lus_common.data.sets import group_folds
+
+    folds = group_folds(real.groups, p["folds"], p["seed"])
+    y = _stack(real, structures)
+    per_frame = {s: np.full(len(real), np.nan) for s in structures}
+    # the same number of optimiser steps as the phantom run: more epochs over fewer frames
+    n_sim = p["train_videos"] * p["frames_per_video"]
+    start = time.perf_counter()
+    for f in range(p["folds"]):
+        train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        q = dict(p, seg_epochs=max(1, round(p["seg_epochs"] * n_sim / len(train))))
+        model, _ = _train_segmenter(real.images[train], y[train], q, p["seed"] + f, device)
+        probs_scores = _dice_per_structure(model, real.images[test], y[test], structures, device)
+        for c, s in enumerate(structures):
+            has = np.flatnonzero(y[test, c].reshape(len(test), -1).any(1))
+            per_frame[s][test[has]] = probs_scores[s]["per_frame"]
+    out = {
+        s: {"dice": float(np.nanmean(v)), "frames": int(np.isfinite(v).sum()),
+            "per_frame": [None if np.isnan(x) else float(x) for x in v]}
+        for s, v in per_frame.items()
+    }  # fmt: skip
+    out["folds"] = int(p["folds"])
+    out["train_seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+class DomainCNN:
+    """The domain classifier: four strided 3x3 convolutions (16-32-64-64, batch norm, ReLU),
+    global average pooling and one linear layer to two classes (phantom, real)."""
+
+    def __new__(cls):
+        from torch import nn
+
+        layers, ch = [], 3
+        for out in (16, 32, 64, 64):
+            layers += [nn.Conv2d(ch, out, 3, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            ch = out
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, 2))
+
+
+def domain_auc(phantom_images, phantom_groups, real_images, real_groups, p: dict, device: str):
+    """Held-out ROC AUC of a small CNN telling phantom (0) from real (1) frames.
+
+    Folds keep a real clip, or a phantom video, on one side (scikit-learn's
+    ``StratifiedGroupKFold``); every frame is scored once, by the fold that held it out, and the
+    AUC is computed over all of them (also per fold).
+
+    Returns:
+        dict with ``auc``, ``auc_folds``, ``accuracy`` (threshold 0.5) and ``frames``.
+    """
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from lus_common.data.sets import group_folds
+    from lus_common.training.torch_loop import TrainConfig, predict, train_model
+
+    images = np.concatenate([phantom_images, real_images]).astype(np.float32)
+    domain = np.r_[np.zeros(len(phantom_images), int), np.ones(len(real_images), int)]
+    groups = [f"phantom:{g}" for g in phantom_groups] + [f"real:{g}" for g in real_groups]
+    folds = group_folds(groups, p["folds"], p["seed"], stratify=domain)
+    score = np.full(len(images), np.nan)
+    aucs = []
+    for f in range(p["folds"]):
+        train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        torch.manual_seed(p["seed"] + f)
+        model = DomainCNN()
+        cfg = TrainConfig(
+            epochs=p["domain_epochs"],
+            batch_size=p["batch_size"],
+            lr=1e-3,
+            hflip=True,
+            task="classify",
+            seed=p["seed"] + f,
+            input_norm="unit",
+        )
+        train_model(model, images[train], domain[train], cfg, device)
+        score[test] = predict(model, images[test], 32, device, input_norm="unit", output="proba")[
+            :, 1
+        ]
+        if len(np.unique(domain[test])) == 2:
+            aucs.append(float(roc_auc_score(domain[test], score[test])))
+    return {
+        "auc": float(roc_auc_score(domain, score)),
+        "auc_folds": aucs,
+        "accuracy": float(((score > 0.5) == domain).mean()),
+        "frames": {"phantom": int(len(phantom_images)), "real": int(len(real_images))},
+    }
+
+
+def _statistics_table(real: dict, phantoms: dict) -> tuple[list[dict], dict]:
+    """Rows statistic by statistic (real, then each generator and its z) and distances."""
+    rows, distances = {}, {}
+    for name, summary in phantoms.items():
+        table, distances[name] = compare_statistics(summary, real)
+        for stat, row in table.iterrows():
+            r = rows.setdefault(stat, {"statistic": stat, "real": row["real"],
+                                       "real_sd": row["real_sd"]})  # fmt: skip
+            r[name] = row["phantom"]
+            r[f"z_{name}"] = row["z"]
+    return list(rows.values()), distances
+
+
+def phantom_check(
+    real_dir=None,
+    structures=("pleural_line", "rib_shadow"),
+    generators=("v1", "calibrated"),
+    profile: str = "quick",
+    device: str = "cpu",
+    progress: bool = True,
+    **overrides,
+) -> dict:
+    """How real is each phantom generator, against ``lus_pleura_rib``-style real frames.
+
+    Args:
+        real_dir: the real folder (``image/`` and ``mask/<structure>/``; default
+            ``$LUS_DATA_DIR/lus_pleura_rib``).
+        structures: real structures to segment (``pleural_line``, ``rib_shadow``, ``rib_line``).
+        generators: appearances of :mod:`lus_common.phantoms.appearance` to compare.
+        profile: a budget of :data:`CHECK_PROFILES` (``quick`` runs in minutes on a CPU).
+        device: torch device for the networks.
+        progress: print a line per step.
+        **overrides: values of the profile to change (``size``, ``seg_epochs``, ...).
+
+    Returns:
+        A JSON-ready dict: ``real`` (folder, frames, clips, fingerprint), ``params``,
+        ``label_thickness_px``, ``ceiling`` (real-to-real Dice per structure), per generator its
+        ``version``, ``sim_to_real`` (Dice per structure), ``domain`` (AUC) and ``distances``
+        (histogram, profile, mean |z|), and ``statistics`` (rows: real and every generator).
+    """
+    import time
+
+    from lus_common.config.profiles import resolve_params
+    from lus_common.data.lus_pleura_rib import load_lus_pleura_rib
+    from lus_common.phantoms.appearance import resolve_appearance
+
+    start = time.perf_counter()
+    p = resolve_params(CHECK_PROFILES, profile, **overrides)
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    for s in structures:
+        if s not in STRUCTURE_LAYERS:
+            raise ValueError(f"Unknown structure '{s}'. Known structures: {list(STRUCTURE_LAYERS)}")
+    appearances = {g: resolve_appearance(g) for g in generators}
+    real = load_lus_pleura_rib(real_dir, image_size=p["size"])
+    real_stats_set = load_lus_pleura_rib(real_dir, image_size=p["stats_size"])
+    n_clips, per_clip = len(set(real.groups)), int(np.ceil(len(real) / len(set(real.groups))))
+    thickness = label_thickness_px(real.layers["pleural_line"])
+    say(f"real: {len(real)} frames, {n_clips} clips; pleural line drawn {thickness:.1f} px thick")
+    result = {
+        "real": {"folder": real.info["root"], "frames": len(real), "clips": n_clips,
+                 "fingerprint": real.fingerprint()},
+        "params": {**p, "profile": profile, "structures": list(structures), "device": device},
+        "label_thickness_px": thickness,
+        "generators": {},
+    }  # fmt: skip
+    real_summary = summarise(real_stats_set.images, real_stats_set.groups)
+    summaries = {}
+    for g, a in appearances.items():
+        t0 = time.perf_counter()
+        look = phantom_training_set(a, n_clips, per_clip, p["stats_size"], p["seed"] + 101)
+        summaries[g] = summarise(look.images, look.meta["video"])
+        small = phantom_training_set(a, n_clips, per_clip, p["size"], p["seed"] + 101)
+        domain = domain_auc(small.images, small.meta["video"], real.images, real.groups, p, device)
+        say(f"{g}: domain classifier AUC {domain['auc']:.3f}")
+        train = phantom_training_set(
+            a, p["train_videos"], p["frames_per_video"], p["size"], p["seed"]
+        )
+        sim = sim_to_real(train, real, structures, thickness, p, device)
+        say(f"{g}: sim-to-real Dice " + ", ".join(f"{s} {sim[s]['dice']:.3f}" for s in structures))
+        result["generators"][g] = {"version": a.version, "domain": domain, "sim_to_real": sim,
+                                   "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    rows, distances = _statistics_table(real_summary, summaries)
+    for g in appearances:
+        result["generators"][g]["distances"] = distances[g]
+    result["statistics"] = rows
+    for key in ("depth_profile", "histogram"):
+        result[key] = {"real": real_summary[key].tolist()}
+        result[key].update({g: s[key].tolist() for g, s in summaries.items()})
+    ceiling = real_to_real(real, structures, p, device)
+    say("real-to-real ceiling: " + ", ".join(f"{s} {ceiling[s]['dice']:.3f}" for s in structures))
+    result["ceiling"] = ceiling
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def headline(result: dict) -> dict:
+    """The one-line summary ``lus phantom-check`` prints: per generator its sim-to-real Dice and
+    domain AUC, the real-to-real ceiling, and the seconds."""
+    structures = result["params"]["structures"]
+    line = {"real_frames": result["real"]["frames"], "profile": result["params"]["profile"],
+            "size": result["params"]["size"]}  # fmt: skip
+    for g, r in result["generators"].items():
+        line[g] = {
+            "version": r["version"],
+            "sim_to_real_dice": {s: round(r["sim_to_real"][s]["dice"], 4) for s in structures},
+            "domain_auc": round(r["domain"]["auc"], 4),
+            "mean_abs_z": round(r["distances"]["mean_abs_z"], 3),
+        }
+    line["real_to_real_dice"] = {s: round(result["ceiling"][s]["dice"], 4) for s in structures}
+    line["seconds"] = result["seconds"]
+    return line
+
+
+def write_check(result: dict, path) -> Path:
+    """Write a :func:`phantom_check` result as JSON (with the environment), atomically."""
+    from lus_common.store.environment import environment_info
+
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({**result, "environment": environment_info()}, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_check(path) -> dict:
+    """A result written by :func:`write_check`."""
+    return json.loads(Path(path).read_text())
