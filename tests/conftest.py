@@ -62,3 +62,20 @@ def real_pocus():
     if root is None:
         pytest.skip("POCUS data not present (set LUS_DATA_DIR or provide ../shared/data/pocus)")
     return root
+
+
+def pleura_rib_root() -> Path | None:
+    """``$LUS_DATA_DIR/lus_pleura_rib`` or ``../shared/data/lus_pleura_rib``, if it has frames."""
+    for candidate in (os.environ.get("LUS_DATA_DIR"), PROJECT_ROOT.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "lus_pleura_rib" / "image").is_dir():
+            return Path(candidate).resolve() / "lus_pleura_rib"
+    return None
+
+
+@pytest.fixture
+def real_pleura_rib():
+    """The real lus_pleura_rib folder (skips the test without it)."""
+    root = pleura_rib_root()
+    if root is None:
+        pytest.skip("lus_pleura_rib not present (set LUS_DATA_DIR or provide ../shared/data)")
+    return root

@@ -81,7 +81,7 @@ def test_build_refuses_missing_chapter(tmp_path):
     "chapter, figures",
     [
         ("04_hc18_strategies", 6),
-        ("00_phantoms", 11),
+        ("00_phantoms", 15),
         ("03_cxr_overfitting", 6),
         ("A1_pretrained_weights", 1),
         ("05_dense_sparse", 4),

@@ -21,7 +21,8 @@ from lus_common.phantoms import (
 
 @pytest.fixture(scope="module")
 def healthy_linear():
-    """Healthy lungs on a linear probe with a smooth pleura, envelopes kept."""
+    """Healthy lungs on a linear probe with a smooth pleura, envelopes kept; the calibrated look
+    with tissue of one echogenicity (no texture), where speckle is fully developed."""
     return lung_ultrasound_phantom(
         12,
         n_patients=3,
@@ -33,6 +34,7 @@ def healthy_linear():
         keep_envelope=True,
         n_blines=0,
         pleural_irregularity_mm=0.0,
+        appearance=checks.homogeneous("calibrated"),
     )
 
 
@@ -60,17 +62,22 @@ def test_a_lines_at_integer_multiples_of_the_pleural_depth(healthy_linear):
             assert abs(np.median(e)) <= 2, (n, np.median(e))
 
 
-def test_rib_shadow_is_dark():
-    d = lung_ultrasound_phantom(16, n_patients=4, frames_per_video=4, probe="linear", seed=5)
+@pytest.mark.parametrize("appearance", ["v1", "calibrated"])
+def test_rib_shadow_is_dark(appearance):
+    d = lung_ultrasound_phantom(
+        16, n_patients=4, frames_per_video=4, probe="linear", seed=5, appearance=appearance
+    )
     ratios = checks.rib_shadow_ratios(d)
     assert len(ratios) >= 5
     assert max(ratios) < 0.30
 
 
-def test_b_lines_do_not_fade_with_depth():
+@pytest.mark.parametrize("appearance", ["v1", "calibrated"])
+def test_b_lines_do_not_fade_with_depth(appearance):
     d = lung_ultrasound_phantom(
-        16, n_patients=4, frames_per_video=4, probe="linear", diagnoses="COVID-19", seed=7
-    )
+        16, n_patients=4, frames_per_video=4, probe="linear", diagnoses="COVID-19", seed=7,
+        appearance=appearance,
+    )  # fmt: skip
     ratios = checks.b_line_depth_ratios(d)
     assert len(ratios) >= 5
     np.testing.assert_allclose(ratios, 1.0, atol=0.20)
@@ -144,13 +151,21 @@ def test_videos_share_anatomy_and_ids_allow_patient_and_video_splits():
     assert not set(m["video"][train]) & set(m["video"][test])
 
 
-def test_convex_probe_is_a_sector_with_black_corners():
+@pytest.mark.parametrize("appearance", ["v1", "calibrated"])
+def test_convex_probe_is_a_sector_with_black_corners(appearance):
     d = lung_ultrasound_phantom(
-        4, frames_per_video=4, n_patients=1, image_size=128, probe="convex", seed=0
-    )
+        4, frames_per_video=4, n_patients=1, image_size=128, probe="convex", seed=0,
+        appearance=appearance,
+    )  # fmt: skip
     assert (d.images[:, 0, :8] == 0).all() and (d.images[:, -1, :4] == 0).all()  # outside the fan
-    assert d.images[:, 64, 64].min() > 0 and np.allclose(d.spacing_mm[:, 0], d.spacing_mm[:, 1])
+    assert d.images[:, 64, 64].min() > 0
     assert (d.layers["dense"][:, 0, :8] == 0).all()
+    square = np.allclose(d.spacing_mm[:, 0], d.spacing_mm[:, 1])
+    # v1 letterboxes the fan with square pixels; the calibrated frame is the scanner's, squeezed
+    assert square == (appearance == "v1")
+    if appearance == "calibrated":
+        assert (d.images[:, 0, 64] > 0).all()  # depth 0 of the centre line is the top row
+        assert d.images[0, :, 0].any()  # the fan's deep corners reach the sides
 
 
 def test_bad_arguments_are_explained():

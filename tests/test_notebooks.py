@@ -28,6 +28,7 @@ CHAPTER_SECTIONS = {
         "Lung ultrasound",
         "Physical checks",
         "Despeckling",
+        "How real is it?",
         "Chest X-ray",
         "Salient objects",
         "Fetal head",
@@ -155,13 +156,16 @@ def test_phantoms_chapter_smoke(tmp_path):
         o.get("data", {}).get("text/html", "") for c in nb.cells for o in c.get("outputs", [])
     )
     assert "Rayleigh" in html and "paper-1-sized set" in text
+    # the realism section: generated from the recorded check and the calibration record
+    assert "Trained on phantom frames only" in text and "Domain classifier" in text
+    assert "phantom-check" in text and "phantom-calibrate" in text
     figures = [
         o["data"]["application/vnd.plotly.v1+json"]
         for c in nb.cells
         for o in c.get("outputs", [])
         if "application/vnd.plotly.v1+json" in o.get("data", {})
     ]
-    assert len(figures) >= 11
+    assert len(figures) >= 15
     for fig in figures:  # every figure says its images are synthetic
         assert "SYNTHETIC phantom" in fig["layout"]["title"]["text"]
 

@@ -125,3 +125,39 @@ def test_flip_probabilities_are_the_configured_ones():
     share = (ya[:, 0, -1, :].sum(dim=1) > 0).float().mean().item()
     assert abs(share - 0.1) < 0.02  # the authors' vertical flip, p = 0.1
     assert TrainConfig(hflip=True).hflip == 0.5 and TrainConfig(hflip=False).hflip == 0.0
+
+
+def test_multilabel_task_learns_overlapping_structures_with_log_dice():
+    """Two structures that overlap (a thin line inside a large region) from one network, one
+    sigmoid map each; the log-Dice term makes the thin one learnable within a few epochs."""
+    from lus_common.models.torch_unet import UNet
+    from lus_common.training.torch_loop import _loss, to_target
+
+    rng = np.random.default_rng(0)
+    n, s = 24, 32
+    images = rng.uniform(0, 0.3, (n, s, s)).astype(np.float32)
+    masks = np.zeros((n, 2, s, s), np.uint8)
+    for k in range(n):
+        r = rng.integers(6, 24)
+        images[k, r : r + 2] += 0.6  # a bright line ...
+        masks[k, 0, r : r + 2] = 1
+        masks[k, 1, r:] = 1  # ... and everything beneath it
+    torch.manual_seed(0)
+    model = UNet(3, 2, (8, 16, 32, 64))
+    cfg = TrainConfig(epochs=15, batch_size=8, lr=3e-3, task="multilabel", dice_weight=1.0,
+                      log_dice=True, input_norm="unit")  # fmt: skip
+    h = train_model(model, images, masks, cfg)
+    assert h.train_loss.iloc[-1] < 0.5 * h.train_loss.iloc[0]
+    probs = predict(model, images, output="multilabel", input_norm="unit")
+    assert probs.shape == (n, 2, s, s)
+    pred = probs > 0.5
+    for c in (0, 1):
+        inter = (pred[:, c] & (masks[:, c] > 0)).sum()
+        assert 2 * inter / (pred[:, c].sum() + masks[:, c].sum()) > 0.6, c
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        to_target(masks[:, 0], task="multilabel")
+    # the log-Dice term is -log(Dice): large while a structure is missed, 0 when it is found
+    loss = _loss(cfg)
+    y = torch.as_tensor(masks[:4].astype(np.float32))
+    assert loss(torch.where(y > 0, 20.0, -20.0), y).item() < 0.01
+    assert loss(torch.full_like(y, -20.0), y).item() > 5

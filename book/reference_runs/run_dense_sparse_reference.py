@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from lus_common.config.device import resolve_device
+from lus_common.phantoms.appearance import DEFAULT_APPEARANCE
 from lus_common.studies import base
 from lus_common.studies import s5_dense_sparse as s5
 
@@ -63,7 +64,10 @@ def main(argv=None) -> int:
             f"{p['batch_size']}, ReduceLROnPlateau on the training loss, last epoch) with "
             f"{reduced}; on a {args.device}."
         )
-        path = base.export_reference(folders, what, command, args.device, args.out, params=p)
+        path = base.export_reference(
+            folders, what, command, args.device, args.out, params=p,
+            extra={"phantom_appearance": DEFAULT_APPEARANCE},
+        )  # fmt: skip
         print(f"wrote {path}", flush=True)
 
     for seed in p["seeds"]:

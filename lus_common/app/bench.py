@@ -127,7 +127,7 @@ def benchmark(
     }
 
 
-PHANTOMS = ("lus", "lus_linear", "lus_convex", "cxr", "salient", "fetal_head")
+PHANTOMS = ("lus", "lus_v1", "lus_linear", "lus_convex", "cxr", "salient", "fetal_head")
 
 
 def benchmark_phantom(kind: str, size: int = 256, n: int = 1024, seed: int = 0) -> dict:
@@ -135,7 +135,8 @@ def benchmark_phantom(kind: str, size: int = 256, n: int = 1024, seed: int = 0) 
 
     Args:
         kind: one of :data:`PHANTOMS` (``lus``: lung ultrasound videos of 16 frames, linear and
-            convex probes mixed, all diagnoses).
+            convex probes mixed, all diagnoses, the calibrated appearance; ``lus_v1``: the same
+            with the first generator's).
         size: square image side.
         n: images to generate (after a short warm-up).
         seed: generator seed.
@@ -150,6 +151,9 @@ def benchmark_phantom(kind: str, size: int = 256, n: int = 1024, seed: int = 0) 
 
     makers = {
         "lus": lambda m: phantoms.lung_ultrasound_phantom(m, image_size=size, seed=seed),
+        "lus_v1": lambda m: phantoms.lung_ultrasound_phantom(
+            m, image_size=size, seed=seed, appearance="v1"
+        ),
         "lus_linear": lambda m: phantoms.lung_ultrasound_phantom(
             m, image_size=size, probe="linear", seed=seed
         ),

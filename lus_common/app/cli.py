@@ -170,8 +170,17 @@ def _cmd_phantom_calibrate(args) -> int:
     from lus_common.phantoms import calibration
 
     real = load_lus_pleura_rib(_real_folder(args), image_size=args.size)
+    start = None
+    if not args.fresh and calibration.CALIBRATION_FILE.is_file():  # refine the current fit
+        start = json.loads(calibration.CALIBRATION_FILE.read_text()).get("units")
     record = calibration.calibrate(
-        real.images, real.groups, args.sobol, args.evaluations, args.seed, progress=not args.quiet
+        real.images,
+        real.groups,
+        args.sobol,
+        args.evaluations,
+        args.seed,
+        progress=not args.quiet,
+        start=start,
     )
     path = calibration.write_record(
         record, real.fingerprint(), args.command_line, args.out or calibration.CALIBRATION_FILE
@@ -245,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--phantom",
         default=None,
-        help="time phantom generation instead: lus, lus_linear, "
-        "lus_convex, cxr, salient or fetal_head",
+        help="time phantom generation instead: lus (calibrated), lus_v1 (first generator), "
+        "lus_linear, lus_convex, cxr, salient or fetal_head",
     )
     bench.add_argument("--n", type=int, default=1024, help="images to generate with --phantom")
     bench.set_defaults(func=_cmd_bench)
@@ -302,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--out", default=None, help="the record (default: the package's own)")
     cal.add_argument("--quiet", action="store_true")
+    cal.add_argument(
+        "--fresh", action="store_true", help="do not start from the current calibration's values"
+    )
     cal.set_defaults(func=_cmd_phantom_calibrate)
 
     studies = sub.add_parser(

@@ -5,7 +5,10 @@ All phantoms share one interface: a ``seed`` (int or ``np.random.Generator``) in
 metadata).
 
 - :func:`lung_ultrasound_phantom` (papers 1, 2 and 5): B-mode videos formed by :mod:`.bmode`;
-  :func:`lung_patients_phantom` draws them patient by patient, with the diagnoses given.
+  :func:`lung_patients_phantom` draws them patient by patient, with the diagnoses given. Their look
+  is an :class:`~.appearance.Appearance`: ``"calibrated"`` (the default, fitted to real frames by
+  :mod:`.calibration`) or ``"v1"`` (the first generator); :mod:`.realism` measures how real each
+  is (``lus phantom-check``).
 - :func:`fetal_head_phantom` (paper 4, HC18).
 - :func:`chest_xray_phantom` (paper 3, Shenzhen-like chest X-rays).
 - :func:`salient_object_phantom` (paper 2's X-UNet pretraining, XPIE-like scenes).

@@ -45,7 +45,12 @@ class Appearance:
     convex_freq_mhz: tuple = (3.0, 4.5)
     convex_radius_mm: tuple = (40.0, 60.0)
     convex_angle_deg: tuple = (55.0, 70.0)
-    fill_frame: bool = False  # the fan's bounding box is the frame (True), or letterboxed (False)
+    convex_radius_ratio: tuple | None = None  # radius = this x depth (else convex_radius_mm)
+    fill_frame: bool = False  # the frame as scanners show it (True), or the fan letterboxed
+    # Images smaller than this are formed at this size, then resized as real frames are (PIL's
+    # antialiased bilinear): a small image's pixel then averages the speckle it covers (0: form
+    # every image at its own size).
+    render_size: int = 0
     chest_wall_mm: tuple = (10.0, 22.0)  # per patient, skin to pleura
     # Pulse and beam: axial sigma = axial_scale x a 2-cycle pulse; lateral sigma in mm. baseband:
     # the echo is formed after IQ demodulation (complex scatterers, no carrier), so the pulse may
@@ -63,6 +68,7 @@ class Appearance:
     dynamic_range_db: tuple = (55.0, 65.0)
     gamma: float = 1.0  # grey map after log compression: out = floor + (1 - floor) in ** gamma
     grey_floor: float = 0.0  # the darkest grey inside the image (scanners rarely show black)
+    smoothing_px: float = 0.0  # the scanner's speckle reduction: a Gaussian of this sigma (px)
     edge_falloff_db: float = 0.0  # convex: weaker scan lines at the fan's edges (dB at the edge)
     # Tissue.
     wall_gain: float = 1.0  # echogenicity of skin, fat, septa, fascia and muscle, x this

@@ -102,9 +102,9 @@ def baseband_psf_spectrum(
 
 def complex_scatterers(rng: np.random.Generator, shape: tuple) -> np.ndarray:
     """Circular complex Gaussian scatterers of unit variance (I and Q each of variance 1/2)."""
-    iq = rng.standard_normal((2, *shape), dtype=np.float32)
+    iq = rng.standard_normal((*shape, 2), dtype=np.float32)  # I and Q side by side
     iq *= np.float32(np.sqrt(0.5))
-    return iq[0] + np.complex64(1j) * iq[1]
+    return iq.view(np.complex64)[..., 0]
 
 
 def padded_shape(shape: tuple[int, int], pad: int = 16) -> tuple[int, int]:
@@ -204,10 +204,12 @@ def sector_geometry(
         radius_mm: the probe's radius of curvature.
         depth_mm: imaging depth below the face.
         angle_deg: the fan's opening angle.
-        fill: ``False``: square pixels, the fan centred in the square image (letterboxed).
-            ``True``: the fan's bounding box is the frame, as a scanner displays it (its face's
-            corners at the top edge, its deep corners at the sides), then resized to the square,
-            as the loaders resize real frames: the pixels are then taller or wider than square.
+        fill: ``False``: square pixels, the whole fan centred in the square image
+            (letterboxed). ``True``: the frame as a scanner displays it, then resized to the
+            square as the loaders resize real frames (the pixels are then taller or wider than
+            square): it shows depths 0 to ``depth_mm`` of the centre scan line, so its top edge
+            is flat, at the face's centre (the face's arc above it is cut off), and its width is
+            the fan's at its deep corners.
 
     Returns:
         dict with ``row``, ``col`` (fractional beam-space indices per output pixel, for a beam-space
@@ -218,13 +220,14 @@ def sector_geometry(
     r_max = radius_mm + depth_mm
     width = 2 * r_max * np.sin(half)
     height = r_max - radius_mm * np.cos(half)
-    if fill:
-        dy, dx = height / image_size, width / image_size
+    if fill:  # the frame's top edge at the face's centre, depth 0
+        dy, dx = depth_mm / image_size, width / image_size
+        y = ((np.arange(image_size) + 0.5) * dy)[:, None] + radius_mm
     else:
         dy = dx = max(width, height) / image_size
-    # the frame's top edge lies (frame height - fan height) / 2 above the face's corners
-    top = (image_size * dy - height) / 2
-    y = ((np.arange(image_size) + 0.5) * dy)[:, None] + radius_mm * np.cos(half) - top
+        # the frame's top edge lies (frame height - fan height) / 2 above the face's corners
+        top = (image_size * dy - height) / 2
+        y = ((np.arange(image_size) + 0.5) * dy)[:, None] + radius_mm * np.cos(half) - top
     x = ((np.arange(image_size) + 0.5) * dx)[None, :] - image_size * dx / 2
     r = np.hypot(x, y)
     theta = np.arctan2(x, y)
@@ -275,3 +278,35 @@ def scan_convert(beam: np.ndarray, geometry: dict, order: int = 1) -> np.ndarray
             out = np.rint(out)
         out = out.astype(beam.dtype)
     return np.where(inside, out, 0).astype(beam.dtype)
+
+
+def resize_weights(n_in: int, n_out: int) -> np.ndarray:
+    """The (n_out, n_in) matrix of PIL's bilinear resize along one axis: a triangle filter
+    widened by the reduction factor (antialiased), centred on each output pixel, normalised."""
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)
+    weights = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = (i + 0.5) * scale
+        lo, hi = max(int(centre - stretch + 0.5), 0), min(int(centre + stretch + 0.5), n_in)
+        x = np.arange(lo, hi)
+        w = np.maximum(0.0, 1 - np.abs((x - centre + 0.5) / stretch))
+        weights[i, lo:hi] = w / w.sum()
+    return weights
+
+
+def display_resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """Frames ``(..., H, W)`` resized to ``size`` x ``size`` as the loaders resize real frames
+    (PIL's antialiased bilinear, :func:`resize_weights`): a display pixel averages the finer
+    pixels it covers, speckle included. Returns float32."""
+    rows = resize_weights(frames.shape[-2], size).astype(np.float32)
+    cols = resize_weights(frames.shape[-1], size).astype(np.float32)
+    return rows @ frames.astype(np.float32, copy=False) @ cols.T
+
+
+def nearest_resize(labels: np.ndarray, size: int) -> np.ndarray:
+    """Label maps ``(..., H, W)`` resized to ``size`` x ``size`` by nearest neighbour (the
+    pixel whose centre each output pixel's centre falls in, as PIL's NEAREST)."""
+    r = np.floor((np.arange(size) + 0.5) * labels.shape[-2] / size).astype(np.intp)
+    c = np.floor((np.arange(size) + 0.5) * labels.shape[-1] / size).astype(np.intp)
+    return labels[..., r[:, None], c[None, :]]

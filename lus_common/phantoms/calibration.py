@@ -7,11 +7,12 @@ shadows), computed from the pixels of real frames and of phantom frames in the s
 1. **Sector geometry.** The real frames' fan (:func:`~lus_common.phantoms.realism.sector_masks`,
    over all frames) against the fans that :func:`~lus_common.phantoms.bmode.sector_geometry`
    draws when the fan fills the frame: the ratio of probe radius to depth and the opening angle
-   with the largest intersection over union, on a grid.
+   with the largest intersection over union, on a grid. The phantom's fans vary by +-0.01 and
+   +-0.5 degrees around them: one device, as the real frames come from one.
 2. **Everything else** (:data:`SEARCH`): pulse length, beam width, gain, dynamic range, grey map,
-   the fan's edge fall-off, tissue texture and brightness, the lung's reverberation haze and its
-   fall-off, A-line brightness, the rib's brightness, bone transmission, shadow edges and
-   chest-wall thickness, each in a stated range.
+   speckle reduction, the fan's edge fall-off, tissue texture and brightness, the lung's
+   reverberation haze and its fall-off, A-line brightness, the rib's brightness,
+   bone transmission, shadow edges and chest-wall thickness, each in a stated range.
    The objective (:func:`objective`) is the mean squared standardised difference of the statistics
    (each capped at 10) plus the histogram and depth-profile distances in stated units. A Sobol
    sample of the ranges, then Powell's method from the best point, both on the same phantom
@@ -68,16 +69,17 @@ SEARCH = {
     "gamma": Range(0.6, 2.2),
     "grey_floor": Range(0.0, 0.08),
     "edge_falloff_db": Range(0.0, 12.0),
-    "texture": Range(0.0, 1.0),
+    "texture": Range(0.0, 1.5),
     "lung_haze": Range(1e-3, 0.3, log=True),
     "haze_decay_mm": Range(3.0, 60.0),
     "aline_gain": Range(0.03, 1.0, log=True),
     "rib_transmission": Range(3e-3, 0.5, log=True),
-    "shadow_edge_mm": Range(0.3, 4.0),
-    "shadow_spread": Range(0.0, 0.25),
+    "shadow_edge_mm": Range(0.3, 6.0),
+    "shadow_spread": Range(0.0, 0.4),
     "chest_wall_mm": Range(11.0, 30.0, half=5.0),
     "wall_gain": Range(0.5, 10.0, log=True),
     "rib_echo": Range(0.3, 3.0, log=True),
+    "smoothing_px": Range(0.0, 1.5),
 }
 # What the statistics showed missing, switched on, and the convex probe's depth and frequency
 # (the fitted pulse and beam are in millimetres; their size in pixels follows from the depth).
@@ -89,6 +91,7 @@ FIXED = dict(
     muscle_fascia=(1, 4),
     convex_depth_mm=(85.0, 105.0),
     convex_freq_mhz=(2.5, 4.5),
+    render_size=256,
 )
 # Units of the distances in the objective: a histogram 0.01 apart (Wasserstein-1, grey levels
 # of [0, 1]) or depth profiles 0.02 apart (RMS) count as much as one standard deviation.
@@ -121,18 +124,26 @@ def appearance_from(units: dict, sector: dict, base: Appearance = V1) -> Appeara
     for name, r in SEARCH.items():
         v = r.value(units[name])
         values[name] = (v - r.half, v + r.half) if r.half else v
-    depth = np.mean(FIXED["convex_depth_mm"])
-    radius = sector["radius_over_depth"] * depth
-    angle = sector["angle_deg"]
+    ratio, angle = sector["radius_over_depth"], sector["angle_deg"]
     return replace(
         base,
         name="calibrated",
         version=2,
         **FIXED,
         **values,
-        convex_radius_mm=(radius - 3.0, radius + 3.0),
-        convex_angle_deg=(angle - 2.0, angle + 2.0),
+        convex_radius_ratio=(ratio - 0.01, ratio + 0.01),
+        convex_angle_deg=(angle - 0.5, angle + 0.5),
     )
+
+
+def _v1_unit(name: str) -> float:
+    """The first generator's value of a searched parameter in unit coordinates (0.5 if it has
+    none, or it lies outside the range)."""
+    value, r = getattr(V1, name), SEARCH[name]
+    value = np.mean(value) if isinstance(value, tuple) else value
+    if value is None or not r.lo <= value <= r.hi:
+        return 0.5
+    return float(np.clip(r.unit(value), 0, 1))
 
 
 def phantom_frames(appearance: Appearance, size: int, n_videos: int = 12, frames: int = 4, seed=0):
@@ -172,9 +183,10 @@ def calibrate(
     real_images: np.ndarray,
     real_groups,
     n_sobol: int = 64,
-    max_evaluations: int = 300,
+    max_evaluations: int = 400,
     seed: int = 0,
     progress: bool = True,
+    start: dict | None = None,
 ) -> dict:
     """Fit the calibrated appearance to real frames (see the module docstring).
 
@@ -185,6 +197,9 @@ def calibrate(
         max_evaluations: function evaluations of Powell's method after it.
         seed: the Sobol scramble and the phantom frames' seed.
         progress: print the best objective as it improves.
+        start: unit values of an earlier fit (its record's ``units``), tried before the Sobol
+            points so that a refit starts no worse than it; a parameter it lacks starts at the
+            first generator's value (or the middle of its range).
 
     Returns:
         The record written by :func:`write_record`: ``appearance`` (the fitted values),
@@ -193,7 +208,7 @@ def calibrate(
     from scipy.optimize import minimize
     from scipy.stats import qmc
 
-    start = time.perf_counter()
+    t0 = time.perf_counter()
     size = real_images.shape[-1]
     real = realism.summarise(real_images, real_groups)
     inside = realism.sector_masks(real_images, real_groups).mean(0) > 0.5
@@ -214,6 +229,8 @@ def calibrate(
                           file=sys.stderr, flush=True)  # fmt: skip
         return cache[key]
 
+    if start is not None:
+        evaluate(np.array([start[n] if n in start else _v1_unit(n) for n in names]))
     sample = qmc.Sobol(len(names), seed=seed).random(n_sobol)
     for u in sample:
         evaluate(u)
@@ -240,7 +257,7 @@ def calibrate(
         "objective": {"v1": before[0], "calibrated": after[0]},
         "parts": {"v1": before[1], "calibrated": after[1]},
         "evaluations": len(cache),
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
         "image_size": int(size),
         "frames": int(len(real_images)),
     }

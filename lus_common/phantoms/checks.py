@@ -138,23 +138,44 @@ def despeckle_effect(data: SegmentationSet, k: int, **options) -> dict:
     }
 
 
-# Profiles of "The phantoms" chapter: image side, images per check, images timed.
+# Profiles of "The phantoms" chapter: image side, images per check, images timed, appearance.
 CHAPTER_PROFILES = {
     "paper": dict(
-        image_size=256, n_check_images=64, n_bench_images=5131, seed=0
+        image_size=256, n_check_images=64, n_bench_images=5131, seed=0, appearance="calibrated"
     ),  # a paper-1-sized set
-    "quick": dict(image_size=256, n_check_images=16, n_bench_images=1024, seed=0),
-    "smoke": dict(image_size=256, n_check_images=8, n_bench_images=64, seed=0),
+    "quick": dict(
+        image_size=256, n_check_images=16, n_bench_images=1024, seed=0, appearance="calibrated"
+    ),
+    "smoke": dict(
+        image_size=256, n_check_images=8, n_bench_images=64, seed=0, appearance="calibrated"
+    ),
 }
 
 
-def physical_checks(image_size: int = 256, n: int = 16, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+def homogeneous(appearance="calibrated"):
+    """The appearance with tissue of one echogenicity in the chest wall (no texture, no extra
+    fascia): where fully developed speckle, and so the Rayleigh envelope, can be checked.
+
+    Textured tissue is a mixture of echogenicities, so its envelope is a compound (K-like)
+    distribution whose mean/std lies below Rayleigh's 1.913, as in real muscle."""
+    from dataclasses import replace
+
+    from lus_common.phantoms.appearance import resolve_appearance
+
+    return replace(resolve_appearance(appearance), texture=0.0, muscle_fascia=(0, 0))
+
+
+def physical_checks(
+    image_size: int = 256, n: int = 16, seed: int = 0, appearance="calibrated"
+) -> tuple[pd.DataFrame, dict]:
     """Run every physical check of the lung phantom on fresh sets and compare with the criteria.
 
     Args:
         image_size: side of the images.
         n: images per check (linear probe; 4 frames per video).
         seed: generator seed.
+        appearance: the generator (:mod:`lus_common.phantoms.appearance`); the Rayleigh and
+            despeckling checks use its :func:`homogeneous` tissue.
 
     Returns:
         ``(table, details)``: one row per check (measured value, criterion, pass), and the sets and
@@ -163,17 +184,21 @@ def physical_checks(image_size: int = 256, n: int = 16, seed: int = 0) -> tuple[
     from lus_common.phantoms import lung_ultrasound_phantom
 
     common = dict(
-        n_patients=max(1, n // 8), frames_per_video=4, image_size=image_size, probe="linear"
+        n_patients=max(1, n // 8),
+        frames_per_video=4,
+        image_size=image_size,
+        probe="linear",
+        appearance=appearance,
     )
+    smooth = dict(diagnoses="healthy", n_blines=0, pleural_irregularity_mm=0.0)
     healthy = lung_ultrasound_phantom(
         n,
-        diagnoses="healthy",
         seed=seed,
         keep_envelope=True,
-        n_blines=0,
-        pleural_irregularity_mm=0.0,
-        **common,
+        **smooth,
+        **{**common, "appearance": homogeneous(appearance)},
     )
+    textured = lung_ultrasound_phantom(n, seed=seed, **smooth, **common)
     mixed = lung_ultrasound_phantom(n, seed=seed + 1, **common)
     covid = lung_ultrasound_phantom(n, diagnoses="COVID-19", seed=seed + 2, **common)
     samples = [chest_wall_speckle(healthy, k) for k in range(len(healthy))]
@@ -181,7 +206,7 @@ def physical_checks(image_size: int = 256, n: int = 16, seed: int = 0) -> tuple[
         np.mean([speckle_snr(x) for x in samples])
     )  # per image: gains differ between images
     speckle = np.concatenate([x / x.mean() for x in samples])
-    a_errors = a_line_depth_errors(healthy)
+    a_errors = a_line_depth_errors(textured)
     shadows = rib_shadow_ratios(mixed)
     blines = b_line_depth_ratios(covid)
     effects = [despeckle_effect(healthy, k) for k in range(0, len(healthy), 4)]
@@ -191,6 +216,7 @@ def physical_checks(image_size: int = 256, n: int = 16, seed: int = 0) -> tuple[
     table = pd.DataFrame(rows, columns=["check", "measured", "criterion", "pass"])
     details = dict(
         healthy=healthy,
+        textured=textured,
         mixed=mixed,
         covid=covid,
         speckle=speckle,

@@ -196,7 +196,11 @@ def _probe(
             None,
         )
     depth_mm, freq = rng.uniform(*a.convex_depth_mm), rng.uniform(*a.convex_freq_mhz)
-    radius, angle = rng.uniform(*a.convex_radius_mm), rng.uniform(*a.convex_angle_deg)
+    if a.convex_radius_ratio is None:
+        radius, angle = rng.uniform(*a.convex_radius_mm), rng.uniform(*a.convex_angle_deg)
+    else:
+        radius = rng.uniform(*a.convex_radius_ratio) * depth_mm
+        angle = rng.uniform(*a.convex_angle_deg)
     return (
         depth_mm,
         radius * np.deg2rad(angle),
@@ -579,6 +583,11 @@ def _render_video(
         grey = np.arange(256) / 255
         lut = np.rint(255 * (a.grey_floor + (1 - a.grey_floor) * grey**a.gamma))
         image = lut.astype(np.uint8)[image]
+    if a.smoothing_px > 0:  # speckle reduction on the beam data, as scanners filter it
+        smooth = ndimage.gaussian_filter(
+            image.astype(np.float32), (0, a.smoothing_px, a.smoothing_px)
+        )
+        image = np.rint(smooth).astype(np.uint8)
     if world["probe"] == "convex":
         g = world["geometry"]
         image = bmode.scan_convert(image, g, order=1)
@@ -663,6 +672,8 @@ def lung_ultrasound_phantom(
                 f"beam_shape is for raw linear-probe frames; probe is '{probe}' (use 'linear')."
             )
         rows, size = (int(n) for n in beam_shape)
+    # formed at render x render, then resized to size as real frames are (a.render_size)
+    render = max(size, a.render_size) if beam_shape is None else size
     patients, kinds, video_rngs = _deal_videos(
         rng, n_images, n_patients, frames_per_video, probe, diagnoses, a.chest_wall_mm
     )
@@ -678,20 +689,22 @@ def lung_ultrasound_phantom(
         pid, pat = v % n_patients, patients[v % n_patients]
         sl = slice(v * frames_per_video, min((v + 1) * frames_per_video, n_images))
         world = _video_world(
-            size,
-            max(4, size // 32),
+            render,
+            max(4, render // 32),
             kinds[v],
             pat["chest_wall_mm"],
             pat["diagnosis"],
             video_rngs[v],
             severity,
-            rows,
+            rows if render == size else render,
             frequency_mhz,
             a,
         )
         out = _render_video(world, sl.stop - sl.start, video_rngs[v], keep_envelope)
+        if render != size:
+            out = _display_resize(out, size, render)
         np.multiply(out["image"], np.float32(1 / 255), out=images[sl])
-        _store_labels(out["bits"], out["dense"], {k: a[sl] for k, a in layers.items()})
+        _store_labels(out["bits"], out["dense"], {k: arr[sl] for k, arr in layers.items()})
         if target == "artifacts":
             any_bit = _BIT["pleura"] | _BIT["alines"] | _BIT["blines"] | _BIT["consolidation"]
             np.not_equal(out["bits"] & any_bit, 0, out=masks[sl], casting="unsafe")
@@ -713,6 +726,20 @@ def lung_ultrasound_phantom(
         images, masks, ids, "lung_ultrasound_phantom", a.version,
         groups=list(meta["patient"]), spacing_mm=spacing, info=info, layers=layers, meta=meta,
     )  # fmt: skip
+
+
+def _display_resize(out: dict, size: int, render: int) -> dict:
+    """One video's frames formed at ``render`` pixels, resized to ``size`` as the loaders resize
+    real frames (antialiased bilinear, then 8 bits); labels by nearest neighbour."""
+    image = np.rint(bmode.display_resize(out["image"], size))
+    env = out["envelope"]
+    return dict(
+        image=np.clip(image, 0, 255).astype(np.uint8),
+        bits=bmode.nearest_resize(out["bits"], size),
+        dense=bmode.nearest_resize(out["dense"], size),
+        envelope=None if env is None else bmode.display_resize(env, size),
+        spacing=tuple(np.asarray(out["spacing"]) * render / size),
+    )
 
 
 def lung_patients_phantom(

@@ -134,7 +134,9 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         ``implied_range_db`` (5.57 dB / ``wall_std``: the display range at which a Rayleigh
         envelope, whose log has a 5.57 dB standard deviation, would give that spread),
         ``speckle_axial_px`` and ``speckle_lateral_px`` (autocorrelation FWHM of the
-        high-passed chest wall and lung), ``column_contrast`` (coefficient of variation of the
+        high-passed chest wall and lung), ``step_axial`` and ``step_lateral`` (mean absolute
+        grey difference between neighbouring pixels down and across: the fine texture's
+        contrast), ``column_contrast`` (coefficient of variation of the
         scan lines' mean brightness between 40 % and 90 % depth: rib shadows) and
         ``shadow_edge`` (the steepest change of that lateral profile, per pixel, over its mean);
         and ``arrays`` with ``histogram`` (N, :data:`HIST_BINS`) and ``depth_profile``
@@ -177,6 +179,9 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
             else np.nan
         )
         wall_std = float(wv.std()) if wv.size > 20 else np.nan
+        core = ndimage.binary_erosion(ins, iterations=2)
+        step_axial = float(np.abs(np.diff(img, axis=0))[core[1:] & core[:-1]].mean())
+        step_lateral = float(np.abs(np.diff(img, axis=1))[core[:, 1:] & core[:, :-1]].mean())
         rows.append(
             {
                 "sector_fraction": float(ins.mean()),
@@ -191,6 +196,8 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
                 "implied_range_db": 5.57 / wall_std if wall_std and wall_std > 0 else np.nan,
                 "speckle_axial_px": ax,
                 "speckle_lateral_px": lat,
+                "step_axial": step_axial,
+                "step_lateral": step_lateral,
                 "column_contrast": contrast,
                 "shadow_edge": edge,
             }
@@ -201,9 +208,9 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
 # The statistics compared, with the floor of the scale their differences are measured in (a
 # statistic's difference counts in units of the real frames' spread, never below this floor).
 STATISTICS = {
-    "sector_fraction": 0.02,
+    "sector_fraction": 0.005,
     "grey_mean": 0.02,
-    "grey_p05": 0.01,
+    "grey_p05": 0.003,
     "grey_p50": 0.02,
     "grey_p95": 0.03,
     "dark_fraction": 0.03,
@@ -212,6 +219,8 @@ STATISTICS = {
     "wall_std": 0.02,
     "speckle_axial_px": 0.2,
     "speckle_lateral_px": 0.3,
+    "step_axial": 0.003,
+    "step_lateral": 0.003,
     "column_contrast": 0.05,
     "shadow_edge": 0.03,
 }
@@ -336,8 +345,8 @@ def _train_segmenter(images, masks, p: dict, seed: int, device: str):
     model = UNet(3, masks.shape[1], SEGMENTER_FEATURES)
     cfg = TrainConfig(
         epochs=p["seg_epochs"], batch_size=p["batch_size"], lr=p["lr"], lr_decay=0.9,
-        rotation_deg=10, hflip=True, task="multilabel", dice_weight=1.0, seed=seed,
-        input_norm="unit",
+        rotation_deg=10, hflip=True, task="multilabel", dice_weight=1.0, log_dice=True,
+        seed=seed, input_norm="unit",
     )  # fmt: skip
     history = train_model(model, images, masks, cfg, device)
     return model, history
@@ -439,28 +448,52 @@ class DomainCNN:
         return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, 2))
 
 
-def domain_auc(phantom_images, phantom_groups, real_images, real_groups, p: dict, device: str):
+def common_fan(phantom_images, phantom_groups, real_images, real_groups) -> np.ndarray:
+    """Where every phantom and every real frame has image: the intersection of all their
+    sectors (:func:`sector_masks`), so that a classifier shown only these pixels cannot tell the
+    two apart by the fan's outline."""
+    phantom = sector_masks(phantom_images, phantom_groups).all(0)
+    return phantom & sector_masks(real_images, real_groups).all(0)
+
+
+def domain_auc(
+    phantom_images,
+    phantom_groups,
+    real_images,
+    real_groups,
+    p: dict,
+    device: str,
+    mask: np.ndarray | None = None,
+):
     """Held-out ROC AUC of a small CNN telling phantom (0) from real (1) frames.
 
     Folds keep a real clip, or a phantom video, on one side (scikit-learn's
-    ``StratifiedGroupKFold``); every frame is scored once, by the fold that held it out, and the
-    AUC is computed over all of them (also per fold).
+    ``StratifiedGroupKFold``); every frame is scored once, by the fold that held it out. With
+    ``mask``, every frame is shown only inside it (black elsewhere).
 
     Returns:
-        dict with ``auc``, ``auc_folds``, ``accuracy`` (threshold 0.5) and ``frames``.
+        dict with ``auc`` (the mean of the folds' AUCs after the last epoch), ``auc_folds``,
+        ``auc_pooled`` (over all held-out scores at once: lower when the folds' classifiers are
+        calibrated differently), ``auc_by_epoch`` (the folds' mean held-out AUC after each
+        epoch: how fast the difference is learnt, which still tells generators apart when both
+        end at 1), ``epochs_to_099`` (the first epoch at 0.99 or more, None if never),
+        ``log_loss`` (held-out cross-entropy: how sure it is), ``accuracy`` (threshold 0.5) and
+        ``frames``.
     """
     import torch
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import log_loss, roc_auc_score
 
     from lus_common.data.sets import group_folds
     from lus_common.training.torch_loop import TrainConfig, predict, train_model
 
     images = np.concatenate([phantom_images, real_images]).astype(np.float32)
+    if mask is not None:  # only these pixels are shown (e.g. common_fan)
+        images *= mask
     domain = np.r_[np.zeros(len(phantom_images), int), np.ones(len(real_images), int)]
     groups = [f"phantom:{g}" for g in phantom_groups] + [f"real:{g}" for g in real_groups]
     folds = group_folds(groups, p["folds"], p["seed"], stratify=domain)
     score = np.full(len(images), np.nan)
-    aucs = []
+    aucs, curves = [], []
     for f in range(p["folds"]):
         train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
         torch.manual_seed(p["seed"] + f)
@@ -474,15 +507,24 @@ def domain_auc(phantom_images, phantom_groups, real_images, real_groups, p: dict
             seed=p["seed"] + f,
             input_norm="unit",
         )
-        train_model(model, images[train], domain[train], cfg, device)
-        score[test] = predict(model, images[test], 32, device, input_norm="unit", output="proba")[
-            :, 1
-        ]
-        if len(np.unique(domain[test])) == 2:
-            aucs.append(float(roc_auc_score(domain[test], score[test])))
+
+        def held_out(model, epoch, test=test):
+            proba = predict(model, images[test], 32, device, input_norm="unit", output="proba")
+            return {"held_out_auc": float(roc_auc_score(domain[test], proba[:, 1]))}
+
+        history = train_model(model, images[train], domain[train], cfg, device, evaluate=held_out)
+        proba = predict(model, images[test], 32, device, input_norm="unit", output="proba")
+        score[test] = proba[:, 1]
+        aucs.append(float(roc_auc_score(domain[test], score[test])))
+        curves.append(history["held_out_auc"].to_numpy())
+    curve = np.mean(curves, 0)
     return {
-        "auc": float(roc_auc_score(domain, score)),
+        "auc": float(np.mean(aucs)),
         "auc_folds": aucs,
+        "auc_pooled": float(roc_auc_score(domain, score)),
+        "auc_by_epoch": curve.round(4).tolist(),
+        "epochs_to_099": int(np.argmax(curve >= 0.99) + 1) if (curve >= 0.99).any() else None,
+        "log_loss": float(log_loss(domain, np.clip(score, 1e-6, 1 - 1e-6))),
         "accuracy": float(((score > 0.5) == domain).mean()),
         "frames": {"phantom": int(len(phantom_images)), "real": int(len(real_images))},
     }
@@ -594,6 +636,8 @@ def headline(result: dict) -> dict:
             "version": r["version"],
             "sim_to_real_dice": {s: round(r["sim_to_real"][s]["dice"], 4) for s in structures},
             "domain_auc": round(r["domain"]["auc"], 4),
+            "domain_auc_after_1_epoch": round(r["domain"]["auc_by_epoch"][0], 4),
+            "domain_log_loss": round(r["domain"]["log_loss"], 4),
             "mean_abs_z": round(r["distances"]["mean_abs_z"], 3),
         }
     line["real_to_real_dice"] = {s: round(result["ceiling"][s]["dice"], 4) for s in structures}
@@ -615,3 +659,200 @@ def write_check(result: dict, path) -> Path:
 def read_check(path) -> dict:
     """A result written by :func:`write_check`."""
     return json.loads(Path(path).read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# The chapter's tables and sentences, from a recorded check
+# ---------------------------------------------------------------------------------------------
+
+STAT_LABELS = {
+    "sector_fraction": "fraction of the frame inside the sector",
+    "grey_mean": "grey level inside the sector: mean",
+    "grey_p05": "grey level: 5th percentile",
+    "grey_p50": "grey level: median",
+    "grey_p95": "grey level: 95th percentile",
+    "dark_fraction": "share of the sector darker than 0.05",
+    "layer_depth": "brightest layer (pleura or rib surface): depth / sector depth",
+    "wall_mean": "chest wall: mean grey (log domain)",
+    "wall_std": "chest wall: grey standard deviation (log domain)",
+    "implied_range_db": "chest wall: display range a Rayleigh envelope would need (dB)",
+    "speckle_axial_px": "speckle size, axial (autocorrelation FWHM, px)",
+    "speckle_lateral_px": "speckle size, lateral (autocorrelation FWHM, px)",
+    "step_axial": "fine texture: mean |grey step| down",
+    "step_lateral": "fine texture: mean |grey step| across",
+    "column_contrast": "deep scan lines' brightness: coefficient of variation (shadows)",
+    "shadow_edge": "steepest lateral change of the deep brightness / its mean (shadow edges)",
+}
+STRUCTURE_LABELS = {"pleural_line": "pleural line", "rib_shadow": "rib shadow",
+                    "rib_line": "rib line"}  # fmt: skip
+
+
+def statistics_frame(check: dict) -> pd.DataFrame:
+    """The recorded check's appearance statistics: real, each generator, and each generator's
+    difference in real standard deviations (``z``), one row per statistic."""
+    table = pd.DataFrame(check["statistics"]).set_index("statistic")
+    table.index = [STAT_LABELS.get(s, s) for s in table.index]
+    return table.drop(columns=["real_sd"])
+
+
+def distances_frame(check: dict) -> pd.DataFrame:
+    """Per generator: the histogram's Wasserstein-1 and Jensen-Shannon distances to the real
+    frames', the depth profiles' RMS difference and the mean |z| of the statistics."""
+    return pd.DataFrame({g: r["distances"] for g, r in check["generators"].items()}).T
+
+
+def scores_frame(check: dict) -> pd.DataFrame:
+    """Sim-to-real Dice per structure and the domain classifier's AUC per generator, with the
+    real-to-real ceiling as the last row."""
+    structures = check["params"]["structures"]
+    rows = {}
+    for g, r in check["generators"].items():
+        rows[f"trained on phantom {g}"] = {
+            **{f"Dice: {STRUCTURE_LABELS[s]}": r["sim_to_real"][s]["dice"] for s in structures},
+            "domain AUC (0.5: cannot tell)": r["domain"]["auc"],
+            "domain AUC after 1 epoch": r["domain"]["auc_by_epoch"][0],
+            "domain log-loss": r["domain"]["log_loss"],
+        }
+    rows["trained on real clips (ceiling)"] = {
+        f"Dice: {STRUCTURE_LABELS[s]}": check["ceiling"][s]["dice"] for s in structures
+    }
+    return pd.DataFrame(rows).T
+
+
+def check_caption(check: dict) -> str:
+    """Where the recorded check ran, on what, with what budget."""
+    p, real, env = check["params"], check["real"], check.get("environment", {})
+    return (
+        f"Recorded by `{check.get('command', 'lus phantom-check')}` "
+        f"({p['profile']} profile: {p['size']} px, {p['train_videos']} phantom videos of "
+        f"{p['frames_per_video']} frames, {p['seg_epochs']} epochs; domain classifier "
+        f"{p['domain_epochs']} epochs, {p['folds']} folds by clip or video) on "
+        f"{real['frames']} real frames of {real['clips']} clips, {p['device']}, "
+        f"{env.get('date', '?')[:10]}, {check['seconds']:.0f} s. Statistics at "
+        f"{p['stats_size']} px on as many phantom frames (healthy, convex) as real ones."
+    )
+
+
+def findings(check: dict) -> list[str]:
+    """The chapter's sentences, every number from the recorded check."""
+    structures = check["params"]["structures"]
+    gens = list(check["generators"])
+    out = []
+
+    def dice(g, s):
+        return check["generators"][g]["sim_to_real"][s]["dice"]
+
+    for s in structures:
+        ceiling = check["ceiling"][s]["dice"]
+        parts = ", ".join(f"{dice(g, s):.3f} with `{g}`" for g in gens)
+        best = max(gens, key=lambda g: dice(g, s))
+        out.append(
+            f"**{STRUCTURE_LABELS[s].capitalize()}.** Trained on phantom frames only, the U-Net "
+            f"scores a Dice of {parts} on the real frames; trained on real clips and scored on "
+            f"the others, the same network and number of steps reaches {ceiling:.3f}. The best "
+            + (f"phantom (`{best}`) reaches {dice(best, s) / ceiling:.0%} of that ceiling."
+               if ceiling > 0 else "phantom cannot be compared with a ceiling of 0.")
+        )  # fmt: skip
+    dom = {g: check["generators"][g]["domain"] for g in gens}
+    first = {g: dom[g]["auc_by_epoch"][0] for g in gens}
+    out.append(
+        "**Domain classifier.** Held out by clip, the small CNN tells phantom from real frames "
+        "with an AUC of "
+        + ", ".join(
+            f"{dom[g]['auc']:.3f} for `{g}` (folds: "
+            f"{', '.join(f'{a:.2f}' for a in dom[g]['auc_folds'])})"
+            for g in gens
+        )
+        + " after its last epoch"
+        + (
+            ": 0.5 would mean it cannot tell them apart, and no generator is there. "
+            if min(d["auc"] for d in dom.values()) > 0.6
+            else ". "
+        )
+        + "How fast it learns the difference still separates them: after one epoch its AUC is "
+        + ", ".join(f"{first[g]:.3f} for `{g}`" for g in gens)
+        + "; it first reaches 0.99 after "
+        + ", ".join(
+            f"{dom[g]['epochs_to_099']} epoch(s) for `{g}`"
+            if dom[g]["epochs_to_099"]
+            else f"no epoch of {len(dom[g]['auc_by_epoch'])} for `{g}`"
+            for g in gens
+        )
+        + "; its held-out cross-entropy (higher: less sure) is "
+        + ", ".join(f"{dom[g]['log_loss']:.4f} for `{g}`" for g in gens)
+        + "."
+    )
+    z = {g: check["generators"][g]["distances"]["mean_abs_z"] for g in gens}
+    w1 = {g: check["generators"][g]["distances"]["histogram_w1"] for g in gens}
+    out.append(
+        "**Appearance.** The statistics differ from the real frames' by "
+        + ", ".join(f"{z[g]:.2f} standard deviations on average for `{g}`" for g in gens)
+        + "; the grey-level histograms are "
+        + ", ".join(f"{w1[g]:.3f} apart for `{g}`" for g in gens)
+        + " (Wasserstein-1, grey levels of [0, 1])."
+    )
+    return out
+
+
+def calibration_frame(record: dict) -> pd.DataFrame:
+    """The fitted appearance: each changed parameter's first-generator and calibrated value, and
+    the range it was searched in."""
+    from lus_common.phantoms.appearance import V1
+    from lus_common.phantoms.calibration import SEARCH
+
+    rows = []
+    for name, value in record["appearance"].items():
+        r = SEARCH.get(name)
+        searched = "" if r is None else f"{r.lo:g} to {r.hi:g}" + (" (log)" if r.log else "")
+        rows.append({"parameter": name, "v1": getattr(V1, name), "calibrated": value,
+                     "searched": searched or "set (not fitted)"})  # fmt: skip
+    return pd.DataFrame(rows).set_index("parameter")
+
+
+REFERENCE_CHECK = (
+    Path(__file__).resolve().parents[2]
+    / "book"
+    / "reference_runs"
+    / "phantom_check_lus_pleura_rib.json"
+)
+
+
+def side_by_side(
+    size: int = 256, seed: int = 0, n: int = 3, real_dir=None
+) -> tuple[list, list, bool]:
+    """Frames for the chapter's comparison: ``n`` healthy convex frames of each generator and,
+    when the real folder is there, ``n`` real frames of different clips at the same size.
+
+    Returns:
+        ``(panels, titles, real_shown)``; rows of ``n``: ``v1``, ``calibrated``, then real.
+    """
+    from lus_common.config.paths import dataset_dir
+    from lus_common.data.lus_pleura_rib import load_lus_pleura_rib
+    from lus_common.phantoms.lung import lung_ultrasound_phantom
+
+    panels, titles = [], []
+    for g in ("v1", "calibrated"):
+        d = lung_ultrasound_phantom(n, n_patients=n, frames_per_video=1, image_size=size,
+                                    probe="convex", diagnoses="healthy", seed=seed,
+                                    appearance=g)  # fmt: skip
+        panels += list(d.images)
+        titles += [f"SYNTHETIC phantom, {g}"] * n
+    root = Path(real_dir) if real_dir else dataset_dir("lus_pleura_rib")
+    stems = sorted(p.stem for p in (root / "image").glob("*-V-frame0.jpg")) if root.is_dir() else []
+    if stems:
+        pick = [stems[int(i)] for i in np.linspace(0, len(stems) - 1, n)]
+        real = load_lus_pleura_rib(root, image_size=size, only=pick)
+        panels += list(real.images)
+        titles += [f"REAL lus_pleura_rib {s}" for s in real.ids]
+    return panels, titles, bool(stems)
+
+
+def calibration_caption(record: dict) -> str:
+    """How the calibration record was made, and its objective before and after."""
+    return (
+        f"Fitted by `{record['command']}` in {record['seconds']:.0f} s ({record['evaluations']} "
+        f"evaluations, {record['environment']['date'][:10]}) on {record['frames']} real frames at "
+        f"{record['image_size']} px: objective {record['objective']['v1']:.1f} for the first "
+        f"generator, {record['objective']['calibrated']:.2f} calibrated; the fan's overlap with "
+        f"the real sector {record['sector']['iou']:.3f} (intersection over union)."
+    )

@@ -198,6 +198,7 @@ def export_reference(
     path: Path,
     params: dict | None = None,
     keep_runs: list[dict] | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """Write the reference-run JSON a chapter shows, from stored run folders (their params,
     weights, environment and metrics: nothing typed by hand).
@@ -212,6 +213,7 @@ def export_reference(
         params: the study parameters the runs share, for the chapter's tables (optional).
         keep_runs: entries of an earlier file of this study that go first (a reference extended
             by a later command, e.g. one more fold; ``command`` then names both commands).
+        extra: more top-level fields (e.g. the lung phantom's ``phantom_appearance``).
     """
     runs = list(keep_runs or [])
     for item in folders:
@@ -232,6 +234,7 @@ def export_reference(
     doc = {"what": what, "command": command, "runs": runs}
     if params is not None:
         doc["study_params"] = params
+    doc.update(extra or {})
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(results.jsonable(doc), indent=1) + "\n")

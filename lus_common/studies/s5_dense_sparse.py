@@ -1087,4 +1087,11 @@ def reference_runs(path=REFERENCE_RUNS) -> tuple[str, dict, pd.DataFrame]:
     rows = base.reference_rows(
         doc, ("pretrain", "fold", "seed"), lambda r: "pretrain" in r["params"]
     )
-    return doc["what"], doc["study_params"], rows
+    what = doc["what"]
+    if "phantom_appearance" not in doc:  # recorded before the calibrated lung phantom existed
+        what += (
+            " Its phantom parts (Part 1 and the segmentation pretraining) ran on the lung "
+            "phantom's first generator (`v1`), not on today's calibrated default; rerun the "
+            "script to remeasure them."
+        )
+    return what, doc["study_params"], rows

@@ -1,0 +1,250 @@
+"""How real is the lung phantom: the appearance statistics, the calibrated generator beside the
+first one, the domain classifier and the sim-to-real check."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from lus_common.phantoms import bmode, calibration, lung_ultrasound_phantom, realism
+from lus_common.phantoms.appearance import APPEARANCES, CALIBRATION_FILE, V1, resolve_appearance
+
+
+def test_v1_is_the_first_generator_bit_for_bit():
+    """Numbers of the generator before the appearance parameters existed (commit 0214443, same
+    call): the first generator is kept, so its stored runs stay valid."""
+    recorded = {
+        "linear": (0.42759437753649365, 0.23513942453721842, 672, 93800, 208),
+        "convex": (0.15959736842346217, 0.2518853923800754, 68, 45911, 120),
+    }
+    for probe, (mean, std, pleura, dense, rib_body) in recorded.items():
+        d = lung_ultrasound_phantom(
+            8, frames_per_video=4, image_size=64, probe=probe, seed=5, appearance="v1"
+        )
+        assert d.images.astype(np.float64).mean() == pytest.approx(mean, rel=1e-6)
+        assert d.images.astype(np.float64).std() == pytest.approx(std, rel=1e-6)
+        assert int(d.layers["pleura"].sum()) == pleura
+        assert int(d.layers["rib_body"].sum()) == rib_body
+        assert int(d.layers["dense"].astype(np.int64).sum()) == dense
+        assert d.info["version"] == 1 and d.info["appearance"] == "v1"
+
+
+def test_calibrated_is_the_default_and_a_new_version():
+    d = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5)
+    assert d.info["appearance"] == "calibrated" and d.info["version"] == 2
+    v1 = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5,
+                                 appearance="v1")  # fmt: skip
+    assert d.fingerprint() != v1.fingerprint()  # stored runs of the old images are not reused
+    with pytest.raises(ValueError, match="Unknown phantom appearance"):
+        lung_ultrasound_phantom(4, appearance="v3")
+
+
+def test_calibration_record_is_what_the_calibrated_appearance_uses():
+    record = json.loads(CALIBRATION_FILE.read_text())
+    cal = APPEARANCES["calibrated"]
+    for name, value in record["appearance"].items():
+        got = getattr(cal, name)
+        assert (list(got) if isinstance(got, tuple) else got) == value, name
+        assert getattr(V1, name) != got, name  # only what the fit changed is recorded
+    assert record["objective"]["calibrated"] < record["objective"]["v1"]
+    # the fitted values lie inside the stated search ranges
+    for name, r in calibration.SEARCH.items():
+        assert 0.0 <= record["units"][name] <= 1.0
+        value = getattr(cal, name)
+        centre = np.mean(value) if isinstance(value, tuple) else value
+        assert r.lo - 1e-9 <= centre <= r.hi + 1e-9, name
+
+
+def test_a_filled_fan_touches_the_frame_and_has_non_square_pixels():
+    g = bmode.sector_geometry(128, 45.0, 95.0, 60.0, fill=True)
+    inside = g["inside"]
+    assert inside[:, 0].any() and inside[:, -1].any()  # the deep corners reach the sides
+    assert inside[-1, 64] and not inside[-1, 0]  # the deepest arc at the bottom
+    # a flat top at depth 0 of the centre line, as wide as the fan there: 2 R tan(half angle)
+    half = np.deg2rad(30)
+    dy, dx = g["spacing_yx_mm"]
+    assert inside[0].sum() * dx == pytest.approx(2 * 45 * np.tan(half), abs=2 * dx)
+    assert dx == pytest.approx(2 * 140 * np.sin(half) / 128)
+    assert dy == pytest.approx(95 / 128)
+    letterbox = bmode.sector_geometry(128, 45.0, 95.0, 60.0)
+    assert letterbox["spacing_yx_mm"][0] == letterbox["spacing_yx_mm"][1]
+    assert inside.mean() > letterbox["inside"].mean() + 0.1
+
+
+def test_sector_masks_recover_the_fan():
+    d = lung_ultrasound_phantom(8, n_patients=2, frames_per_video=4, image_size=128,
+                                probe="convex", seed=1)  # fmt: skip
+    inside = realism.sector_masks(d.images, d.meta["video"])
+    assert resolve_appearance("calibrated").fill_frame
+    for k in (0, 4):
+        found = inside[k]
+        # the true fan: wherever the frames of this video are not zero-filled by scan conversion
+        lit = (d.images[d.meta["video"] == d.meta["video"][k]] > 0).any(0)
+        assert (found & lit).sum() / (found | lit).sum() > 0.95
+    linear = np.random.default_rng(0).uniform(0.1, 1, (3, 32, 40))
+    assert realism.sector_masks(linear, ["a", "a", "b"]).all()
+
+
+def test_statistics_measure_known_images():
+    rng = np.random.default_rng(0)
+    n, h, w = 6, 128, 128
+    flat = np.full((n, h, w), 0.3, np.float32)
+    flat[:, 40:43] = 0.9  # a bright layer at 40/128 of the depth
+    noise = ndimage.gaussian_filter(rng.standard_normal((n, h, w)), (0, 3.0, 1.0))
+    images = np.clip(flat + 0.1 * noise / noise.std(), 0.01, 1).astype(np.float32)
+    table, arrays = realism.frame_statistics(images, ["v"] * n)
+    assert table["sector_fraction"].min() == 1.0
+    assert table["layer_depth"].mean() == pytest.approx(41.5 / 127, abs=1 / 60)
+    # the texture is three times longer axially (rows) than laterally
+    assert table["speckle_axial_px"].mean() > 2 * table["speckle_lateral_px"].mean()
+    assert arrays["histogram"].shape == (n, realism.HIST_BINS)
+    np.testing.assert_allclose(arrays["histogram"].sum(1), 1.0)
+    # the same frames compare as equal; brighter ones by their shift
+    same = realism.summarise(images, ["v"] * n)
+    table, dist = realism.compare_statistics(same, same)
+    assert np.abs(table["z"]).max() == 0 and dist["histogram_w1"] == 0
+    brighter = realism.summarise(np.clip(images + 0.1, 0, 1), ["v"] * n)
+    table, dist = realism.compare_statistics(brighter, same)
+    assert table.loc["grey_mean", "phantom"] - table.loc["grey_mean", "real"] == pytest.approx(
+        0.1, abs=0.01
+    )
+    assert dist["histogram_w1"] == pytest.approx(0.1, abs=0.02)
+
+
+def test_brightest_layer_is_the_pleura_or_the_ribs_just_above_it():
+    d = lung_ultrasound_phantom(24, n_patients=6, frames_per_video=4, image_size=128,
+                                probe="convex", diagnoses="healthy", seed=2)  # fmt: skip
+    table, _ = realism.frame_statistics(d.images, d.meta["video"])
+    inside = realism.sector_masks(d.images, d.meta["video"])
+    truth = [
+        np.nanmedian(realism.depth_fraction(inside[k])[d.layers["pleura"][k] > 0])
+        for k in range(len(d))
+    ]
+    # the rib's surface lies 3-6 mm above the pleura: within 0.08 of the depth
+    assert np.nanmedian(np.abs(table["layer_depth"] - np.array(truth))) < 0.05
+    assert (table["layer_depth"] <= np.array(truth) + 0.05).mean() > 0.8
+
+
+def test_rib_shadow_label_lies_under_ribs_and_is_dark():
+    d = lung_ultrasound_phantom(16, n_patients=4, frames_per_video=4, image_size=128,
+                                probe="linear", seed=5)  # fmt: skip
+    shadow, bone = d.layers["rib_shadow"].astype(bool), d.layers["rib_body"].astype(bool)
+    with_rib = bone.reshape(len(d), -1).any(1)
+    assert with_rib.sum() >= 8
+    assert not (shadow & d.layers["pleura"].astype(bool)).any()  # the pleura is not seen there
+    for k in np.flatnonzero(with_rib):
+        cols = shadow[k].any(0)
+        assert (bone[k].any(0) <= ndimage.binary_dilation(cols, iterations=3)).all()
+        below = np.arange(128)[:, None] > np.flatnonzero(bone[k].any(1)).max()
+        beside = ~shadow[k] & below & ~ndimage.binary_dilation(shadow[k], iterations=4)
+        assert d.images[k][shadow[k] & below].mean() < 0.8 * d.images[k][beside].mean()
+
+
+def test_thicken_grows_band_labels_to_the_annotated_thickness():
+    m = np.zeros((1, 20, 6), np.uint8)
+    m[0, 9:11] = 1
+    assert realism.label_thickness_px(m) == 2
+    t = realism.thicken(m, 6.0)
+    assert realism.label_thickness_px(t) == 6 and (t >= m).all()
+    assert (realism.thicken(m, 1.0) == m).all()
+
+
+def test_domain_classifier_tells_obvious_domains_apart():
+    d = lung_ultrasound_phantom(48, n_patients=6, frames_per_video=8, image_size=48,
+                                probe="convex", seed=3)  # fmt: skip
+    groups = list(d.meta["video"])
+    other = 1 - d.images  # the same frames, inverted: nothing alike
+    p = dict(realism.CHECK_PROFILES["smoke"], domain_epochs=3)
+    out = realism.domain_auc(d.images, groups, other, groups, p, "cpu")
+    assert out["auc"] > 0.9
+    assert out["frames"] == {"phantom": 48, "real": 48}
+
+
+def test_calibrated_phantom_is_closer_to_real_frames(real_pleura_rib):
+    from lus_common.data.lus_pleura_rib import load_lus_pleura_rib
+
+    real = load_lus_pleura_rib(real_pleura_rib, image_size=256)
+    summary = realism.summarise(real.images, real.groups)
+    scores = {}
+    for name in ("v1", "calibrated"):
+        images, videos = calibration.phantom_frames(APPEARANCES[name], 256, seed=7)
+        scores[name] = calibration.objective(realism.summarise(images, videos), summary)
+    assert scores["calibrated"][0] < 0.2 * scores["v1"][0]  # other frames than the fit's seed
+    assert scores["calibrated"][1]["mean_abs_z"] < 0.4 * scores["v1"][1]["mean_abs_z"]
+    assert scores["calibrated"][1]["histogram_w1"] < 0.5 * scores["v1"][1]["histogram_w1"]
+    record = json.loads(CALIBRATION_FILE.read_text())
+    assert record["real_data"]["fingerprint"] == real.fingerprint()
+
+
+def test_fit_sector_finds_a_drawn_fan():
+    g = bmode.sector_geometry(96, 0.4 * 90, 90, 64, fill=True)
+    fit = calibration.fit_sector(g["inside"], 96)
+    assert fit["radius_over_depth"] == pytest.approx(0.4, abs=0.021)
+    assert fit["angle_deg"] == pytest.approx(64, abs=1.01)
+    assert fit["iou"] > 0.98
+
+
+def test_phantom_check_command_prints_one_json_line(real_pleura_rib, tmp_path, capsys):
+    from lus_common.app.cli import main
+
+    out = tmp_path / "check.json"
+    code = main(["phantom-check", "--real", str(real_pleura_rib), "--profile", "smoke",
+                 "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    line = json.loads(lines[0])
+    for g in ("v1", "calibrated"):
+        assert 0.0 <= line[g]["domain_auc"] <= 1.0
+        assert set(line[g]["sim_to_real_dice"]) == {"pleural_line", "rib_shadow"}
+    assert set(line["real_to_real_dice"]) == {"pleural_line", "rib_shadow"}
+    doc = realism.read_check(out)
+    assert doc["real"]["frames"] == 156 and doc["real"]["clips"] == 12
+    assert doc["command"].startswith("lus phantom-check --real")
+    assert {r["statistic"] for r in doc["statistics"]} == set(realism.STATISTICS)
+    # every real frame with the structure is scored once, held out, by the ceiling
+    assert doc["ceiling"]["rib_shadow"]["frames"] == 148
+    assert doc["generators"]["calibrated"]["sim_to_real"]["pleural_line"]["frames"] == 156
+
+
+def test_phantom_check_explains_a_missing_folder(tmp_path, capsys):
+    from lus_common.app.cli import main
+
+    assert main(["phantom-check", "--real", str(tmp_path / "nowhere"), "--profile", "smoke"]) == 2
+    assert "lus_pleura_rib" in capsys.readouterr().err
+
+
+def test_display_resize_is_pils_bilinear_and_nearest():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    frame = rng.uniform(0, 255, (82, 112)).astype(np.float32)
+    pil = np.asarray(Image.fromarray(frame, mode="F").resize((32, 32), Image.BILINEAR))
+    np.testing.assert_allclose(bmode.display_resize(frame, 32), pil, atol=1e-3)
+    labels = rng.integers(0, 7, (82, 112)).astype(np.uint8)
+    pil = np.asarray(Image.fromarray(labels).resize((32, 32), Image.NEAREST))
+    np.testing.assert_array_equal(bmode.nearest_resize(labels, 32), pil)
+
+
+def test_small_calibrated_images_are_the_large_ones_resized():
+    """The calibrated generator forms images below 256 px at 256 px and resizes them as the
+    loaders resize real frames: a 64 px set is its 256 px twin, resized."""
+    kw = dict(n_patients=1, frames_per_video=2, probe="convex", seed=4)
+    big = lung_ultrasound_phantom(2, image_size=256, **kw)
+    small = lung_ultrasound_phantom(2, image_size=64, **kw)
+    expected = np.rint(bmode.display_resize(big.images * 255, 64)) / 255
+    np.testing.assert_allclose(small.images, expected, atol=1.5 / 255)
+    np.testing.assert_array_equal(
+        small.layers["dense"], bmode.nearest_resize(big.layers["dense"], 64)
+    )
+    np.testing.assert_allclose(small.spacing_mm, big.spacing_mm * 4)
+    # and its speckle is averaged: neighbouring pixels differ less than in a set formed at 64 px
+    direct = lung_ultrasound_phantom(
+        2, image_size=64, appearance=replace(APPEARANCES["calibrated"], render_size=0), **kw
+    )
+    step = lambda x: np.abs(np.diff(x, axis=1)).mean()  # noqa: E731
+    assert step(small.images) < 0.8 * step(direct.images)
