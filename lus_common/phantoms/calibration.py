@@ -92,6 +92,9 @@ FIXED = dict(
     convex_depth_mm=(85.0, 105.0),
     convex_freq_mhz=(2.5, 4.5),
     render_size=256,
+    # a linear probe's depth set to show the lung beneath the fitted (thicker) chest wall, with
+    # its second and third A-lines (v1's 40-60 mm showed one beneath a 26 mm wall)
+    linear_depth_mm=(65.0, 95.0),
 )
 # Units of the distances in the objective: a histogram 0.01 apart (Wasserstein-1, grey levels
 # of [0, 1]) or depth profiles 0.02 apart (RMS) count as much as one standard deviation.

@@ -272,3 +272,26 @@ def _criteria(ratio, a_errors, shadows, blines, gains, widths) -> list[tuple]:
         ),
     ]
     return rows
+
+
+def compare_checks(
+    image_size: int = 256, n: int = 16, seed: int = 0, appearances=("v1", "calibrated")
+) -> tuple[pd.DataFrame, dict]:
+    """:func:`physical_checks` of several appearances side by side.
+
+    The criteria were set for the first generator, whose display is idealised (pitch-black rib
+    shadows, TGC that restores every depth); the calibrated one is measured against the same
+    criteria, so the table shows where realism and the idealisation part.
+
+    Returns:
+        ``(table, details)``: one row per check and criterion, with ``measured (<name>)`` and
+        ``pass (<name>)`` per appearance (empty where a check has too few samples in one), and
+        each appearance's details.
+    """
+    tables, details = {}, {}
+    for a in appearances:
+        table, details[a] = physical_checks(image_size, n, seed, a)
+        tables[a] = table.set_index(["check", "criterion"])
+    merged = pd.concat(tables, axis=1)
+    merged.columns = [f"{column} ({a})" for a, column in merged.columns]
+    return merged.reset_index(), details

@@ -826,7 +826,7 @@ def side_by_side(
     Returns:
         ``(panels, titles, real_shown)``; rows of ``n``: ``v1``, ``calibrated``, then real.
     """
-    from lus_common.config.paths import dataset_dir
+    from lus_common.config.paths import data_dir
     from lus_common.data.lus_pleura_rib import load_lus_pleura_rib
     from lus_common.phantoms.lung import lung_ultrasound_phantom
 
@@ -837,7 +837,7 @@ def side_by_side(
                                     appearance=g)  # fmt: skip
         panels += list(d.images)
         titles += [f"SYNTHETIC phantom, {g}"] * n
-    root = Path(real_dir) if real_dir else dataset_dir("lus_pleura_rib")
+    root = Path(real_dir) if real_dir else data_dir() / "lus_pleura_rib"  # shown when present
     stems = sorted(p.stem for p in (root / "image").glob("*-V-frame0.jpg")) if root.is_dir() else []
     if stems:
         pick = [stems[int(i)] for i in np.linspace(0, len(stems) - 1, n)]
