@@ -226,10 +226,16 @@ def test_study_smoke_end_to_end_and_reverse_transfer_starts_from_the_segmentatio
     assert again["reused"] == len(runs) + 2 + len(out["cls_runs"])  # + the two pretraining runs
     # the reference JSON of these run folders reads back as the same tables
     folders = sorted((isolated_results / "dense_sparse").iterdir())
-    path = base.export_reference(folders, "cap", "cmd", "test CPU", tmp_path / "r.json", params=p)
+    path = base.export_reference(
+        folders, "cap", "cmd", "test CPU", tmp_path / "r.json", params=p,
+        extra={"phantom_appearance": "calibrated"},
+    )  # fmt: skip
     what, ref_p, ref_cls = s5.reference_runs(path)
     ref_seg = s5.reference_seg_runs(path)
     assert what == "cap" and len(ref_cls) == 9 and len(ref_seg) == 12 and ref_p["folds"] == 3
+    # a file recorded before the calibrated phantom says its phantom parts ran on v1
+    old = base.export_reference(folders, "cap.", "cmd", "test CPU", tmp_path / "o.json", params=p)
+    assert "first generator (`v1`)" in s5.reference_runs(old)[0]
     # the same rows (the JSON keeps the folders' order, the study its own)
     assert s5.table2(ref_cls).sort_index().equals(s5.table2(out["cls_runs"]).sort_index())
     assert s5.table1(ref_seg).equals(s5.table1(runs))
