@@ -151,18 +151,7 @@ def _v1_unit(name: str) -> float:
 
 def phantom_frames(appearance: Appearance, size: int, n_videos: int = 12, frames: int = 4, seed=0):
     """Healthy convex-probe phantom frames (the real set is one healthy volunteer) and videos."""
-    from lus_common.phantoms.lung import lung_ultrasound_phantom
-
-    d = lung_ultrasound_phantom(
-        n_videos * frames,
-        n_patients=n_videos,
-        frames_per_video=frames,
-        image_size=size,
-        probe="convex",
-        diagnoses="healthy",
-        seed=seed,
-        appearance=appearance,
-    )
+    d = realism.healthy_convex_phantom(appearance, n_videos, frames, size, seed)
     return d.images, list(d.meta["video"])
 
 

@@ -317,7 +317,7 @@ def thicken(masks: np.ndarray, thickness_px: float) -> np.ndarray:
     return ndimage.binary_dilation(masks.astype(bool), structure).astype(np.uint8)
 
 
-def phantom_training_set(appearance, n_videos: int, frames: int, size: int, seed: int):
+def healthy_convex_phantom(appearance, n_videos: int, frames: int, size: int, seed: int):
     """Healthy convex-probe phantom videos (as the real volunteer): a SegmentationSet."""
     from lus_common.phantoms.lung import lung_ultrasound_phantom
 
@@ -599,12 +599,12 @@ def phantom_check(
     summaries = {}
     for g, a in appearances.items():
         t0 = time.perf_counter()
-        look = phantom_training_set(a, n_clips, per_clip, p["stats_size"], p["seed"] + 101)
+        look = healthy_convex_phantom(a, n_clips, per_clip, p["stats_size"], p["seed"] + 101)
         summaries[g] = summarise(look.images, look.meta["video"])
-        small = phantom_training_set(a, n_clips, per_clip, p["size"], p["seed"] + 101)
+        small = healthy_convex_phantom(a, n_clips, per_clip, p["size"], p["seed"] + 101)
         domain = domain_auc(small.images, small.meta["video"], real.images, real.groups, p, device)
         say(f"{g}: domain classifier AUC {domain['auc']:.3f}")
-        train = phantom_training_set(
+        train = healthy_convex_phantom(
             a, p["train_videos"], p["frames_per_video"], p["size"], p["seed"]
         )
         sim = sim_to_real(train, real, structures, thickness, p, device)
