@@ -131,19 +131,11 @@ def _cmd_weights(args) -> int:
 
 
 def _real_folder(args):
-    """The phantom commands' real folder: ``--real``, else ``$LUS_DATA_DIR/lus_pleura_rib``."""
+    """The phantom commands' real folder: ``--real``, or None for ``$LUS_DATA_DIR/lus_pleura_rib``
+    (the loader says what is missing)."""
     from pathlib import Path
 
-    from lus_common.config.paths import dataset_dir
-
-    folder = Path(args.real) if args.real else dataset_dir("lus_pleura_rib")
-    if not (folder / "image").is_dir():
-        raise FileNotFoundError(
-            f"No real frames in {folder}/image: give --real a folder laid out as lus_pleura_rib "
-            "(image/<stem>.jpg, mask/<structure>/<stem>-<structure>.jpg), e.g. "
-            "--real ../shared/data/lus_pleura_rib"
-        )
-    return folder
+    return Path(args.real) if args.real else None
 
 
 def _cmd_phantom_check(args) -> int:

@@ -8,10 +8,11 @@ Two generators are kept, so that one run can compare them (``lus phantom-check``
 - ``"calibrated"`` (the default, generator version 2): ``v1`` with its appearance parameters fitted
   to the appearance statistics of real convex lung ultrasound
   (:mod:`lus_common.phantoms.calibration`, record in ``calibration.json``), and what the statistics
-  showed missing: a fan that fills the frame as scanners display it, tissue texture and fascia
-  layers in the chest wall, a reverberation haze under the pleura that fades with depth, shadows
-  whose edges soften with depth and that clutter fills in a little, weaker scan lines at the fan's
-  edges, a grey map (gamma) after log compression.
+  showed missing: the frame as scanners display it, baseband (IQ) speckle, tissue texture and
+  fascia layers in the chest wall, a reverberation haze under the pleura that fades with depth,
+  shadows whose edges soften with depth and that bone lets more echo through, weaker scan lines
+  at the fan's edges, a grey map (gamma and floor) and speckle reduction after log compression,
+  and images below 256 pixels formed at 256 and resized as real frames are.
 
 A range ``(lo, hi)`` is drawn uniformly per video; a number is fixed.
 """

@@ -25,7 +25,6 @@ statistics before and after, the real data's fingerprint and the command), which
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -256,8 +255,10 @@ def calibrate(
 
 
 def write_record(record: dict, real_fingerprint: str, command: str, path: Path = CALIBRATION_FILE):
-    """Write the calibration record (with the real data's fingerprint and the command) as JSON."""
+    """Write the calibration record (with the real data's fingerprint and the command) as JSON,
+    atomically (the package reads it at import)."""
     from lus_common.store.environment import environment_info
+    from lus_common.store.results import write_json
 
     out = {
         "what": "appearance of the lung phantom fitted to real convex lung ultrasound "
@@ -267,5 +268,4 @@ def write_record(record: dict, real_fingerprint: str, command: str, path: Path =
         **record,
         "environment": environment_info(),
     }
-    Path(path).write_text(json.dumps(out, indent=1, default=float) + "\n")
-    return Path(path)
+    return write_json(path, out)

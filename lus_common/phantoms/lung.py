@@ -196,11 +196,9 @@ def _probe(
             None,
         )
     depth_mm, freq = rng.uniform(*a.convex_depth_mm), rng.uniform(*a.convex_freq_mhz)
-    if a.convex_radius_ratio is None:
-        radius, angle = rng.uniform(*a.convex_radius_mm), rng.uniform(*a.convex_angle_deg)
-    else:
-        radius = rng.uniform(*a.convex_radius_ratio) * depth_mm
-        angle = rng.uniform(*a.convex_angle_deg)
+    ratio = a.convex_radius_ratio  # radius in mm, or as a share of the depth
+    radius = rng.uniform(*a.convex_radius_mm) if ratio is None else rng.uniform(*ratio) * depth_mm
+    angle = rng.uniform(*a.convex_angle_deg)
     return (
         depth_mm,
         radius * np.deg2rad(angle),
@@ -565,7 +563,8 @@ def _render_video(
     dense = np.where(sel & visible, take(world["dense_l"], idx_l), np.uint8(0))
 
     # Scatterers shared by the video (tissue and lung frames), a quarter redrawn per frame.
-    if world["appearance"].baseband:  # complex (I + jQ) scatterers
+    a = world["appearance"]
+    if a.baseband:  # complex (I + jQ) scatterers
         draw = lambda shape: bmode.complex_scatterers(rng, shape)  # noqa: E731
     else:
         draw = lambda shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
@@ -577,7 +576,6 @@ def _render_video(
     scat += np.float32(eps) * draw(scat.shape)
 
     env = _envelope(world, trans, echo, scat, rng)
-    a = world["appearance"]
     image = bmode.log_compress(env, 1.0, rng.uniform(*a.dynamic_range_db))
     if a.gamma != 1.0 or a.grey_floor > 0:  # the scanner's grey map
         grey = np.arange(256) / 255

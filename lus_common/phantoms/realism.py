@@ -103,18 +103,20 @@ def _autocorrelation_widths(patch: np.ndarray, weight: np.ndarray) -> tuple[floa
     return fwhm(ac[: shape[0] // 2, 0]), fwhm(ac[0, : shape[1] // 2])
 
 
+def _depth_profile(image: np.ndarray, frac: np.ndarray, bins: int) -> np.ndarray:
+    """Mean brightness in ``bins`` equal bins of depth fraction (:func:`depth_fraction`)."""
+    ok = np.isfinite(frac)
+    index = np.minimum((frac[ok] * bins).astype(int), bins - 1)
+    return np.bincount(index, image[ok], bins) / np.maximum(np.bincount(index, minlength=bins), 1)
+
+
 def brightest_layer_depth(image: np.ndarray, frac: np.ndarray) -> float:
     """Depth fraction of the brightest layer in the upper 60 % of the sector: the pleura, or the
     ribs' surface just above it (the profile of mean brightness over 60 depth bins, the middle
     half of the scan lines)."""
     cols = image.shape[1]
     centre = slice(cols // 4, cols - cols // 4)
-    f, v = frac[:, centre], image[:, centre]
-    ok = np.isfinite(f)
-    bins = np.minimum((f[ok] * 60).astype(int), 59)
-    sums = np.bincount(bins, v[ok], 60)
-    counts = np.bincount(bins, minlength=60)
-    profile = ndimage.gaussian_filter1d(sums / np.maximum(counts, 1), 0.7)
+    profile = ndimage.gaussian_filter1d(_depth_profile(image[:, centre], frac[:, centre], 60), 0.7)
     lo, hi = 2, 36  # skip the skin line; at most 60 % of the depth
     return float((lo + np.argmax(profile[lo:hi]) + 0.5) / 60)
 
@@ -144,28 +146,30 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
     """
     images = np.asarray(images, np.float32)
     n, h, w = images.shape
+    groups = np.asarray(groups)
     inside = sector_masks(images, groups)
+    # what depends on the sector alone, once per group (one probe setting)
+    sector = {}
+    for g in np.unique(groups):
+        ins = inside[np.flatnonzero(groups == g)[0]]
+        frac = depth_fraction(ins)
+        region = ndimage.binary_erosion(ins & (frac > 0.05) & (frac < 0.95), iterations=4)
+        core = ndimage.binary_erosion(ins, iterations=2)
+        sector[g] = (frac, region.astype(np.float32), core)
     rows, hists, profiles = [], [], []
     edges = np.linspace(0, 1, HIST_BINS + 1)
     for k in range(n):
         img, ins = images[k], inside[k]
-        frac = depth_fraction(ins)
+        frac, region, core = sector[groups[k]]
         v = img[ins]
         hist = np.histogram(v, edges)[0].astype(float)
         hists.append(hist / max(hist.sum(), 1))
-        ok = np.isfinite(frac)
-        bins = np.minimum((frac[ok] * DEPTH_BINS).astype(int), DEPTH_BINS - 1)
-        prof = np.bincount(bins, img[ok], DEPTH_BINS) / np.maximum(
-            np.bincount(bins, minlength=DEPTH_BINS), 1
-        )
-        profiles.append(prof)
+        profiles.append(_depth_profile(img, frac, DEPTH_BINS))
         layer = brightest_layer_depth(img, frac)
         wall = ins & (frac > 0.25 * layer) & (frac < 0.85 * layer)
         wv = img[wall]
         # speckle size: high-pass (local mean removed) below the skin, ribs and bright lines kept
         hp = img - ndimage.gaussian_filter(img, 4.0)
-        region = (ins & (frac > 0.05) & (frac < 0.95)).astype(np.float32)
-        region = ndimage.binary_erosion(region, iterations=4).astype(np.float32)
         ax, lat = _autocorrelation_widths(hp - (hp * region).sum() / max(region.sum(), 1), region)
         deep = ins & (frac > 0.4) & (frac < 0.9)
         col_n = deep.sum(0)
@@ -179,7 +183,6 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
             else np.nan
         )
         wall_std = float(wv.std()) if wv.size > 20 else np.nan
-        core = ndimage.binary_erosion(ins, iterations=2)
         step_axial = float(np.abs(np.diff(img, axis=0))[core[1:] & core[:-1]].mean())
         step_lateral = float(np.abs(np.diff(img, axis=1))[core[:, 1:] & core[:, :-1]].mean())
         rows.append(
@@ -371,14 +374,16 @@ def _stack(data, names) -> np.ndarray:
     return np.stack([data.layers[n] for n in names], 1)
 
 
-def sim_to_real(phantom, real, structures, thickness_px: float, p: dict, device: str) -> dict:
+def sim_to_real(phantom, real, structures, p: dict, device: str) -> dict:
     """Train on phantom frames only, score on every real frame.
+
+    The phantom's thin band labels (pleura, rib cortex) are thickened to the real annotations'
+    thickness of the same structure (:func:`label_thickness_px`, :func:`thicken`).
 
     Args:
         phantom: a phantom SegmentationSet (its layers named as :data:`STRUCTURE_LAYERS` says).
         real: the real SegmentationSet (``lus_pleura_rib``), same size.
         structures: real structure names, e.g. ``("pleural_line", "rib_shadow")``.
-        thickness_px: the pleural line's annotated thickness (:func:`label_thickness_px`).
         p: a :data:`CHECK_PROFILES` entry.
         device: torch device.
 
@@ -389,8 +394,8 @@ def sim_to_real(phantom, real, structures, thickness_px: float, p: dict, device:
 
     y = _stack(phantom, [STRUCTURE_LAYERS[s] for s in structures])
     for c, s in enumerate(structures):
-        if s in ("pleural_line", "rib_line"):
-            y[:, c] = thicken(y[:, c], thickness_px)
+        if s in ("pleural_line", "rib_line"):  # lines drawn as bands by the annotators
+            y[:, c] = thicken(y[:, c], label_thickness_px(real.layers[s]))
     start = time.perf_counter()
     model, _ = _train_segmenter(phantom.images, y, p, p["seed"], device)
     out = _dice_per_structure(model, real.images, _stack(real, structures), structures, device)
@@ -573,6 +578,7 @@ def phantom_check(
     import time
 
     from lus_common.config.profiles import resolve_params
+    from lus_common.config.registry import lookup
     from lus_common.data.lus_pleura_rib import load_lus_pleura_rib
     from lus_common.phantoms.appearance import resolve_appearance
 
@@ -580,8 +586,7 @@ def phantom_check(
     p = resolve_params(CHECK_PROFILES, profile, **overrides)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     for s in structures:
-        if s not in STRUCTURE_LAYERS:
-            raise ValueError(f"Unknown structure '{s}'. Known structures: {list(STRUCTURE_LAYERS)}")
+        lookup(STRUCTURE_LAYERS, s, "structure", error=ValueError)
     appearances = {g: resolve_appearance(g) for g in generators}
     real = load_lus_pleura_rib(real_dir, image_size=p["size"])
     real_stats_set = load_lus_pleura_rib(real_dir, image_size=p["stats_size"])
@@ -607,7 +612,7 @@ def phantom_check(
         train = healthy_convex_phantom(
             a, p["train_videos"], p["frames_per_video"], p["size"], p["seed"]
         )
-        sim = sim_to_real(train, real, structures, thickness, p, device)
+        sim = sim_to_real(train, real, structures, p, device)
         say(f"{g}: sim-to-real Dice " + ", ".join(f"{s} {sim[s]['dice']:.3f}" for s in structures))
         result["generators"][g] = {"version": a.version, "domain": domain, "sim_to_real": sim,
                                    "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
@@ -648,12 +653,9 @@ def headline(result: dict) -> dict:
 def write_check(result: dict, path) -> Path:
     """Write a :func:`phantom_check` result as JSON (with the environment), atomically."""
     from lus_common.store.environment import environment_info
+    from lus_common.store.results import write_json
 
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({**result, "environment": environment_info()}, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(path, {**result, "environment": environment_info()})
 
 
 def read_check(path) -> dict:

@@ -40,6 +40,16 @@ def _jsonable(obj):
 jsonable = _jsonable
 
 
+def write_json(path, doc) -> Path:
+    """Write ``doc`` as indented JSON (numpy scalars as numbers, NaN as null) atomically: a
+    temporary file beside ``path``, then renamed over it, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def encode_probabilities(probs: np.ndarray) -> np.ndarray:
     """Probabilities in [0, 1] stored as uint8 (steps of 1/255), to keep run folders small."""
     return (np.asarray(probs, dtype=np.float32) * 255).round().astype(np.uint8)

@@ -235,11 +235,7 @@ def export_reference(
     if params is not None:
         doc["study_params"] = params
     doc.update(extra or {})
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results.jsonable(doc), indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return results.write_json(path, doc)
 
 
 def timed_run(run: Callable[..., dict], *args) -> tuple[dict, str]:
