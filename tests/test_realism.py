@@ -59,6 +59,21 @@ def test_calibration_record_is_what_the_calibrated_appearance_uses():
         assert r.lo - 1e-9 <= centre <= r.hi + 1e-9, name
 
 
+def test_an_earlier_fit_starts_a_refit_in_todays_ranges():
+    """A record's values become unit coordinates of today's search: a range by its middle, a
+    value outside a range clipped to its end, a parameter the record lacks at the first
+    generator's value; and back to the same values."""
+    r = calibration.SEARCH
+    values = {"chest_wall_mm": [r["chest_wall_mm"].hi + 2, r["chest_wall_mm"].hi + 12],
+              "gamma": 1.3, "rib_transmission": 0.01}  # fmt: skip
+    units = calibration.units_of(values)
+    assert set(units) == set(r)
+    assert units["chest_wall_mm"] == 1.0  # the middle (hi + 7) clipped to hi
+    assert r["gamma"].value(units["gamma"]) == pytest.approx(1.3)
+    assert r["rib_transmission"].value(units["rib_transmission"]) == pytest.approx(0.01)  # log
+    assert r["dynamic_range_db"].value(units["dynamic_range_db"]) == pytest.approx(60.0)  # v1's
+
+
 def test_a_filled_fan_touches_the_frame_and_has_non_square_pixels():
     g = bmode.sector_geometry(128, 45.0, 95.0, 60.0, fill=True)
     inside = g["inside"]
@@ -106,6 +121,10 @@ def test_statistics_measure_known_images():
     white = np.clip(0.3 + 0.1 * rng.standard_normal((n, h, w)), 0.01, 1).astype(np.float32)
     t, _ = realism.frame_statistics(white, ["v"] * n)
     assert t["speckle_axial_px"].max() < 2 and t["speckle_lateral_px"].max() < 2
+    # fine texture over brightness: white noise of std 0.1 on 0.3, less the share a Gaussian of
+    # sigma 2 keeps (std x sqrt(1 - 2 g(0) + sum g^2) = x 0.970), in both lung bands
+    for band in realism.LUNG_BANDS:
+        assert t[f"fine_cv_{band}"].mean() == pytest.approx(0.1 * 0.970 / 0.3, rel=0.03)
     assert arrays["histogram"].shape == (n, realism.HIST_BINS)
     np.testing.assert_allclose(arrays["histogram"].sum(1), 1.0)
     # the same frames compare as equal; brighter ones by their shift
@@ -254,3 +273,21 @@ def test_small_calibrated_images_are_the_large_ones_resized():
         2, image_size=64, appearance=replace(APPEARANCES["calibrated"], render_size=0), **kw
     )
     assert not np.allclose(direct.images, small.images)  # render_size=0: formed at 64 px
+
+
+def test_speckle_reduction_widens_with_depth():
+    """The deep speckle reduction leaves the top as the plain filter does and smooths the bottom
+    harder; without it, the filter is the plain Gaussian of before (bit for bit)."""
+    from lus_common.phantoms.lung import _speckle_reduction
+
+    rng = np.random.default_rng(0)
+    beam = rng.integers(60, 200, (2, 200, 128)).astype(np.uint8)  # frames, depth, scan lines
+    plain = np.rint(ndimage.gaussian_filter(beam.astype(np.float32), (0, 0.8, 0.8)))
+    np.testing.assert_array_equal(_speckle_reduction(beam, 0.8, 0.0), plain.astype(np.uint8))
+    deep = _speckle_reduction(beam, 0.8, 3.0).astype(np.float32)
+    np.testing.assert_array_equal(deep[:, 0], plain[:, 0])  # no extra smoothing at the top
+    top, bottom = deep[:, 5:25].std(), deep[:, -25:-5].std()
+    # near the bottom, about a Gaussian of sigma hypot(0.8, 3) = 3.1, which keeps 1 / (2 sqrt(pi)
+    # sigma) = 0.091 of white noise's std; near the top about sigma 0.8's share (0.35 continuous)
+    assert bottom / beam.std() == pytest.approx(0.091, abs=0.015)
+    assert top / beam.std() > 0.3

@@ -162,9 +162,10 @@ def _cmd_phantom_calibrate(args) -> int:
     from lus_common.phantoms import calibration
 
     real = load_lus_pleura_rib(_real_folder(args), image_size=args.size)
-    start = None
+    start, previous = None, None
     if not args.fresh and calibration.CALIBRATION_FILE.is_file():  # refine the current fit
-        start = json.loads(calibration.CALIBRATION_FILE.read_text()).get("units")
+        previous = json.loads(calibration.CALIBRATION_FILE.read_text())
+        start = previous.get("appearance")
     record = calibration.calibrate(
         real.images,
         real.groups,
@@ -174,6 +175,12 @@ def _cmd_phantom_calibrate(args) -> int:
         progress=not args.quiet,
         start=start,
     )
+    if previous is not None:  # where the refit started: the fit it refines
+        record["start_from"] = {
+            "command": previous.get("command"),
+            "date": previous.get("environment", {}).get("date"),
+            "objective": previous.get("objective", {}).get("calibrated"),
+        }
     path = calibration.write_record(
         record, real.fingerprint(), args.command_line, args.out or calibration.CALIBRATION_FILE
     )
@@ -298,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument("--real", default=None, help="real frames laid out as lus_pleura_rib")
     cal.add_argument("--size", type=int, default=256)
-    cal.add_argument("--sobol", type=int, default=64, help="initial Sobol points")
+    cal.add_argument(
+        "--sobol", type=int, default=64, help="initial Sobol points (0: none, to refine)"
+    )
     cal.add_argument("--evaluations", type=int, default=400, help="Powell evaluations after them")
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--out", default=None, help="the record (default: the package's own)")

@@ -11,8 +11,9 @@ Two generators are kept, so that one run can compare them (``lus phantom-check``
   showed missing: the frame as scanners display it, baseband (IQ) speckle, tissue texture and
   fascia layers in the chest wall, a reverberation haze under the pleura that fades with depth,
   shadows whose edges soften with depth and that bone lets more echo through, weaker scan lines
-  at the fan's edges, a grey map (gamma and floor) and speckle reduction after log compression,
-  and images below 256 pixels formed at 256 and resized as real frames are.
+  at the fan's edges, a grey map (gamma and floor) and speckle reduction after log compression
+  that grows with depth, and images below 256 pixels formed at 256 and resized as real frames
+  are.
 
 A range ``(lo, hi)`` is drawn uniformly per video; a number is fixed.
 """
@@ -70,6 +71,7 @@ class Appearance:
     gamma: float = 1.0  # grey map after log compression: out = floor + (1 - floor) in ** gamma
     grey_floor: float = 0.0  # the darkest grey inside the image (scanners rarely show black)
     smoothing_px: float = 0.0  # the scanner's speckle reduction: a Gaussian of this sigma (px)
+    smoothing_deep_px: float = 0.0  # extra smoothing reached at the image's bottom (px)
     edge_falloff_db: float = 0.0  # convex: weaker scan lines at the fan's edges (dB at the edge)
     # Tissue.
     wall_gain: float = 1.0  # echogenicity of skin, fat, septa, fascia and muscle, x this

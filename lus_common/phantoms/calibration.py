@@ -10,13 +10,14 @@ shadows), computed from the pixels of real frames and of phantom frames in the s
    with the largest intersection over union, on a grid. The phantom's fans vary by +-0.01 and
    +-0.5 degrees around them: one device, as the real frames come from one.
 2. **Everything else** (:data:`SEARCH`): pulse length, beam width, gain, dynamic range, grey map,
-   speckle reduction, the fan's edge fall-off, tissue texture and brightness, the lung's
-   reverberation haze and its fall-off, A-line brightness, the rib's brightness,
-   bone transmission, shadow edges and chest-wall thickness, each in a stated range.
+   speckle reduction and its growth with depth, the fan's edge fall-off, tissue texture and
+   brightness, the lung's reverberation haze and its fall-off, A-line brightness, the rib's
+   brightness, bone transmission, shadow edges and chest-wall thickness, each in a stated range.
    The objective (:func:`objective`) is the mean squared standardised difference of the statistics
    (each capped at 10) plus the histogram and depth-profile distances in stated units. A Sobol
    sample of the ranges, then Powell's method from the best point, both on the same phantom
-   frames (one seed: common random numbers, so two candidates differ by their parameters alone).
+   frames (24 videos of one seed: common random numbers, so two candidates differ by their
+   parameters alone).
 
 The result is written to ``calibration.json`` beside this module (the fitted values, the
 statistics before and after, the real data's fingerprint and the command), which the
@@ -61,7 +62,7 @@ class Range:
 
 
 SEARCH = {
-    "axial_scale": Range(0.15, 1.5),
+    "axial_scale": Range(0.08, 1.5),
     "lateral_mm_convex": Range(0.2, 1.5),
     "dynamic_range_db": Range(30.0, 75.0, half=4.0),
     "gain_db": Range(-18.0, 6.0, half=2.5),
@@ -71,14 +72,17 @@ SEARCH = {
     "texture": Range(0.0, 1.5),
     "lung_haze": Range(1e-3, 0.3, log=True),
     "haze_decay_mm": Range(3.0, 60.0),
-    "aline_gain": Range(0.03, 1.0, log=True),
+    "aline_gain": Range(0.005, 1.0, log=True),
     "rib_transmission": Range(3e-3, 0.5, log=True),
     "shadow_edge_mm": Range(0.3, 6.0),
     "shadow_spread": Range(0.0, 0.4),
-    "chest_wall_mm": Range(11.0, 30.0, half=5.0),
+    # skin to pleura, per patient; an adult's intercostal chest wall is 1-2.5 cm (a wider range
+    # let the first fit make a thick bright wall stand in for the lung's haze)
+    "chest_wall_mm": Range(11.0, 24.0, half=4.0),
     "wall_gain": Range(0.5, 10.0, log=True),
     "rib_echo": Range(0.3, 3.0, log=True),
     "smoothing_px": Range(0.0, 1.5),
+    "smoothing_deep_px": Range(0.0, 3.0),
 }
 # What the statistics showed missing, switched on, and the convex probe's depth and frequency
 # (the fitted pulse and beam are in millimetres; their size in pixels follows from the depth).
@@ -142,13 +146,29 @@ def _v1_unit(name: str) -> float:
     """The first generator's value of a searched parameter in unit coordinates (0.5 if it has
     none, or it lies outside the range)."""
     value, r = getattr(V1, name), SEARCH[name]
-    value = np.mean(value) if isinstance(value, tuple) else value
+    value = np.mean(value) if isinstance(value, (tuple, list)) else value
     if value is None or not r.lo <= value <= r.hi:
         return 0.5
     return float(np.clip(r.unit(value), 0, 1))
 
 
-def phantom_frames(appearance: Appearance, size: int, n_videos: int = 12, frames: int = 4, seed=0):
+def units_of(values: dict) -> dict:
+    """Unit coordinates of appearance values (a record's ``appearance``; a range's middle for a
+    range), clipped into today's :data:`SEARCH` ranges; a parameter the values lack takes the
+    first generator's (:func:`_v1_unit`). So an earlier fit can start a refit after the
+    ranges, or the parameters, have changed."""
+    units = {}
+    for name, r in SEARCH.items():
+        if name not in values:
+            units[name] = _v1_unit(name)
+            continue
+        v = values[name]
+        v = float(np.mean(v)) if isinstance(v, (tuple, list)) else float(v)
+        units[name] = float(np.clip(r.unit(float(np.clip(v, r.lo, r.hi))), 0, 1))
+    return units
+
+
+def phantom_frames(appearance: Appearance, size: int, n_videos: int = 24, frames: int = 4, seed=0):
     """Healthy convex-probe phantom frames (the real set is one healthy volunteer) and videos."""
     d = realism.healthy_convex_phantom(appearance, n_videos, frames, size, seed)
     return d.images, list(d.meta["video"])
@@ -184,13 +204,15 @@ def calibrate(
     Args:
         real_images: (N, S, S) real convex-probe frames in [0, 1].
         real_groups: clip per frame.
-        n_sobol: points of the initial Sobol sample (a power of 2).
+        n_sobol: points of the initial Sobol sample (a power of 2; 0: none, e.g. when
+            refining from ``start``).
         max_evaluations: function evaluations of Powell's method after it.
         seed: the Sobol scramble and the phantom frames' seed.
         progress: print the best objective as it improves.
-        start: unit values of an earlier fit (its record's ``units``), tried before the Sobol
-            points so that a refit starts no worse than it; a parameter it lacks starts at the
-            first generator's value (or the middle of its range).
+        start: appearance values of an earlier fit (its record's ``appearance``), tried before
+            the Sobol points so that a refit starts no worse than it (:func:`units_of`: clipped
+            into today's ranges; a parameter it lacks starts at the first generator's value, or
+            the middle of its range).
 
     Returns:
         The record written by :func:`write_record`: ``appearance`` (the fitted values),
@@ -220,11 +242,14 @@ def calibrate(
                           file=sys.stderr, flush=True)  # fmt: skip
         return cache[key]
 
+    start_value = None
     if start is not None:
-        evaluate(np.array([start[n] if n in start else _v1_unit(n) for n in names]))
-    sample = qmc.Sobol(len(names), seed=seed).random(n_sobol)
-    for u in sample:
-        evaluate(u)
+        start_value = evaluate(np.array([units_of(start)[n] for n in names]))
+    if n_sobol:
+        for u in qmc.Sobol(len(names), seed=seed).random(n_sobol):
+            evaluate(u)
+    if best["units"] is None:  # neither a start nor a sample: start at the first generator
+        evaluate(np.array([_v1_unit(n) for n in names]))
     minimize(
         evaluate,
         best["units"],
@@ -245,7 +270,7 @@ def calibrate(
         "appearance": {k: list(v) if isinstance(v, tuple) else v for k, v in changed.items()},
         "units": units,
         "sector": sector,
-        "objective": {"v1": before[0], "calibrated": after[0]},
+        "objective": {"v1": before[0], "start": start_value, "calibrated": after[0]},
         "parts": {"v1": before[1], "calibrated": after[1]},
         "evaluations": len(cache),
         "seconds": round(time.perf_counter() - t0, 1),

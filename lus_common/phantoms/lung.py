@@ -542,6 +542,20 @@ def _envelope(world: dict, trans, echo, scat, rng: np.random.Generator) -> np.nd
     return bmode.envelope(amp, psf, rng, scatterers=scat)
 
 
+def _speckle_reduction(image: np.ndarray, sigma_px: float, deep_px: float) -> np.ndarray:
+    """The scanner's speckle reduction on the beam data (frames, depth, scan lines): a Gaussian of
+    ``sigma_px``, and one that widens with depth to ``hypot(sigma_px, deep_px)`` at the bottom, as
+    the beam widens beyond its focus and scanners filter the deep, weak echoes harder (a blend of
+    the two filtered images, weighted by depth)."""
+    image = image.astype(np.float32)
+    near = ndimage.gaussian_filter(image, (0, sigma_px, sigma_px)) if sigma_px > 0 else image
+    if deep_px > 0:
+        far = ndimage.gaussian_filter(image, (0, *[float(np.hypot(sigma_px, deep_px))] * 2))
+        w = np.linspace(0, 1, image.shape[1], dtype=np.float32)[None, :, None]
+        near += w * (far - near)
+    return np.rint(near).astype(np.uint8)
+
+
 def _render_video(
     world: dict, n_frames: int, rng: np.random.Generator, keep_envelope: bool
 ) -> dict:
@@ -581,11 +595,8 @@ def _render_video(
         grey = np.arange(256) / 255
         lut = np.rint(255 * (a.grey_floor + (1 - a.grey_floor) * grey**a.gamma))
         image = lut.astype(np.uint8)[image]
-    if a.smoothing_px > 0:  # speckle reduction on the beam data, as scanners filter it
-        smooth = ndimage.gaussian_filter(
-            image.astype(np.float32), (0, a.smoothing_px, a.smoothing_px)
-        )
-        image = np.rint(smooth).astype(np.uint8)
+    if a.smoothing_px > 0 or a.smoothing_deep_px > 0:
+        image = _speckle_reduction(image, a.smoothing_px, a.smoothing_deep_px)
     if world["probe"] == "convex":
         g = world["geometry"]
         image = bmode.scan_convert(image, g, order=1)

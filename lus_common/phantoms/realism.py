@@ -36,6 +36,9 @@ from scipy import ndimage
 # The real structure masks of lus_pleura_rib and the phantom layer that labels the same thing.
 STRUCTURE_LAYERS = {"pleural_line": "pleura", "rib_shadow": "rib_shadow", "rib_line": "ribs"}
 DEPTH_BINS = 20
+# Bands of depth (fraction of the image's) where the lung's fine texture is measured: beneath
+# the pleura, and deep.
+LUNG_BANDS = {"mid": (0.25, 0.45), "deep": (0.45, 0.9)}
 HIST_BINS = 32
 _EPS = 1e-6
 
@@ -138,7 +141,10 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         ``speckle_axial_px`` and ``speckle_lateral_px`` (autocorrelation FWHM of the
         high-passed chest wall and lung), ``step_axial`` and ``step_lateral`` (mean absolute
         grey difference between neighbouring pixels down and across: the fine texture's
-        contrast), ``column_contrast`` (coefficient of variation of the
+        contrast), ``fine_cv_mid`` and ``fine_cv_deep`` (standard deviation of the
+        high-passed grey, Gaussian sigma 2 px removed, over the mean grey in the bands of
+        :data:`LUNG_BANDS`: the fine texture's contrast relative to its brightness, beneath the
+        pleura and deep), ``column_contrast`` (coefficient of variation of the
         scan lines' mean brightness between 40 % and 90 % depth: rib shadows) and
         ``shadow_edge`` (the steepest change of that lateral profile, per pixel, over its mean);
         and ``arrays`` with ``histogram`` (N, :data:`HIST_BINS`) and ``depth_profile``
@@ -155,12 +161,16 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         frac = depth_fraction(ins)
         region = ndimage.binary_erosion(ins & (frac > 0.05) & (frac < 0.95), iterations=4)
         core = ndimage.binary_erosion(ins, iterations=2)
-        sector[g] = (frac, region.astype(np.float32), core)
+        lung = {
+            k: ndimage.binary_erosion(ins & (frac > lo) & (frac < hi), iterations=6)
+            for k, (lo, hi) in LUNG_BANDS.items()
+        }
+        sector[g] = (frac, region.astype(np.float32), core, lung)
     rows, hists, profiles = [], [], []
     edges = np.linspace(0, 1, HIST_BINS + 1)
     for k in range(n):
         img, ins = images[k], inside[k]
-        frac, region, core = sector[groups[k]]
+        frac, region, core, lung = sector[groups[k]]
         v = img[ins]
         hist = np.histogram(v, edges)[0].astype(float)
         hists.append(hist / max(hist.sum(), 1))
@@ -185,6 +195,13 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         wall_std = float(wv.std()) if wv.size > 20 else np.nan
         step_axial = float(np.abs(np.diff(img, axis=0))[core[1:] & core[:-1]].mean())
         step_lateral = float(np.abs(np.diff(img, axis=1))[core[:, 1:] & core[:, :-1]].mean())
+        fine = img - ndimage.gaussian_filter(img, 2.0)
+        fine_cv = {
+            f"fine_cv_{k}": float(fine[m].std() / (img[m].mean() + _EPS))
+            if m.sum() > 20
+            else np.nan
+            for k, m in lung.items()
+        }
         rows.append(
             {
                 "sector_fraction": float(ins.mean()),
@@ -203,6 +220,7 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
                 "step_lateral": step_lateral,
                 "column_contrast": contrast,
                 "shadow_edge": edge,
+                **fine_cv,
             }
         )
     return pd.DataFrame(rows), {"histogram": np.array(hists), "depth_profile": np.array(profiles)}
@@ -226,6 +244,8 @@ STATISTICS = {
     "step_lateral": 0.003,
     "column_contrast": 0.05,
     "shadow_edge": 0.03,
+    "fine_cv_mid": 0.02,
+    "fine_cv_deep": 0.02,
 }
 
 
@@ -289,11 +309,11 @@ def compare_statistics(phantom: dict, real: dict) -> tuple[pd.DataFrame, dict]:
 # Budgets of `lus phantom-check`: working size, phantom training frames, epochs, folds.
 CHECK_PROFILES = {
     "paper": dict(size=256, train_videos=60, frames_per_video=13, seg_epochs=30, folds=3,
-                  domain_epochs=20, batch_size=16, lr=1e-3, stats_size=256, seed=0),
+                  domain_epochs=20, batch_size=16, lr=1e-3, stats_size=256, seed=0, seg_seeds=3),
     "quick": dict(size=128, train_videos=24, frames_per_video=13, seg_epochs=12, folds=3,
-                  domain_epochs=10, batch_size=16, lr=2e-3, stats_size=256, seed=0),
+                  domain_epochs=10, batch_size=16, lr=2e-3, stats_size=256, seed=0, seg_seeds=2),
     "smoke": dict(size=64, train_videos=6, frames_per_video=6, seg_epochs=2, folds=2,
-                  domain_epochs=2, batch_size=16, lr=2e-3, stats_size=128, seed=0),
+                  domain_epochs=2, batch_size=16, lr=2e-3, stats_size=128, seed=0, seg_seeds=1),
 }  # fmt: skip
 SEGMENTER_FEATURES = (16, 32, 64, 128)  # a small U-Net: fast on a CPU, enough for two structures
 
@@ -388,7 +408,10 @@ def sim_to_real(phantom, real, structures, p: dict, device: str) -> dict:
         device: torch device.
 
     Returns:
-        ``{structure: {"dice", "frames", "per_frame"}}`` and ``"train_seconds"``.
+        ``{structure: {"dice", "dice_seeds", "frames", "per_frame"}}`` and ``"train_seconds"``:
+        one U-Net per seed (``p["seg_seeds"]`` of them, seeds ``p["seed"]``, ``+ 1``, ...; the
+        same phantom frames), ``dice`` the mean of the seeds' mean per-frame Dice, ``per_frame``
+        each frame's Dice averaged over the seeds.
     """
     import time
 
@@ -397,8 +420,18 @@ def sim_to_real(phantom, real, structures, p: dict, device: str) -> dict:
         if s in ("pleural_line", "rib_line"):  # lines drawn as bands by the annotators
             y[:, c] = thicken(y[:, c], label_thickness_px(real.layers[s]))
     start = time.perf_counter()
-    model, _ = _train_segmenter(phantom.images, y, p, p["seed"], device)
-    out = _dice_per_structure(model, real.images, _stack(real, structures), structures, device)
+    runs = []
+    for k in range(p.get("seg_seeds", 1)):
+        model, _ = _train_segmenter(phantom.images, y, p, p["seed"] + k, device)
+        runs.append(
+            _dice_per_structure(model, real.images, _stack(real, structures), structures, device)
+        )
+    out = {
+        s: {"dice": float(np.mean([r[s]["dice"] for r in runs])),
+            "dice_seeds": [r[s]["dice"] for r in runs], "frames": runs[0][s]["frames"],
+            "per_frame": np.mean([r[s]["per_frame"] for r in runs], 0).round(4).tolist()}
+        for s in structures
+    }  # fmt: skip
     out["train_seconds"] = round(time.perf_counter() - start, 1)
     return out
 
@@ -684,6 +717,8 @@ STAT_LABELS = {
     "step_lateral": "fine texture: mean |grey step| across",
     "column_contrast": "deep scan lines' brightness: coefficient of variation (shadows)",
     "shadow_edge": "steepest lateral change of the deep brightness / its mean (shadow edges)",
+    "fine_cv_mid": "lung beneath the pleura (25-45 % depth): fine texture's std / mean grey",
+    "fine_cv_deep": "deep lung (45-90 % depth): fine texture's std / mean grey",
 }
 STRUCTURE_LABELS = {"pleural_line": "pleural line", "rib_shadow": "rib shadow",
                     "rib_line": "rib line"}  # fmt: skip
@@ -727,7 +762,9 @@ def check_caption(check: dict) -> str:
     return (
         f"Recorded by `{check.get('command', 'lus phantom-check')}` "
         f"({p['profile']} profile: {p['size']} px, {p['train_videos']} phantom videos of "
-        f"{p['frames_per_video']} frames, {p['seg_epochs']} epochs; domain classifier "
+        f"{p['frames_per_video']} frames, {p['seg_epochs']} epochs, "
+        f"{p.get('seg_seeds', 1)} seed(s) of the U-Net trained on phantom frames and one per "
+        f"fold of the ceiling's; domain classifier "
         f"{p['domain_epochs']} epochs, {p['folds']} folds by clip or video) on "
         f"{real['frames']} real frames of {real['clips']} clips, {p['device']}, "
         f"{env.get('date', '?')[:10]}, {check['seconds']:.0f} s. Statistics at "
@@ -744,9 +781,13 @@ def findings(check: dict) -> list[str]:
     def dice(g, s):
         return check["generators"][g]["sim_to_real"][s]["dice"]
 
+    def seeds(g, s):  # each U-Net seed's Dice, when there were several
+        d = check["generators"][g]["sim_to_real"][s].get("dice_seeds", [])
+        return f" (seeds: {', '.join(f'{x:.3f}' for x in d)})" if len(d) > 1 else ""
+
     for s in structures:
         ceiling = check["ceiling"][s]["dice"]
-        parts = ", ".join(f"{dice(g, s):.3f} with `{g}`" for g in gens)
+        parts = ", ".join(f"{dice(g, s):.3f} with `{g}`{seeds(g, s)}" for g in gens)
         best = max(gens, key=lambda g: dice(g, s))
         out.append(
             f"**{STRUCTURE_LABELS[s].capitalize()}.** Trained on phantom frames only, the U-Net "
@@ -851,10 +892,17 @@ def side_by_side(
 
 def calibration_caption(record: dict) -> str:
     """How the calibration record was made, and its objective before and after."""
+    start = record.get("start_from")
+    refined = (
+        f", refining the fit of {str(start['date'])[:10]} (`{start['command']}`), whose values "
+        f"score {record['objective']['start']:.2f} under today's statistics"
+        if start and record["objective"].get("start") is not None
+        else ""
+    )
     return (
         f"Fitted by `{record['command']}` in {record['seconds']:.0f} s ({record['evaluations']} "
-        f"evaluations, {record['environment']['date'][:10]}) on {record['frames']} real frames at "
-        f"{record['image_size']} px: objective {record['objective']['v1']:.1f} for the first "
-        f"generator, {record['objective']['calibrated']:.2f} calibrated; the fan's overlap with "
-        f"the real sector {record['sector']['iou']:.3f} (intersection over union)."
+        f"evaluations, {record['environment']['date'][:10]}{refined}) on {record['frames']} real "
+        f"frames at {record['image_size']} px: objective {record['objective']['v1']:.1f} for the "
+        f"first generator, {record['objective']['calibrated']:.2f} calibrated; the fan's overlap "
+        f"with the real sector {record['sector']['iou']:.3f} (intersection over union)."
     )
