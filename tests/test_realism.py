@@ -74,6 +74,16 @@ def test_an_earlier_fit_starts_a_refit_in_todays_ranges():
     assert r["dynamic_range_db"].value(units["dynamic_range_db"]) == pytest.approx(60.0)  # v1's
 
 
+def test_peaks_are_found_between_rows():
+    """The physics check's A-line and pleura depths: a sampled parabola's vertex, exactly."""
+    from lus_common.phantoms.checks import _peak
+
+    rows = np.arange(12.0)
+    assert _peak(-((rows - 5.3) ** 2)) == pytest.approx(5.3)
+    assert _peak(-((rows - 7.5) ** 2)) == pytest.approx(7.5)
+    assert _peak(rows) == 11.0  # at an end: the end itself
+
+
 def test_a_filled_fan_touches_the_frame_and_has_non_square_pixels():
     g = bmode.sector_geometry(128, 45.0, 95.0, 60.0, fill=True)
     inside = g["inside"]
@@ -238,6 +248,28 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, tmp_path, c
     assert doc["generators"]["calibrated"]["sim_to_real"]["pleural_line"]["frames"] == 156
 
 
+def test_phantom_calibrate_refines_the_current_record(real_pleura_rib, tmp_path, capsys):
+    """``lus phantom-calibrate`` without ``--fresh`` starts from the package's record (its values
+    in today's ranges), never ends worse than that start on the same frames, and says which
+    record it refined; the package's record stays as it is."""
+    from lus_common.app.cli import main
+
+    before = CALIBRATION_FILE.read_text()
+    out = tmp_path / "calibration.json"
+    code = main(["phantom-calibrate", "--real", str(real_pleura_rib), "--size", "64",
+                 "--sobol", "0", "--evaluations", "3", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0 and CALIBRATION_FILE.read_text() == before
+    printed = json.loads(capsys.readouterr().out)
+    record, package = json.loads(out.read_text()), json.loads(before)
+    assert printed["objective"] == record["objective"]
+    assert record["objective"]["calibrated"] <= record["objective"]["start"]
+    assert record["objective"]["calibrated"] < record["objective"]["v1"]
+    assert record["start_from"]["command"] == package["command"]
+    assert record["start_from"]["objective"] == package["objective"]["calibrated"]
+    assert record["image_size"] == 64 and record["frames"] == 156
+    assert set(record["units"]) == set(calibration.SEARCH)
+
+
 def test_phantom_check_explains_a_missing_folder(tmp_path, capsys):
     from lus_common.app.cli import main
 
@@ -277,12 +309,12 @@ def test_small_calibrated_images_are_the_large_ones_resized():
 
 def test_speckle_reduction_widens_with_depth():
     """The deep speckle reduction leaves the top as the plain filter does and smooths the bottom
-    harder; without it, the filter is the plain Gaussian of before (bit for bit)."""
+    harder; without it, the filter is a plain Gaussian (cut at 3 sigma)."""
     from lus_common.phantoms.lung import _speckle_reduction
 
     rng = np.random.default_rng(0)
     beam = rng.integers(60, 200, (2, 200, 128)).astype(np.uint8)  # frames, depth, scan lines
-    plain = np.rint(ndimage.gaussian_filter(beam.astype(np.float32), (0, 0.8, 0.8)))
+    plain = np.rint(ndimage.gaussian_filter(beam.astype(np.float32), (0, 0.8, 0.8), truncate=3))
     np.testing.assert_array_equal(_speckle_reduction(beam, 0.8, 0.0), plain.astype(np.uint8))
     deep = _speckle_reduction(beam, 0.8, 3.0).astype(np.float32)
     np.testing.assert_array_equal(deep[:, 0], plain[:, 0])  # no extra smoothing at the top

@@ -180,6 +180,7 @@ def _cmd_phantom_calibrate(args) -> int:
             "command": previous.get("command"),
             "date": previous.get("environment", {}).get("date"),
             "objective": previous.get("objective", {}).get("calibrated"),
+            "start_from": previous.get("start_from"),  # and where that one started
         }
     path = calibration.write_record(
         record, real.fingerprint(), args.command_line, args.out or calibration.CALIBRATION_FILE

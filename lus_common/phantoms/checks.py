@@ -37,6 +37,18 @@ def chest_wall_speckle(data: SegmentationSet, k: int) -> np.ndarray:
     return np.concatenate([env[int(t - 3 / dz) : int(t - 1.2 / dz), c] for c, t in zip(cols, top)])
 
 
+def _peak(profile: np.ndarray) -> float:
+    """Where a profile peaks, to a fraction of a row: the parabola through its highest sample and
+    the two beside it (the highest sample itself at the ends)."""
+    i = int(np.argmax(profile))
+    if 0 < i < len(profile) - 1:
+        left, mid, right = profile[i - 1], profile[i], profile[i + 1]
+        curve = left - 2 * mid + right
+        if curve < 0:
+            return i + 0.5 * float(left - right) / float(curve)
+    return float(i)
+
+
 def a_line_depth_errors(data: SegmentationSet) -> dict[int, list[float]]:
     """Per repeat n, the offsets (pixels) of the n-th A-line's brightest row from n x the pleural
     depth.
@@ -54,13 +66,13 @@ def a_line_depth_errors(data: SegmentationSet) -> dict[int, list[float]]:
             profile = ndimage.gaussian_filter1d(img[:, c], 1.0)
             label_rows = np.flatnonzero(data.layers["pleura"][k][:, c])
             lo = max(label_rows[0] - 4, 0)
-            depth = lo + int(np.argmax(profile[lo : label_rows[-1] + 5])) + 0.5
+            depth = lo + _peak(profile[lo : label_rows[-1] + 5]) + 0.5
             for n in range(2, 12):
                 centre = n * depth - 0.5
                 a, b = int(centre - 0.25 * depth), int(centre + 0.25 * depth)
                 if b >= len(profile) or not data.layers["alines"][k][a:b, c].any():
                     break
-                errors.setdefault(n, []).append(float(a + np.argmax(profile[a:b]) - centre))
+                errors.setdefault(n, []).append(float(a + _peak(profile[a:b]) - centre))
     return errors
 
 

@@ -546,14 +546,20 @@ def _speckle_reduction(image: np.ndarray, sigma_px: float, deep_px: float) -> np
     """The scanner's speckle reduction on the beam data (frames, depth, scan lines): a Gaussian of
     ``sigma_px``, and one that widens with depth to ``hypot(sigma_px, deep_px)`` at the bottom, as
     the beam widens beyond its focus and scanners filter the deep, weak echoes harder (a blend of
-    the two filtered images, weighted by depth)."""
-    image = image.astype(np.float32)
-    near = ndimage.gaussian_filter(image, (0, sigma_px, sigma_px)) if sigma_px > 0 else image
+    the two filtered images, weighted by depth; the wider one is the narrower one filtered again
+    by ``deep_px``, Gaussians compose so; kernels cut at 3 sigma)."""
+    if sigma_px > 0:
+        near = ndimage.gaussian_filter(
+            image, (0, sigma_px, sigma_px), output=np.float32, truncate=3.0
+        )
+    else:
+        near = image.astype(np.float32)
     if deep_px > 0:
-        far = ndimage.gaussian_filter(image, (0, *[float(np.hypot(sigma_px, deep_px))] * 2))
-        w = np.linspace(0, 1, image.shape[1], dtype=np.float32)[None, :, None]
-        near += w * (far - near)
-    return np.rint(near).astype(np.uint8)
+        far = ndimage.gaussian_filter(near, (0, deep_px, deep_px), truncate=3.0)
+        far -= near
+        far *= np.linspace(0, 1, image.shape[1], dtype=np.float32)[None, :, None]
+        near += far
+    return np.rint(near, out=near).astype(np.uint8)
 
 
 def _render_video(
@@ -564,8 +570,12 @@ def _render_video(
     size, rows, margin = world["size"], world["rows"], world["margin"]
     idx_t, idx_l = _motion(world, n_frames, rng)
 
-    def take(a, idx):  # (rows, world cols) -> (frames, rows, size)
-        return np.moveaxis(np.take(a, idx, axis=1), 1, 0)
+    def take(a, idx):  # (rows, world cols) -> (frames, rows, size), contiguous
+        # each frame's columns are one run (_motion: offset + 0..size-1): copy slices
+        out = np.empty((len(idx), a.shape[0], size), a.dtype)
+        for f, first in enumerate(idx[:, 0]):
+            out[f] = a[:, first : first + size]
+        return out
 
     sel = take(world["support"], idx_l)
     trans = take(world["transmission"], idx_t)
@@ -833,8 +843,10 @@ def _deal_videos(
 def _store_labels(bits: np.ndarray, dense: np.ndarray, layers: dict) -> None:
     """One video's structure masks (from its bit planes) and class maps, written into ``layers``
     (views of the set's arrays)."""
+    plane = np.empty_like(bits)
     for i, name in enumerate(STRUCTURES):
-        np.bitwise_and(bits >> i, 1, out=layers[name])
+        np.right_shift(bits, i, out=plane)
+        np.bitwise_and(plane, 1, out=layers[name])
     layers["dense"][...] = dense
     layers["sparse"][...] = dense_to_sparse(dense)
 
