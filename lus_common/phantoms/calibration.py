@@ -79,7 +79,7 @@ SEARCH = {
     "rib_transmission": Range(3e-3, 0.1, log=True),
     "shadow_edge_mm": Range(0.3, 6.0),
     "shadow_spread": Range(0.0, 0.2),
-    # skin to pleura, per patient; an adult's intercostal chest wall is 1-2.5 cm (a wider range
+    # skin to pleura, per patient: about 1-2.5 cm in adults at the intercostal spaces (a wider range
     # let the first fit make a thick bright wall stand in for the lung's haze)
     "chest_wall_mm": Range(11.0, 24.0, half=4.0),
     "wall_gain": Range(0.5, 10.0, log=True),
