@@ -12,12 +12,18 @@ from lus_common.config.paths import PROJECT_ROOT
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def real_data_root() -> Path | None:
-    """``$LUS_DATA_DIR`` or ``../shared/data`` beside the project, if it holds HC18."""
+def _data_root_with(marker: str) -> Path | None:
+    """``$LUS_DATA_DIR``, else ``../shared/data`` beside the project: the first that has the
+    folder ``marker`` (a path inside it)."""
     for candidate in (os.environ.get("LUS_DATA_DIR"), PROJECT_ROOT.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / "hc18" / "training_set").is_dir():
+        if candidate and (Path(candidate) / marker).is_dir():
             return Path(candidate).resolve()
     return None
+
+
+def real_data_root() -> Path | None:
+    """``$LUS_DATA_DIR`` or ``../shared/data`` beside the project, if it holds HC18."""
+    return _data_root_with("hc18/training_set")
 
 
 @pytest.fixture
@@ -49,10 +55,8 @@ def pocus_data_root() -> Path | None:
     """``$LUS_DATA_DIR/pocus`` or ``../shared/data/pocus`` beside the project, if it has clips."""
     from lus_common.data import pocus
 
-    for candidate in (os.environ.get("LUS_DATA_DIR"), PROJECT_ROOT.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / "pocus" / pocus.VIDEO_DIR).is_dir():
-            return Path(candidate).resolve() / "pocus"
-    return None
+    root = _data_root_with(f"pocus/{pocus.VIDEO_DIR}")
+    return None if root is None else root / "pocus"
 
 
 @pytest.fixture
@@ -66,10 +70,8 @@ def real_pocus():
 
 def pleura_rib_root() -> Path | None:
     """``$LUS_DATA_DIR/lus_pleura_rib`` or ``../shared/data/lus_pleura_rib``, if it has frames."""
-    for candidate in (os.environ.get("LUS_DATA_DIR"), PROJECT_ROOT.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / "lus_pleura_rib" / "image").is_dir():
-            return Path(candidate).resolve() / "lus_pleura_rib"
-    return None
+    root = _data_root_with("lus_pleura_rib/image")
+    return None if root is None else root / "lus_pleura_rib"
 
 
 @pytest.fixture

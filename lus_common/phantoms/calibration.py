@@ -250,7 +250,8 @@ def calibrate(
 
     start_value = None
     if start is not None:
-        start_value = evaluate(np.array([units_of(start)[n] for n in names]))
+        first = units_of(start)
+        start_value = evaluate(np.array([first[n] for n in names]))
     if n_sobol:
         for u in qmc.Sobol(len(names), seed=seed).random(n_sobol):
             evaluate(u)

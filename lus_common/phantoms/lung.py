@@ -493,9 +493,9 @@ def _video_world(
 
 
 def _motion(world: dict, n_frames: int, rng: np.random.Generator):
-    """Per-frame world columns of the tissue (breathing jitter) and of the lung (sliding, less
-    when diseased): two ``(frames, size)`` index arrays."""
-    size, margin, ds = world["size"], world["margin"], world["ds"]
+    """Per-frame first world column of the tissue (breathing jitter) and of the lung (sliding,
+    less when diseased): two ``(frames,)`` offsets; a frame shows ``size`` columns from there."""
+    margin, ds = world["margin"], world["ds"]
     f = np.arange(n_frames)
     phase = rng.uniform(0, 2 * np.pi, 3)
     jitter = rng.uniform(0.0, 0.3) * np.sin(2 * np.pi * f / 60 + phase[0])
@@ -504,8 +504,7 @@ def _motion(world: dict, n_frames: int, rng: np.random.Generator):
         slide *= 0.4  # diseased lung slides less
     o_t = np.clip(np.rint(margin + jitter / ds), 0, 2 * margin).astype(int)
     o_l = np.clip(np.rint(o_t + slide / ds), 0, 2 * margin).astype(int)
-    cols = np.arange(size)
-    return o_t[:, None] + cols, o_l[:, None] + cols
+    return o_t, o_l
 
 
 def _envelope(world: dict, trans, echo, scat, rng: np.random.Generator) -> np.ndarray:
@@ -568,23 +567,22 @@ def _render_video(
     """Frames of one video: motion, scatterers, PSF, envelope, TGC, log compression, scan
     conversion."""
     size, rows, margin = world["size"], world["rows"], world["margin"]
-    idx_t, idx_l = _motion(world, n_frames, rng)
+    first_t, first_l = _motion(world, n_frames, rng)
 
-    def take(a, idx):  # (rows, world cols) -> (frames, rows, size), contiguous
-        # each frame's columns are one run (_motion: offset + 0..size-1): copy slices
-        out = np.empty((len(idx), a.shape[0], size), a.dtype)
-        for f, first in enumerate(idx[:, 0]):
+    def take(a, offsets):  # (rows, world cols) -> (frames, rows, size), contiguous slices
+        out = np.empty((len(offsets), a.shape[0], size), a.dtype)
+        for f, first in enumerate(offsets):
             out[f] = a[:, first : first + size]
         return out
 
-    sel = take(world["support"], idx_l)
-    trans = take(world["transmission"], idx_t)
+    sel = take(world["support"], first_l)
+    trans = take(world["transmission"], first_t)
     visible = trans > 0.5
-    echo = np.where(sel, take(world["echo_l"], idx_l), take(world["echo_t"], idx_t))
-    bits = np.where(sel, take(world["bits_l"], idx_l), take(world["bits_t"], idx_t))
+    echo = np.where(sel, take(world["echo_l"], first_l), take(world["echo_t"], first_t))
+    bits = np.where(sel, take(world["bits_l"], first_l), take(world["bits_t"], first_t))
     bone = _BIT["ribs"] | _BIT["rib_body"]
     bits = np.where(visible, bits, (bits & bone) | _BIT["rib_shadow"])
-    dense = np.where(sel & visible, take(world["dense_l"], idx_l), np.uint8(0))
+    dense = np.where(sel & visible, take(world["dense_l"], first_l), np.uint8(0))
 
     # Scatterers shared by the video (tissue and lung frames), a quarter redrawn per frame.
     a = world["appearance"]
@@ -595,7 +593,7 @@ def _render_video(
     world_t = draw((rows, size + 2 * margin))
     world_l = draw((rows, size + 2 * margin))
     eps = _FRAME_DECORRELATION
-    scat = np.where(sel, take(world_l, idx_l), take(world_t, idx_t))
+    scat = np.where(sel, take(world_l, first_l), take(world_t, first_t))
     scat *= np.float32(np.sqrt(1 - eps**2))
     scat += np.float32(eps) * draw(scat.shape)
 

@@ -421,13 +421,12 @@ def sim_to_real(phantom, real, structures, p: dict, device: str) -> dict:
     for c, s in enumerate(structures):
         if s in ("pleural_line", "rib_line"):  # lines drawn as bands by the annotators
             y[:, c] = thicken(y[:, c], label_thickness_px(real.layers[s]))
+    truth = _stack(real, structures)
     start = time.perf_counter()
     runs = []
     for k in range(p.get("seg_seeds", 1)):
         model, _ = _train_segmenter(phantom.images, y, p, p["seed"] + k, device)
-        runs.append(
-            _dice_per_structure(model, real.images, _stack(real, structures), structures, device)
-        )
+        runs.append(_dice_per_structure(model, real.images, truth, structures, device))
     out = {
         s: {"dice": float(np.mean([r[s]["dice"] for r in runs])),
             "dice_seeds": [r[s]["dice"] for r in runs], "frames": runs[0][s]["frames"],
