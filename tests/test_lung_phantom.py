@@ -22,7 +22,8 @@ from lus_common.phantoms import (
 @pytest.fixture(scope="module")
 def healthy_linear():
     """Healthy lungs on a linear probe with a smooth pleura, envelopes kept; the calibrated look
-    with tissue of one echogenicity (no texture), where speckle is fully developed."""
+    with tissue of one echogenicity (no texture), where speckle is fully developed, and A-lines at
+    full strength."""
     return lung_ultrasound_phantom(
         12,
         n_patients=3,
@@ -34,7 +35,7 @@ def healthy_linear():
         keep_envelope=True,
         n_blines=0,
         pleural_irregularity_mm=0.0,
-        appearance=checks.homogeneous("calibrated"),
+        appearance=checks.square_on(checks.homogeneous("calibrated")),
     )
 
 
@@ -60,6 +61,74 @@ def test_a_lines_at_integer_multiples_of_the_pleural_depth(healthy_linear):
     for n, e in errors.items():
         if len(e) >= 10:
             assert abs(np.median(e)) <= 2, (n, np.median(e))
+
+
+def test_a_lines_dim_per_video_and_are_labelled_only_where_they_show():
+    """``aline_fade``: each video's A-lines x a factor drawn in [fade, 1]. An A-line is drawn and
+    labelled only while 4x brighter than the air and the haze at its depth: at full strength the
+    second one always is (0.05 x reflect^2 >= 0.01 against 4 x 0.0012), dimmed 100-fold never."""
+    from dataclasses import replace
+
+    from lus_common.phantoms.appearance import APPEARANCES
+
+    look = replace(APPEARANCES["calibrated"], aline_gain=0.05, lung_haze=0.01, haze_decay_mm=9.0,
+                   chest_wall_mm=(18.0, 22.0))  # fmt: skip
+    kw = dict(n_patients=16, frames_per_video=1, image_size=128, probe="linear",
+              diagnoses="healthy", seed=4, n_blines=0)  # fmt: skip
+    shown = {}
+    for fade in (1.0, 0.01):
+        d = lung_ultrasound_phantom(16, appearance=replace(look, aline_fade=fade), **kw)
+        shown[fade] = d.layers["alines"].reshape(16, -1).any(1)
+    assert shown[1.0].all()
+    assert shown[0.01].any() and not shown[0.01].all()
+    dim = replace(look, aline_gain=0.05 * 0.01)  # every video at the faintest: none labelled
+    d = lung_ultrasound_phantom(16, appearance=dim, **kw)
+    assert not d.layers["alines"].any()
+
+
+def test_specks_brighten_a_share_of_the_echo_map_given_by_their_density():
+    """``specks``: each echo sample is a strong reflector with probability density x its area
+    (mm^2), its echogenicity x (1 + specks); nothing else of the video changes."""
+    from dataclasses import replace
+
+    from lus_common.phantoms.appearance import APPEARANCES
+    from lus_common.phantoms.lung import _video_world
+
+    plain = replace(APPEARANCES["calibrated"], specks=0.0)
+    worlds = [_video_world(256, 8, "linear", 20.0, "healthy", np.random.default_rng(7), {},
+                           appearance=replace(plain, specks=s, speck_density=0.5))
+              for s in (0.0, 9.0)]  # fmt: skip
+    base, speckled = worlds
+    for key in ("echo_t", "echo_l"):
+        ratio = speckled[key] / base[key]
+        assert set(np.unique(np.round(ratio, 4))) <= {1.0, 10.0}
+        share = (ratio > 5).mean()
+        assert share == pytest.approx(0.5 * base["dz"] * base["ds"], rel=0.1)
+    np.testing.assert_array_equal(speckled["bits_l"], base["bits_l"])  # labels unchanged
+
+
+def test_each_a_line_is_wider_than_the_one_before_by_the_spread():
+    """With ``aline_spread_mm``, the n-th A-line's label is spread x (n - 2) mm thicker than the
+    second's: the label follows the echo it marks."""
+    from dataclasses import replace
+
+    from lus_common.phantoms.appearance import APPEARANCES
+
+    spread = 0.6
+    look = replace(APPEARANCES["calibrated"], aline_spread_mm=spread, aline_gain=1.0)
+    d = lung_ultrasound_phantom(2, n_patients=2, frames_per_video=1, image_size=256,
+                                probe="linear", diagnoses="healthy", seed=3, n_blines=0,
+                                pleural_irregularity_mm=0.0, appearance=look)  # fmt: skip
+    growth = []
+    for k in range(len(d)):
+        dz = d.spacing_mm[k, 0]
+        for c in range(0, 256, 16):
+            col = d.layers["alines"][k][:, c].astype(int)
+            starts, ends = np.flatnonzero(np.diff(col) == 1), np.flatnonzero(np.diff(col) == -1)
+            runs = (ends - starts[: len(ends)]) * dz  # mm, the 2nd, 3rd, ... A-line
+            growth += list(np.diff(runs))
+    assert len(growth) >= 20
+    assert np.median(growth) == pytest.approx(spread, abs=0.6 * d.spacing_mm[:, 0].max())
 
 
 @pytest.mark.parametrize("appearance", ["v1", "calibrated"])

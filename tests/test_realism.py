@@ -35,7 +35,7 @@ def test_v1_is_the_first_generator_bit_for_bit():
 
 def test_calibrated_is_the_default_and_a_new_version():
     d = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5)
-    assert d.info["appearance"] == "calibrated" and d.info["version"] == 2
+    assert d.info["appearance"] == "calibrated" and d.info["version"] == 3
     v1 = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5,
                                  appearance="v1")  # fmt: skip
     assert d.fingerprint() != v1.fingerprint()  # stored runs of the old images are not reused
@@ -147,6 +147,41 @@ def test_statistics_measure_known_images():
         0.1, abs=0.01
     )
     assert dist["histogram_w1"] == pytest.approx(0.1, abs=0.02)
+
+
+def test_aline_ripple_measures_bands_in_the_depth_profile():
+    """A grey of 0.5 with bands of amplitude 0.1 every 12 rows: the ripple is the bands' std
+    (0.1 / sqrt(2), less the 0.949 a depth bin of 256 / 120 rows keeps of them) over the mean."""
+    rows = np.arange(256, dtype=np.float32)[None, :, None]
+    flat = np.full((2, 256, 128), 0.5, np.float32)
+    banded = flat + 0.1 * np.cos(2 * np.pi * rows / 12) * np.ones_like(flat)
+    t, _ = realism.frame_statistics(banded, ["v"] * 2)
+    keep = np.sinc((256 / 120) / 12)  # a bin's average of a cosine
+    assert t["aline_ripple"].mean() == pytest.approx(0.1 * keep / np.sqrt(2) / 0.5, rel=0.05)
+    t, _ = realism.frame_statistics(flat, ["v"] * 2)
+    assert t["aline_ripple"].max() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_grain_and_skew_of_the_lung_texture():
+    """Grain: white noise is all fine detail, noise smoothed along one axis has little along that
+    axis. Skew: sparse bright specks on a flat ground skew the fine texture right, sparse dark
+    pits left, by the same amount."""
+    rng = np.random.default_rng(2)
+    n, h, w = 2, 192, 128
+    noise = rng.standard_normal((n, h, w)).astype(np.float32)
+    white = 0.3 + 0.05 * noise
+    streaks = 0.3 + 0.05 * ndimage.gaussian_filter(noise, (0, 0, 3.0)) / 0.1  # long laterally
+    g_white, _ = realism.frame_statistics(white, ["v"] * n)
+    g_streak, _ = realism.frame_statistics(streaks.astype(np.float32), ["v"] * n)
+    assert g_white["grain_axial"].mean() > 2 and g_white["grain_lateral"].mean() > 2
+    assert g_streak["grain_lateral"].mean() < 0.5 < 2 < g_streak["grain_axial"].mean()
+    specks = rng.random((n, h, w)) < 0.01
+    bright = np.where(specks, 0.6, 0.3).astype(np.float32)
+    dark = np.where(specks, 0.05, 0.3).astype(np.float32)  # lit: the sector is found
+    t_bright, _ = realism.frame_statistics(bright, ["v"] * n)
+    t_dark, _ = realism.frame_statistics(dark, ["v"] * n)
+    assert t_bright["fine_skew"].mean() > 5
+    assert t_dark["fine_skew"].mean() == pytest.approx(-t_bright["fine_skew"].mean(), rel=0.15)
 
 
 def test_brightest_layer_is_the_pleura_or_the_ribs_just_above_it():
@@ -323,3 +358,40 @@ def test_speckle_reduction_widens_with_depth():
     # sigma) = 0.091 of white noise's std; near the top about sigma 0.8's share (0.35 continuous)
     assert bottom / beam.std() == pytest.approx(0.091, abs=0.015)
     assert top / beam.std() > 0.3
+
+
+def test_pit_fill_lifts_only_what_is_darker_than_the_local_mean():
+    from lus_common.phantoms.lung import _speckle_reduction
+
+    rng = np.random.default_rng(3)
+    beam = rng.integers(20, 230, (2, 100, 80)).astype(np.uint8)
+    plain = _speckle_reduction(beam, 0.5, 3.0, (0.3, 0.3)).astype(np.float32)
+    filled = _speckle_reduction(beam, 0.5, 3.0, (0.3, 0.3), pit_fill=1.0).astype(np.float32)
+    near = ndimage.gaussian_filter(beam.astype(np.float32), (0, 0.5, 0.5), truncate=3)
+    local = ndimage.gaussian_filter(near, (0, 3.0, 3.0), truncate=3)
+    assert (filled >= plain).all()
+    assert (filled >= np.rint(local) - 1).all()  # every pit filled up to the local mean
+    above = plain > local + 1
+    np.testing.assert_array_equal(filled[above], plain[above])  # bright pixels kept as they were
+
+
+def test_speckle_reduction_shares_blend_the_two_filters():
+    """A share below 1 moves the image only part of the way to its local mean: the result is the
+    weighted mean of the plain and the wider filter (Gaussians compose), so the grain's contrast
+    falls but its size does not grow as much."""
+    from lus_common.phantoms.lung import _speckle_reduction
+
+    rng = np.random.default_rng(1)
+    beam = rng.integers(60, 200, (2, 120, 96)).astype(np.uint8)
+    f = beam.astype(np.float32)
+    plain = ndimage.gaussian_filter(f, (0, 0.8, 0.8), truncate=3)
+    wide = ndimage.gaussian_filter(plain, (0, 2.0, 2.0), truncate=3)
+    np.testing.assert_array_equal(
+        _speckle_reduction(beam, 0.8, 2.0, (0.0, 0.0)), np.rint(plain).astype(np.uint8)
+    )
+    half = _speckle_reduction(beam, 0.8, 2.0, (0.6, 0.6)).astype(np.float32)
+    assert np.abs(half - (0.4 * plain + 0.6 * wide)).max() <= 0.5 + 1e-4  # rounding only
+    # share 0.6 at the top, 1 at the bottom
+    ramp = _speckle_reduction(beam, 0.8, 2.0, (0.6, 1.0)).astype(np.float32)
+    assert np.abs(ramp[:, 0] - half[:, 0]).max() <= 1
+    assert np.abs(ramp[:, -1] - np.rint(wide[:, -1])).max() <= 1

@@ -5,15 +5,18 @@ Two generators are kept, so that one run can compare them (``lus phantom-check``
 
 - ``"v1"``: the first generator, bit for bit (generator version 1): a letterboxed fan, a 2-cycle
   pulse, a 55-65 dB display, pitch-black rib shadows with crisp edges, bright A-lines.
-- ``"calibrated"`` (the default, generator version 2): ``v1`` with its appearance parameters fitted
+- ``"calibrated"`` (the default, generator version 3): ``v1`` with its appearance parameters fitted
   to the appearance statistics of real convex lung ultrasound
   (:mod:`lus_common.phantoms.calibration`, record in ``calibration.json``), and what the statistics
   showed missing: the frame as scanners display it, baseband (IQ) speckle, tissue texture and
   fascia layers in the chest wall, a reverberation haze under the pleura that fades with depth,
-  shadows whose edges soften with depth and that bone lets more echo through, weaker scan lines
-  at the fan's edges, a grey map (gamma and floor) and speckle reduction after log compression
-  that grows with depth, and images below 256 pixels formed at 256 and resized as real frames
-  are.
+  streaks in it, A-lines that dim per video (bright only where the beam meets the pleura square
+  on) and that may widen repeat by repeat, shadows whose edges soften with depth and that bone
+  lets more echo through, sparse strong reflectors, weaker scan lines at the fan's edges, a grey
+  map (gamma and floor), speckle reduction after log compression that lowers the grain's
+  contrast, grows with depth and may fill the speckle's dark pits, and images below 256 pixels
+  formed at 256 and resized as real frames are. Each is fitted; some end near zero (the record
+  says which values it found).
 
 A range ``(lo, hi)`` is drawn uniformly per video; a number is fixed.
 """
@@ -27,6 +30,9 @@ from pathlib import Path
 from lus_common.config.registry import lookup
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+# The calibrated generator's version, raised whenever its features or its record change (2: the
+# first fits; 3: speckle reduction that keeps the grain, lung streaks, A-lines that widen).
+CALIBRATED_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -71,17 +77,26 @@ class Appearance:
     gamma: float = 1.0  # grey map after log compression: out = floor + (1 - floor) in ** gamma
     grey_floor: float = 0.0  # the darkest grey inside the image (scanners rarely show black)
     smoothing_px: float = 0.0  # the scanner's speckle reduction: a Gaussian of this sigma (px)
-    smoothing_deep_px: float = 0.0  # extra smoothing reached at the image's bottom (px)
+    smoothing_deep_px: float = 0.0  # the local mean's extra smoothing (px) ...
+    smoothing_share_top: float = 0.0  # ... and the image's share moved to it at the top
+    smoothing_share_bottom: float = 1.0  # and at the bottom (1: the smoothing widens with depth)
+    pit_fill: float = 0.0  # share of the way up to the local mean where darker (dark speckle)
     edge_falloff_db: float = 0.0  # convex: weaker scan lines at the fan's edges (dB at the edge)
     # Tissue.
     wall_gain: float = 1.0  # echogenicity of skin, fat, septa, fascia and muscle, x this
     texture: float = 0.0  # std of the log echogenicity of chest-wall texture (muscle fibres, fat)
     texture_mm: tuple = (0.25, 2.5)  # its correlation lengths, axial and lateral
     muscle_fascia: tuple = (0, 0)  # extra fascia lines in the muscle, [lo, hi)
+    specks: float = 0.0  # sparse strong reflectors in tissue and lung: echo x (1 + this) ...
+    speck_density: float = 0.5  # ... at this many per mm^2
     # Lung.
     aline_gain: float = 1.0  # A-line brightness relative to the reverberation model
+    aline_fade: float = 1.0  # per video, A-lines x a factor drawn log-uniformly in [this, 1]
+    aline_spread_mm: float = 0.0  # each A-line this much thicker than the one before (mm)
     lung_haze: float = 0.0  # echogenicity of reverberation haze under the pleura (pleura = 1)
     haze_decay_mm: float = 10.0  # its fall-off length with depth below the pleura
+    lung_texture: float = 0.0  # std of the log echogenicity of the lung's reverberation streaks
+    lung_texture_mm: tuple = (0.5, 4.0)  # their correlation lengths, axial and lateral
     # Ribs.
     rib_echo: float = 3.0  # echogenicity of the rib's cortex (pleura = 1)
     rib_transmission: float = 1e-3  # two-way amplitude passed by bone (-60 dB)
@@ -106,7 +121,7 @@ def _calibrated() -> Appearance:
         raise ValueError(
             f"{CALIBRATION_FILE.name}: unknown appearance parameters {sorted(unknown)}"
         )
-    return replace(V1, **{**values, "name": "calibrated", "version": 2})
+    return replace(V1, **{**values, "name": "calibrated", "version": CALIBRATED_VERSION})
 
 
 APPEARANCES = {"v1": V1, "calibrated": _calibrated()}

@@ -2,7 +2,7 @@
 
 What is fitted is appearance only, never a label: the statistics of
 :mod:`lus_common.phantoms.realism` (grey levels, speckle, depth profile, layer depth, sector,
-shadows), computed from the pixels of real frames and of phantom frames in the same way.
+shadows, A-lines), computed from the pixels of real frames and of phantom frames in the same way.
 
 1. **Sector geometry.** The real frames' fan (:func:`~lus_common.phantoms.realism.sector_masks`,
    over all frames) against the fans that :func:`~lus_common.phantoms.bmode.sector_geometry`
@@ -10,11 +10,13 @@ shadows), computed from the pixels of real frames and of phantom frames in the s
    with the largest intersection over union, on a grid. The phantom's fans vary by +-0.01 and
    +-0.5 degrees around them: one device, as the real frames come from one.
 2. **Everything else** (:data:`SEARCH`): pulse length, beam width, gain, dynamic range, grey map,
-   speckle reduction and its growth with depth, the fan's edge fall-off, tissue texture and
-   brightness, the lung's reverberation haze and its fall-off, A-line brightness, the rib's
-   brightness, bone transmission, shadow edges and chest-wall thickness, each in a stated range.
-   The objective (:func:`objective`) is the mean squared standardised difference of the statistics
-   (each capped at 10) plus the histogram and depth-profile distances in stated units. A Sobol
+   speckle reduction (its width, and the share of the grain it removes near the probe and
+   deep), the fan's edge fall-off, tissue texture and brightness, the lung's reverberation haze,
+   its fall-off and its streaks, A-line brightness, how much it dims per video and how much each
+   A-line widens, the rib's brightness, bone transmission, shadow edges and chest-wall
+   thickness, each in a stated range. The objective (:func:`objective`) is the mean squared
+   standardised difference of the statistics (each capped at 10) plus the histogram and
+   depth-profile distances in stated units. A Sobol
    sample of the ranges, then Powell's method from the best point, both on the same phantom
    frames (24 videos of one seed: common random numbers, so two candidates differ by their
    parameters alone).
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from lus_common.phantoms import bmode, realism
-from lus_common.phantoms.appearance import CALIBRATION_FILE, V1, Appearance
+from lus_common.phantoms.appearance import CALIBRATED_VERSION, CALIBRATION_FILE, V1, Appearance
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,16 @@ class Range:
 
 
 SEARCH = {
+    # searched first (Powell's method takes the directions in this order): the newest parameters
+    "pit_fill": Range(0.0, 1.0),
+    "specks": Range(0.0, 30.0),
+    "speck_density": Range(0.05, 3.0, log=True),
+    "aline_fade": Range(0.01, 1.0, log=True),
+    "smoothing_share_top": Range(0.0, 1.0),
+    "smoothing_share_bottom": Range(0.0, 1.0),
+    "lung_texture": Range(0.0, 1.5),
+    # an A-line widens by about a pulse length per round trip at most
+    "aline_spread_mm": Range(0.0, 0.5),
     "axial_scale": Range(0.08, 1.5),
     "lateral_mm_convex": Range(0.2, 1.5),
     "dynamic_range_db": Range(30.0, 75.0, half=4.0),
@@ -83,9 +95,9 @@ SEARCH = {
     # let the first fit make a thick bright wall stand in for the lung's haze)
     "chest_wall_mm": Range(11.0, 24.0, half=4.0),
     "wall_gain": Range(0.5, 10.0, log=True),
-    "rib_echo": Range(0.3, 3.0, log=True),
+    "rib_echo": Range(0.1, 3.0, log=True),
     "smoothing_px": Range(0.0, 1.5),
-    "smoothing_deep_px": Range(0.0, 3.0),
+    "smoothing_deep_px": Range(0.0, 6.0),
 }
 # What the statistics showed missing, switched on, and the convex probe's depth and frequency
 # (the fitted pulse and beam are in millimetres; their size in pixels follows from the depth).
@@ -137,7 +149,7 @@ def appearance_from(units: dict, sector: dict, base: Appearance = V1) -> Appeara
     return replace(
         base,
         name="calibrated",
-        version=2,
+        version=CALIBRATED_VERSION,
         **FIXED,
         **values,
         convex_radius_ratio=(ratio - 0.01, ratio + 0.01),

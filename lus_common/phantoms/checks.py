@@ -177,6 +177,17 @@ def homogeneous(appearance="calibrated"):
     return replace(resolve_appearance(appearance), texture=0.0, muscle_fascia=(0, 0))
 
 
+def square_on(appearance="calibrated"):
+    """The appearance with every video's A-lines at full strength, as when the beam meets the
+    pleura square on: where A-line depths are checked (their depth does not depend on their
+    brightness; the calibrated generator dims them per video, :attr:`Appearance.aline_fade`)."""
+    from dataclasses import replace
+
+    from lus_common.phantoms.appearance import resolve_appearance
+
+    return replace(resolve_appearance(appearance), aline_fade=1.0)
+
+
 def physical_checks(
     image_size: int = 256, n: int = 16, seed: int = 0, appearance="calibrated"
 ) -> tuple[pd.DataFrame, dict]:
@@ -187,7 +198,8 @@ def physical_checks(
         n: images per check (linear probe; 4 frames per video).
         seed: generator seed.
         appearance: the generator (:mod:`lus_common.phantoms.appearance`); the Rayleigh and
-            despeckling checks use its :func:`homogeneous` tissue.
+            despeckling checks use its :func:`homogeneous` tissue, the A-line depths its
+            A-lines at full strength (:func:`square_on`).
 
     Returns:
         ``(table, details)``: one row per check (measured value, criterion, pass), and the sets and
@@ -210,7 +222,9 @@ def physical_checks(
         **smooth,
         **{**common, "appearance": homogeneous(appearance)},
     )
-    textured = lung_ultrasound_phantom(n, seed=seed, **smooth, **common)
+    textured = lung_ultrasound_phantom(
+        n, seed=seed, **smooth, **{**common, "appearance": square_on(appearance)}
+    )
     mixed = lung_ultrasound_phantom(n, seed=seed + 1, **common)
     covid = lung_ultrasound_phantom(n, diagnoses="COVID-19", seed=seed + 2, **common)
     samples = [chest_wall_speckle(healthy, k) for k in range(len(healthy))]

@@ -341,12 +341,18 @@ def _lung(
     a_thick = np.minimum(thick, 1.0)
     healthy_cols = ~sick[None, :]
     a_echo = (1 - bprof)[None, :]
+    # A-lines show where the beam meets the pleura square on; a slight tilt dims them (per video)
+    fade = np.exp(rng.uniform(np.log(a.aline_fade), 0.0)) if a.aline_fade < 1 else 1.0
     for k in range(2, 12):
-        power = reflect ** (2 * (k - 1)) * a.aline_gain
-        if power < 4 * _ECHO["air"] or k * chest_wall_mm > depth_mm + 2:
+        power = reflect ** (2 * (k - 1)) * a.aline_gain * fade
+        # drawn and labelled while 4x brighter than the air and the haze around them
+        floor = _ECHO["air"] + a.lung_haze * np.exp(-(k - 1) * chest_wall_mm / a.haze_decay_mm)
+        if power < 4 * floor or k * chest_wall_mm > depth_mm + 2:
             break
-        band = (np.abs(z - k * p[None, :]) <= a_thick[None, :] / 2) & healthy_cols
-        echo = np.where(band, np.maximum(echo, power * a_echo), echo)
+        # each round trip blurs the echo further (pulse and rough pleura): a wider, fainter band
+        width = a_thick + a.aline_spread_mm * (k - 1)
+        band = (np.abs(z - k * p[None, :]) <= width[None, :] / 2) & healthy_cols
+        echo = np.where(band, np.maximum(echo, power * (a_thick / width)[None, :] * a_echo), echo)
         bits[band] |= _BIT["alines"]
     # B-lines: ring-down from the pleura to the bottom, constant with depth.
     below = z > bottom[None, :]
@@ -354,6 +360,14 @@ def _lung(
         echo = echo + np.where(
             below, a.lung_haze * np.exp(-(z - bottom[None, :]) / a.haze_decay_mm), 0
         ).astype(np.float32)
+    if a.lung_texture > 0:  # the reverberations' streaks: log-normal, long laterally
+        grain = ndimage.gaussian_filter(
+            rng.standard_normal((size, cols), dtype=np.float32),
+            (a.lung_texture_mm[0] / dz, a.lung_texture_mm[1] / ds),
+            mode="wrap",
+        )
+        grain *= np.float32(a.lung_texture / (grain.std() + 1e-12))
+        echo = np.where(below, echo * np.exp(grain - a.lung_texture**2 / 2), echo)
     echo = np.where(below, np.maximum(echo, rng.uniform(0.1, 0.3) * bprof[None, :]), echo)
     bits[below & (bprof[None, :] >= 0.5)] |= _BIT["blines"]
     # Consolidations: tissue-like texture with air bronchograms, an irregular deep border.
@@ -466,6 +480,10 @@ def _video_world(
     pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng)
     lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng, a)
     echo_t, bits_t, transmission = _ribs(z, s, ds, chest_wall_mm, probe, echo_t, rng, a)
+    if a.specks > 0:  # sparse strong reflectors (fibres, interfaces, reverberation dashes)
+        p_speck = np.float32(a.speck_density * dz * ds)
+        for echo in (echo_t, lung["echo"]):
+            echo *= 1 + np.float32(a.specks) * (rng.random(echo.shape, np.float32) < p_speck)
     return dict(
         appearance=a,
         size=size,
@@ -541,12 +559,27 @@ def _envelope(world: dict, trans, echo, scat, rng: np.random.Generator) -> np.nd
     return bmode.envelope(amp, psf, rng, scatterers=scat)
 
 
-def _speckle_reduction(image: np.ndarray, sigma_px: float, deep_px: float) -> np.ndarray:
+def _speckle_reduction(
+    image: np.ndarray,
+    sigma_px: float,
+    deep_px: float,
+    blend: tuple = (0.0, 1.0),
+    pit_fill: float = 0.0,
+) -> np.ndarray:
     """The scanner's speckle reduction on the beam data (frames, depth, scan lines): a Gaussian of
-    ``sigma_px``, and one that widens with depth to ``hypot(sigma_px, deep_px)`` at the bottom, as
-    the beam widens beyond its focus and scanners filter the deep, weak echoes harder (a blend of
-    the two filtered images, weighted by depth; the wider one is the narrower one filtered again
-    by ``deep_px``, Gaussians compose so; kernels cut at 3 sigma)."""
+    ``sigma_px``, then the image moved towards its local mean (that image filtered again by
+    ``deep_px``; Gaussians compose, kernels cut at 3 sigma) by a share growing linearly with depth
+    from ``blend[0]`` at the top to ``blend[1]`` at the bottom; then ``pit_fill`` of the way up
+    to the local mean where it is darker.
+
+    With the default ``blend`` the filter widens with depth to ``hypot(sigma_px, deep_px)``, as
+    the beam widens beyond its focus and scanners filter the deep, weak echoes harder. A share
+    below 1 lowers the speckle's contrast but keeps its grain, as averaging many speckle cells
+    into one displayed pixel does (a real frame of 1124 x 820 pixels shown at 256) and as
+    compounding and adaptive speckle filters do; a Gaussian alone also coarsens the grain.
+    Filling the pits keeps bright specks and removes the dark holes of log-compressed speckle,
+    as averaging echo intensities (compounding) does: real lung texture is skewed to the bright
+    side, raw speckle to the dark."""
     if sigma_px > 0:
         near = ndimage.gaussian_filter(
             image, (0, sigma_px, sigma_px), output=np.float32, truncate=3.0
@@ -554,10 +587,13 @@ def _speckle_reduction(image: np.ndarray, sigma_px: float, deep_px: float) -> np
     else:
         near = image.astype(np.float32)
     if deep_px > 0:
-        far = ndimage.gaussian_filter(near, (0, deep_px, deep_px), truncate=3.0)
-        far -= near
-        far *= np.linspace(0, 1, image.shape[1], dtype=np.float32)[None, :, None]
-        near += far
+        step = ndimage.gaussian_filter(near, (0, deep_px, deep_px), truncate=3.0)
+        step -= near  # from the image to its local mean
+        share = np.linspace(*blend, image.shape[1], dtype=np.float32)[None, :, None]
+        pit = np.maximum(step * (1 - share), 0) * np.float32(pit_fill) if pit_fill > 0 else 0
+        step *= share
+        near += step
+        near += pit
     return np.rint(near, out=near).astype(np.uint8)
 
 
@@ -604,7 +640,13 @@ def _render_video(
         lut = np.rint(255 * (a.grey_floor + (1 - a.grey_floor) * grey**a.gamma))
         image = lut.astype(np.uint8)[image]
     if a.smoothing_px > 0 or a.smoothing_deep_px > 0:
-        image = _speckle_reduction(image, a.smoothing_px, a.smoothing_deep_px)
+        image = _speckle_reduction(
+            image,
+            a.smoothing_px,
+            a.smoothing_deep_px,
+            (a.smoothing_share_top, a.smoothing_share_bottom),
+            a.pit_fill,
+        )
     if world["probe"] == "convex":
         g = world["geometry"]
         image = bmode.scan_convert(image, g, order=1)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
+from scipy import ndimage, stats
 
 # The real structure masks of lus_pleura_rib and the phantom layer that labels the same thing.
 STRUCTURE_LAYERS = {"pleural_line": "pleura", "rib_shadow": "rib_shadow", "rib_line": "ribs"}
@@ -40,6 +40,10 @@ DEPTH_BINS = 20
 # the pleura, and deep.
 LUNG_BANDS = {"mid": (0.25, 0.45), "deep": (0.45, 0.9)}
 HIST_BINS = 32
+RIPPLE_BINS = 120  # depth bins of the A-lines' ripple (about 2 rows each at 256 px)
+# ... and the Gaussian (bins) whose smoothing the ripple is measured against: bands up to about
+# 7 mm wide count (a fit against 4 bins widened the A-lines until the statistic missed them)
+RIPPLE_SMOOTH_BINS = 8.0
 _EPS = 1e-6
 
 
@@ -106,6 +110,20 @@ def _autocorrelation_widths(patch: np.ndarray, weight: np.ndarray) -> tuple[floa
     return fwhm(ac[: shape[0] // 2, 0]), fwhm(ac[0, : shape[1] // 2])
 
 
+def _grain_ratios(image: np.ndarray, mask: np.ndarray) -> dict:
+    """The lung texture's grain, along each axis: the standard deviation of its finest detail (the
+    grey less its Gaussian smoothing of sigma 1 px along that axis) over that of its blobs (sigma
+    1.5 px smoothing less sigma 6 px), where ``mask``. Real frames, shown far smaller than they
+    were formed, have fine grain; speckle formed near the display size comes as blobs."""
+    out = {}
+    for name, axis in (("grain_axial", 0), ("grain_lateral", 1)):
+        s1, s15, s6 = (ndimage.gaussian_filter1d(image, s, axis=axis) for s in (1.0, 1.5, 6.0))
+        fine, blobs = image - s1, s15 - s6
+        ok = mask.sum() > 20
+        out[name] = float(fine[mask].std() / (blobs[mask].std() + _EPS)) if ok else np.nan
+    return out
+
+
 def _depth_profile(image: np.ndarray, frac: np.ndarray, bins: int) -> np.ndarray:
     """Mean brightness in ``bins`` equal bins of depth fraction (:func:`depth_fraction`)."""
     ok = np.isfinite(frac)
@@ -144,11 +162,16 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         contrast), ``fine_cv_mid`` and ``fine_cv_deep`` (standard deviation of the
         high-passed grey, Gaussian sigma 2 px removed, over the mean grey in the bands of
         :data:`LUNG_BANDS`: the fine texture's contrast relative to its brightness, beneath the
-        pleura and deep), ``column_contrast`` (coefficient of variation of the
-        scan lines' mean brightness between 40 % and 90 % depth: rib shadows) and
-        ``shadow_edge`` (the steepest change of that lateral profile, per pixel, over its mean);
-        and ``arrays`` with ``histogram`` (N, :data:`HIST_BINS`) and ``depth_profile``
-        (N, :data:`DEPTH_BINS`).
+        pleura and deep), ``aline_ripple`` (the A-lines' mark: the standard deviation of the
+        depth profile of brightness between 30 % and 90 % depth, middle half of the scan lines,
+        in :data:`RIPPLE_BINS` bins less its Gaussian smoothing of :data:`RIPPLE_SMOOTH_BINS`,
+        over its mean), ``grain_axial`` and ``grain_lateral`` (:func:`_grain_ratios` in both
+        lung bands: fine grain or blobs), ``fine_skew`` (skewness of that fine texture in both
+        lung bands: bright specks on a smooth ground, or the dark pits of log-compressed
+        speckle), ``column_contrast`` (coefficient of variation of the scan lines' mean
+        brightness between 40 % and 90 % depth: rib shadows) and ``shadow_edge`` (the steepest
+        change of that lateral profile, per pixel, over its mean); and ``arrays`` with
+        ``histogram`` (N, :data:`HIST_BINS`) and ``depth_profile`` (N, :data:`DEPTH_BINS`).
     """
     images = np.asarray(images, np.float32)
     n, h, w = images.shape
@@ -197,7 +220,14 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         wall_std = float(wv.std()) if wv.size > 20 else np.nan
         step_axial = float(np.abs(np.diff(img, axis=0))[core[1:] & core[:-1]].mean())
         step_lateral = float(np.abs(np.diff(img, axis=1))[core[:, 1:] & core[:, :-1]].mean())
+        # A-lines: ripple of the depth profile (middle half of the scan lines) beneath the pleura
+        cols = slice(w // 4, w - w // 4)
+        depth = _depth_profile(img[:, cols], frac[:, cols], RIPPLE_BINS)
+        band = depth[round(0.3 * RIPPLE_BINS) : round(0.9 * RIPPLE_BINS)]
+        ripple = band - ndimage.gaussian_filter1d(band, RIPPLE_SMOOTH_BINS)
         fine = img - ndimage.gaussian_filter(img, 2.0)
+        in_lung = lung["mid"] | lung["deep"]
+        grain = _grain_ratios(img, in_lung)
         fine_cv = {
             f"fine_cv_{k}": float(fine[m].std() / (img[m].mean() + _EPS))
             if m.sum() > 20
@@ -222,6 +252,9 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
                 "step_lateral": step_lateral,
                 "column_contrast": contrast,
                 "shadow_edge": edge,
+                "aline_ripple": float(ripple.std() / (band.mean() + _EPS)),
+                **grain,
+                "fine_skew": float(stats.skew(fine[in_lung])) if in_lung.sum() > 20 else np.nan,
                 **fine_cv,
             }
         )
@@ -248,6 +281,10 @@ STATISTICS = {
     "shadow_edge": 0.03,
     "fine_cv_mid": 0.02,
     "fine_cv_deep": 0.02,
+    "aline_ripple": 0.01,
+    "grain_axial": 0.02,
+    "grain_lateral": 0.02,
+    "fine_skew": 0.1,
 }
 
 
@@ -343,7 +380,9 @@ def thicken(masks: np.ndarray, thickness_px: float) -> np.ndarray:
 
 
 def healthy_convex_phantom(appearance, n_videos: int, frames: int, size: int, seed: int):
-    """Healthy convex-probe phantom videos (as the real volunteer): a SegmentationSet."""
+    """Healthy convex-probe phantom videos as the real volunteer's: no B-line (healthy lungs may
+    show one or two, the volunteer's 156 frames show none, and one would be a cue the domain
+    classifier learns at once); a SegmentationSet."""
     from lus_common.phantoms.lung import lung_ultrasound_phantom
 
     return lung_ultrasound_phantom(
@@ -353,6 +392,7 @@ def healthy_convex_phantom(appearance, n_videos: int, frames: int, size: int, se
         image_size=size,
         probe="convex",
         diagnoses="healthy",
+        n_blines=0,
         seed=seed,
         appearance=appearance,
         id_prefix=f"sim{seed}",
@@ -720,6 +760,10 @@ STAT_LABELS = {
     "shadow_edge": "steepest lateral change of the deep brightness / its mean (shadow edges)",
     "fine_cv_mid": "lung beneath the pleura (25-45 % depth): fine texture's std / mean grey",
     "fine_cv_deep": "deep lung (45-90 % depth): fine texture's std / mean grey",
+    "aline_ripple": "lung (30-90 % depth): ripple of the depth profile / mean grey (A-lines)",
+    "grain_axial": "lung texture, axial: finest detail's std / its blobs' std (grain)",
+    "grain_lateral": "lung texture, lateral: finest detail's std / its blobs' std (grain)",
+    "fine_skew": "lung texture: skewness of the fine texture (> 0: bright specks, < 0: dark pits)",
 }
 STRUCTURE_LABELS = {"pleural_line": "pleural line", "rib_shadow": "rib shadow",
                     "rib_line": "rib line"}  # fmt: skip
