@@ -207,6 +207,20 @@ def _probe(
     )
 
 
+def _log_normal_texture(
+    shape: tuple, std: float, corr_mm: tuple, dz: float, ds: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A tissue texture to multiply echogenicity by: log-normal with log standard deviation
+    ``std`` and mean 1, correlated over ``corr_mm`` (axial, lateral; Gaussian, wrapping)."""
+    grain = ndimage.gaussian_filter(
+        rng.standard_normal(shape, dtype=np.float32),
+        (corr_mm[0] / dz, corr_mm[1] / ds),
+        mode="wrap",
+    )
+    grain *= np.float32(std / (grain.std() + 1e-12))
+    return np.exp(grain - std**2 / 2)
+
+
 def _chest_wall(
     z: np.ndarray,
     cols: int,
@@ -242,13 +256,7 @@ def _chest_wall(
             0.2, 1.0
         )
     if a.texture > 0:  # fibres and lobules: log-normal echogenicity, long laterally
-        grain = ndimage.gaussian_filter(
-            rng.standard_normal((len(z), cols), dtype=np.float32),
-            (a.texture_mm[0] / dz, a.texture_mm[1] / ds),
-            mode="wrap",
-        )
-        grain *= np.float32(a.texture / (grain.std() + 1e-12))
-        echo *= np.exp(grain - a.texture**2 / 2)
+        echo *= _log_normal_texture((len(z), cols), a.texture, a.texture_mm, dz, ds, rng)
     if a.wall_gain != 1.0:
         echo *= np.float32(a.wall_gain)
     return echo
@@ -361,13 +369,8 @@ def _lung(
             below, a.lung_haze * np.exp(-(z - bottom[None, :]) / a.haze_decay_mm), 0
         ).astype(np.float32)
     if a.lung_texture > 0:  # the reverberations' streaks: log-normal, long laterally
-        grain = ndimage.gaussian_filter(
-            rng.standard_normal((size, cols), dtype=np.float32),
-            (a.lung_texture_mm[0] / dz, a.lung_texture_mm[1] / ds),
-            mode="wrap",
-        )
-        grain *= np.float32(a.lung_texture / (grain.std() + 1e-12))
-        echo = np.where(below, echo * np.exp(grain - a.lung_texture**2 / 2), echo)
+        streaks = _log_normal_texture((size, cols), a.lung_texture, a.lung_texture_mm, dz, ds, rng)
+        echo = np.where(below, echo * streaks, echo)
     echo = np.where(below, np.maximum(echo, rng.uniform(0.1, 0.3) * bprof[None, :]), echo)
     bits[below & (bprof[None, :] >= 0.5)] |= _BIT["blines"]
     # Consolidations: tissue-like texture with air bronchograms, an irregular deep border.
@@ -590,10 +593,12 @@ def _speckle_reduction(
         step = ndimage.gaussian_filter(near, (0, deep_px, deep_px), truncate=3.0)
         step -= near  # from the image to its local mean
         share = np.linspace(*blend, image.shape[1], dtype=np.float32)[None, :, None]
-        pit = np.maximum(step * (1 - share), 0) * np.float32(pit_fill) if pit_fill > 0 else 0
+        if pit_fill > 0:  # up towards the local mean from what the share leaves below it
+            pit = np.maximum(step * (1 - share), 0) * np.float32(pit_fill)
         step *= share
         near += step
-        near += pit
+        if pit_fill > 0:
+            near += pit
     return np.rint(near, out=near).astype(np.uint8)
 
 

@@ -190,12 +190,13 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
             )
             for k, (lo, hi) in LUNG_BANDS.items()
         }
-        sector[g] = (frac, region.astype(np.float32), core, lung)
+        in_lung = lung["mid"] | lung["deep"]
+        sector[g] = (frac, region.astype(np.float32), core, lung, in_lung)
     rows, hists, profiles = [], [], []
     edges = np.linspace(0, 1, HIST_BINS + 1)
     for k in range(n):
         img, ins = images[k], inside[k]
-        frac, region, core, lung = sector[groups[k]]
+        frac, region, core, lung, in_lung = sector[groups[k]]
         v = img[ins]
         hist = np.histogram(v, edges)[0].astype(float)
         hists.append(hist / max(hist.sum(), 1))
@@ -226,7 +227,6 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         band = depth[round(0.3 * RIPPLE_BINS) : round(0.9 * RIPPLE_BINS)]
         ripple = band - ndimage.gaussian_filter1d(band, RIPPLE_SMOOTH_BINS)
         fine = img - ndimage.gaussian_filter(img, 2.0)
-        in_lung = lung["mid"] | lung["deep"]
         grain = _grain_ratios(img, in_lung)
         fine_cv = {
             f"fine_cv_{k}": float(fine[m].std() / (img[m].mean() + _EPS))
