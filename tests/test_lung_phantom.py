@@ -55,6 +55,30 @@ def test_envelope_of_uniform_scatterers_is_rayleigh():
     assert np.mean(env**2) == pytest.approx(1.0, rel=0.05)  # the PSF is normalised to unit power
 
 
+def test_gaussian_blur_as_matrix_products_equals_scipys_filter():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 256, (3, 70, 50)).astype(np.float32)
+    for sigma in (0.7, 2.5, 6.0):  # 6: wider than a third of the 50 columns, mirrored edges
+        ref = ndimage.gaussian_filter(frames, (0, sigma, sigma), truncate=3.0)
+        np.testing.assert_allclose(bmode.gaussian_blur(frames, sigma), ref, atol=2e-3)
+    k = bmode.gaussian_matrix(50, 6.0)
+    assert k.shape == (50, 50) and not k.flags.writeable
+    np.testing.assert_allclose(k.sum(axis=0), 1.0, rtol=1e-5)  # each impulse keeps its mass
+
+
+def test_without_huge_pages_switches_numpys_advice_off_and_restores_it():
+    setter = np._core.multiarray._set_madvise_hugepage
+    before = setter(True)
+    try:
+        with bmode.without_huge_pages():
+            assert setter(False) is False  # off inside
+        assert setter(True) is True  # the caller's setting back
+    finally:
+        setter(before)
+
+
 def test_a_lines_at_integer_multiples_of_the_pleural_depth(healthy_linear):
     errors = checks.a_line_depth_errors(healthy_linear)
     assert len(errors.get(2, [])) > 50 and len(errors.get(3, [])) > 20

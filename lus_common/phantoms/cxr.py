@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import ndimage
 
 from lus_common.data.sets import SegmentationSet
-from lus_common.phantoms.bmode import as_generator
+from lus_common.phantoms.bmode import as_generator, without_huge_pages
 
 GENERATOR_VERSION = 1
 
@@ -44,6 +44,7 @@ def _lung_field(
     return (u > medial) & (u < lateral) & (v > apex) & (v < bottom)
 
 
+@without_huge_pages()
 def chest_xray_phantom(
     n: int, image_size: int = 256, abnormal_fraction: float = 0.0, seed=0
 ) -> SegmentationSet:

@@ -43,6 +43,7 @@ def _speckle(echo: np.ndarray, psf: np.ndarray, rng: np.random.Generator) -> np.
     return bmode.envelope(np.sqrt(echo).astype(np.float32), psf, rng, workers=-1)
 
 
+@bmode.without_huge_pages()
 def fetal_head_phantom(n: int, image_size: int = 256, seed=0) -> SegmentationSet:
     """Generate HC18-like fetal head ultrasound images with filled-ellipse head masks.
 

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from threadpoolctl import threadpool_limits
 
 from lus_common.config.registry import lookup
 from lus_common.data.sets import SegmentationSet
@@ -571,7 +572,8 @@ def _speckle_reduction(
 ) -> np.ndarray:
     """The scanner's speckle reduction on the beam data (frames, depth, scan lines): a Gaussian of
     ``sigma_px``, then the image moved towards its local mean (that image filtered again by
-    ``deep_px``; Gaussians compose, kernels cut at 3 sigma) by a share growing linearly with depth
+    ``deep_px``, as matrix products: :func:`.bmode.gaussian_blur`; Gaussians compose, kernels cut
+    at 3 sigma) by a share growing linearly with depth
     from ``blend[0]`` at the top to ``blend[1]`` at the bottom; then ``pit_fill`` of the way up
     to the local mean where it is darker.
 
@@ -590,7 +592,7 @@ def _speckle_reduction(
     else:
         near = image.astype(np.float32)
     if deep_px > 0:
-        step = ndimage.gaussian_filter(near, (0, deep_px, deep_px), truncate=3.0)
+        step = bmode.gaussian_blur(near, deep_px)
         step -= near  # from the image to its local mean
         share = np.linspace(*blend, image.shape[1], dtype=np.float32)[None, :, None]
         if pit_fill > 0:  # up towards the local mean from what the share leaves below it
@@ -670,6 +672,7 @@ def _render_video(
     )
 
 
+@bmode.without_huge_pages()
 def lung_ultrasound_phantom(
     n_images: int,
     n_patients: int | None = None,
@@ -778,7 +781,7 @@ def lung_ultrasound_phantom(
         return _video_rows(id_prefix, pid, v, kinds[v], pat["diagnosis"], world, sl.stop - sl.start)
 
     # numpy and scipy.fft release the GIL on whole arrays: videos render in parallel threads.
-    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8)) as pool:
+    with threadpool_limits(1), ThreadPoolExecutor(min(os.cpu_count() or 1, 8)) as pool:
         rows = [row for video in pool.map(make_video, range(n_videos)) for row in video]
     meta = pd.DataFrame(rows)
     ids = [f"{r['video']}_f{r['frame']:03d}" for r in rows]

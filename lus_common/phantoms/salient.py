@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.fft
 
 from lus_common.data.sets import SegmentationSet
-from lus_common.phantoms.bmode import as_generator
+from lus_common.phantoms.bmode import as_generator, without_huge_pages
 
 GENERATOR_VERSION = 1
 
@@ -32,6 +32,7 @@ def _power_law_noise(n: int, size: int, beta: np.ndarray, rng: np.random.Generat
     return (field / field.std(axis=(1, 2), keepdims=True)).astype(np.float32)
 
 
+@without_huge_pages()
 def salient_object_phantom(n: int, image_size: int = 256, seed=0) -> SegmentationSet:
     """Generate grey natural-looking scenes with one salient object and its mask.
 
