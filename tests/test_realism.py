@@ -237,6 +237,19 @@ def test_domain_classifier_tells_obvious_domains_apart():
     assert out["frames"] == {"phantom": 48, "real": 48}
 
 
+def test_domain_classifier_by_depth_finds_the_band_that_differs():
+    d = lung_ultrasound_phantom(48, n_patients=6, frames_per_video=8, image_size=48,
+                                probe="convex", seed=3)  # fmt: skip
+    groups = list(d.meta["video"])
+    other = d.images.copy()
+    other[:, 32:] = 1 - other[:, 32:]  # only the bottom third differs
+    p = dict(realism.CHECK_PROFILES["smoke"], domain_epochs=3)
+    out = realism.domain_auc_by_depth(d.images, groups, other, groups, p, "cpu")
+    assert [out[b]["rows"] for b in ("top", "middle", "bottom")] == [[0, 15], [16, 31], [32, 47]]
+    assert out["bottom"]["auc"] > 0.9
+    assert out["bottom"]["auc"] > max(out["top"]["auc"], out["middle"]["auc"]) + 0.2
+
+
 def test_calibrated_phantom_is_closer_to_real_frames(real_pleura_rib):
     from lus_common.data.lus_pleura_rib import load_lus_pleura_rib
 
@@ -274,6 +287,7 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, tmp_path, c
     for g in ("v1", "calibrated"):
         assert 0.0 <= line[g]["domain_auc"] <= 1.0
         assert set(line[g]["sim_to_real_dice"]) == {"pleural_line", "rib_shadow"}
+        assert set(line[g]["domain_auc_by_depth"]) == {"top", "middle", "bottom"}
     assert set(line["real_to_real_dice"]) == {"pleural_line", "rib_shadow"}
     doc = realism.read_check(out)
     assert doc["real"]["frames"] == 156 and doc["real"]["clips"] == 12
@@ -282,6 +296,9 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, tmp_path, c
     # every real frame with the structure is scored once, held out, by the ceiling
     assert doc["ceiling"]["rib_shadow"]["frames"] == 148
     assert doc["generators"]["calibrated"]["sim_to_real"]["pleural_line"]["frames"] == 156
+    bands = realism.depth_bands_frame(doc)
+    assert len(bands) == 6 and bands["domain AUC"].between(0, 1).all()
+    assert any(f.startswith("**Where it tells.**") for f in realism.findings(doc))
 
 
 def test_phantom_calibrate_refines_the_current_record(real_pleura_rib, tmp_path, capsys):

@@ -609,6 +609,39 @@ def domain_auc(
     }
 
 
+# Thirds of the frame's height: the chest wall and pleura (the real pleura lies at about a quarter
+# of the depth), the lung near the pleura (A-lines, rib shadows), and the deep lung.
+DEPTH_BANDS = {"top": (0.0, 1 / 3), "middle": (1 / 3, 2 / 3), "bottom": (2 / 3, 1.0)}
+DEPTH_BAND_LABELS = {
+    "top": "top third (chest wall, pleura)",
+    "middle": "middle third (lung: A-lines, shadows)",
+    "bottom": "bottom third (deep lung)",
+}
+
+
+def domain_auc_by_depth(
+    phantom_images, phantom_groups, real_images, real_groups, p: dict, device: str
+) -> dict:
+    """Where in the frame the phantom gives itself away: :func:`domain_auc` once per band of
+    :data:`DEPTH_BANDS`, every frame shown only inside that band (black elsewhere), the same folds
+    and budget.
+
+    Returns:
+        ``{band: {"auc", "auc_by_epoch", "epochs_to_099", "log_loss", "rows"}}``, ``rows`` the
+        band's first and last pixel row.
+    """
+    height, width = np.shape(real_images)[-2:]
+    row = np.arange(height)
+    out = {}
+    for band, (lo, hi) in DEPTH_BANDS.items():
+        keep = (row >= lo * height) & (row < hi * height)
+        mask = np.repeat(keep[:, None], width, axis=1)
+        d = domain_auc(phantom_images, phantom_groups, real_images, real_groups, p, device, mask)
+        out[band] = {k: d[k] for k in ("auc", "auc_by_epoch", "epochs_to_099", "log_loss")}
+        out[band]["rows"] = [int(row[keep][0]), int(row[keep][-1])]
+    return out
+
+
 def _statistics_table(real: dict, phantoms: dict) -> tuple[list[dict], dict]:
     """Rows statistic by statistic (real, then each generator and its z) and distances."""
     rows, distances = {}, {}
@@ -683,6 +716,12 @@ def phantom_check(
         small = healthy_convex_phantom(a, n_clips, per_clip, p["size"], p["seed"] + 101)
         domain = domain_auc(small.images, small.meta["video"], real.images, real.groups, p, device)
         say(f"{g}: domain classifier AUC {domain['auc']:.3f}")
+        if p.get("depth_bands", True):
+            domain["by_depth"] = domain_auc_by_depth(
+                small.images, small.meta["video"], real.images, real.groups, p, device
+            )
+            say(f"{g}: by depth " + ", ".join(
+                f"{b} {d['auc']:.3f}" for b, d in domain["by_depth"].items()))  # fmt: skip
         train = healthy_convex_phantom(
             a, p["train_videos"], p["frames_per_video"], p["size"], p["seed"]
         )
@@ -717,6 +756,15 @@ def headline(result: dict) -> dict:
             "domain_auc": round(r["domain"]["auc"], 4),
             "domain_auc_after_1_epoch": round(r["domain"]["auc_by_epoch"][0], 4),
             "domain_log_loss": round(r["domain"]["log_loss"], 4),
+            **(
+                {
+                    "domain_auc_by_depth": {
+                        b: round(d["auc"], 4) for b, d in r["domain"]["by_depth"].items()
+                    }
+                }
+                if "by_depth" in r["domain"]
+                else {}
+            ),  # fmt: skip
             "mean_abs_z": round(r["distances"]["mean_abs_z"], 3),
         }
     line["real_to_real_dice"] = {s: round(result["ceiling"][s]["dice"], 4) for s in structures}
@@ -801,6 +849,25 @@ def scores_frame(check: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def depth_bands_frame(check: dict) -> pd.DataFrame:
+    """The domain classifier shown one third of the frame's height at a time: per generator and
+    band its held-out AUC after the last and after the first epoch, and its log-loss (empty for a
+    check recorded without bands)."""
+    rows = {}
+    for g, r in check["generators"].items():
+        for band, d in r["domain"].get("by_depth", {}).items():
+            rows[(g, DEPTH_BAND_LABELS.get(band, band))] = {
+                "domain AUC": d["auc"],
+                "AUC after 1 epoch": d["auc_by_epoch"][0],
+                "epochs to 0.99": d["epochs_to_099"],
+                "log-loss": d["log_loss"],
+            }
+    frame = pd.DataFrame(rows).T
+    if len(frame):
+        frame.index.names = ["generator", "shown only"]
+    return frame
+
+
 def check_caption(check: dict) -> str:
     """Where the recorded check ran, on what, with what budget."""
     p, real, env = check["params"], check["real"], check.get("environment", {})
@@ -874,6 +941,29 @@ def findings(check: dict) -> list[str]:
         + ", ".join(f"{dom[g]['log_loss']:.4f} for `{g}`" for g in gens)
         + "."
     )
+    banded = [g for g in gens if dom[g].get("by_depth")]
+    if banded:
+
+        def band_text(g):
+            bands = dom[g]["by_depth"]
+            return f"for `{g}` " + ", ".join(
+                f"{DEPTH_BAND_LABELS.get(b, b)} {d['auc']:.3f} ({d['auc_by_epoch'][0]:.3f} after "
+                f"one epoch)" for b, d in bands.items()
+            )  # fmt: skip
+
+        def hardest(g):  # the band learnt slowest: lowest mean held-out AUC over the epochs
+            bands = dom[g]["by_depth"]
+            return min(bands, key=lambda b: np.mean(bands[b]["auc_by_epoch"]))
+
+        out.append(
+            "**Where it tells.** Shown only one third of the frame's height (black elsewhere), "
+            "the same classifier reaches " + "; ".join(band_text(g) for g in banded) + ". "
+            + " ".join(
+                f"For `{g}` the band it learns slowest, where the phantom is closest to the real "
+                f"frames, is the {DEPTH_BAND_LABELS.get(hardest(g), hardest(g))}."
+                for g in banded
+            )
+        )  # fmt: skip
     z = {g: check["generators"][g]["distances"]["mean_abs_z"] for g in gens}
     w1 = {g: check["generators"][g]["distances"]["histogram_w1"] for g in gens}
     out.append(
