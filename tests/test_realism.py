@@ -165,7 +165,7 @@ def test_aline_ripple_measures_bands_in_the_depth_profile():
 def test_grain_and_skew_of_the_lung_texture():
     """Grain: white noise is all fine detail, noise smoothed along one axis has little along that
     axis. Skew: sparse bright specks on a flat ground skew the fine texture right, sparse dark
-    pits left, by the same amount."""
+    pits left, by the same amount; the pits are counted as pits."""
     rng = np.random.default_rng(2)
     n, h, w = 2, 192, 128
     noise = rng.standard_normal((n, h, w)).astype(np.float32)
@@ -182,6 +182,9 @@ def test_grain_and_skew_of_the_lung_texture():
     t_dark, _ = realism.frame_statistics(dark, ["v"] * n)
     assert t_bright["fine_skew"].mean() > 5
     assert t_dark["fine_skew"].mean() == pytest.approx(-t_bright["fine_skew"].mean(), rel=0.15)
+    # pits: every dark speck (0.05 on 0.3) is below half its local mean, and only they are
+    assert t_dark["pit_share"].mean() == pytest.approx(specks.mean(), rel=0.2)
+    assert t_bright["pit_share"].max() == 0
 
 
 def test_brightest_layer_is_the_pleura_or_the_ribs_just_above_it():
@@ -274,12 +277,12 @@ def test_fit_sector_finds_a_drawn_fan():
     assert fit["iou"] > 0.98
 
 
-def test_phantom_check_command_prints_one_json_line(real_pleura_rib, tmp_path, capsys):
+def test_phantom_check_command_prints_one_json_line(real_pleura_rib, real_pocus, tmp_path, capsys):
     from lus_common.app.cli import main
 
     out = tmp_path / "check.json"
     code = main(["phantom-check", "--real", str(real_pleura_rib), "--profile", "smoke",
-                 "--out", str(out), "--quiet"])  # fmt: skip
+                 "--other-real", str(real_pocus), "--out", str(out), "--quiet"])  # fmt: skip
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
@@ -296,9 +299,25 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, tmp_path, c
     # every real frame with the structure is scored once, held out, by the ceiling
     assert doc["ceiling"]["rib_shadow"]["frames"] == 148
     assert doc["generators"]["calibrated"]["sim_to_real"]["pleural_line"]["frames"] == 156
+    # the other real source: as many healthy convex POCUS clips and frames per clip as the real set
+    other = doc["other_real"]
+    assert other["clips"] == 12 and other["frames"] <= 156
+    assert 0.0 <= line["other_real"]["domain_auc"] <= 1.0
+    assert set(realism.domain_curves(doc)) == {"v1", "calibrated", "other real"}
     bands = realism.depth_bands_frame(doc)
-    assert len(bands) == 6 and bands["domain AUC"].between(0, 1).all()
-    assert any(f.startswith("**Where it tells.**") for f in realism.findings(doc))
+    assert len(bands) == 9 and bands["domain AUC"].between(0, 1).all()
+    assert len(realism.scores_frame(doc)) == 4
+    found = realism.findings(doc)
+    assert any(f.startswith("**Where it tells.**") for f in found)
+    assert any(f.startswith("**Two real sources.**") for f in found)
+
+
+def test_other_real_source_is_skipped_and_said_so_without_pocus(empty_data_dir):
+    out = realism._other_real_domain("auto", None, 12, 13, {}, "cpu")
+    assert "pocus" in out["skipped"] and "LUS_DATA_DIR" in out["skipped"]
+    assert realism._other_real_domain(None, None, 12, 13, {}, "cpu") == {"skipped": "not asked for"}
+    with pytest.raises(FileNotFoundError, match="not a POCUS folder"):  # the loader says what to do
+        realism.other_real_frames(empty_data_dir, 12, 13, 64)
 
 
 def test_phantom_calibrate_refines_the_current_record(real_pleura_rib, tmp_path, capsys):

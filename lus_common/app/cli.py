@@ -148,6 +148,7 @@ def _cmd_phantom_check(args) -> int:
         profile=args.profile,
         device=args.device,
         progress=not args.quiet,
+        other_real=None if args.other_real == "none" else args.other_real,
         **({"size": args.size} if args.size else {}),
     )
     result["command"] = args.command_line
@@ -291,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--generators", nargs="+", default=["v1", "calibrated"],
         help="phantom appearances to compare (default: v1 calibrated)",
+    )  # fmt: skip
+    check.add_argument(
+        "--other-real", default="auto", help="a second real source, laid out as POCUS, whose "
+        "healthy convex clips the domain classifier tells from --real: the AUC's real-to-real "
+        "reference (default: $LUS_DATA_DIR/pocus where it exists; 'none' to skip)",
     )  # fmt: skip
     check.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
     check.add_argument("--size", type=int, default=None, help="working size (default: profile's)")

@@ -45,6 +45,7 @@ RIPPLE_BINS = 120  # depth bins of the A-lines' ripple (about 2 rows each at 256
 # 7 mm wide count (a fit against 4 bins widened the A-lines until the statistic missed them)
 RIPPLE_SMOOTH_BINS = 8.0
 _EPS = 1e-6
+PIT_FLOOR = 0.08  # pits are counted where the local mean grey is above this (not in shadows)
 
 
 def sector_masks(images: np.ndarray, groups) -> np.ndarray:
@@ -170,7 +171,11 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         lung bands: bright specks on a smooth ground, or the dark pits of log-compressed
         speckle), ``column_contrast`` (coefficient of variation of the scan lines' mean
         brightness between 40 % and 90 % depth: rib shadows) and ``shadow_edge`` (the steepest
-        change of that lateral profile, per pixel, over its mean); and ``arrays`` with
+        change of that lateral profile, per pixel, over its mean), ``pit_share`` (the share of
+        the sector's lit pixels, local mean above :data:`PIT_FLOOR`, darker than half their
+        local mean, Gaussian sigma 2 px: the black pits of log-compressed speckle formed at the
+        display size, which real frames averaged down from a finer grid do not show); and
+        ``arrays`` with
         ``histogram`` (N, :data:`HIST_BINS`) and ``depth_profile`` (N, :data:`DEPTH_BINS`).
     """
     images = np.asarray(images, np.float32)
@@ -226,7 +231,9 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         depth = _depth_profile(img[:, cols], frac[:, cols], RIPPLE_BINS)
         band = depth[round(0.3 * RIPPLE_BINS) : round(0.9 * RIPPLE_BINS)]
         ripple = band - ndimage.gaussian_filter1d(band, RIPPLE_SMOOTH_BINS)
-        fine = img - ndimage.gaussian_filter(img, 2.0)
+        local = ndimage.gaussian_filter(img, 2.0)
+        fine = img - local
+        lit = (region > 0) & (local > PIT_FLOOR)
         grain = _grain_ratios(img, in_lung)
         fine_cv = {
             f"fine_cv_{k}": float(fine[m].std() / (img[m].mean() + _EPS))
@@ -255,6 +262,9 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
                 "aline_ripple": float(ripple.std() / (band.mean() + _EPS)),
                 **grain,
                 "fine_skew": float(stats.skew(fine[in_lung])) if in_lung.sum() > 20 else np.nan,
+                "pit_share": float((img[lit] < 0.5 * local[lit]).mean())
+                if lit.sum() > 20
+                else np.nan,
                 **fine_cv,
             }
         )
@@ -285,6 +295,7 @@ STATISTICS = {
     "grain_axial": 0.02,
     "grain_lateral": 0.02,
     "fine_skew": 0.1,
+    "pit_share": 0.002,
 }
 
 
@@ -619,6 +630,33 @@ DEPTH_BAND_LABELS = {
 }
 
 
+def other_real_frames(folder, n_clips: int, per_clip: int, size: int):
+    """A second real source for the domain classifier's reference: healthy convex clips of a
+    POCUS-style folder (``pocus_videos/convex/``), the first ``n_clips`` in file order, up to
+    ``per_clip`` frames of each at 3 per second, cropped to their content and resized to
+    ``size`` (:func:`lus_common.data.pocus.load_pocus`).
+
+    Telling these from the reference frames is telling two real sources apart (other scanners,
+    other people): the AUC a phantom cannot be asked to beat.
+
+    Raises:
+        FileNotFoundError: the folder has no healthy convex clip.
+    """
+    from lus_common.data.pocus import list_pocus, load_pocus
+
+    table = list_pocus(folder, include_images=False)
+    pick = table[
+        (table["kind"] == "video")
+        & (table["diagnosis"] == "healthy")
+        & table["file"].str.contains("convex")
+    ]
+    if pick.empty:
+        raise FileNotFoundError(f"No healthy convex clip in {folder} (pocus_videos/convex/).")
+    files = list(pick["file"][:n_clips])
+    return load_pocus(folder, image_size=size, fps=3.0, max_frames_per_video=per_clip,
+                      include_images=False, files=files, crop="content")  # fmt: skip
+
+
 def domain_auc_by_depth(
     phantom_images, phantom_groups, real_images, real_groups, p: dict, device: str
 ) -> dict:
@@ -662,6 +700,7 @@ def phantom_check(
     profile: str = "quick",
     device: str = "cpu",
     progress: bool = True,
+    other_real="auto",
     **overrides,
 ) -> dict:
     """How real is each phantom generator, against ``lus_pleura_rib``-style real frames.
@@ -674,13 +713,18 @@ def phantom_check(
         profile: a budget of :data:`CHECK_PROFILES` (``quick`` runs in minutes on a CPU).
         device: torch device for the networks.
         progress: print a line per step.
+        other_real: a POCUS-style folder whose healthy convex clips the same domain classifier
+            tells from the real frames (:func:`other_real_frames`): the real-to-real reference
+            of the domain AUC. ``"auto"`` (default): ``$LUS_DATA_DIR/pocus`` where it exists,
+            else skipped and said so; ``None``: skipped.
         **overrides: values of the profile to change (``size``, ``seg_epochs``, ...).
 
     Returns:
         A JSON-ready dict: ``real`` (folder, frames, clips, fingerprint), ``params``,
         ``label_thickness_px``, ``ceiling`` (real-to-real Dice per structure), per generator its
         ``version``, ``sim_to_real`` (Dice per structure), ``domain`` (AUC) and ``distances``
-        (histogram, profile, mean |z|), and ``statistics`` (rows: real and every generator).
+        (histogram, profile, mean |z|), ``statistics`` (rows: real and every generator) and
+        ``other_real`` (the second real source's ``domain`` result, or why it was skipped).
     """
     import time
 
@@ -736,11 +780,39 @@ def phantom_check(
     for key in ("depth_profile", "histogram"):
         result[key] = {"real": real_summary[key].tolist()}
         result[key].update({g: s[key].tolist() for g, s in summaries.items()})
+    result["other_real"] = _other_real_domain(other_real, real, n_clips, per_clip, p, device)
+    if "domain" in result["other_real"]:
+        say(f"other real source: domain classifier AUC {result['other_real']['domain']['auc']:.3f}")
+    else:
+        say(f"other real source skipped: {result['other_real']['skipped']}")
     ceiling = real_to_real(real, structures, p, device)
     say("real-to-real ceiling: " + ", ".join(f"{s} {ceiling[s]['dice']:.3f}" for s in structures))
     result["ceiling"] = ceiling
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def _other_real_domain(other_real, real, n_clips: int, per_clip: int, p: dict, device: str):
+    """The domain classifier on a second real source against the real frames, as many clips and
+    frames as the real set (see :func:`phantom_check`'s ``other_real``)."""
+    from lus_common.config.paths import dataset_dir
+
+    if other_real is None:
+        return {"skipped": "not asked for"}
+    if other_real == "auto":
+        try:
+            other_real = dataset_dir("pocus")
+        except FileNotFoundError as exc:
+            return {"skipped": str(exc)}
+    other = other_real_frames(Path(other_real), n_clips, per_clip, p["size"])
+    domain = domain_auc(other.frames, other.videos, real.images, real.groups, p, device)
+    if p.get("depth_bands", True):
+        domain["by_depth"] = domain_auc_by_depth(
+            other.frames, other.videos, real.images, real.groups, p, device
+        )
+    return {"source": "POCUS healthy convex clips", "folder": str(other_real),
+            "clips": len(set(other.videos)), "frames": len(other),
+            "fingerprint": other.fingerprint(), "domain": domain}  # fmt: skip
 
 
 def headline(result: dict) -> dict:
@@ -766,6 +838,14 @@ def headline(result: dict) -> dict:
                 else {}
             ),  # fmt: skip
             "mean_abs_z": round(r["distances"]["mean_abs_z"], 3),
+        }
+    other = result.get("other_real", {})
+    if "domain" in other:
+        line["other_real"] = {
+            "source": other["source"],
+            "domain_auc": round(other["domain"]["auc"], 4),
+            "domain_auc_after_1_epoch": round(other["domain"]["auc_by_epoch"][0], 4),
+            "domain_log_loss": round(other["domain"]["log_loss"], 4),
         }
     line["real_to_real_dice"] = {s: round(result["ceiling"][s]["dice"], 4) for s in structures}
     line["seconds"] = result["seconds"]
@@ -846,16 +926,38 @@ def scores_frame(check: dict) -> pd.DataFrame:
     rows["trained on real clips (ceiling)"] = {
         f"Dice: {STRUCTURE_LABELS[s]}": check["ceiling"][s]["dice"] for s in structures
     }
+    other = check.get("other_real", {})
+    if "domain" in other:
+        d = other["domain"]
+        rows[f"another real source ({other['source']})"] = {
+            "domain AUC (0.5: cannot tell)": d["auc"],
+            "domain AUC after 1 epoch": d["auc_by_epoch"][0],
+            "domain log-loss": d["log_loss"],
+        }
     return pd.DataFrame(rows).T
 
 
+def _domains(check: dict) -> dict:
+    """Every domain classifier result of a check by name: the generators, then the other real
+    source (``"other real"``) where it ran."""
+    out = {g: r["domain"] for g, r in check["generators"].items()}
+    if "domain" in check.get("other_real", {}):
+        out["other real"] = check["other_real"]["domain"]
+    return out
+
+
+def domain_curves(check: dict) -> dict:
+    """Held-out AUC after each epoch (mean of the folds) per generator and other real source."""
+    return {name: np.asarray(d["auc_by_epoch"]) for name, d in _domains(check).items()}
+
+
 def depth_bands_frame(check: dict) -> pd.DataFrame:
-    """The domain classifier shown one third of the frame's height at a time: per generator and
-    band its held-out AUC after the last and after the first epoch, and its log-loss (empty for a
-    check recorded without bands)."""
+    """The domain classifier shown one third of the frame's height at a time: per generator (and
+    the other real source) and band its held-out AUC after the last and after the first epoch,
+    and its log-loss (empty for a check recorded without bands)."""
     rows = {}
-    for g, r in check["generators"].items():
-        for band, d in r["domain"].get("by_depth", {}).items():
+    for g, domain in _domains(check).items():
+        for band, d in domain.get("by_depth", {}).items():
             rows[(g, DEPTH_BAND_LABELS.get(band, band))] = {
                 "domain AUC": d["auc"],
                 "AUC after 1 epoch": d["auc_by_epoch"][0],
@@ -941,7 +1043,27 @@ def findings(check: dict) -> list[str]:
         + ", ".join(f"{dom[g]['log_loss']:.4f} for `{g}`" for g in gens)
         + "."
     )
-    banded = [g for g in gens if dom[g].get("by_depth")]
+    other = check.get("other_real", {})
+    if "domain" in other:
+        o = other["domain"]
+        out.append(
+            f"**Two real sources.** The same classifier, budget and folds tell {other['clips']} "
+            f"healthy convex clips of POCUS ({other['frames']} frames: other scanners, other "
+            f"people) from the real frames with an AUC of {o['auc']:.3f} after its last epoch and "
+            f"{o['auc_by_epoch'][0]:.3f} after one, a log-loss of {o['log_loss']:.4f}. "
+            + ("An AUC near 1 at this budget therefore says 'not this scanner and volunteer' "
+               "more than 'not real'. " if o["auc"] > 0.95 else "")
+            + "Against that reference: "
+            + "; ".join(
+                f"`{g}` scores {first[g]:.3f} after one epoch and a log-loss of "
+                f"{dom[g]['log_loss']:.4f} ({dom[g]['log_loss'] / max(o['log_loss'], 1e-9):.0%} "
+                f"of the real source's)"
+                for g in gens
+            )
+            + "."
+        )  # fmt: skip
+        dom = {**dom, "other real": o}
+    banded = [g for g in dom if dom[g].get("by_depth")]
     if banded:
 
         def band_text(g):
@@ -959,8 +1081,8 @@ def findings(check: dict) -> list[str]:
             "**Where it tells.** Shown only one third of the frame's height (black elsewhere), "
             "the same classifier reaches " + "; ".join(band_text(g) for g in banded) + ". "
             + " ".join(
-                f"For `{g}` the band it learns slowest, where the phantom is closest to the real "
-                f"frames, is the {DEPTH_BAND_LABELS.get(hardest(g), hardest(g))}."
+                f"For `{g}` the band it learns slowest (where the two look most alike) is the "
+                f"{DEPTH_BAND_LABELS.get(hardest(g), hardest(g))}."
                 for g in banded
             )
         )  # fmt: skip
