@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -318,6 +319,13 @@ def test_other_real_source_is_skipped_and_said_so_without_pocus(empty_data_dir):
     assert realism._other_real_domain(None, None, 12, 13, {}, "cpu") == {"skipped": "not asked for"}
     with pytest.raises(FileNotFoundError, match="not a POCUS folder"):  # the loader says what to do
         realism.other_real_frames(empty_data_dir, 12, 13, 64)
+    # "auto" looks beside the real folder first (here an empty pocus/: the loader says so)
+    beside = empty_data_dir.parent / "elsewhere"
+    (beside / "lus_pleura_rib").mkdir(parents=True)
+    (beside / "pocus").mkdir()
+    real = SimpleNamespace(info={"root": str(beside / "lus_pleura_rib")})
+    with pytest.raises(FileNotFoundError, match="elsewhere/pocus is not a POCUS folder"):
+        realism._other_real_domain("auto", real, 12, 13, {"size": 64}, "cpu")
 
 
 def test_phantom_calibrate_refines_the_current_record(real_pleura_rib, tmp_path, capsys):

@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--other-real", default="auto", help="a second real source, laid out as POCUS, whose "
         "healthy convex clips the domain classifier tells from --real: the AUC's real-to-real "
-        "reference (default: $LUS_DATA_DIR/pocus where it exists; 'none' to skip)",
+        "reference (default: the pocus folder beside --real, or $LUS_DATA_DIR/pocus, where it "
+        "exists; 'none' to skip)",
     )  # fmt: skip
     check.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
     check.add_argument("--size", type=int, default=None, help="working size (default: profile's)")

@@ -715,8 +715,8 @@ def phantom_check(
         progress: print a line per step.
         other_real: a POCUS-style folder whose healthy convex clips the same domain classifier
             tells from the real frames (:func:`other_real_frames`): the real-to-real reference
-            of the domain AUC. ``"auto"`` (default): ``$LUS_DATA_DIR/pocus`` where it exists,
-            else skipped and said so; ``None``: skipped.
+            of the domain AUC. ``"auto"`` (default): the ``pocus`` folder beside the real one, or
+            ``$LUS_DATA_DIR/pocus``, where it exists, else skipped and said so; ``None``: skipped.
         **overrides: values of the profile to change (``size``, ``seg_epochs``, ...).
 
     Returns:
@@ -799,9 +799,10 @@ def _other_real_domain(other_real, real, n_clips: int, per_clip: int, p: dict, d
 
     if other_real is None:
         return {"skipped": "not asked for"}
-    if other_real == "auto":
+    if other_real == "auto":  # beside the real folder, else in the data directory
+        beside = Path(real.info["root"]).parent / "pocus" if real is not None else None
         try:
-            other_real = dataset_dir("pocus")
+            other_real = beside if beside is not None and beside.is_dir() else dataset_dir("pocus")
         except FileNotFoundError as exc:
             return {"skipped": str(exc)}
     other = other_real_frames(Path(other_real), n_clips, per_clip, p["size"])
