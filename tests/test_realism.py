@@ -297,6 +297,7 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, real_pocus,
     assert doc["real"]["frames"] == 156 and doc["real"]["clips"] == 12
     assert doc["command"].startswith("lus phantom-check --real")
     assert {r["statistic"] for r in doc["statistics"]} == set(realism.STATISTICS)
+    assert set(realism.STATISTICS) <= set(realism.STAT_LABELS)  # every row of the table named
     # every real frame with the structure is scored once, held out, by the ceiling
     assert doc["ceiling"]["rib_shadow"]["frames"] == 148
     assert doc["generators"]["calibrated"]["sim_to_real"]["pleural_line"]["frames"] == 156

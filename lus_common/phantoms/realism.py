@@ -758,12 +758,9 @@ def phantom_check(
         look = healthy_convex_phantom(a, n_clips, per_clip, p["stats_size"], p["seed"] + 101)
         summaries[g] = summarise(look.images, look.meta["video"])
         small = healthy_convex_phantom(a, n_clips, per_clip, p["size"], p["seed"] + 101)
-        domain = domain_auc(small.images, small.meta["video"], real.images, real.groups, p, device)
+        domain = _domain_with_bands(small.images, small.meta["video"], real, p, device)
         say(f"{g}: domain classifier AUC {domain['auc']:.3f}")
-        if p.get("depth_bands", True):
-            domain["by_depth"] = domain_auc_by_depth(
-                small.images, small.meta["video"], real.images, real.groups, p, device
-            )
+        if "by_depth" in domain:
             say(f"{g}: by depth " + ", ".join(
                 f"{b} {d['auc']:.3f}" for b, d in domain["by_depth"].items()))  # fmt: skip
         train = healthy_convex_phantom(
@@ -792,6 +789,17 @@ def phantom_check(
     return result
 
 
+def _domain_with_bands(images, groups, real, p: dict, device: str) -> dict:
+    """:func:`domain_auc` of ``images`` against the real set, with its :func:`domain_auc_by_depth`
+    as ``by_depth`` unless the profile turns the bands off (``depth_bands``)."""
+    domain = domain_auc(images, groups, real.images, real.groups, p, device)
+    if p.get("depth_bands", True):
+        domain["by_depth"] = domain_auc_by_depth(
+            images, groups, real.images, real.groups, p, device
+        )
+    return domain
+
+
 def _other_real_domain(other_real, real, n_clips: int, per_clip: int, p: dict, device: str):
     """The domain classifier on a second real source against the real frames, as many clips and
     frames as the real set (see :func:`phantom_check`'s ``other_real``)."""
@@ -806,11 +814,7 @@ def _other_real_domain(other_real, real, n_clips: int, per_clip: int, p: dict, d
         except FileNotFoundError as exc:
             return {"skipped": str(exc)}
     other = other_real_frames(Path(other_real), n_clips, per_clip, p["size"])
-    domain = domain_auc(other.frames, other.videos, real.images, real.groups, p, device)
-    if p.get("depth_bands", True):
-        domain["by_depth"] = domain_auc_by_depth(
-            other.frames, other.videos, real.images, real.groups, p, device
-        )
+    domain = _domain_with_bands(other.frames, other.videos, real, p, device)
     return {"source": "POCUS healthy convex clips", "folder": str(other_real),
             "clips": len(set(other.videos)), "frames": len(other),
             "fingerprint": other.fingerprint(), "domain": domain}  # fmt: skip
@@ -893,6 +897,7 @@ STAT_LABELS = {
     "grain_axial": "lung texture, axial: finest detail's std / its blobs' std (grain)",
     "grain_lateral": "lung texture, lateral: finest detail's std / its blobs' std (grain)",
     "fine_skew": "lung texture: skewness of the fine texture (> 0: bright specks, < 0: dark pits)",
+    "pit_share": "lit sector: share of pixels darker than half their local mean (speckle's pits)",
 }
 STRUCTURE_LABELS = {"pleural_line": "pleural line", "rib_shadow": "rib shadow",
                     "rib_line": "rib line"}  # fmt: skip
@@ -1063,7 +1068,7 @@ def findings(check: dict) -> list[str]:
             )
             + "."
         )  # fmt: skip
-        dom = {**dom, "other real": o}
+    dom = _domains(check)  # with the other real source, where it ran
     banded = [g for g in dom if dom[g].get("by_depth")]
     if banded:
 
