@@ -36,7 +36,7 @@ def test_v1_is_the_first_generator_bit_for_bit():
 
 def test_calibrated_is_the_default_and_a_new_version():
     d = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5)
-    assert d.info["appearance"] == "calibrated" and d.info["version"] == 4
+    assert d.info["appearance"] == "calibrated" and d.info["version"] == 5
     v1 = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5,
                                  appearance="v1")  # fmt: skip
     assert d.fingerprint() != v1.fingerprint()  # stored runs of the old images are not reused
@@ -441,3 +441,68 @@ def test_speckle_reduction_shares_blend_the_two_filters():
     ramp = _speckle_reduction(beam, 0.8, 2.0, (0.6, 1.0)).astype(np.float32)
     assert np.abs(ramp[:, 0] - half[:, 0]).max() <= 1
     assert np.abs(ramp[:, -1] - np.rint(wide[:, -1])).max() <= 1
+
+
+def test_pleura_and_chest_wall_statistics_measure_a_known_frame():
+    """A line at a third of the depth, 0.9 over half of the middle scan lines and 0.45 over the
+    other half, on a grey of 0.2: its peaks' coefficient of variation is 0.225 / 0.675 = 1/3 and
+    its brighter half over the grey beneath it 0.9 / (0.2 + 0.01). Sparse bright specks above it
+    skew the chest wall's fine texture right, sparse dark pits left."""
+    rng = np.random.default_rng(4)
+    n, h, w = 2, 192, 128
+    frames = np.full((n, h, w), 0.2, np.float32)
+    frames[:, 60:63, : w // 2] = 0.9
+    frames[:, 60:63, w // 2 :] = 0.45
+    specks = (rng.random((n, h, w)) < 0.01) & (np.arange(h)[None, :, None] < 50)
+    bright = np.where(specks, 0.6, frames).astype(np.float32)
+    dark = np.where(specks, 0.05, frames).astype(np.float32)
+    t, _ = realism.frame_statistics(bright, ["v"] * n)
+    assert t["pleura_cv"].mean() == pytest.approx(1 / 3, rel=0.02)
+    assert t["pleura_contrast"].mean() == pytest.approx(0.9 / 0.21, rel=0.02)
+    assert t["wall_skew"].mean() > 3
+    t_dark, _ = realism.frame_statistics(dark, ["v"] * n)
+    assert t_dark["wall_skew"].mean() < -3
+    t_flat, _ = realism.frame_statistics(frames, ["v"] * n)
+    assert t_flat["wall_fine_cv"].max() == pytest.approx(0.0, abs=1e-4)  # float32 rounding
+    assert t["wall_fine_cv"].mean() > 0.05
+
+
+def test_pleura_variation_and_wall_fibres_draw_from_their_own_streams():
+    """The pleura's brightness along its length has exactly the stated log standard deviation
+    (mean 1); the fibres brighten the stated share of the muscle by the stated factor. Neither
+    draws a number from the video's own stream, so switching them on leaves the rest of the
+    video as it was: the same labels."""
+    from lus_common.phantoms.lung import _chest_wall, _pleura, _severity
+
+    a = replace(V1, pleura_variation=0.8, pleura_variation_mm=2.0, wall_fibres=9.0,
+                fibre_share=0.1)  # fmt: skip
+    s = ((np.arange(3000) - 1500) * 0.1)[None, :].astype(np.float32)
+    rng, side = np.random.default_rng(0), np.random.default_rng(1)
+    sev = _severity("healthy", rng, {})
+    state = rng.bit_generator.state
+    varied = _pleura(s, 0.1, 20.0, sev, "healthy", rng, a, side)
+    after = rng.bit_generator.state
+    rng.bit_generator.state = state
+    plain = _pleura(s, 0.1, 20.0, sev, "healthy", rng, V1, side)
+    assert rng.bit_generator.state == after  # the main stream moved the same way
+    np.testing.assert_array_equal(varied["depth"], plain["depth"])
+    ratio = np.log(varied["echo"] / plain["echo"])
+    assert ratio.std() == pytest.approx(0.8, rel=1e-3)
+    assert ratio.mean() == pytest.approx(-(0.8**2) / 2, abs=1e-3)
+    z = ((np.arange(300) + 0.5) * 0.1)[:, None].astype(np.float32)
+    state = rng.bit_generator.state
+    fibres = _chest_wall(z, 400, 25.0, rng, a, 0.1, 0.1, side)
+    rng.bit_generator.state = state
+    wall = _chest_wall(z, 400, 25.0, rng, V1, 0.1, 0.1, side)
+    factor = fibres / wall
+    muscle = z[:, 0] > 14.0  # below the fat (at most 2 + 0.5 x 23 mm)
+    assert set(np.round(np.unique(factor), 4)) == {1.0, 10.0}
+    assert (factor[muscle] > 1).mean() == pytest.approx(0.1, rel=0.15)
+    assert (factor[z[:, 0] < 1.0] > 1).sum() == 0  # not in the skin
+    on = replace(APPEARANCES["calibrated"], pleura_variation=1.0, wall_fibres=20.0)
+    off = replace(APPEARANCES["calibrated"], pleura_variation=0.0, wall_fibres=0.0)
+    d_on, d_off = (lung_ultrasound_phantom(4, frames_per_video=2, image_size=64, probe="convex",
+                                           seed=3, appearance=x) for x in (on, off))  # fmt: skip
+    for name in ("pleura", "ribs", "rib_shadow", "alines"):
+        np.testing.assert_array_equal(d_on.layers[name], d_off.layers[name])
+    assert not np.array_equal(d_on.images, d_off.images)

@@ -5,8 +5,8 @@ Two generators are kept, so that one run can compare them (``lus phantom-check``
 
 - ``"v1"``: the first generator, bit for bit (generator version 1): a letterboxed fan, a 2-cycle
   pulse, a 55-65 dB display, pitch-black rib shadows with crisp edges, bright A-lines.
-- ``"calibrated"`` (the default, generator version 3): ``v1`` with its appearance parameters fitted
-  to the appearance statistics of real convex lung ultrasound
+- ``"calibrated"`` (the default; generator version :data:`CALIBRATED_VERSION`): ``v1`` with its
+  appearance parameters fitted to the appearance statistics of real convex lung ultrasound
   (:mod:`lus_common.phantoms.calibration`, record in ``calibration.json``), and what the statistics
   showed missing: the frame as scanners display it, baseband (IQ) speckle, tissue texture and
   fascia layers in the chest wall, a reverberation haze under the pleura that fades with depth,
@@ -15,8 +15,10 @@ Two generators are kept, so that one run can compare them (``lus phantom-check``
   lets more echo through, sparse strong reflectors, weaker scan lines at the fan's edges, a grey
   map (gamma and floor), speckle reduction after log compression that lowers the grain's
   contrast, grows with depth and may fill the speckle's dark pits, and images below 256 pixels
-  formed at 256 and resized as real frames are. Each is fitted; some end near zero (the record
-  says which values it found).
+  formed at 256 and resized as real frames are; since version 5 also a pleural line whose
+  brightness varies along its length, bright fibres (perimysium) in the muscle and the
+  subcutaneous fat's own brightness. Each is fitted; some end near zero (the record says which
+  values it found).
 
 A range ``(lo, hi)`` is drawn uniformly per video; a number is fixed.
 """
@@ -32,8 +34,10 @@ from lus_common.config.registry import lookup
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 # The calibrated generator's version, raised whenever its features or its record change (2: the
 # first fits; 3: speckle reduction that keeps the grain, lung streaks, A-lines that widen; 4: the
-# refit with the pit share statistic).
-CALIBRATED_VERSION = 4
+# refit with the pit share statistic; 5: the pleura's brightness along its length, fibres in the
+# muscle and the fat's brightness, fitted with statistics of the chest wall's texture and the
+# pleural line).
+CALIBRATED_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,18 @@ class Appearance:
     edge_falloff_db: float = 0.0  # convex: weaker scan lines at the fan's edges (dB at the edge)
     # Tissue.
     wall_gain: float = 1.0  # echogenicity of skin, fat, septa, fascia and muscle, x this
+    fat_gain: float = 1.0  # and the subcutaneous fat's, x this as well (hypoechoic or grey)
     texture: float = 0.0  # std of the log echogenicity of chest-wall texture (muscle fibres, fat)
     texture_mm: tuple = (0.25, 2.5)  # its correlation lengths, axial and lateral
     muscle_fascia: tuple = (0, 0)  # extra fascia lines in the muscle, [lo, hi)
+    wall_fibres: float = 0.0  # bright lines in the muscle (perimysium): echo x (1 + this) ...
+    fibre_share: float = 0.05  # ... over this share of it ...
+    fibre_mm: tuple = (0.1, 1.2)  # ... in patches this long, axial and lateral (Gaussian sigma)
     specks: float = 0.0  # sparse strong reflectors in tissue and lung: echo x (1 + this) ...
     speck_density: float = 0.5  # ... at this many per mm^2
     # Lung.
+    pleura_variation: float = 0.0  # log std of the pleural line's brightness along its length ...
+    pleura_variation_mm: float = 2.5  # ... correlated over this (Gaussian sigma)
     aline_gain: float = 1.0  # A-line brightness relative to the reverberation model
     aline_fade: float = 1.0  # per video, A-lines x a factor drawn log-uniformly in [this, 1]
     aline_spread_mm: float = 0.0  # each A-line this much thicker than the one before (mm)
@@ -100,6 +110,7 @@ class Appearance:
     lung_texture_mm: tuple = (0.5, 4.0)  # their correlation lengths, axial and lateral
     # Ribs.
     rib_echo: float = 3.0  # echogenicity of the rib's cortex (pleura = 1)
+    rib_above_mm: tuple = (3.0, 6.0)  # the rib's surface above the pleura at its middle, per rib
     rib_transmission: float = 1e-3  # two-way amplitude passed by bone (-60 dB)
     shadow_edge_mm: float = 0.6  # width of the shadow's soft edge at the rib
     shadow_spread: float = 0.0  # extra edge width per mm of depth below the rib (diffraction)

@@ -166,7 +166,8 @@ CHAPTER_PROFILES = {
 
 def homogeneous(appearance="calibrated"):
     """The appearance with tissue of one echogenicity in the chest wall (no texture, no extra
-    fascia): where fully developed speckle, and so the Rayleigh envelope, can be checked.
+    fascia, no bright fibres, no sparse strong reflectors): where fully developed speckle, and so
+    the Rayleigh envelope, can be checked.
 
     Textured tissue is a mixture of echogenicities, so its envelope is a compound (K-like)
     distribution whose mean/std lies below Rayleigh's 1.913, as in real muscle."""
@@ -174,7 +175,13 @@ def homogeneous(appearance="calibrated"):
 
     from lus_common.phantoms.appearance import resolve_appearance
 
-    return replace(resolve_appearance(appearance), texture=0.0, muscle_fascia=(0, 0))
+    return replace(
+        resolve_appearance(appearance),
+        texture=0.0,
+        muscle_fascia=(0, 0),
+        wall_fibres=0.0,
+        specks=0.0,
+    )
 
 
 def square_on(appearance="calibrated"):

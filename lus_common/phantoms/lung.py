@@ -109,6 +109,10 @@ _ECHO = {
 }
 _NOISE_AMPLITUDE = 10 ** (-105 / 20)  # receiver noise before TGC, relative to the pleura's echo
 _FRAME_DECORRELATION = 0.25  # share of speckle amplitude redrawn every frame
+# The calibrated generator takes each frame's redrawn share as a window of one wider field, this
+# many scan lines on from the previous frame's (several speckle widths: 16 px at 256 against a
+# lateral speckle of about 5 px): a tenth of the random numbers of a new field per frame.
+_FRESH_STRIDE = 16
 
 
 def dense_to_sparse(dense: np.ndarray) -> np.ndarray:
@@ -230,9 +234,11 @@ def _chest_wall(
     a: Appearance,
     dz: float,
     ds: float,
+    side: np.random.Generator,
 ) -> np.ndarray:
     """Echogenicity of skin, fat with septa, fascia and muscle down to the pleura (tissue frame),
-    with the appearance's fascia layers in the muscle and its tissue texture."""
+    with the appearance's fascia layers in the muscle, its tissue texture and its bright fibres
+    (drawn from ``side``, so switching them on leaves every other draw as it was)."""
     skin = rng.uniform(1.0, 2.0)
     fat = (
         skin
@@ -242,7 +248,7 @@ def _chest_wall(
     echo = np.full((len(z), cols), _ECHO["muscle"], np.float32)
     echo[z[:, 0] < skin] = _ECHO["skin"]
     in_fat = (z >= skin) & (z < fat)
-    echo[in_fat] = _ECHO["fat"]
+    echo[in_fat] = _ECHO["fat"] * np.float32(a.fat_gain)
     for _ in range(int(rng.integers(1, 4))):  # thin connective-tissue septa in the fat
         d = (
             rng.uniform(skin + 0.5, chest_wall_mm * 0.5)
@@ -258,6 +264,14 @@ def _chest_wall(
         )
     if a.texture > 0:  # fibres and lobules: log-normal echogenicity, long laterally
         echo *= _log_normal_texture((len(z), cols), a.texture, a.texture_mm, dz, ds, rng)
+    if a.wall_fibres > 0:  # the muscle's bright perimysium: sparse short lines along the fibres
+        field = ndimage.gaussian_filter(
+            side.standard_normal((len(z), cols), dtype=np.float32),
+            (a.fibre_mm[0] / dz, a.fibre_mm[1] / ds),
+            mode="wrap",
+        )
+        cut = np.quantile(field[:: max(1, len(z) // 64), :: max(1, cols // 64)], 1 - a.fibre_share)
+        echo *= 1 + np.float32(a.wall_fibres) * ((field > cut) & (z > fat))
     if a.wall_gain != 1.0:
         echo *= np.float32(a.wall_gain)
     return echo
@@ -270,11 +284,16 @@ def _pleura(
     sev: dict,
     diagnosis: str,
     rng: np.random.Generator,
+    a: Appearance,
+    side: np.random.Generator,
 ) -> dict:
     """The pleural line per column (depth, thickness, brightness) and which columns are diseased.
 
     A column is diseased ("sick") where B-lines or a consolidation lie beneath it; there the line is
-    thicker, more irregular and, in COVID-19-like lungs, fragmented.
+    thicker, more irregular and, in COVID-19-like lungs, fragmented. With
+    ``a.pleura_variation`` its brightness varies along its length (log-normal, correlated over
+    ``a.pleura_variation_mm``): the angle at which the beam meets the rough pleura changes. That
+    variation is drawn from ``side``, so switching it on leaves every other draw as it was.
     """
     cols, x = s.shape[1], s[0]
     depth = (chest_wall_mm + rng.uniform(-2e-3, 2e-3) * x**2 + rng.uniform(-0.04, 0.04) * x).astype(
@@ -303,6 +322,9 @@ def _pleura(
     depth = depth + irregular * _smooth_noise(cols, max(1.0, 0.8 / ds), rng)
     thick = 0.5 + rng.uniform(0.0, 0.3) + (sev["sick_thickness_mm"] - 0.65) * sick_soft
     echo = np.ones(cols, np.float32)
+    if a.pleura_variation > 0:
+        v, scale = a.pleura_variation, max(1.0, a.pleura_variation_mm / ds)
+        echo *= np.exp(v * _smooth_noise(cols, scale, side) - v**2 / 2)
     if sev["fragmentation"] > 0:  # gaps in the diseased pleura
         gaps = _smooth_noise(cols, max(1.0, 0.6 / ds), rng) < -1.2 + 1.5 * sev["fragmentation"]
         echo = np.where(sick & gaps, 0.12, echo)
@@ -435,7 +457,7 @@ def _ribs(
             u = (s[0] - c) / rib_half
             on = np.abs(u) < 1
             curve = 1 - np.sqrt(1 - np.clip(u, -1, 1) ** 2)
-            surface = chest_wall_mm - rng.uniform(3.0, 6.0) + rng.uniform(1.5, 3.0) * curve
+            surface = chest_wall_mm - rng.uniform(*a.rib_above_mm) + rng.uniform(1.5, 3.0) * curve
             cortex = on[None, :] & (z >= surface[None, :]) & (z < surface[None, :] + 1.0)
             echo = np.where(cortex, a.rib_echo, echo)
             bits[cortex] |= _BIT["ribs"]
@@ -480,8 +502,11 @@ def _video_world(
     z = ((np.arange(rows) + 0.5) * dz)[:, None].astype(np.float32)  # depth, mm
     s = ((np.arange(cols) - cols / 2 + 0.5) * ds)[None, :].astype(np.float32)  # lateral, mm
     sev = _severity(diagnosis, rng, overrides)
-    echo_t = _chest_wall(z, cols, chest_wall_mm, rng, a, dz, ds)
-    pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng)
+    # features added after the fourth version draw from their own streams (spawning draws no
+    # number from ``rng``): switched off or on, the rest of the video is the same
+    side = rng.spawn(2)
+    echo_t = _chest_wall(z, cols, chest_wall_mm, rng, a, dz, ds, side[0])
+    pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng, a, side[1])
     lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng, a)
     echo_t, bits_t, transmission = _ribs(z, s, ds, chest_wall_mm, probe, echo_t, rng, a)
     if a.specks > 0:  # sparse strong reflectors (fibres, interfaces, reverberation dashes)
@@ -619,26 +644,40 @@ def _render_video(
         return out
 
     sel = take(world["support"], first_l)
+
+    def pick(lung, tissue):  # the lung frame beneath the pleura, the tissue frame above it
+        out = np.empty((n_frames, lung.shape[0], size), lung.dtype)
+        for f, (o_l, o_t) in enumerate(zip(first_l, first_t)):
+            out[f] = np.where(sel[f], lung[:, o_l : o_l + size], tissue[:, o_t : o_t + size])
+        return out
+
     trans = take(world["transmission"], first_t)
     visible = trans > 0.5
-    echo = np.where(sel, take(world["echo_l"], first_l), take(world["echo_t"], first_t))
-    bits = np.where(sel, take(world["bits_l"], first_l), take(world["bits_t"], first_t))
+    echo = pick(world["echo_l"], world["echo_t"])
+    bits = pick(world["bits_l"], world["bits_t"])
     bone = _BIT["ribs"] | _BIT["rib_body"]
     bits = np.where(visible, bits, (bits & bone) | _BIT["rib_shadow"])
     dense = np.where(sel & visible, take(world["dense_l"], first_l), np.uint8(0))
 
     # Scatterers shared by the video (tissue and lung frames), a quarter redrawn per frame.
     a = world["appearance"]
-    if a.baseband:  # complex (I + jQ) scatterers
-        draw = lambda shape: bmode.complex_scatterers(rng, shape)  # noqa: E731
+    if a.baseband:  # complex (I + jQ) scatterers, from their own stream (the gains drawn after
+        noise = rng.spawn(1)[0]  # them stay the same however the speckle is drawn)
+        draw = lambda shape: bmode.complex_scatterers(noise, shape)  # noqa: E731
     else:
         draw = lambda shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
     world_t = draw((rows, size + 2 * margin))
     world_l = draw((rows, size + 2 * margin))
     eps = _FRAME_DECORRELATION
-    scat = np.where(sel, take(world_l, first_l), take(world_t, first_t))
+    scat = pick(world_l, world_t)
     scat *= np.float32(np.sqrt(1 - eps**2))
-    scat += np.float32(eps) * draw(scat.shape)
+    if a.baseband:  # the redrawn share: windows of one wider field, _FRESH_STRIDE columns apart
+        fresh = draw((rows, size + _FRESH_STRIDE * (n_frames - 1)))
+        fresh *= np.float32(eps)
+        for f in range(n_frames):
+            scat[f] += fresh[:, f * _FRESH_STRIDE : f * _FRESH_STRIDE + size]
+    else:  # the first generator: a new field per frame
+        scat += np.float32(eps) * draw(scat.shape)
 
     env = _envelope(world, trans, echo, scat, rng)
     image = bmode.log_compress(env, 1.0, rng.uniform(*a.dynamic_range_db))

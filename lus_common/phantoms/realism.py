@@ -143,6 +143,27 @@ def brightest_layer_depth(image: np.ndarray, frac: np.ndarray) -> float:
     return float((lo + np.argmax(profile[lo:hi]) + 0.5) / 60)
 
 
+def _pleura_statistics(image: np.ndarray, inside: np.ndarray, frac: np.ndarray, layer: float):
+    """The brightest layer along its length: per scan line of the middle half, the brightest grey
+    within 3 % of the depth of ``layer`` (:func:`brightest_layer_depth`). ``pleura_cv``: their
+    coefficient of variation (a line of even brightness, or one that comes and goes);
+    ``pleura_contrast``: the median of the brighter half of them over the median grey from 5 %
+    to 15 % of the depth beneath the layer (a line on a dark lung, or in a bright haze)."""
+    w = image.shape[1]
+    cols = slice(w // 4, w - w // 4)
+    near = (inside & (np.abs(frac - layer) < 0.03))[:, cols]
+    ok = near.any(0)
+    beneath = inside & (frac > layer + 0.05) & (frac < layer + 0.15)
+    if ok.sum() < 8 or beneath.sum() < 20:
+        return {"pleura_cv": np.nan, "pleura_contrast": np.nan}
+    peak = np.where(near, image[:, cols], -1.0).max(0)[ok]
+    bright = peak[peak >= np.median(peak)]
+    return {
+        "pleura_cv": float(peak.std() / (peak.mean() + _EPS)),
+        "pleura_contrast": float(np.median(bright) / (np.median(image[beneath]) + 0.01)),
+    }
+
+
 def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
     """Appearance statistics of every frame, from the pixels alone.
 
@@ -174,7 +195,11 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         change of that lateral profile, per pixel, over its mean), ``pit_share`` (the share of
         the sector's lit pixels, local mean above :data:`PIT_FLOOR`, darker than half their
         local mean, Gaussian sigma 2 px: the black pits of log-compressed speckle formed at the
-        display size, which real frames averaged down from a finer grid do not show); and
+        display size, which real frames averaged down from a finer grid do not show),
+        ``wall_fine_cv`` and ``wall_skew`` (that fine texture in the chest wall: its standard
+        deviation over the mean grey, and its skewness, positive where bright fibres and fascia
+        lie on a darker ground), ``pleura_cv`` and ``pleura_contrast``
+        (:func:`_pleura_statistics`); and
         ``arrays`` with
         ``histogram`` (N, :data:`HIST_BINS`) and ``depth_profile`` (N, :data:`DEPTH_BINS`).
     """
@@ -224,6 +249,7 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
             else np.nan
         )
         wall_std = float(wv.std()) if wv.size > 20 else np.nan
+        pleura = _pleura_statistics(img, ins, frac, layer)
         step_axial = float(np.abs(np.diff(img, axis=0))[core[1:] & core[:-1]].mean())
         step_lateral = float(np.abs(np.diff(img, axis=1))[core[:, 1:] & core[:, :-1]].mean())
         # A-lines: ripple of the depth profile (middle half of the scan lines) beneath the pleura
@@ -234,6 +260,8 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         local = ndimage.gaussian_filter(img, 2.0)
         fine = img - local
         lit = (region > 0) & (local > PIT_FLOOR)
+        wall_in = wall & core
+        wall_fine = fine[wall_in] if wall_in.sum() > 20 else None
         grain = _grain_ratios(img, in_lung)
         fine_cv = {
             f"fine_cv_{k}": float(fine[m].std() / (img[m].mean() + _EPS))
@@ -266,6 +294,11 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
                 if lit.sum() > 20
                 else np.nan,
                 **fine_cv,
+                "wall_fine_cv": float(wall_fine.std() / (img[wall_in].mean() + _EPS))
+                if wall_fine is not None
+                else np.nan,
+                "wall_skew": float(stats.skew(wall_fine)) if wall_fine is not None else np.nan,
+                **pleura,
             }
         )
     return pd.DataFrame(rows), {"histogram": np.array(hists), "depth_profile": np.array(profiles)}
@@ -296,6 +329,10 @@ STATISTICS = {
     "grain_lateral": 0.02,
     "fine_skew": 0.1,
     "pit_share": 0.002,
+    "wall_fine_cv": 0.01,
+    "wall_skew": 0.1,
+    "pleura_cv": 0.03,
+    "pleura_contrast": 0.2,
 }
 
 
@@ -898,6 +935,10 @@ STAT_LABELS = {
     "grain_lateral": "lung texture, lateral: finest detail's std / its blobs' std (grain)",
     "fine_skew": "lung texture: skewness of the fine texture (> 0: bright specks, < 0: dark pits)",
     "pit_share": "lit sector: share of pixels darker than half their local mean (speckle's pits)",
+    "wall_fine_cv": "chest wall: fine texture's std / mean grey",
+    "wall_skew": "chest wall: skewness of the fine texture (> 0: bright fibres and specks)",
+    "pleura_cv": "brightest layer along its length: coefficient of variation of its peak grey",
+    "pleura_contrast": "brightest layer's brighter half / the grey 5-15 % of the depth beneath it",
 }
 STRUCTURE_LABELS = {"pleural_line": "pleural line", "rib_shadow": "rib shadow",
                     "rib_line": "rib line"}  # fmt: skip
