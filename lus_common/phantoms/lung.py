@@ -111,7 +111,8 @@ _NOISE_AMPLITUDE = 10 ** (-105 / 20)  # receiver noise before TGC, relative to t
 _FRAME_DECORRELATION = 0.25  # share of speckle amplitude redrawn every frame
 # The calibrated generator takes each frame's redrawn share as a window of one wider field, this
 # many scan lines on from the previous frame's (several speckle widths: 16 px at 256 against a
-# lateral speckle of about 5 px): a tenth of the random numbers of a new field per frame.
+# lateral speckle of about 5 px): for a 16-frame video an eighth of the random numbers of a new
+# field per frame.
 _FRESH_STRIDE = 16
 
 

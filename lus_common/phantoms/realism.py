@@ -143,6 +143,17 @@ def brightest_layer_depth(image: np.ndarray, frac: np.ndarray) -> float:
     return float((lo + np.argmax(profile[lo:hi]) + 0.5) / 60)
 
 
+def _fine_cv(fine: np.ndarray, image: np.ndarray, mask: np.ndarray) -> float:
+    """The fine texture's standard deviation over the mean grey where ``mask`` (NaN on 20 pixels
+    or fewer)."""
+    return float(fine[mask].std() / (image[mask].mean() + _EPS)) if mask.sum() > 20 else np.nan
+
+
+def _fine_skew(fine: np.ndarray, mask: np.ndarray) -> float:
+    """The fine texture's skewness where ``mask`` (NaN on 20 pixels or fewer)."""
+    return float(stats.skew(fine[mask])) if mask.sum() > 20 else np.nan
+
+
 def _pleura_statistics(image: np.ndarray, inside: np.ndarray, frac: np.ndarray, layer: float):
     """The brightest layer along its length: per scan line of the middle half, the brightest grey
     within 3 % of the depth of ``layer`` (:func:`brightest_layer_depth`). ``pleura_cv``: their
@@ -261,14 +272,8 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         fine = img - local
         lit = (region > 0) & (local > PIT_FLOOR)
         wall_in = wall & core
-        wall_fine = fine[wall_in] if wall_in.sum() > 20 else None
         grain = _grain_ratios(img, in_lung)
-        fine_cv = {
-            f"fine_cv_{k}": float(fine[m].std() / (img[m].mean() + _EPS))
-            if m.sum() > 20
-            else np.nan
-            for k, m in lung.items()
-        }
+        fine_cv = {f"fine_cv_{k}": _fine_cv(fine, img, m) for k, m in lung.items()}
         rows.append(
             {
                 "sector_fraction": float(ins.mean()),
@@ -289,15 +294,13 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
                 "shadow_edge": edge,
                 "aline_ripple": float(ripple.std() / (band.mean() + _EPS)),
                 **grain,
-                "fine_skew": float(stats.skew(fine[in_lung])) if in_lung.sum() > 20 else np.nan,
+                "fine_skew": _fine_skew(fine, in_lung),
                 "pit_share": float((img[lit] < 0.5 * local[lit]).mean())
                 if lit.sum() > 20
                 else np.nan,
                 **fine_cv,
-                "wall_fine_cv": float(wall_fine.std() / (img[wall_in].mean() + _EPS))
-                if wall_fine is not None
-                else np.nan,
-                "wall_skew": float(stats.skew(wall_fine)) if wall_fine is not None else np.nan,
+                "wall_fine_cv": _fine_cv(fine, img, wall_in),
+                "wall_skew": _fine_skew(fine, wall_in),
                 **pleura,
             }
         )
