@@ -254,6 +254,56 @@ def test_domain_classifier_by_depth_finds_the_band_that_differs():
     assert out["bottom"]["auc"] > max(out["top"]["auc"], out["middle"]["auc"]) + 0.2
 
 
+def test_scale_views_keep_one_scale():
+    rows, cols = np.indices((64, 64))
+    checker = ((rows + cols) % 2 * 0.2 + 0.4)[None].astype(np.float32)  # finest detail only
+    ramp = np.broadcast_to(np.linspace(0, 1, 64, dtype=np.float32), (1, 64, 64))  # layout only
+    fan = np.ones((64, 64), bool)
+    assert np.allclose(realism.scale_view(checker, "coarse", fan), 0.5)  # 4 x 4 block means
+    coarse = realism.scale_view(ramp, "coarse", fan)[0]
+    assert np.allclose(coarse[:, :4], ramp[0, 0, :4].mean()) and len(np.unique(coarse)) == 16
+    fine = realism.scale_view(checker, "fine", fan)[0]
+    assert np.abs(fine[20:44, 20:44] - 0.5).mean() == pytest.approx(0.1, abs=0.01)
+    # a constant frame has no texture; outside the fan shrunk by 2 sigma (2 x 1.6 px) all is 0.5
+    flat = realism.scale_view(np.full((1, 64, 64), 0.3, np.float32), "fine", fan)[0]
+    assert np.allclose(flat, 0.5)
+    fine = realism.scale_view(checker, "fine", rows < 40)[0]
+    assert np.allclose(fine[36:], 0.5) and not np.allclose(fine[34], 0.5)
+    with pytest.raises(ValueError, match="Known scale views"):
+        realism.scale_view(checker, "medium", fan)
+    with pytest.raises(ValueError, match="16 x 16 blocks"):
+        realism.scale_view(np.zeros((1, 60, 60), np.float32), "coarse", fan)
+
+
+def test_domain_classifier_by_scale_finds_the_scale_that_differs():
+    d = lung_ultrasound_phantom(48, n_patients=6, frames_per_video=8, image_size=64,
+                                probe="convex", seed=3)  # fmt: skip
+    groups = list(d.meta["video"])
+    rows, cols = np.indices((64, 64))
+    other = d.images + ((rows + cols) % 2 - 0.5) * 0.4 * (d.images > 0)  # a fine checker added
+    p = dict(realism.CHECK_PROFILES["smoke"], domain_epochs=3)
+    out = realism.domain_auc_by_scale(d.images, groups, other, groups, p, "cpu")
+    assert out["fine"]["auc"] > 0.9
+    assert out["fine"]["auc"] > out["coarse"]["auc"] + 0.2
+
+
+def test_sim_to_real_trains_each_seed_on_its_own_phantom_draw():
+    calls = []
+
+    def draw(seed):
+        calls.append(seed)
+        return realism.healthy_convex_phantom("calibrated", 2, 3, 64, seed)
+
+    real = realism.healthy_convex_phantom("calibrated", 2, 3, 64, 99)  # stands in: same names
+    p = dict(realism.CHECK_PROFILES["smoke"], seg_seeds=2, seg_epochs=1, seed=5)
+    out = realism.sim_to_real(draw, real, ("rib_shadow",), p, "cpu")
+    assert calls == [5, 6]
+    assert out["phantom_per_seed"] is True and len(out["rib_shadow"]["dice_seeds"]) == 2
+    assert out["rib_shadow"]["dice"] == pytest.approx(np.mean(out["rib_shadow"]["dice_seeds"]))
+    fixed = realism.sim_to_real(draw(7), real, ("rib_shadow",), dict(p, seg_seeds=1), "cpu")
+    assert fixed["phantom_per_seed"] is False and calls == [5, 6, 7]
+
+
 def test_calibrated_phantom_is_closer_to_real_frames(real_pleura_rib):
     from lus_common.data.lus_pleura_rib import load_lus_pleura_rib
 
@@ -292,6 +342,7 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, real_pocus,
         assert 0.0 <= line[g]["domain_auc"] <= 1.0
         assert set(line[g]["sim_to_real_dice"]) == {"pleural_line", "rib_shadow"}
         assert set(line[g]["domain_auc_by_depth"]) == {"top", "middle", "bottom"}
+        assert set(line[g]["domain_auc_by_scale"]) == {"coarse", "fine"}
     assert set(line["real_to_real_dice"]) == {"pleural_line", "rib_shadow"}
     doc = realism.read_check(out)
     assert doc["real"]["frames"] == 156 and doc["real"]["clips"] == 12
@@ -308,10 +359,13 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, real_pocus,
     assert set(realism.domain_curves(doc)) == {"v1", "calibrated", "other real"}
     bands = realism.depth_bands_frame(doc)
     assert len(bands) == 9 and bands["domain AUC"].between(0, 1).all()
+    scales = realism.scale_views_frame(doc)
+    assert len(scales) == 6 and scales["domain AUC"].between(0, 1).all()
     assert len(realism.scores_frame(doc)) == 4
     found = realism.findings(doc)
     assert any(f.startswith("**Where it tells.**") for f in found)
     assert any(f.startswith("**Two real sources.**") for f in found)
+    assert any(f.startswith("**Layout or texture.**") for f in found)
 
 
 def test_other_real_source_is_skipped_and_said_so_without_pocus(empty_data_dir):

@@ -401,7 +401,7 @@ CHECK_PROFILES = {
     "paper": dict(size=256, train_videos=60, frames_per_video=13, seg_epochs=30, folds=3,
                   domain_epochs=20, batch_size=16, lr=1e-3, stats_size=256, seed=0, seg_seeds=3),
     "quick": dict(size=128, train_videos=24, frames_per_video=13, seg_epochs=12, folds=3,
-                  domain_epochs=10, batch_size=16, lr=2e-3, stats_size=256, seed=0, seg_seeds=2),
+                  domain_epochs=10, batch_size=16, lr=2e-3, stats_size=256, seed=0, seg_seeds=3),
     "smoke": dict(size=64, train_videos=6, frames_per_video=6, seg_epochs=2, folds=2,
                   domain_epochs=2, batch_size=16, lr=2e-3, stats_size=128, seed=0, seg_seeds=1),
 }  # fmt: skip
@@ -494,29 +494,34 @@ def sim_to_real(phantom, real, structures, p: dict, device: str) -> dict:
     thickness of the same structure (:func:`label_thickness_px`, :func:`thicken`).
 
     Args:
-        phantom: a phantom SegmentationSet (its layers named as :data:`STRUCTURE_LAYERS` says).
+        phantom: a phantom SegmentationSet (its layers named as :data:`STRUCTURE_LAYERS` says),
+            or a function of a seed that draws one: then every seed trains on its own draw, and
+            the seeds' spread holds the phantom's draw as well as the network's initialisation
+            (both move the Dice on real frames).
         real: the real SegmentationSet (``lus_pleura_rib``), same size.
         structures: real structure names, e.g. ``("pleural_line", "rib_shadow")``.
         p: a :data:`CHECK_PROFILES` entry.
         device: torch device.
 
     Returns:
-        ``{structure: {"dice", "dice_seeds", "frames", "per_frame"}}`` and ``"train_seconds"``:
-        one U-Net per seed (``p["seg_seeds"]`` of them, seeds ``p["seed"]``, ``+ 1``, ...; the
-        same phantom frames), ``dice`` the mean of the seeds' mean per-frame Dice, ``per_frame``
-        each frame's Dice averaged over the seeds.
+        ``{structure: {"dice", "dice_seeds", "frames", "per_frame"}}``, ``"train_seconds"`` and
+        ``"phantom_per_seed"`` (whether each seed drew its own phantom frames): one U-Net per
+        seed (``p["seg_seeds"]`` of them, seeds ``p["seed"]``, ``+ 1``, ...), ``dice`` the mean
+        of the seeds' mean per-frame Dice, ``per_frame`` each frame's Dice averaged over the
+        seeds.
     """
     import time
 
-    y = _stack(phantom, [STRUCTURE_LAYERS[s] for s in structures])
-    for c, s in enumerate(structures):
-        if s in ("pleural_line", "rib_line"):  # lines drawn as bands by the annotators
-            y[:, c] = thicken(y[:, c], label_thickness_px(real.layers[s]))
     truth = _stack(real, structures)
     start = time.perf_counter()
     runs = []
     for k in range(p.get("seg_seeds", 1)):
-        model, _ = _train_segmenter(phantom.images, y, p, p["seed"] + k, device)
+        data = phantom(p["seed"] + k) if callable(phantom) else phantom
+        y = _stack(data, [STRUCTURE_LAYERS[s] for s in structures])
+        for c, s in enumerate(structures):
+            if s in ("pleural_line", "rib_line"):  # lines drawn as bands by the annotators
+                y[:, c] = thicken(y[:, c], label_thickness_px(real.layers[s]))
+        model, _ = _train_segmenter(data.images, y, p, p["seed"] + k, device)
         runs.append(_dice_per_structure(model, real.images, truth, structures, device))
     out = {
         s: {"dice": float(np.mean([r[s]["dice"] for r in runs])),
@@ -525,6 +530,7 @@ def sim_to_real(phantom, real, structures, p: dict, device: str) -> dict:
         for s in structures
     }  # fmt: skip
     out["train_seconds"] = round(time.perf_counter() - start, 1)
+    out["phantom_per_seed"] = callable(phantom)
     return out
 
 
@@ -720,6 +726,60 @@ def domain_auc_by_depth(
     return out
 
 
+# One scale of the frame at a time: the layout alone, or the fine texture alone.
+SCALE_VIEWS = {
+    "coarse": "layout alone (means of 16 x 16 blocks: layers, shadows, brightness by depth)",
+    "fine": "texture alone (less a Gaussian blur of 1/40 of the size: speckle, edges)",
+}
+_COARSE_BLOCKS = 16
+_FINE_SIGMA = 1 / 40  # of the frame's height: 3.2 px at 128 px, about three speckle cells wide
+
+
+def scale_view(images: np.ndarray, view: str, fan: np.ndarray) -> np.ndarray:
+    """The frames at one scale of :data:`SCALE_VIEWS`, same shape.
+
+    ``coarse``: each of 16 x 16 blocks replaced by its mean (the frame's height and width must
+    divide by 16). ``fine``: 0.5 plus the frame less its Gaussian blur, inside ``fan`` (e.g.
+    :func:`common_fan`) shrunk by twice the blur's sigma, 0.5 elsewhere (the fan's outline, a
+    sharp edge in every frame, is not shown).
+    """
+    x = np.asarray(images, np.float32)
+    n, h, w = x.shape
+    if view == "coarse":
+        if h % _COARSE_BLOCKS or w % _COARSE_BLOCKS:
+            raise ValueError(f"coarse view: {h}x{w} frames do not divide into 16 x 16 blocks")
+        bh, bw = h // _COARSE_BLOCKS, w // _COARSE_BLOCKS
+        means = x.reshape(n, _COARSE_BLOCKS, bh, _COARSE_BLOCKS, bw).mean((2, 4))
+        return np.repeat(np.repeat(means, bh, 1), bw, 2)
+    if view == "fine":
+        sigma = _FINE_SIGMA * h
+        keep = ndimage.binary_erosion(fan, iterations=int(np.ceil(2 * sigma)))
+        return np.where(keep, 0.5 + x - ndimage.gaussian_filter(x, (0, sigma, sigma)), 0.5)
+    from lus_common.config.registry import lookup
+
+    lookup(SCALE_VIEWS, view, "scale view", error=ValueError)  # raises, naming the views
+    raise AssertionError(view)
+
+
+def domain_auc_by_scale(
+    phantom_images, phantom_groups, real_images, real_groups, p: dict, device: str
+) -> dict:
+    """What gives the phantom away, the layout or the texture: :func:`domain_auc` once per view
+    of :data:`SCALE_VIEWS` (:func:`scale_view`, both sides alike, the fine view inside their
+    :func:`common_fan`), the same folds and budget.
+
+    Returns:
+        ``{view: {"auc", "auc_by_epoch", "epochs_to_099", "log_loss"}}``.
+    """
+    fan = common_fan(phantom_images, phantom_groups, real_images, real_groups)
+    out = {}
+    for view in SCALE_VIEWS:
+        d = domain_auc(scale_view(phantom_images, view, fan), phantom_groups,
+                       scale_view(real_images, view, fan), real_groups, p, device)  # fmt: skip
+        out[view] = {k: d[k] for k in ("auc", "auc_by_epoch", "epochs_to_099", "log_loss")}
+    return out
+
+
 def _statistics_table(real: dict, phantoms: dict) -> tuple[list[dict], dict]:
     """Rows statistic by statistic (real, then each generator and its z) and distances."""
     rows, distances = {}, {}
@@ -803,10 +863,13 @@ def phantom_check(
         if "by_depth" in domain:
             say(f"{g}: by depth " + ", ".join(
                 f"{b} {d['auc']:.3f}" for b, d in domain["by_depth"].items()))  # fmt: skip
-        train = healthy_convex_phantom(
-            a, p["train_videos"], p["frames_per_video"], p["size"], p["seed"]
-        )
-        sim = sim_to_real(train, real, structures, p, device)
+
+        def draw(seed, a=a):  # a new phantom draw for every seed of the U-Net
+            return healthy_convex_phantom(
+                a, p["train_videos"], p["frames_per_video"], p["size"], seed
+            )
+
+        sim = sim_to_real(draw, real, structures, p, device)
         say(f"{g}: sim-to-real Dice " + ", ".join(f"{s} {sim[s]['dice']:.3f}" for s in structures))
         result["generators"][g] = {"version": a.version, "domain": domain, "sim_to_real": sim,
                                    "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
@@ -831,10 +894,15 @@ def phantom_check(
 
 def _domain_with_bands(images, groups, real, p: dict, device: str) -> dict:
     """:func:`domain_auc` of ``images`` against the real set, with its :func:`domain_auc_by_depth`
-    as ``by_depth`` unless the profile turns the bands off (``depth_bands``)."""
+    as ``by_depth`` and its :func:`domain_auc_by_scale` as ``by_scale`` unless the profile turns
+    them off (``depth_bands``, ``scale_views``)."""
     domain = domain_auc(images, groups, real.images, real.groups, p, device)
     if p.get("depth_bands", True):
         domain["by_depth"] = domain_auc_by_depth(
+            images, groups, real.images, real.groups, p, device
+        )
+    if p.get("scale_views", True):
+        domain["by_scale"] = domain_auc_by_scale(
             images, groups, real.images, real.groups, p, device
         )
     return domain
@@ -880,6 +948,15 @@ def headline(result: dict) -> dict:
                     }
                 }
                 if "by_depth" in r["domain"]
+                else {}
+            ),  # fmt: skip
+            **(
+                {
+                    "domain_auc_by_scale": {
+                        v: round(d["auc"], 4) for v, d in r["domain"]["by_scale"].items()
+                    }
+                }
+                if "by_scale" in r["domain"]
                 else {}
             ),  # fmt: skip
             "mean_abs_z": round(r["distances"]["mean_abs_z"], 3),
@@ -1001,14 +1078,13 @@ def domain_curves(check: dict) -> dict:
     return {name: np.asarray(d["auc_by_epoch"]) for name, d in _domains(check).items()}
 
 
-def depth_bands_frame(check: dict) -> pd.DataFrame:
-    """The domain classifier shown one third of the frame's height at a time: per generator (and
-    the other real source) and band its held-out AUC after the last and after the first epoch,
-    and its log-loss (empty for a check recorded without bands)."""
+def _views_frame(check: dict, key: str, labels: dict, shown: str) -> pd.DataFrame:
+    """Per generator (and the other real source) and view of its domain result ``key`` (one
+    row each): held-out AUC after the last and the first epoch, epochs to 0.99, log-loss."""
     rows = {}
     for g, domain in _domains(check).items():
-        for band, d in domain.get("by_depth", {}).items():
-            rows[(g, DEPTH_BAND_LABELS.get(band, band))] = {
+        for view, d in domain.get(key, {}).items():
+            rows[(g, labels.get(view, view))] = {
                 "domain AUC": d["auc"],
                 "AUC after 1 epoch": d["auc_by_epoch"][0],
                 "epochs to 0.99": d["epochs_to_099"],
@@ -1016,19 +1092,34 @@ def depth_bands_frame(check: dict) -> pd.DataFrame:
             }
     frame = pd.DataFrame(rows).T
     if len(frame):
-        frame.index.names = ["generator", "shown only"]
+        frame.index.names = ["generator", shown]
     return frame
+
+
+def depth_bands_frame(check: dict) -> pd.DataFrame:
+    """The domain classifier shown one third of the frame's height at a time: per generator (and
+    the other real source) and band its held-out AUC after the last and after the first epoch,
+    and its log-loss (empty for a check recorded without bands)."""
+    return _views_frame(check, "by_depth", DEPTH_BAND_LABELS, "shown only")
+
+
+def scale_views_frame(check: dict) -> pd.DataFrame:
+    """The domain classifier shown one scale of the frame (:data:`SCALE_VIEWS`): the same
+    columns as :func:`depth_bands_frame` (empty for a check recorded without them)."""
+    return _views_frame(check, "by_scale", SCALE_VIEWS, "shown")
 
 
 def check_caption(check: dict) -> str:
     """Where the recorded check ran, on what, with what budget."""
     p, real, env = check["params"], check["real"], check.get("environment", {})
+    sim = next(iter(check["generators"].values()))["sim_to_real"]
+    draws = ", each on its own phantom draw," if sim.get("phantom_per_seed") else ""
     return (
         f"Recorded by `{check.get('command', 'lus phantom-check')}` "
         f"({p['profile']} profile: {p['size']} px, {p['train_videos']} phantom videos of "
         f"{p['frames_per_video']} frames, {p['seg_epochs']} epochs, "
-        f"{p.get('seg_seeds', 1)} seed(s) of the U-Net trained on phantom frames and one per "
-        f"fold of the ceiling's; domain classifier "
+        f"{p.get('seg_seeds', 1)} seed(s) of the U-Net trained on phantom frames{draws} and "
+        f"one per fold of the ceiling's; domain classifier "
         f"{p['domain_epochs']} epochs, {p['folds']} folds by clip or video) on "
         f"{real['frames']} real frames of {real['clips']} clips, {p['device']}, "
         f"{env.get('date', '?')[:10]}, {check['seconds']:.0f} s. Statistics at "
@@ -1046,8 +1137,10 @@ def findings(check: dict) -> list[str]:
         return check["generators"][g]["sim_to_real"][s]["dice"]
 
     def seeds(g, s):  # each U-Net seed's Dice, when there were several
-        d = check["generators"][g]["sim_to_real"][s].get("dice_seeds", [])
-        return f" (seeds: {', '.join(f'{x:.3f}' for x in d)})" if len(d) > 1 else ""
+        sim = check["generators"][g]["sim_to_real"]
+        d = sim[s].get("dice_seeds", [])
+        what = "seeds, each its own phantom draw" if sim.get("phantom_per_seed") else "seeds"
+        return f" ({what}: {', '.join(f'{x:.3f}' for x in d)})" if len(d) > 1 else ""
 
     folds = check["ceiling"].get("folds", check["params"]["folds"])
     for s in structures:
@@ -1136,6 +1229,22 @@ def findings(check: dict) -> list[str]:
                 for g in banded
             )
         )  # fmt: skip
+    scaled = [g for g in dom if dom[g].get("by_scale")]
+    if scaled:
+
+        def scale_text(view):
+            return ", ".join(
+                f"{dom[g]['by_scale'][view]['auc']:.3f} for `{g}` "
+                f"({dom[g]['by_scale'][view]['auc_by_epoch'][0]:.3f} after one epoch, log-loss "
+                f"{dom[g]['by_scale'][view]['log_loss']:.3f})"
+                for g in scaled
+            )
+
+        out.append(
+            "**Layout or texture.** Shown only the layout (means of 16 x 16 blocks), the "
+            f"classifier reaches {scale_text('coarse')}; shown only the fine texture (the frame "
+            f"less its blur, inside the common fan), {scale_text('fine')}."
+        )
     z = {g: check["generators"][g]["distances"]["mean_abs_z"] for g in gens}
     w1 = {g: check["generators"][g]["distances"]["histogram_w1"] for g in gens}
     out.append(
