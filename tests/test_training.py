@@ -161,3 +161,17 @@ def test_multilabel_task_learns_overlapping_structures_with_log_dice():
     y = torch.as_tensor(masks[:4].astype(np.float32))
     assert loss(torch.where(y > 0, 20.0, -20.0), y).item() < 0.01
     assert loss(torch.full_like(y, -20.0), y).item() > 5
+
+
+def test_log_proba_keeps_the_order_that_saturated_probabilities_lose():
+    class Sure(torch.nn.Module):  # logits (0, 20 + 10 x the image's mean): a very sure classifier
+        def forward(self, x):
+            m = x.mean((1, 2, 3))
+            return torch.stack([torch.zeros_like(m), 20 + 10 * m], 1)
+
+    images = np.stack([np.full((8, 8), v, np.float32) for v in (0.0, 0.5, 1.0)])
+    proba = predict(Sure(), images, input_norm="unit", output="proba")
+    assert (proba[:, 1] == 1.0).all()  # float32 rounds all three to 1: ties
+    lp = predict(Sure(), images, input_norm="unit", output="log_proba")
+    margin = lp[:, 1] - lp[:, 0]
+    assert margin == pytest.approx([20.0, 25.0, 30.0], abs=1e-3)

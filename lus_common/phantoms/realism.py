@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage, stats
+from scipy import ndimage, special, stats
 
 # The real structure masks of lus_pleura_rib and the phantom layer that labels the same thing.
 STRUCTURE_LAYERS = {"pleural_line": "pleura", "rib_shadow": "rib_shadow", "rib_line": "ribs"}
@@ -604,8 +604,10 @@ def domain_auc(
     """Held-out ROC AUC of a small CNN telling phantom (0) from real (1) frames.
 
     Folds keep a real clip, or a phantom video, on one side (scikit-learn's
-    ``StratifiedGroupKFold``); every frame is scored once, by the fold that held it out. With
-    ``mask``, every frame is shown only inside it (black elsewhere).
+    ``StratifiedGroupKFold``); every frame is scored once, by the fold that held it out, by its
+    log-odds of being real (a probability would round to exactly 0 or 1 for a sure classifier,
+    and its ties would lower the AUC). With ``mask``, every frame is shown only inside it (black
+    elsewhere).
 
     Returns:
         dict with ``auc`` (the mean of the folds' AUCs after the last epoch), ``auc_folds``,
@@ -644,13 +646,15 @@ def domain_auc(
             input_norm="unit",
         )
 
+        def margin(model, test=test):  # log p(real) - log p(phantom): no ties where p rounds to 1
+            lp = predict(model, images[test], 32, device, input_norm="unit", output="log_proba")
+            return lp[:, 1] - lp[:, 0]
+
         def held_out(model, epoch, test=test):
-            proba = predict(model, images[test], 32, device, input_norm="unit", output="proba")
-            return {"held_out_auc": float(roc_auc_score(domain[test], proba[:, 1]))}
+            return {"held_out_auc": float(roc_auc_score(domain[test], margin(model)))}
 
         history = train_model(model, images[train], domain[train], cfg, device, evaluate=held_out)
-        proba = predict(model, images[test], 32, device, input_norm="unit", output="proba")
-        score[test] = proba[:, 1]
+        score[test] = margin(model)
         aucs.append(float(roc_auc_score(domain[test], score[test])))
         curves.append(history["held_out_auc"].to_numpy())
     curve = np.mean(curves, 0)
@@ -660,8 +664,8 @@ def domain_auc(
         "auc_pooled": float(roc_auc_score(domain, score)),
         "auc_by_epoch": curve.round(4).tolist(),
         "epochs_to_099": int(np.argmax(curve >= 0.99) + 1) if (curve >= 0.99).any() else None,
-        "log_loss": float(log_loss(domain, np.clip(score, 1e-6, 1 - 1e-6))),
-        "accuracy": float(((score > 0.5) == domain).mean()),
+        "log_loss": float(log_loss(domain, np.clip(special.expit(score), 1e-6, 1 - 1e-6))),
+        "accuracy": float(((score > 0) == domain).mean()),
         "frames": {"phantom": int(len(phantom_images)), "real": int(len(real_images))},
     }
 
@@ -860,9 +864,10 @@ def phantom_check(
         small = healthy_convex_phantom(a, n_clips, per_clip, p["size"], p["seed"] + 101)
         domain = _domain_with_bands(small.images, small.meta["video"], real, p, device)
         say(f"{g}: domain classifier AUC {domain['auc']:.3f}")
-        if "by_depth" in domain:
-            say(f"{g}: by depth " + ", ".join(
-                f"{b} {d['auc']:.3f}" for b, d in domain["by_depth"].items()))  # fmt: skip
+        for key in ("by_depth", "by_scale"):
+            if key in domain:
+                say(f"{g}: {key.replace('_', ' ')} " + ", ".join(
+                    f"{v} {d['auc']:.3f}" for v, d in domain[key].items()))  # fmt: skip
 
         def draw(seed, a=a):  # a new phantom draw for every seed of the U-Net
             return healthy_convex_phantom(

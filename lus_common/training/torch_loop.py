@@ -184,6 +184,8 @@ OUTPUTS = {
     "multilabel": torch.sigmoid,  # multi-label: each structure's probability (N, C, H, W)
     "classes": lambda y: y.argmax(1).to(torch.uint8),  # multi-class: class-index maps (N, H, W)
     "proba": lambda y: torch.softmax(y, 1),  # classifier: class probabilities (N, classes)
+    # classifier: log-probabilities, which do not round to ties where probabilities reach 0 or 1
+    "log_proba": lambda y: torch.log_softmax(y, 1),
 }
 
 
