@@ -560,3 +560,15 @@ def test_pleura_variation_and_wall_fibres_draw_from_their_own_streams():
     for name in ("pleura", "ribs", "rib_shadow", "alines"):
         np.testing.assert_array_equal(d_on.layers[name], d_off.layers[name])
     assert not np.array_equal(d_on.images, d_off.images)
+
+
+def test_findings_say_when_the_seeds_do_not_settle_the_better_generator():
+    check = realism.read_check(realism.REFERENCE_CHECK)
+    sims = {g: check["generators"][g]["sim_to_real"]["rib_shadow"] for g in ("v1", "calibrated")}
+    sims["v1"].update(dice=0.2, dice_seeds=[0.1, 0.2, 0.3])
+    sims["calibrated"].update(dice=0.5, dice_seeds=[0.4, 0.5, 0.6])
+    rib = next(f for f in realism.findings(check) if f.startswith("**Rib shadow.**"))
+    assert "(`calibrated`) reaches" in rib and "overlap" not in rib
+    sims["v1"].update(dice_seeds=[0.0, 0.15, 0.45])  # its best draw beats calibrated's worst
+    rib = next(f for f in realism.findings(check) if f.startswith("**Rib shadow.**"))
+    assert "ranges overlap (`calibrated` 0.400-0.600, `v1` 0.000-0.450): 3 seeds" in rib

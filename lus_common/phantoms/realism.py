@@ -1147,6 +1147,18 @@ def findings(check: dict) -> list[str]:
         what = "seeds, each its own phantom draw" if sim.get("phantom_per_seed") else "seeds"
         return f" ({what}: {', '.join(f'{x:.3f}' for x in d)})" if len(d) > 1 else ""
 
+    def overlap(s, best):  # whether the seeds' ranges leave the best generator's lead unsettled
+        span = {g: check["generators"][g]["sim_to_real"][s].get("dice_seeds", []) for g in gens}
+        if len(span[best]) < 2:
+            return ""
+        rivals = [g for g in gens if g != best and len(span[g]) > 1
+                  and max(span[g]) >= min(span[best])]  # fmt: skip
+        if not rivals:
+            return ""
+        ranges = ", ".join(f"`{g}` {min(span[g]):.3f}-{max(span[g]):.3f}" for g in [best, *rivals])
+        return (f" The seeds' ranges overlap ({ranges}): {len(span[best])} seeds do not settle "
+                "which generator transfers better.")  # fmt: skip
+
     folds = check["ceiling"].get("folds", check["params"]["folds"])
     for s in structures:
         ceiling = check["ceiling"][s]["dice"]
@@ -1161,6 +1173,7 @@ def findings(check: dict) -> list[str]:
             + (f" The ceiling is no upper bound: it learns from {folds - 1} of {folds} folds of "
                f"the {check['real']['clips']} real clips, in as many steps."
                if 0 < ceiling < dice(best, s) else "")
+            + overlap(s, best)
         )  # fmt: skip
     dom = {g: check["generators"][g]["domain"] for g in gens}
     first = {g: dom[g]["auc_by_epoch"][0] for g in gens}
@@ -1249,7 +1262,11 @@ def findings(check: dict) -> list[str]:
             "**Layout or texture.** Shown only the layout (means of 16 x 16 blocks), the "
             f"classifier reaches {scale_text('coarse')}; shown only the fine texture (the frame "
             f"less its blur, inside the common fan), {scale_text('fine')}."
-        )
+            + (" A log-loss above 1 beside an AUC near 1: the classifier ranks the held-out "
+               "frames right but is sure of many on the wrong side of one half."
+               if any(d["by_scale"][v]["log_loss"] > 1 and d["by_scale"][v]["auc"] > 0.9
+                      for d in (dom[g] for g in scaled) for v in d["by_scale"]) else "")
+        )  # fmt: skip
     z = {g: check["generators"][g]["distances"]["mean_abs_z"] for g in gens}
     w1 = {g: check["generators"][g]["distances"]["histogram_w1"] for g in gens}
     out.append(
