@@ -257,16 +257,20 @@ def test_domain_classifier_by_depth_finds_the_band_that_differs():
 def test_scale_views_keep_one_scale():
     rows, cols = np.indices((64, 64))
     checker = ((rows + cols) % 2 * 0.2 + 0.4)[None].astype(np.float32)  # finest detail only
-    ramp = np.broadcast_to(np.linspace(0, 1, 64, dtype=np.float32), (1, 64, 64))  # layout only
+    ramp = np.linspace(0, 1, 64, dtype=np.float32)[None, None].repeat(64, 1)  # layout only
     fan = np.ones((64, 64), bool)
-    assert np.allclose(realism.scale_view(checker, "coarse", fan), 0.5)  # 4 x 4 block means
+    assert np.allclose(realism.scale_view(checker, "coarse", fan), 0.5)  # 4 x 4 px block means
     coarse = realism.scale_view(ramp, "coarse", fan)[0]
     assert np.allclose(coarse[:, :4], ramp[0, 0, :4].mean()) and len(np.unique(coarse)) == 16
     fine = realism.scale_view(checker, "fine", fan)[0]
     assert np.abs(fine[20:44, 20:44] - 0.5).mean() == pytest.approx(0.1, abs=0.01)
-    # a constant frame has no texture; outside the fan shrunk by 2 sigma (2 x 1.6 px) all is 0.5
-    flat = realism.scale_view(np.full((1, 64, 64), 0.3, np.float32), "fine", fan)[0]
-    assert np.allclose(flat, 0.5)
+    # a ramp has no texture: its fine view is 0.5 away from the frame's edges
+    assert np.abs(realism.scale_view(ramp, "fine", fan)[0, 20:44, 20:44] - 0.5).max() < 1e-3
+    # frames stay apart: two constant frames keep their own block means and no texture
+    two = np.stack([np.full((64, 64), 0.2), np.full((64, 64), 0.8)]).astype(np.float32)
+    assert np.allclose(realism.scale_view(two, "coarse", fan), two)
+    assert np.allclose(realism.scale_view(two, "fine", fan), 0.5, atol=1e-5)
+    # outside the fan shrunk by 2 sigma (2 x 1.6 px: 4 erosions) all is 0.5
     fine = realism.scale_view(checker, "fine", rows < 40)[0]
     assert np.allclose(fine[36:], 0.5) and not np.allclose(fine[34], 0.5)
     with pytest.raises(ValueError, match="Known scale views"):
@@ -287,21 +291,31 @@ def test_domain_classifier_by_scale_finds_the_scale_that_differs():
     assert out["fine"]["auc"] > out["coarse"]["auc"] + 0.2
 
 
-def test_sim_to_real_trains_each_seed_on_its_own_phantom_draw():
-    calls = []
+def test_sim_to_real_trains_each_seed_on_its_own_phantom_draw(monkeypatch):
+    drawn, trained = {}, []
 
     def draw(seed):
-        calls.append(seed)
-        return realism.healthy_convex_phantom("calibrated", 2, 3, 64, seed)
+        drawn[seed] = realism.healthy_convex_phantom("calibrated", 2, 3, 64, seed)
+        return drawn[seed]
 
+    train = realism._train_segmenter
+
+    def spy(images, masks, p, seed, device):
+        trained.append((seed, images))
+        return train(images, masks, p, seed, device)
+
+    monkeypatch.setattr(realism, "_train_segmenter", spy)
     real = realism.healthy_convex_phantom("calibrated", 2, 3, 64, 99)  # stands in: same names
     p = dict(realism.CHECK_PROFILES["smoke"], seg_seeds=2, seg_epochs=1, seed=5)
     out = realism.sim_to_real(draw, real, ("rib_shadow",), p, "cpu")
-    assert calls == [5, 6]
+    assert [s for s, _ in trained] == [5, 6] == sorted(drawn)
+    assert all(images is drawn[s].images for s, images in trained)  # each seed its own draw
+    assert not np.array_equal(drawn[5].images, drawn[6].images)
     assert out["phantom_per_seed"] is True and len(out["rib_shadow"]["dice_seeds"]) == 2
     assert out["rib_shadow"]["dice"] == pytest.approx(np.mean(out["rib_shadow"]["dice_seeds"]))
-    fixed = realism.sim_to_real(draw(7), real, ("rib_shadow",), dict(p, seg_seeds=1), "cpu")
-    assert fixed["phantom_per_seed"] is False and calls == [5, 6, 7]
+    fixed = realism.sim_to_real(drawn[5], real, ("rib_shadow",), dict(p, seg_seeds=2), "cpu")
+    assert fixed["phantom_per_seed"] is False
+    assert all(images is drawn[5].images for _, images in trained[2:])  # the same frames twice
 
 
 def test_calibrated_phantom_is_closer_to_real_frames(real_pleura_rib):

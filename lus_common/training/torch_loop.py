@@ -205,7 +205,9 @@ def predict(
     binary model; ``"multilabel"``, every structure's probabilities (N, C, H, W); ``"classes"``,
     the class-index maps (N, H, W, uint8) of a multi-class
     segmentation model (the arg-max of its logits); ``"proba"``, the class probabilities
-    (N, classes) of a classifier (softmax over dimension 1).
+    (N, classes) of a classifier (softmax over dimension 1); ``"log_proba"``, their logarithms
+    (log-softmax over dimension 1: no ties where probabilities round to 0 or 1; with ``amp``
+    on CUDA the logits are bf16, about 8 bits, so pass ``amp=False`` to rank sure outputs).
     """
     transform = lookup(OUTPUTS, output, "output", error=ValueError)
     device = torch.device(device)
