@@ -649,9 +649,9 @@ def domain_auc(
         )
 
         def margin(model, test=test):  # log p(real) - log p(phantom): no ties where p rounds to 1
-            lp = predict(
+            lp = predict(  # in float32: bf16 logits would tie again
                 model, images[test], 32, device, amp=False, input_norm="unit", output="log_proba"
-            )  # fmt: skip  (float32: bf16 logits would tie)
+            )
             return lp[:, 1] - lp[:, 0]
 
         def held_out(model, epoch, test=test):
@@ -672,6 +672,10 @@ def domain_auc(
         "accuracy": float(((score > 0) == domain).mean()),
         "frames": {"phantom": int(len(phantom_images)), "real": int(len(real_images))},
     }
+
+
+# What a view's run keeps of :func:`domain_auc`'s result (by depth band, by scale).
+_VIEW_KEYS = ("auc", "auc_by_epoch", "epochs_to_099", "log_loss")
 
 
 # Thirds of the frame's height: the chest wall and pleura (the real pleura lies at about a quarter
@@ -729,7 +733,7 @@ def domain_auc_by_depth(
         keep = (row >= lo * height) & (row < hi * height)
         mask = np.repeat(keep[:, None], width, axis=1)
         d = domain_auc(phantom_images, phantom_groups, real_images, real_groups, p, device, mask)
-        out[band] = {k: d[k] for k in ("auc", "auc_by_epoch", "epochs_to_099", "log_loss")}
+        out[band] = {k: d[k] for k in _VIEW_KEYS}
         out[band]["rows"] = [int(row[keep][0]), int(row[keep][-1])]
     return out
 
@@ -752,6 +756,9 @@ def scale_view(images: np.ndarray, view: str, fan: np.ndarray) -> np.ndarray:
     ``fan`` (e.g. :func:`common_fan`) shrunk by twice the blur's sigma, 0.5 elsewhere (the fan's
     outline, a sharp edge in every frame, is not shown).
     """
+    from lus_common.config.registry import lookup
+
+    lookup(SCALE_VIEWS, view, "scale view", error=ValueError)
     x = np.asarray(images, np.float32)
     n, h, w = x.shape
     if view == "coarse":
@@ -760,14 +767,9 @@ def scale_view(images: np.ndarray, view: str, fan: np.ndarray) -> np.ndarray:
         bh, bw = h // _COARSE_BLOCKS, w // _COARSE_BLOCKS
         means = x.reshape(n, _COARSE_BLOCKS, bh, _COARSE_BLOCKS, bw).mean((2, 4))
         return np.repeat(np.repeat(means, bh, 1), bw, 2)
-    if view == "fine":
-        sigma = _FINE_SIGMA * h
-        keep = ndimage.binary_erosion(fan, iterations=int(np.ceil(2 * sigma)))
-        return np.where(keep, 0.5 + x - ndimage.gaussian_filter(x, (0, sigma, sigma)), 0.5)
-    from lus_common.config.registry import lookup
-
-    lookup(SCALE_VIEWS, view, "scale view", error=ValueError)  # raises, naming the views
-    raise AssertionError(view)
+    sigma = _FINE_SIGMA * h  # "fine"
+    keep = ndimage.binary_erosion(fan, iterations=int(np.ceil(2 * sigma)))
+    return np.where(keep, 0.5 + x - ndimage.gaussian_filter(x, (0, sigma, sigma)), 0.5)
 
 
 def domain_auc_by_scale(
@@ -785,7 +787,7 @@ def domain_auc_by_scale(
     for view in SCALE_VIEWS:
         d = domain_auc(scale_view(phantom_images, view, fan), phantom_groups,
                        scale_view(real_images, view, fan), real_groups, p, device)  # fmt: skip
-        out[view] = {k: d[k] for k in ("auc", "auc_by_epoch", "epochs_to_099", "log_loss")}
+        out[view] = {k: d[k] for k in _VIEW_KEYS}
     return out
 
 
