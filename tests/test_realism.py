@@ -36,7 +36,7 @@ def test_v1_is_the_first_generator_bit_for_bit():
 
 def test_calibrated_is_the_default_and_a_new_version():
     d = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5)
-    assert d.info["appearance"] == "calibrated" and d.info["version"] == 5
+    assert d.info["appearance"] == "calibrated" and d.info["version"] == 6
     v1 = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5,
                                  appearance="v1")  # fmt: skip
     assert d.fingerprint() != v1.fingerprint()  # stored runs of the old images are not reused
@@ -586,3 +586,69 @@ def test_findings_say_when_the_seeds_do_not_settle_the_better_generator():
     sims["v1"].update(dice_seeds=[0.0, 0.15, 0.45])  # its best draw beats calibrated's worst
     rib = next(f for f in realism.findings(check) if f.startswith("**Rib shadow.**"))
     assert "ranges overlap (`calibrated` 0.400-0.600, `v1` 0.000-0.450): 3 seeds" in rib
+
+
+def test_a_flat_pleura_lies_deeper_towards_the_fan_edges_and_reflects_specularly():
+    """A convex probe of radius 40 mm over a plane 20 mm beneath its centre: a beam 30 degrees
+    off the axis meets it 60 / cos(30) - 60 = 9.28 mm deeper; a beam one lobe width
+    (specular_deg) off square on keeps exp(-1/2) of the specular echo. A linear probe's
+    parallel beams see neither."""
+    from lus_common.phantoms.lung import _pleural_plane
+
+    a = replace(V1, pleura_flatness=1.0, specular_deg=6.0)
+    theta = np.deg2rad([0.0, 6.0, 30.0])
+    s = (40.0 * theta)[None, :].astype(np.float32)  # arc length at the face
+    plane = _pleural_plane(s, 20.0, {"radius_mm": 40.0}, a, np.random.default_rng(0))
+    expected = [0.0, 60 / np.cos(theta[1]) - 60, 9.2820]
+    np.testing.assert_allclose(plane["offset"], expected, atol=1e-3)
+    assert plane["lobe"][0] == pytest.approx(1.0) and plane["lobe"][1] == pytest.approx(
+        np.exp(-0.5), rel=1e-5
+    )
+    half = _pleural_plane(s, 20.0, {"radius_mm": 40.0}, replace(a, pleura_flatness=0.5),
+                          np.random.default_rng(0))  # fmt: skip
+    np.testing.assert_allclose(half["offset"], plane["offset"] / 2, rtol=1e-6)
+    linear = _pleural_plane(s, 20.0, None, a, np.random.default_rng(0))
+    assert not linear["offset"].any() and linear["lobe"] is None
+    assert _pleural_plane(s, 20.0, {"radius_mm": 40.0}, V1, None)["lobe"] is None  # v1: no draw
+
+
+def test_a_flat_specular_pleura_in_the_convex_phantom():
+    """In the images: the pleura's label bends (a parabola fitted to its top row, column by
+    column) a fraction of what the arc around the probe bends, and the A-lines are labelled only
+    near the beams that meet the pleura square on (the middle of the fan), while the arc's
+    A-lines span the fan."""
+    base = replace(APPEARANCES["calibrated"], specular_deg=0.0, pleura_flatness=0.0)
+    flat = replace(base, pleura_flatness=1.0, specular_deg=5.0, specular_floor=0.3)
+    kw = dict(frames_per_video=1, image_size=128, probe="convex", seed=2, n_blines=0,
+              diagnoses="healthy")  # fmt: skip
+
+    def bend(d):  # mean curvature (rows per column squared) of the pleura's top row
+        out = []
+        for frame in d.layers["pleura"].astype(bool):
+            cols = np.flatnonzero(frame.any(0))
+            if np.ptp(cols) >= 24:
+                out.append(np.polyfit(cols, frame[:, cols].argmax(0), 2)[0])
+        assert len(out) >= 3
+        return float(np.mean(out))
+
+    def outer_alines(d):  # share of the A-line label in the outer quarters of the frame
+        a = d.layers["alines"].sum((0, 1))
+        return (a[:32].sum() + a[96:].sum()) / max(a.sum(), 1)
+
+    d_arc, d_flat = (lung_ultrasound_phantom(8, appearance=x, **kw) for x in (base, flat))
+    # the arc around the probe's apex is deepest beneath the centre: its rows bend down there
+    assert bend(d_arc) < -0.005 and abs(bend(d_flat)) < 0.3 * abs(bend(d_arc))
+    assert outer_alines(d_flat) < 0.1 < outer_alines(d_arc)
+
+
+def test_centre_share_measures_a_bright_middle():
+    """The lung lit evenly: 1. The middle fifth twice as bright as the rest: 2."""
+    frames = np.full((2, 128, 128), 0.3, np.float32)
+    frames[:, 20:22] = 0.9  # the brightest layer, the pleura
+    t, _ = realism.frame_statistics(frames, ["v"] * 2)
+    assert t["centre_share"].mean() == pytest.approx(1.0, abs=1e-4)
+    column = frames.copy()
+    middle = np.abs(np.arange(128) + 0.5 - 64) <= 12.8
+    column[:, 25:, middle] = 0.6
+    t, _ = realism.frame_statistics(column, ["v"] * 2)
+    assert t["centre_share"].mean() == pytest.approx(2.0, rel=1e-3)

@@ -17,8 +17,11 @@ Two generators are kept, so that one run can compare them (``lus phantom-check``
   contrast, grows with depth and may fill the speckle's dark pits, and images below 256 pixels
   formed at 256 and resized as real frames are; since version 5 also a pleural line whose
   brightness varies along its length, bright fibres (perimysium) in the muscle and the
-  subcutaneous fat's own brightness. Each is fitted; some end near zero (the record says which
-  values it found).
+  subcutaneous fat's own brightness; since version 6 a pleura that under a convex probe is a
+  plane (deeper towards the fan's edges, the ribs on it), not an arc around the probe, and that
+  reflects specularly: its line, its haze and its A-lines dim where the beam meets it
+  obliquely, so that the A-lines lie beneath the fan's middle. Each is fitted; some end near
+  zero (the record says which values it found).
 
 A range ``(lo, hi)`` is drawn uniformly per video; a number is fixed.
 """
@@ -36,8 +39,9 @@ CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 # first fits; 3: speckle reduction that keeps the grain, lung streaks, A-lines that widen; 4: the
 # refit with the pit share statistic; 5: the pleura's brightness along its length, fibres in the
 # muscle and the fat's brightness, fitted with statistics of the chest wall's texture and the
-# pleural line).
-CALIBRATED_VERSION = 5
+# pleural line; 6: the flat, specular pleura under a convex probe, fitted with the lung's
+# brightness beneath the fan's middle).
+CALIBRATED_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,16 @@ class Appearance:
     # Lung.
     pleura_variation: float = 0.0  # log std of the pleural line's brightness along its length ...
     pleura_variation_mm: float = 2.5  # ... correlated over this (Gaussian sigma)
+    # Convex: the pleura is a plane the fan's beams cross at their own angles, not an arc around
+    # the probe. flatness: share of the way from the arc (0) to the plane (1), beneath the
+    # probe's centre at the chest wall's depth, tilted per video by up to +-pleura_tilt_deg.
+    pleura_flatness: float = 0.0
+    pleura_tilt_deg: float = 0.0
+    # Convex: the pleura reflects specularly. Where a beam meets it this far (Gaussian sigma,
+    # degrees) from square on, its line, haze and A-lines dim (0: no lobe); the line keeps
+    # specular_floor of its brightness however oblique the beam.
+    specular_deg: float = 0.0
+    specular_floor: float = 1.0
     aline_gain: float = 1.0  # A-line brightness relative to the reverberation model
     aline_fade: float = 1.0  # per video, A-lines x a factor drawn log-uniformly in [this, 1]
     aline_spread_mm: float = 0.0  # each A-line this much thicker than the one before (mm)

@@ -15,7 +15,9 @@ shadows, A-lines), computed from the pixels of real frames and of phantom frames
    its fall-off and its streaks, A-line brightness, how much it dims per video and how much each
    A-line widens, the rib's brightness, bone transmission, shadow edges and chest-wall
    thickness, the pleural line's brightness along its length, the muscle's bright fibres,
-   the fat's brightness and the rib's height above the pleura, each in a stated range. The
+   the fat's brightness, the rib's height above the pleura and the pleura's specular lobe
+   (how far from square on its line and echoes dim, and what the line keeps), each in a
+   stated range; the pleura lies on a plane beneath a convex probe (fixed). The
    objective (:func:`objective`) is the mean squared standardised difference of the statistics
    (each capped at 10) plus the histogram and depth-profile distances in stated units. A Sobol
    sample of the ranges, then Powell's method from the best point, both on the same phantom
@@ -66,6 +68,9 @@ class Range:
 
 SEARCH = {
     # searched first (Powell's method takes the directions in this order): the newest parameters
+    # the pleura's specular lobe (degrees from square on) and what its line keeps off the lobe
+    "specular_deg": Range(2.0, 40.0, log=True),
+    "specular_floor": Range(0.05, 1.0, log=True),
     # a rib is about 1 cm deep and the pleura lies near its deep surface
     "rib_above_mm": Range(2.0, 10.0, half=1.5),
     "pleura_variation": Range(0.0, 1.5),
@@ -111,6 +116,11 @@ SEARCH = {
 # (the fitted pulse and beam are in millimetres; their size in pixels follows from the depth).
 FIXED = dict(
     baseband=True,
+    # the pleura a plane beneath a convex probe (the chest's curvature is far wider than the
+    # probe's), tilted by up to 5 degrees from square on (a hand-held probe): seen side by side
+    # with real frames, not fitted (no statistic measures the line's shape across the fan)
+    pleura_flatness=1.0,
+    pleura_tilt_deg=5.0,
     fill_frame=True,
     min_axial_px=0.3,
     min_sigma_px=0.5,

@@ -209,8 +209,9 @@ def _probe(
         depth_mm,
         radius * np.deg2rad(angle),
         freq,
-        bmode.sector_geometry(size, radius, depth_mm, angle, fill=a.fill_frame),
-    )
+        dict(bmode.sector_geometry(size, radius, depth_mm, angle, fill=a.fill_frame),
+             radius_mm=float(radius)),
+    )  # fmt: skip
 
 
 def _log_normal_texture(
@@ -278,6 +279,36 @@ def _chest_wall(
     return echo
 
 
+def _pleural_plane(
+    s: np.ndarray, chest_wall_mm: float, geometry: dict | None, a: Appearance, side
+) -> dict:
+    """Where a convex probe's beams meet a flat pleura, per world column (``s``, arc length at
+    the face).
+
+    The pleura lies on a plane ``chest_wall_mm`` beneath the face's centre, tilted by an angle
+    drawn per video from ``side`` within ``+-a.pleura_tilt_deg``. A beam at angle ``theta``
+    (``s / radius``) meets it ``(radius + chest_wall_mm) / cos(theta - tilt) - radius`` below
+    the face: deeper towards the fan's edges. ``offset`` is ``a.pleura_flatness`` of that extra
+    depth (0: the pleura an arc around the probe, as in ``v1``). The pleura reflects
+    specularly: ``lobe`` is ``exp(-((theta - tilt) / specular_deg)^2 / 2)``, 1 where the beam
+    meets it square on. A linear probe's beams are parallel: no offset, no lobe.
+
+    Returns:
+        dict with ``offset`` (mm, per column) and ``lobe`` (per column, or None without a lobe).
+    """
+    cols = s.shape[1]
+    if geometry is None or (a.pleura_flatness <= 0 and a.specular_deg <= 0):
+        return {"offset": np.zeros(cols, np.float32), "lobe": None}
+    radius = geometry["radius_mm"]
+    tilt = np.deg2rad(side.uniform(-a.pleura_tilt_deg, a.pleura_tilt_deg))
+    theta = s[0].astype(np.float64) / radius - tilt
+    plane = (radius + chest_wall_mm) / np.cos(theta) - radius - chest_wall_mm
+    lobe = None
+    if a.specular_deg > 0:
+        lobe = np.exp(-0.5 * (theta / np.deg2rad(a.specular_deg)) ** 2).astype(np.float32)
+    return {"offset": (a.pleura_flatness * plane).astype(np.float32), "lobe": lobe}
+
+
 def _pleura(
     s: np.ndarray,
     ds: float,
@@ -287,6 +318,7 @@ def _pleura(
     rng: np.random.Generator,
     a: Appearance,
     side: np.random.Generator,
+    plane: dict | None = None,
 ) -> dict:
     """The pleural line per column (depth, thickness, brightness) and which columns are diseased.
 
@@ -295,11 +327,16 @@ def _pleura(
     ``a.pleura_variation`` its brightness varies along its length (log-normal, correlated over
     ``a.pleura_variation_mm``): the angle at which the beam meets the rough pleura changes. That
     variation is drawn from ``side``, so switching it on leaves every other draw as it was.
+    ``plane`` (:func:`_pleural_plane`) deepens the line towards the fan's edges and dims it
+    where the beam meets it obliquely (down to ``a.specular_floor``).
     """
     cols, x = s.shape[1], s[0]
     depth = (chest_wall_mm + rng.uniform(-2e-3, 2e-3) * x**2 + rng.uniform(-0.04, 0.04) * x).astype(
         np.float32
     )
+    lobe = None if plane is None else plane["lobe"]
+    if plane is not None and a.pleura_flatness > 0:
+        depth = depth + plane["offset"]
     half = cols * ds / 2
     b_pos = rng.uniform(-half, half, sev["n_blines"])
     b_width = rng.uniform(0.5, 1.4, sev["n_blines"])  # half-width, mm
@@ -330,7 +367,10 @@ def _pleura(
         gaps = _smooth_noise(cols, max(1.0, 0.6 / ds), rng) < -1.2 + 1.5 * sev["fragmentation"]
         echo = np.where(sick & gaps, 0.12, echo)
     echo = np.where(cons_cols, 0.5 * echo, echo)
+    if lobe is not None:  # specular: dimmer where the beam meets it obliquely
+        echo = echo * (a.specular_floor + (1 - a.specular_floor) * lobe)
     return dict(
+        lobe=lobe,
         depth=depth,
         thick=thick,
         echo=echo,
@@ -375,23 +415,30 @@ def _lung(
     a_echo = (1 - bprof)[None, :]
     # A-lines show where the beam meets the pleura square on; a slight tilt dims them (per video)
     fade = np.exp(rng.uniform(np.log(a.aline_fade), 0.0)) if a.aline_fade < 1 else 1.0
+    lobe = pl.get("lobe")  # specular pleura: the k-th A-line met it k times (lobe ** k)
     for k in range(2, 12):
         power = reflect ** (2 * (k - 1)) * a.aline_gain * fade
+        if lobe is not None:
+            power = power * lobe**k
         # drawn and labelled while 4x brighter than the air and the haze around them
         floor = _ECHO["air"] + a.lung_haze * np.exp(-(k - 1) * chest_wall_mm / a.haze_decay_mm)
-        if power < 4 * floor or k * chest_wall_mm > depth_mm + 2:
+        seen = power >= 4 * floor
+        if not np.any(seen) or k * chest_wall_mm > depth_mm + 2:
             break
         # each round trip blurs the echo further (pulse and rough pleura): a wider, fainter band
         width = a_thick + a.aline_spread_mm * (k - 1)
         band = (np.abs(z - k * p[None, :]) <= width[None, :] / 2) & healthy_cols
+        if lobe is not None:  # only where it is bright enough
+            band &= seen[None, :]
         echo = np.where(band, np.maximum(echo, power * (a_thick / width)[None, :] * a_echo), echo)
         bits[band] |= _BIT["alines"]
     # B-lines: ring-down from the pleura to the bottom, constant with depth.
     below = z > bottom[None, :]
     if a.lung_haze > 0:  # reverberation haze: multiple echoes between pleura, wall and probe
-        echo = echo + np.where(
-            below, a.lung_haze * np.exp(-(z - bottom[None, :]) / a.haze_decay_mm), 0
-        ).astype(np.float32)
+        haze = a.lung_haze * np.exp(-(z - bottom[None, :]) / a.haze_decay_mm)
+        if lobe is not None:  # echoes of the pleura: as specular as its line
+            haze = haze * (a.specular_floor + (1 - a.specular_floor) * lobe)[None, :]
+        echo = echo + np.where(below, haze, 0).astype(np.float32)
     if a.lung_texture > 0:  # the reverberations' streaks: log-normal, long laterally
         streaks = _log_normal_texture((size, cols), a.lung_texture, a.lung_texture_mm, dz, ds, rng)
         echo = np.where(below, echo * streaks, echo)
@@ -435,8 +482,12 @@ def _ribs(
     echo: np.ndarray,
     rng: np.random.Generator,
     a: Appearance,
+    offset: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rib cortex arcs and rib bodies (tissue frame) and the two-way transmission beneath them.
+
+    ``offset`` (mm per column, :func:`_pleural_plane`): how much deeper the pleura lies than the
+    chest wall's depth; the ribs lie on it as they lie on the pleura.
 
     Bone passes ``a.rib_transmission`` of the amplitude. The shadow's edge is ``a.shadow_edge_mm``
     wide inside the rib's ends (``v1``) or, with ``a.shadow_spread``, centred on them and widening
@@ -459,6 +510,8 @@ def _ribs(
             on = np.abs(u) < 1
             curve = 1 - np.sqrt(1 - np.clip(u, -1, 1) ** 2)
             surface = chest_wall_mm - rng.uniform(*a.rib_above_mm) + rng.uniform(1.5, 3.0) * curve
+            if offset is not None and a.pleura_flatness > 0:
+                surface = surface + offset
             cortex = on[None, :] & (z >= surface[None, :]) & (z < surface[None, :] + 1.0)
             echo = np.where(cortex, a.rib_echo, echo)
             bits[cortex] |= _BIT["ribs"]
@@ -505,11 +558,14 @@ def _video_world(
     sev = _severity(diagnosis, rng, overrides)
     # features added after the fourth version draw from their own streams (spawning draws no
     # number from ``rng``): switched off or on, the rest of the video is the same
-    side = rng.spawn(2)
+    side = rng.spawn(3)
     echo_t = _chest_wall(z, cols, chest_wall_mm, rng, a, dz, ds, side[0])
-    pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng, a, side[1])
+    plane = _pleural_plane(s, chest_wall_mm, geometry, a, side[2])
+    pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng, a, side[1], plane)
     lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng, a)
-    echo_t, bits_t, transmission = _ribs(z, s, ds, chest_wall_mm, probe, echo_t, rng, a)
+    echo_t, bits_t, transmission = _ribs(
+        z, s, ds, chest_wall_mm, probe, echo_t, rng, a, plane["offset"]
+    )
     if a.specks > 0:  # sparse strong reflectors (fibres, interfaces, reverberation dashes)
         p_speck = np.float32(a.speck_density * dz * ds)
         for echo in (echo_t, lung["echo"]):

@@ -175,6 +175,24 @@ def _pleura_statistics(image: np.ndarray, inside: np.ndarray, frac: np.ndarray, 
     }
 
 
+def _centre_share(image: np.ndarray, inside: np.ndarray, frac: np.ndarray, layer: float):
+    """How the lung beneath the pleura is lit across the fan: the mean grey of the middle fifth
+    of the columns over that of all columns, between 5 % of the depth below ``layer`` and 90 %
+    of the depth (columns with image on a tenth of the frame's height or more; NaN with fewer
+    than five). Above 1 where the lung is brightest beneath the probe's centre, as where the
+    beams meet a specular pleura square on; 1 where it is lit evenly."""
+    h, w = image.shape
+    band = inside & (frac > layer + 0.05) & (frac < 0.9)
+    n = band.sum(0)
+    good = n >= 0.1 * h
+    if good.sum() < 5:
+        return np.nan
+    mean = np.where(good, (image * band).sum(0) / np.maximum(n, 1), np.nan)
+    off = np.abs(np.arange(w) + 0.5 - w / 2) / w  # from the centre, in frame widths
+    middle, flanks = off <= 0.1, (off > 0.1) & (off <= 0.3)
+    return float(np.nanmean(mean[middle & good]) / (np.nanmean(mean[flanks & good]) + _EPS))
+
+
 def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
     """Appearance statistics of every frame, from the pixels alone.
 
@@ -203,10 +221,12 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         lung bands: bright specks on a smooth ground, or the dark pits of log-compressed
         speckle), ``column_contrast`` (coefficient of variation of the scan lines' mean
         brightness between 40 % and 90 % depth: rib shadows) and ``shadow_edge`` (the steepest
-        change of that lateral profile, per pixel, over its mean), ``pit_share`` (the share of
-        the sector's lit pixels, local mean above :data:`PIT_FLOOR`, darker than half their
-        local mean, Gaussian sigma 2 px: the black pits of log-compressed speckle formed at the
-        display size, which real frames averaged down from a finer grid do not show),
+        change of that lateral profile, per pixel, over its mean), ``centre_share``
+        (:func:`_centre_share`: the lung brightest beneath the probe's centre), ``pit_share``
+        (the share of the sector's lit pixels, local mean above :data:`PIT_FLOOR`, darker than
+        half their local mean, Gaussian sigma 2 px: the black pits of log-compressed speckle
+        formed at the display size, which real frames averaged down from a finer grid do not
+        show),
         ``wall_fine_cv`` and ``wall_skew`` (that fine texture in the chest wall: its standard
         deviation over the mean grey, and its skewness, positive where bright fibres and fascia
         lie on a darker ground), ``pleura_cv`` and ``pleura_contrast``
@@ -259,6 +279,7 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
             if len(col_mean) > 3
             else np.nan
         )
+        centre = _centre_share(img, ins, frac, layer)
         wall_std = float(wv.std()) if wv.size > 20 else np.nan
         pleura = _pleura_statistics(img, ins, frac, layer)
         step_axial = float(np.abs(np.diff(img, axis=0))[core[1:] & core[:-1]].mean())
@@ -292,6 +313,7 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
                 "step_lateral": step_lateral,
                 "column_contrast": contrast,
                 "shadow_edge": edge,
+                "centre_share": centre,
                 "aline_ripple": float(ripple.std() / (band.mean() + _EPS)),
                 **grain,
                 "fine_skew": _fine_skew(fine, in_lung),
@@ -325,6 +347,7 @@ STATISTICS = {
     "step_lateral": 0.003,
     "column_contrast": 0.05,
     "shadow_edge": 0.03,
+    "centre_share": 0.05,
     "fine_cv_mid": 0.02,
     "fine_cv_deep": 0.02,
     "aline_ripple": 0.01,
@@ -1007,6 +1030,7 @@ STAT_LABELS = {
     "step_lateral": "fine texture: mean |grey step| across",
     "column_contrast": "deep scan lines' brightness: coefficient of variation (shadows)",
     "shadow_edge": "steepest lateral change of the deep brightness / its mean (shadow edges)",
+    "centre_share": "lung beneath the pleura: middle fifth's mean grey / the flanks' (specular)",
     "fine_cv_mid": "lung beneath the pleura (25-45 % depth): fine texture's std / mean grey",
     "fine_cv_deep": "deep lung (45-90 % depth): fine texture's std / mean grey",
     "aline_ripple": "lung (30-90 % depth): ripple of the depth profile / mean grey (A-lines)",
