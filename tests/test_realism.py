@@ -610,6 +610,14 @@ def test_a_flat_pleura_lies_deeper_towards_the_fan_edges_and_reflects_specularly
     linear = _pleural_plane(s, 20.0, None, a, np.random.default_rng(0))
     assert not linear["offset"].any() and linear["lobe"] is None
     assert _pleural_plane(s, 20.0, {"radius_mm": 40.0}, V1, None)["lobe"] is None  # v1: no draw
+    # tilted: the plane is nearest, and the lobe brightest, on the same beam, at the tilt
+    s = (40.0 * np.deg2rad(np.linspace(-30, 30, 601)))[None, :].astype(np.float32)
+    tilted = _pleural_plane(s, 20.0, {"radius_mm": 40.0}, replace(a, pleura_tilt_deg=8.0),
+                            np.random.default_rng(3))  # fmt: skip
+    tilt = np.random.default_rng(3).uniform(-8.0, 8.0)
+    assert abs(tilt) > 1
+    assert np.linspace(-30, 30, 601)[np.argmax(tilted["lobe"])] == pytest.approx(tilt, abs=0.1)
+    assert np.argmin(tilted["offset"]) == np.argmax(tilted["lobe"])
 
 
 def test_a_flat_specular_pleura_in_the_convex_phantom():
@@ -652,3 +660,8 @@ def test_centre_share_measures_a_bright_middle():
     column[:, 25:, middle] = 0.6
     t, _ = realism.frame_statistics(column, ["v"] * 2)
     assert t["centre_share"].mean() == pytest.approx(2.0, rel=1e-3)
+    # black beside the middle: nothing to compare it with
+    black = np.where(middle[None, :], 0.6, 0.0).astype(np.float32).repeat(128, 0)
+    inside, frac = np.ones((128, 128), bool), np.repeat(np.linspace(0, 1, 128)[:, None], 128, 1)
+    assert np.isnan(realism._centre_share(black, inside, frac, 0.1))
+    assert realism._centre_share(black + 0.3, inside, frac, 0.1) == pytest.approx(3.0, rel=1e-5)

@@ -285,13 +285,20 @@ def _pleural_plane(
     """Where a convex probe's beams meet a flat pleura, per world column (``s``, arc length at
     the face).
 
-    The pleura lies on a plane ``chest_wall_mm`` beneath the face's centre, tilted by an angle
-    drawn per video from ``side`` within ``+-a.pleura_tilt_deg``. A beam at angle ``theta``
-    (``s / radius``) meets it ``(radius + chest_wall_mm) / cos(theta - tilt) - radius`` below
-    the face: deeper towards the fan's edges. ``offset`` is ``a.pleura_flatness`` of that extra
-    depth (0: the pleura an arc around the probe, as in ``v1``). The pleura reflects
-    specularly: ``lobe`` is ``exp(-((theta - tilt) / specular_deg)^2 / 2)``, 1 where the beam
-    meets it square on. A linear probe's beams are parallel: no offset, no lobe.
+    The pleura lies on a plane tangent to the arc ``chest_wall_mm`` beneath the face, where the
+    beam at the angle ``tilt`` meets it (drawn per video from ``side`` within
+    ``+-a.pleura_tilt_deg``; ``chest_wall_mm``, the video's ``pleural_depth_mm``, is the depth
+    there). A beam at angle ``theta`` (``s / radius``) meets it
+    ``(radius + chest_wall_mm) / cos(theta - tilt) - radius`` below the face: deeper towards
+    the fan's edges. ``offset`` is ``a.pleura_flatness`` of that extra depth (0: the pleura an
+    arc around the probe, as in ``v1``). The pleura reflects specularly: ``lobe`` is
+    ``exp(-((theta - tilt) / specular_deg)^2 / 2)``, 1 where the beam meets it square on. A
+    linear probe's beams are parallel: no offset, no lobe.
+
+    Both are laid on the world's columns, so they slide with the lung when it slides under the
+    probe (:func:`_motion`: 0.5-2 mm): at the fan's edges the line's depth then follows the
+    slide by about as much (the plane's depth changes by about 1 mm per mm there), the middle
+    hardly moves. A frame is right; a video's pleura bobs slightly at the edges.
 
     Returns:
         dict with ``offset`` (mm, per column) and ``lobe`` (per column, or None without a lobe).
@@ -557,7 +564,8 @@ def _video_world(
     s = ((np.arange(cols) - cols / 2 + 0.5) * ds)[None, :].astype(np.float32)  # lateral, mm
     sev = _severity(diagnosis, rng, overrides)
     # features added after the fourth version draw from their own streams (spawning draws no
-    # number from ``rng``): switched off or on, the rest of the video is the same
+    # number from ``rng``): switched off or on, the rest of the video is the same (the third
+    # stream, version 6, moved the baseband speckle's stream in _render_video to the next child)
     side = rng.spawn(3)
     echo_t = _chest_wall(z, cols, chest_wall_mm, rng, a, dz, ds, side[0])
     plane = _pleural_plane(s, chest_wall_mm, geometry, a, side[2])

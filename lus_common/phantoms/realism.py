@@ -176,21 +176,24 @@ def _pleura_statistics(image: np.ndarray, inside: np.ndarray, frac: np.ndarray, 
 
 
 def _centre_share(image: np.ndarray, inside: np.ndarray, frac: np.ndarray, layer: float):
-    """How the lung beneath the pleura is lit across the fan: the mean grey of the middle fifth
-    of the columns over that of all columns, between 5 % of the depth below ``layer`` and 90 %
-    of the depth (columns with image on a tenth of the frame's height or more; NaN with fewer
-    than five). Above 1 where the lung is brightest beneath the probe's centre, as where the
-    beams meet a specular pleura square on; 1 where it is lit evenly."""
+    """How the lung beneath the pleura is lit across the fan: the mean grey of the columns in the
+    middle fifth of the frame's width over that of the flanks beside it (from a tenth to three
+    tenths of the width off the centre), between 5 % of the depth below ``layer`` and 90 % of
+    the depth (columns with image on a tenth of the frame's height or more). Above 1 where the
+    lung is brightest beneath the probe's centre, as where the beams meet a specular pleura
+    square on; 1 where it is lit evenly. NaN with fewer than five such columns, none in the
+    middle or the flanks, or flanks darker than 0.01 (black: no ratio to speak of)."""
     h, w = image.shape
     band = inside & (frac > layer + 0.05) & (frac < 0.9)
     n = band.sum(0)
     good = n >= 0.1 * h
-    if good.sum() < 5:
-        return np.nan
-    mean = np.where(good, (image * band).sum(0) / np.maximum(n, 1), np.nan)
     off = np.abs(np.arange(w) + 0.5 - w / 2) / w  # from the centre, in frame widths
-    middle, flanks = off <= 0.1, (off > 0.1) & (off <= 0.3)
-    return float(np.nanmean(mean[middle & good]) / (np.nanmean(mean[flanks & good]) + _EPS))
+    middle, flanks = good & (off <= 0.1), good & (off > 0.1) & (off <= 0.3)
+    if good.sum() < 5 or not middle.any() or not flanks.any():
+        return np.nan
+    mean = (image * band).sum(0) / np.maximum(n, 1)
+    beside = float(mean[flanks].mean())
+    return float(mean[middle].mean() / beside) if beside > 0.01 else np.nan
 
 
 def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
