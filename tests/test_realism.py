@@ -665,3 +665,27 @@ def test_centre_share_measures_a_bright_middle():
     inside, frac = np.ones((128, 128), bool), np.repeat(np.linspace(0, 1, 128)[:, None], 128, 1)
     assert np.isnan(realism._centre_share(black, inside, frac, 0.1))
     assert realism._centre_share(black + 0.3, inside, frac, 0.1) == pytest.approx(3.0, rel=1e-5)
+
+
+def test_a_flat_pleura_stays_put_while_the_lung_slides(monkeypatch):
+    """The lung slides under the probe, the plane beneath it does not: across a breathing cycle
+    the pleura's label keeps its row (within one) at every column where it is seen in every
+    frame, out to the fan's flanks where the plane's depth changes fastest. Without moving the
+    lung's columns to their scan line's plane depth it bobs by several rows there."""
+    from lus_common.phantoms import lung
+
+    kw = dict(frames_per_video=40, image_size=128, probe="convex", seed=5, n_blines=0,
+              diagnoses="healthy", appearance="calibrated")  # fmt: skip
+
+    def bob(d):  # largest range of the pleura's top row over the frames it is seen in
+        pleura = d.layers["pleura"].astype(bool)  # outer thirds, columns seen in half the frames
+        outer = (pleura.any(1).mean(0) >= 0.5) & (np.abs(np.arange(128) - 63.5) > 21)
+        assert outer.sum() >= 3
+        top = np.where(pleura.any(1), pleura.argmax(1), -1)[:, outer]
+        return max(int(np.ptp(c[c >= 0])) for c in top.T)
+
+    assert bob(lung_ultrasound_phantom(40, **kw)) <= 1
+    world = lung._video_world
+    monkeypatch.setattr(lung, "_video_world", lambda *a, **k: {**world(*a, **k),
+                                                                "plane_offset": None})  # fmt: skip
+    assert bob(lung_ultrasound_phantom(40, **kw)) >= 3

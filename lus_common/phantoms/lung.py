@@ -295,10 +295,11 @@ def _pleural_plane(
     ``exp(-((theta - tilt) / specular_deg)^2 / 2)``, 1 where the beam meets it square on. A
     linear probe's beams are parallel: no offset, no lobe.
 
-    Both are laid on the world's columns, so they slide with the lung when it slides under the
-    probe (:func:`_motion`: 0.5-2 mm): at the fan's edges the line's depth then follows the
-    slide by about as much (the plane's depth changes by about 1 mm per mm there), the middle
-    hardly moves. A frame is right; a video's pleura bobs slightly at the edges.
+    Both are laid on the world's columns. When the lung slides under the probe (:func:`_motion`:
+    0.5-2 mm) :func:`_render_video` moves each frame's lung columns to the depth of their scan
+    line's plane (the plane's depth changes by about 1 mm per mm of slide at the fan's edges),
+    so the line stays put; the lobe's brightness slides with the lung (by the slide: a few
+    degrees of the fan), and so do the ribs' offsets with the probe's jitter (0.3 mm at most).
 
     Returns:
         dict with ``offset`` (mm, per column) and ``lobe`` (per column, or None without a lobe).
@@ -600,6 +601,7 @@ def _video_world(
         dense_l=lung["dense"],
         severity=sev,
         pleural_depth_mm=float(chest_wall_mm),
+        plane_offset=plane["offset"] if a.pleura_flatness > 0 else None,
         reflect=lung["reflect"],
     )
 
@@ -701,20 +703,31 @@ def _render_video(
     conversion."""
     size, rows, margin = world["size"], world["rows"], world["margin"]
     first_t, first_l = _motion(world, n_frames, rng)
+    # A flat pleura's depth belongs to the scan line's angle, not to the sliding lung: each
+    # frame's lung columns are moved down by the plane's depth at their scan line less its
+    # depth at the world column they come from (whole depth samples).
+    src = None
+    offset = world.get("plane_offset")
+    if offset is not None and offset.any():
+        j = np.arange(size)
+        shift = np.rint((offset[margin + j][None, :] - offset[first_l[:, None] + j]) / world["dz"])
+        src = np.clip(np.arange(rows)[None, :, None] - shift[:, None, :].astype(int), 0, rows - 1)
 
-    def take(a, offsets):  # (rows, world cols) -> (frames, rows, size), contiguous slices
+    def take(a, offsets, lung=False):  # (rows, world cols) -> (frames, rows, size)
         out = np.empty((len(offsets), a.shape[0], size), a.dtype)
         for f, first in enumerate(offsets):
             out[f] = a[:, first : first + size]
+            if lung and src is not None:
+                out[f] = np.take_along_axis(out[f], src[f], axis=0)
         return out
 
-    sel = take(world["support"], first_l)
+    sel = take(world["support"], first_l, lung=True)
 
-    def pick(lung, tissue):  # the lung frame beneath the pleura, the tissue frame above it
-        out = np.empty((n_frames, lung.shape[0], size), lung.dtype)
-        for f, (o_l, o_t) in enumerate(zip(first_l, first_t)):
-            out[f] = np.where(sel[f], lung[:, o_l : o_l + size], tissue[:, o_t : o_t + size])
-        return out
+    def pick(lung, tissue, shifted=True):  # the lung frame beneath the pleura, the tissue above
+        lung = take(lung, first_l, lung=shifted)
+        for f, o_t in enumerate(first_t):
+            np.copyto(lung[f], tissue[:, o_t : o_t + size], where=~sel[f])
+        return lung
 
     trans = take(world["transmission"], first_t)
     visible = trans > 0.5
@@ -722,7 +735,7 @@ def _render_video(
     bits = pick(world["bits_l"], world["bits_t"])
     bone = _BIT["ribs"] | _BIT["rib_body"]
     bits = np.where(visible, bits, (bits & bone) | _BIT["rib_shadow"])
-    dense = np.where(sel & visible, take(world["dense_l"], first_l), np.uint8(0))
+    dense = np.where(sel & visible, take(world["dense_l"], first_l, lung=True), np.uint8(0))
 
     # Scatterers shared by the video (tissue and lung frames), a quarter redrawn per frame.
     a = world["appearance"]
@@ -734,7 +747,7 @@ def _render_video(
     world_t = draw((rows, size + 2 * margin))
     world_l = draw((rows, size + 2 * margin))
     eps = _FRAME_DECORRELATION
-    scat = pick(world_l, world_t)
+    scat = pick(world_l, world_t, shifted=False)  # speckle: no depth to keep
     scat *= np.float32(np.sqrt(1 - eps**2))
     if a.baseband:  # the redrawn share: windows of one wider field, _FRESH_STRIDE columns apart
         fresh = draw((rows, size + _FRESH_STRIDE * (n_frames - 1)))
