@@ -608,7 +608,7 @@ def test_a_flat_pleura_lies_deeper_towards_the_fan_edges_and_reflects_specularly
                           np.random.default_rng(0))  # fmt: skip
     np.testing.assert_allclose(half["offset"], plane["offset"] / 2, rtol=1e-6)
     linear = _pleural_plane(s, 20.0, None, a, np.random.default_rng(0))
-    assert not linear["offset"].any() and linear["lobe"] is None
+    assert linear["offset"] is None and linear["lobe"] is None
     assert _pleural_plane(s, 20.0, {"radius_mm": 40.0}, V1, None)["lobe"] is None  # v1: no draw
     # tilted: the plane is nearest, and the lobe brightest, on the same beam, at the tilt
     s = (40.0 * np.deg2rad(np.linspace(-30, 30, 601)))[None, :].astype(np.float32)

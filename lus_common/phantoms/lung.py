@@ -302,19 +302,23 @@ def _pleural_plane(
     degrees of the fan), and so do the ribs' offsets with the probe's jitter (0.3 mm at most).
 
     Returns:
-        dict with ``offset`` (mm, per column) and ``lobe`` (per column, or None without a lobe).
+        dict with ``offset`` (mm, per column, or None for an arc: no flatness), ``lobe`` (per
+        column, or None without a lobe) and ``dim`` (what the line and its haze keep per
+        column, ``specular_floor + (1 - specular_floor) * lobe``, or None).
     """
-    cols = s.shape[1]
     if geometry is None or (a.pleura_flatness <= 0 and a.specular_deg <= 0):
-        return {"offset": np.zeros(cols, np.float32), "lobe": None}
+        return {"offset": None, "lobe": None, "dim": None}
     radius = geometry["radius_mm"]
     tilt = np.deg2rad(side.uniform(-a.pleura_tilt_deg, a.pleura_tilt_deg))
     theta = s[0].astype(np.float64) / radius - tilt
-    plane = (radius + chest_wall_mm) / np.cos(theta) - radius - chest_wall_mm
-    lobe = None
+    out = {"offset": None, "lobe": None, "dim": None}
+    if a.pleura_flatness > 0:
+        plane = (radius + chest_wall_mm) / np.cos(theta) - radius - chest_wall_mm
+        out["offset"] = (a.pleura_flatness * plane).astype(np.float32)
     if a.specular_deg > 0:
         lobe = np.exp(-0.5 * (theta / np.deg2rad(a.specular_deg)) ** 2).astype(np.float32)
-    return {"offset": (a.pleura_flatness * plane).astype(np.float32), "lobe": lobe}
+        out.update(lobe=lobe, dim=a.specular_floor + (1 - a.specular_floor) * lobe)
+    return out
 
 
 def _pleura(
@@ -342,8 +346,8 @@ def _pleura(
     depth = (chest_wall_mm + rng.uniform(-2e-3, 2e-3) * x**2 + rng.uniform(-0.04, 0.04) * x).astype(
         np.float32
     )
-    lobe = None if plane is None else plane["lobe"]
-    if plane is not None and a.pleura_flatness > 0:
+    plane = plane or {"offset": None, "lobe": None, "dim": None}
+    if plane["offset"] is not None:
         depth = depth + plane["offset"]
     half = cols * ds / 2
     b_pos = rng.uniform(-half, half, sev["n_blines"])
@@ -375,10 +379,11 @@ def _pleura(
         gaps = _smooth_noise(cols, max(1.0, 0.6 / ds), rng) < -1.2 + 1.5 * sev["fragmentation"]
         echo = np.where(sick & gaps, 0.12, echo)
     echo = np.where(cons_cols, 0.5 * echo, echo)
-    if lobe is not None:  # specular: dimmer where the beam meets it obliquely
-        echo = echo * (a.specular_floor + (1 - a.specular_floor) * lobe)
+    if plane["dim"] is not None:  # specular: dimmer where the beam meets it obliquely
+        echo = echo * plane["dim"]
     return dict(
-        lobe=lobe,
+        lobe=plane["lobe"],
+        dim=plane["dim"],
         depth=depth,
         thick=thick,
         echo=echo,
@@ -444,8 +449,8 @@ def _lung(
     below = z > bottom[None, :]
     if a.lung_haze > 0:  # reverberation haze: multiple echoes between pleura, wall and probe
         haze = a.lung_haze * np.exp(-(z - bottom[None, :]) / a.haze_decay_mm)
-        if lobe is not None:  # echoes of the pleura: as specular as its line
-            haze = haze * (a.specular_floor + (1 - a.specular_floor) * lobe)[None, :]
+        if pl.get("dim") is not None:  # echoes of the pleura: as specular as its line
+            haze = haze * pl["dim"][None, :]
         echo = echo + np.where(below, haze, 0).astype(np.float32)
     if a.lung_texture > 0:  # the reverberations' streaks: log-normal, long laterally
         streaks = _log_normal_texture((size, cols), a.lung_texture, a.lung_texture_mm, dz, ds, rng)
@@ -518,7 +523,7 @@ def _ribs(
             on = np.abs(u) < 1
             curve = 1 - np.sqrt(1 - np.clip(u, -1, 1) ** 2)
             surface = chest_wall_mm - rng.uniform(*a.rib_above_mm) + rng.uniform(1.5, 3.0) * curve
-            if offset is not None and a.pleura_flatness > 0:
+            if offset is not None:
                 surface = surface + offset
             cortex = on[None, :] & (z >= surface[None, :]) & (z < surface[None, :] + 1.0)
             echo = np.where(cortex, a.rib_echo, echo)
@@ -601,7 +606,7 @@ def _video_world(
         dense_l=lung["dense"],
         severity=sev,
         pleural_depth_mm=float(chest_wall_mm),
-        plane_offset=plane["offset"] if a.pleura_flatness > 0 else None,
+        plane_offset=plane["offset"],
         reflect=lung["reflect"],
     )
 
@@ -708,7 +713,7 @@ def _render_video(
     # depth at the world column they come from (whole depth samples).
     src = None
     offset = world.get("plane_offset")
-    if offset is not None and offset.any():
+    if offset is not None:
         j = np.arange(size)
         shift = np.rint((offset[margin + j][None, :] - offset[first_l[:, None] + j]) / world["dz"])
         src = np.clip(np.arange(rows)[None, :, None] - shift[:, None, :].astype(int), 0, rows - 1)
@@ -716,9 +721,8 @@ def _render_video(
     def take(a, offsets, lung=False):  # (rows, world cols) -> (frames, rows, size)
         out = np.empty((len(offsets), a.shape[0], size), a.dtype)
         for f, first in enumerate(offsets):
-            out[f] = a[:, first : first + size]
-            if lung and src is not None:
-                out[f] = np.take_along_axis(out[f], src[f], axis=0)
+            window = a[:, first : first + size]
+            out[f] = np.take_along_axis(window, src[f], 0) if lung and src is not None else window
         return out
 
     sel = take(world["support"], first_l, lung=True)
