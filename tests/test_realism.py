@@ -36,7 +36,7 @@ def test_v1_is_the_first_generator_bit_for_bit():
 
 def test_calibrated_is_the_default_and_a_new_version():
     d = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5)
-    assert d.info["appearance"] == "calibrated" and d.info["version"] == 6
+    assert d.info["appearance"] == "calibrated" and d.info["version"] == 7
     v1 = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5,
                                  appearance="v1")  # fmt: skip
     assert d.fingerprint() != v1.fingerprint()  # stored runs of the old images are not reused
@@ -406,7 +406,8 @@ def test_phantom_calibrate_refines_the_current_record(real_pleura_rib, tmp_path,
     before = CALIBRATION_FILE.read_text()
     out = tmp_path / "calibration.json"
     code = main(["phantom-calibrate", "--real", str(real_pleura_rib), "--size", "64",
-                 "--sobol", "0", "--evaluations", "3", "--out", str(out), "--quiet"])  # fmt: skip
+                 "--sobol", "0", "--evaluations", "3", "--out", str(out), "--quiet",
+                 "--start", "wall_gain", "2.0"])  # fmt: skip
     assert code == 0 and CALIBRATION_FILE.read_text() == before
     printed = json.loads(capsys.readouterr().out)
     record, package = json.loads(out.read_text()), json.loads(before)
@@ -417,6 +418,19 @@ def test_phantom_calibrate_refines_the_current_record(real_pleura_rib, tmp_path,
     assert record["start_from"]["objective"] == package["objective"]["calibrated"]
     assert record["image_size"] == 64 and record["frames"] == 156
     assert set(record["units"]) == set(calibration.SEARCH)
+    assert record["start_from"]["start_values"] == {"wall_gain": 2.0}
+
+
+def test_start_values_are_searched_parameters_in_their_ranges():
+    """``--start NAME VALUE``: a number inside the parameter's search range, else a clear error."""
+    assert calibration.start_values([("fat_gain", "0.5"), ("gain_db", "-3")]) == {
+        "fat_gain": 0.5, "gain_db": -3.0}  # fmt: skip
+    with pytest.raises(ValueError, match="not a searched parameter; one of: wall_specular_floor"):
+        calibration.start_values([("fat_gian", "0.5")])
+    with pytest.raises(ValueError, match="'half': not a number"):
+        calibration.start_values([("fat_gain", "half")])
+    with pytest.raises(ValueError, match=r"outside its range \[0.5, 10\]"):
+        calibration.start_values([("wall_gain", "30")])
 
 
 def test_phantom_check_explains_a_missing_folder(tmp_path, capsys):
@@ -665,6 +679,78 @@ def test_centre_share_measures_a_bright_middle():
     inside, frac = np.ones((128, 128), bool), np.repeat(np.linspace(0, 1, 128)[:, None], 128, 1)
     assert np.isnan(realism._centre_share(black, inside, frac, 0.1))
     assert realism._centre_share(black + 0.3, inside, frac, 0.1) == pytest.approx(3.0, rel=1e-5)
+
+
+def test_the_chest_wall_bends_to_the_plane_and_dims_off_square():
+    """With wall_flatness 1 a layer t of the way down a 20 mm wall lies t of the plane's extra
+    depth deeper: where the pleura is 10 mm deeper, the skin's last row moves from depth
+    ``skin`` to 1.5 ``skin`` (same draws); the muscle's anisotropy keeps wall_specular_floor plus
+    exp(-1/2) of the rest one lobe width off square on, and nothing changes without it."""
+    from lus_common.phantoms.lung import _ECHO, _chest_wall, _pleural_plane
+
+    a = replace(V1, wall_flatness=1.0)
+    dz = 0.05
+    z = ((np.arange(200) + 0.5) * dz)[:, None].astype(np.float32)
+    offset = np.array([0.0, 10.0], np.float32)
+
+    def skin_rows(wall):  # the skin's rows from the top (fascia echo as brightly further down)
+        return np.argmax(wall != _ECHO["skin"], axis=0)
+
+    draw = [np.random.default_rng(4) for _ in range(4)]
+    bent = _chest_wall(z, 2, 20.0, draw[0], a, dz, 0.5, draw[1], offset)
+    arcs = _chest_wall(z, 2, 20.0, draw[2], replace(a, wall_flatness=0.0), dz, 0.5, draw[3], offset)
+    skin = np.random.default_rng(4).uniform(1.0, 2.0)  # the first draw: the skin's thickness
+    assert skin_rows(arcs)[0] == skin_rows(arcs)[1] == pytest.approx(skin / dz, abs=1)
+    assert skin_rows(bent)[0] == skin_rows(arcs)[0]
+    assert skin_rows(bent)[1] == pytest.approx(1.5 * skin / dz, abs=1)
+    # the anisotropic wall: one lobe width (10 degrees) off square on
+    theta = np.deg2rad([0.0, 10.0])
+    s = (40.0 * theta)[None, :].astype(np.float32)
+    aniso = replace(V1, wall_specular_deg=10.0, wall_specular_floor=0.2)
+    plane = _pleural_plane(s, 20.0, {"radius_mm": 40.0}, aniso, np.random.default_rng(0))
+    np.testing.assert_allclose(plane["wall_dim"], [1.0, 0.2 + 0.8 * np.exp(-0.5)], rtol=1e-5)
+    assert plane["offset"] is None and plane["lobe"] is None  # the pleura still an arc
+    assert _pleural_plane(s, 20.0, {"radius_mm": 40.0}, V1, None)["wall_dim"] is None
+
+
+def test_an_anisotropic_wall_is_brightest_beneath_the_middle_of_the_fan():
+    """In the images: the chest wall's middle over its flanks (``wall_centre_share``) rises when
+    the muscle dims off square on, and the lung beneath it (``centre_share``) barely moves."""
+    base = replace(APPEARANCES["calibrated"], wall_specular_deg=0.0, wall_specular_floor=1.0)
+    aniso = replace(base, wall_specular_deg=8.0, wall_specular_floor=0.1)
+    kw = dict(frames_per_video=2, image_size=128, probe="convex", seed=2, n_blines=0,
+              diagnoses="healthy")  # fmt: skip
+    stats = {}
+    for name, a in (("even", base), ("aniso", aniso)):
+        d = lung_ultrasound_phantom(12, appearance=a, **kw)
+        stats[name] = realism.frame_statistics(d.images, d.meta["video"])[0].mean()
+    assert stats["aniso"]["wall_centre_share"] > stats["even"]["wall_centre_share"] + 0.3
+    assert stats["aniso"]["centre_share"] == pytest.approx(stats["even"]["centre_share"], rel=0.1)
+
+
+def test_wall_statistics_measure_the_wall_across_the_fan_and_near_the_skin():
+    """A rectangle's rows run from -1 to 1 across it. A wall twice as bright in the middle fifth
+    of its rows as on their flanks: ``wall_centre_share`` 2; ``near_mean`` the grey of the
+    middle half between the skin and half the brightest layer's depth."""
+    inside = np.zeros((64, 64), bool)
+    inside[:, 12:52] = True
+    u = realism.across_fan(inside)
+    assert u[5, 12] == pytest.approx(-1) and u[5, 51] == pytest.approx(1)
+    assert np.isnan(u[5, 3]) and np.nanmax(np.abs(u)) == pytest.approx(1)
+    frames = np.full((2, 128, 128), 0.3, np.float32)
+    frames[:, 60:62] = 0.9  # the brightest layer (the pleura) at about 48 % of the depth
+    middle = np.abs(np.arange(128) - 63.5) <= 0.2 * 64
+    frames[:, :60, middle] = 0.6
+    t, _ = realism.frame_statistics(frames, ["v"] * 2)
+    assert t["wall_centre_share"].mean() == pytest.approx(2.0, rel=1e-3)
+    half = np.abs(np.arange(128) - 63.5) <= 32  # the near field's middle half: 0.6 and 0.3
+    near = (0.6 * middle.sum() + 0.3 * (half.sum() - middle.sum())) / half.sum()
+    assert t["near_mean"].mean() == pytest.approx(near, rel=1e-3)
+    frac = np.repeat(np.linspace(0, 1, 128)[:, None], 128, 1)
+    black = np.where(middle[None, :], 0.6, 0.0).astype(np.float32).repeat(128, 0)
+    full = np.ones((128, 128), bool)
+    assert np.isnan(realism._wall_statistics(black, full, frac, realism.across_fan(full), 0.5)[
+        "wall_centre_share"])  # fmt: skip
 
 
 def test_a_flat_pleura_stays_put_while_the_lung_slides(monkeypatch):

@@ -167,6 +167,9 @@ def _cmd_phantom_calibrate(args) -> int:
     if not args.fresh and calibration.CALIBRATION_FILE.is_file():  # refine the current fit
         previous = json.loads(calibration.CALIBRATION_FILE.read_text())
         start = previous.get("appearance")
+    starts = calibration.start_values(args.start)  # checked before minutes of fitting
+    if starts:
+        start = {**(start or {}), **starts}
     record = calibration.calibrate(
         real.images,
         real.groups,
@@ -183,6 +186,8 @@ def _cmd_phantom_calibrate(args) -> int:
             "objective": previous.get("objective", {}).get("calibrated"),
             "start_from": previous.get("start_from"),  # and where that one started
         }
+    if starts:
+        record.setdefault("start_from", {})["start_values"] = starts
     path = calibration.write_record(
         record, real.fingerprint(), args.command_line, args.out or calibration.CALIBRATION_FILE
     )
@@ -322,6 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--quiet", action="store_true")
     cal.add_argument(
         "--fresh", action="store_true", help="do not start from the current calibration's values"
+    )
+    cal.add_argument(
+        "--start",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="start a searched parameter at this value instead (repeatable; e.g. a new "
+        "parameter, which otherwise starts at the first generator's value)",
     )
     cal.set_defaults(func=_cmd_phantom_calibrate)
 

@@ -20,8 +20,11 @@ Two generators are kept, so that one run can compare them (``lus phantom-check``
   subcutaneous fat's own brightness; since version 6 a pleura that under a convex probe is a
   plane (deeper towards the fan's edges, the ribs on it), not an arc around the probe, and that
   reflects specularly: its line, its haze and its A-lines dim where the beam meets it
-  obliquely, so that the A-lines lie beneath the fan's middle. Each is fitted; some end near
-  zero (the record says which values it found).
+  obliquely, so that the A-lines lie beneath the fan's middle; since version 7 a chest wall
+  whose layers bend from the probe's face (the skin) to the pleura's plane and whose muscle is
+  anisotropic (its echo dims where the beam meets its layers obliquely, so that the wall, like
+  the lung, is brightest beneath the fan's middle). Each is fitted; some end near zero (the
+  record says which values it found).
 
 A range ``(lo, hi)`` is drawn uniformly per video; a number is fixed.
 """
@@ -40,8 +43,9 @@ CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 # refit with the pit share statistic; 5: the pleura's brightness along its length, fibres in the
 # muscle and the fat's brightness, fitted with statistics of the chest wall's texture and the
 # pleural line; 6: the flat, specular pleura under a convex probe, fitted with the lung's
-# brightness beneath the fan's middle).
-CALIBRATED_VERSION = 6
+# brightness beneath the fan's middle; 7: the chest wall's layers bent to that plane and its
+# muscle anisotropic, fitted with the wall's brightness across the fan and near the skin).
+CALIBRATED_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,14 @@ class Appearance:
     # specular_floor of its brightness however oblique the beam.
     specular_deg: float = 0.0
     specular_floor: float = 1.0
+    # Convex: the chest wall's layers lie between the skin (an arc around the probe's face) and
+    # the pleura's plane: at wall_flatness 1 a layer a share t of the way down the wall lies t of
+    # the plane's extra depth deeper (0: arcs around the probe, as in v1). Muscle is anisotropic:
+    # where a beam meets its layers this far (Gaussian sigma, degrees) from square on, the
+    # wall's echo dims (0: no lobe), to wall_specular_floor of it however oblique the beam.
+    wall_flatness: float = 0.0
+    wall_specular_deg: float = 0.0
+    wall_specular_floor: float = 1.0
     aline_gain: float = 1.0  # A-line brightness relative to the reverberation model
     aline_fade: float = 1.0  # per video, A-lines x a factor drawn log-uniformly in [this, 1]
     aline_spread_mm: float = 0.0  # each A-line this much thicker than the one before (mm)

@@ -16,8 +16,10 @@ shadows, A-lines), computed from the pixels of real frames and of phantom frames
    A-line widens, the rib's brightness, bone transmission, shadow edges and chest-wall
    thickness, the pleural line's brightness along its length, the muscle's bright fibres,
    the fat's brightness, the rib's height above the pleura and the pleura's specular lobe
-   (how far from square on its line and echoes dim, and what the line keeps), each in a
-   stated range; the pleura lies on a plane beneath a convex probe (fixed). The
+   (how far from square on its line and echoes dim, and what the line keeps) and the chest
+   wall's anisotropy (the same for the muscle's echo), each in a stated range; the pleura lies
+   on a plane beneath a convex probe, and the wall's layers bend from the probe's face to it
+   (fixed). The
    objective (:func:`objective`) is the mean squared standardised difference of the statistics
    (each capped at 10) plus the histogram and depth-profile distances in stated units. A Sobol
    sample of the ranges, then Powell's method from the best point, both on the same phantom
@@ -68,6 +70,10 @@ class Range:
 
 SEARCH = {
     # searched first (Powell's method takes the directions in this order): the newest parameters
+    # the chest wall's anisotropy: what it keeps where met obliquely (first: at the first
+    # generator's 1 the lobe's width does nothing) and the lobe's width (degrees)
+    "wall_specular_floor": Range(0.01, 1.0, log=True),
+    "wall_specular_deg": Range(3.0, 40.0, log=True),
     # the pleura's specular lobe (degrees from square on) and what its line keeps off the lobe
     "specular_deg": Range(2.0, 40.0, log=True),
     "specular_floor": Range(0.05, 1.0, log=True),
@@ -121,6 +127,9 @@ FIXED = dict(
     # with real frames, not fitted (no statistic measures the line's shape across the fan)
     pleura_flatness=1.0,
     pleura_tilt_deg=5.0,
+    # the chest wall's layers go from the arc of the probe's face at the skin to the pleura's
+    # plane (real frames' fascia lie flat beneath the middle of the fan; not fitted either)
+    wall_flatness=1.0,
     fill_frame=True,
     min_axial_px=0.3,
     min_sigma_px=0.5,
@@ -199,6 +208,30 @@ def units_of(values: dict) -> dict:
         v = float(np.mean(v)) if isinstance(v, (tuple, list)) else float(v)
         units[name] = float(np.clip(r.unit(float(np.clip(v, r.lo, r.hi))), 0, 1))
     return units
+
+
+def start_values(pairs) -> dict:
+    """Start values for a refit from ``(name, value)`` strings (``lus phantom-calibrate --start``):
+    each a parameter of :data:`SEARCH`, a number inside its range.
+
+    Raises:
+        ValueError: an unknown name, a value that is not a number, or one outside the range.
+    """
+    out = {}
+    for name, text in pairs:
+        if name not in SEARCH:
+            raise ValueError(
+                f"--start {name}: not a searched parameter; one of: {', '.join(SEARCH)}"
+            )
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"--start {name} {text!r}: not a number") from None
+        r = SEARCH[name]
+        if not r.lo <= value <= r.hi:
+            raise ValueError(f"--start {name} {value:g}: outside its range [{r.lo:g}, {r.hi:g}]")
+        out[name] = value
+    return out
 
 
 def phantom_frames(appearance: Appearance, size: int, n_videos: int = 48, frames: int = 2, seed=0):

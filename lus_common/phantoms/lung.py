@@ -237,10 +237,20 @@ def _chest_wall(
     dz: float,
     ds: float,
     side: np.random.Generator,
+    offset: np.ndarray | None = None,
 ) -> np.ndarray:
     """Echogenicity of skin, fat with septa, fascia and muscle down to the pleura (tissue frame),
     with the appearance's fascia layers in the muscle, its tissue texture and its bright fibres
-    (drawn from ``side``, so switching them on leaves every other draw as it was)."""
+    (drawn from ``side``, so switching them on leaves every other draw as it was).
+
+    ``offset`` (mm per column, :func:`_pleural_plane`): how much deeper the pleura lies than
+    ``chest_wall_mm``. With it and ``a.wall_flatness``, the layers are drawn at the tissue depth
+    ``z * chest_wall_mm / (chest_wall_mm + wall_flatness * offset)``: a layer a share t of the
+    way from the skin to the pleura lies t of the extra depth deeper, so the skin follows the
+    probe's face and the deep layers the pleura's plane (the texture and fibres' noise fields
+    are not warped)."""
+    if offset is not None and a.wall_flatness > 0:
+        z = z * (chest_wall_mm / (chest_wall_mm + np.float32(a.wall_flatness) * offset[None, :]))
     skin = rng.uniform(1.0, 2.0)
     fat = (
         skin
@@ -248,7 +258,7 @@ def _chest_wall(
         + 0.6 * _smooth_noise(cols, 40, rng)[None, :]
     )
     echo = np.full((len(z), cols), _ECHO["muscle"], np.float32)
-    echo[z[:, 0] < skin] = _ECHO["skin"]
+    echo[np.broadcast_to(z < skin, echo.shape)] = _ECHO["skin"]
     in_fat = (z >= skin) & (z < fat)
     echo[in_fat] = _ECHO["fat"] * np.float32(a.fat_gain)
     for _ in range(int(rng.integers(1, 4))):  # thin connective-tissue septa in the fat
@@ -293,7 +303,9 @@ def _pleural_plane(
     the fan's edges. ``offset`` is ``a.pleura_flatness`` of that extra depth (0: the pleura an
     arc around the probe, as in ``v1``). The pleura reflects specularly: ``lobe`` is
     ``exp(-((theta - tilt) / specular_deg)^2 / 2)``, 1 where the beam meets it square on. A
-    linear probe's beams are parallel: no offset, no lobe.
+    linear probe's beams are parallel: no offset, no lobe. Muscle is anisotropic (its fibres
+    and fascia lie parallel to the pleura and echo most when met square on): ``wall_dim`` dims
+    the chest wall away from the same beam.
 
     Both are laid on the world's columns. When the lung slides under the probe (:func:`_motion`:
     0.5-2 mm) :func:`_render_video` moves each frame's lung columns to the depth of their scan
@@ -304,20 +316,25 @@ def _pleural_plane(
     Returns:
         dict with ``offset`` (mm, per column, or None for an arc: no flatness), ``lobe`` (per
         column, or None without a lobe) and ``dim`` (what the line and its haze keep per
-        column, ``specular_floor + (1 - specular_floor) * lobe``, or None).
+        column, ``specular_floor + (1 - specular_floor) * lobe``, or None) and ``wall_dim``
+        (what the chest wall's echo keeps per column: ``wall_specular_floor`` plus the rest of
+        a lobe of ``wall_specular_deg`` around the same square-on beam, or None).
     """
-    if geometry is None or (a.pleura_flatness <= 0 and a.specular_deg <= 0):
-        return {"offset": None, "lobe": None, "dim": None}
+    out = {"offset": None, "lobe": None, "dim": None, "wall_dim": None}
+    if geometry is None or max(a.pleura_flatness, a.specular_deg, a.wall_specular_deg) <= 0:
+        return out
     radius = geometry["radius_mm"]
     tilt = np.deg2rad(side.uniform(-a.pleura_tilt_deg, a.pleura_tilt_deg))
     theta = s[0].astype(np.float64) / radius - tilt
-    out = {"offset": None, "lobe": None, "dim": None}
     if a.pleura_flatness > 0:
         plane = (radius + chest_wall_mm) / np.cos(theta) - radius - chest_wall_mm
         out["offset"] = (a.pleura_flatness * plane).astype(np.float32)
     if a.specular_deg > 0:
         lobe = np.exp(-0.5 * (theta / np.deg2rad(a.specular_deg)) ** 2).astype(np.float32)
         out.update(lobe=lobe, dim=a.specular_floor + (1 - a.specular_floor) * lobe)
+    if a.wall_specular_deg > 0:  # the muscle's anisotropy: its layers parallel to the plane
+        wall = np.exp(-0.5 * (theta / np.deg2rad(a.wall_specular_deg)) ** 2).astype(np.float32)
+        out["wall_dim"] = a.wall_specular_floor + (1 - a.wall_specular_floor) * wall
     return out
 
 
@@ -346,7 +363,7 @@ def _pleura(
     depth = (chest_wall_mm + rng.uniform(-2e-3, 2e-3) * x**2 + rng.uniform(-0.04, 0.04) * x).astype(
         np.float32
     )
-    plane = plane or {"offset": None, "lobe": None, "dim": None}
+    plane = plane or {"offset": None, "lobe": None, "dim": None, "wall_dim": None}
     if plane["offset"] is not None:
         depth = depth + plane["offset"]
     half = cols * ds / 2
@@ -573,8 +590,10 @@ def _video_world(
     # number from ``rng``): switched off or on, the rest of the video is the same (the third
     # stream, version 6, moved the baseband speckle's stream in _render_video to the next child)
     side = rng.spawn(3)
-    echo_t = _chest_wall(z, cols, chest_wall_mm, rng, a, dz, ds, side[0])
     plane = _pleural_plane(s, chest_wall_mm, geometry, a, side[2])
+    echo_t = _chest_wall(z, cols, chest_wall_mm, rng, a, dz, ds, side[0], plane["offset"])
+    if plane["wall_dim"] is not None:  # anisotropic muscle: dimmer where met obliquely
+        echo_t *= plane["wall_dim"][None, :]
     pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng, a, side[1], plane)
     lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng, a)
     echo_t, bits_t, transmission = _ribs(

@@ -88,6 +88,40 @@ def depth_fraction(inside: np.ndarray) -> np.ndarray:
     return np.where(inside, frac, np.nan)
 
 
+def across_fan(inside: np.ndarray) -> np.ndarray:
+    """Per pixel, where it lies across its row of the sector: -1 at the row's first column inside,
+    1 at its last, 0 halfway (NaN outside, and on rows with fewer than three such columns). Deep
+    rows of a fan stand in for arcs of equal depth; near the top, rows cross the fan's near-field
+    arc and the ends of a row lie on the flanks' scan lines."""
+    w = inside.shape[-1]
+    any_row = inside.sum(-1) >= 3
+    first = np.where(any_row, inside.argmax(-1), 0)
+    last = np.where(any_row, w - 1 - inside[..., ::-1].argmax(-1), 2)
+    mid, half = (first + last) / 2, np.maximum(last - first, 2) / 2
+    u = (np.arange(w) - mid[..., None]) / half[..., None]
+    return np.where(inside & any_row[..., None], u, np.nan)
+
+
+def _wall_statistics(image: np.ndarray, inside: np.ndarray, frac: np.ndarray, u, layer: float):
+    """The chest wall's brightness across the fan and near the skin, from 2 % of the depth (below
+    the skin line) down to 85 % of ``layer`` (:func:`brightest_layer_depth`): ``wall_centre_share``,
+    the mean grey of the middle fifth of each row of the sector (:func:`across_fan`, ``|u| <=
+    0.2``) over that of its flanks (``0.6 <= |u| <= 0.9``; above 1 where the wall echoes most
+    beneath the probe's centre, as anisotropic muscle met square on does); ``near_mean``, the
+    mean grey of the middle half from 2 % of the depth to half ``layer`` (the skin's and the
+    fat's brightness). NaN on fewer than 20 pixels, or flanks darker than 0.01."""
+    wall = inside & (frac > 0.02) & (frac < 0.85 * layer)
+    a = np.abs(np.nan_to_num(u, nan=9.0))
+    middle, flanks = wall & (a <= 0.2), wall & (a >= 0.6) & (a <= 0.9)
+    near = inside & (frac > 0.02) & (frac < 0.5 * layer) & (a <= 0.5)
+    out = {"wall_centre_share": np.nan, "near_mean": np.nan}
+    if middle.sum() > 20 and flanks.sum() > 20 and image[flanks].mean() > 0.01:
+        out["wall_centre_share"] = float(image[middle].mean() / image[flanks].mean())
+    if near.sum() > 20:
+        out["near_mean"] = float(image[near].mean())
+    return out
+
+
 def _autocorrelation_widths(patch: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
     """Full width at half maximum (pixels) of the normalised autocorrelation of a zero-mean
     ``patch`` where ``weight`` is 1, along rows (axial) and columns (lateral)."""
@@ -225,7 +259,9 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         speckle), ``column_contrast`` (coefficient of variation of the scan lines' mean
         brightness between 40 % and 90 % depth: rib shadows) and ``shadow_edge`` (the steepest
         change of that lateral profile, per pixel, over its mean), ``centre_share``
-        (:func:`_centre_share`: the lung brightest beneath the probe's centre), ``pit_share``
+        (:func:`_centre_share`: the lung brightest beneath the probe's centre),
+        ``wall_centre_share`` and ``near_mean`` (:func:`_wall_statistics`: the chest wall
+        brightest beneath the probe's centre; the skin and fat's grey), ``pit_share``
         (the share of the sector's lit pixels, local mean above :data:`PIT_FLOOR`, darker than
         half their local mean, Gaussian sigma 2 px: the black pits of log-compressed speckle
         formed at the display size, which real frames averaged down from a finer grid do not
@@ -255,12 +291,12 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
             for k, (lo, hi) in LUNG_BANDS.items()
         }
         in_lung = lung["mid"] | lung["deep"]
-        sector[g] = (frac, region.astype(np.float32), core, lung, in_lung)
+        sector[g] = (frac, region.astype(np.float32), core, lung, in_lung, across_fan(ins))
     rows, hists, profiles = [], [], []
     edges = np.linspace(0, 1, HIST_BINS + 1)
     for k in range(n):
         img, ins = images[k], inside[k]
-        frac, region, core, lung, in_lung = sector[groups[k]]
+        frac, region, core, lung, in_lung, across = sector[groups[k]]
         v = img[ins]
         hist = np.histogram(v, edges)[0].astype(float)
         hists.append(hist / max(hist.sum(), 1))
@@ -283,6 +319,7 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
             else np.nan
         )
         centre = _centre_share(img, ins, frac, layer)
+        wall_stats = _wall_statistics(img, ins, frac, across, layer)
         wall_std = float(wv.std()) if wv.size > 20 else np.nan
         pleura = _pleura_statistics(img, ins, frac, layer)
         step_axial = float(np.abs(np.diff(img, axis=0))[core[1:] & core[:-1]].mean())
@@ -317,6 +354,7 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
                 "column_contrast": contrast,
                 "shadow_edge": edge,
                 "centre_share": centre,
+                **wall_stats,
                 "aline_ripple": float(ripple.std() / (band.mean() + _EPS)),
                 **grain,
                 "fine_skew": _fine_skew(fine, in_lung),
@@ -351,6 +389,8 @@ STATISTICS = {
     "column_contrast": 0.05,
     "shadow_edge": 0.03,
     "centre_share": 0.05,
+    "wall_centre_share": 0.05,
+    "near_mean": 0.02,
     "fine_cv_mid": 0.02,
     "fine_cv_deep": 0.02,
     "aline_ripple": 0.01,
@@ -1034,6 +1074,8 @@ STAT_LABELS = {
     "column_contrast": "deep scan lines' brightness: coefficient of variation (shadows)",
     "shadow_edge": "steepest lateral change of the deep brightness / its mean (shadow edges)",
     "centre_share": "lung beneath the pleura: middle fifth's mean grey / the flanks' (specular)",
+    "wall_centre_share": "chest wall: middle fifth of the fan's grey / its flanks' (anisotropy)",
+    "near_mean": "skin and fat (2 % of the depth to half the layer's), middle half: mean grey",
     "fine_cv_mid": "lung beneath the pleura (25-45 % depth): fine texture's std / mean grey",
     "fine_cv_deep": "deep lung (45-90 % depth): fine texture's std / mean grey",
     "aline_ripple": "lung (30-90 % depth): ripple of the depth profile / mean grey (A-lines)",
