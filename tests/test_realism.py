@@ -397,7 +397,8 @@ def test_other_real_source_is_skipped_and_said_so_without_pocus(empty_data_dir):
         realism._other_real_domain("auto", real, 12, 13, {"size": 64}, "cpu")
 
 
-def test_phantom_calibrate_refines_the_current_record(real_pleura_rib, tmp_path, capsys):
+def test_phantom_calibrate_refines_the_current_record(real_pleura_rib, tmp_path, capsys,
+                                                      monkeypatch):  # fmt: skip
     """``lus phantom-calibrate`` without ``--fresh`` starts from the package's record (its values
     in today's ranges), never ends worse than that start on the same frames, and says which
     record it refined; the package's record stays as it is."""
@@ -405,6 +406,9 @@ def test_phantom_calibrate_refines_the_current_record(real_pleura_rib, tmp_path,
 
     before = CALIBRATION_FILE.read_text()
     out = tmp_path / "calibration.json"
+    starts, fit = [], calibration.calibrate
+    monkeypatch.setattr(calibration, "calibrate",
+                        lambda *a, **k: starts.append(k["start"]) or fit(*a, **k))  # fmt: skip
     code = main(["phantom-calibrate", "--real", str(real_pleura_rib), "--size", "64",
                  "--sobol", "0", "--evaluations", "3", "--out", str(out), "--quiet",
                  "--start", "wall_gain", "2.0"])  # fmt: skip
@@ -419,6 +423,8 @@ def test_phantom_calibrate_refines_the_current_record(real_pleura_rib, tmp_path,
     assert record["image_size"] == 64 and record["frames"] == 156
     assert set(record["units"]) == set(calibration.SEARCH)
     assert record["start_from"]["start_values"] == {"wall_gain": 2.0}
+    package_values = json.loads(before)["appearance"]
+    assert starts == [{**package_values, "wall_gain": 2.0}]  # the record's values, one moved
 
 
 def test_start_values_are_searched_parameters_in_their_ranges():
@@ -431,6 +437,8 @@ def test_start_values_are_searched_parameters_in_their_ranges():
         calibration.start_values([("fat_gain", "half")])
     with pytest.raises(ValueError, match=r"outside its range \[0.5, 10\]"):
         calibration.start_values([("wall_gain", "30")])
+    with pytest.raises(ValueError, match="fat_gain: given twice"):
+        calibration.start_values([("fat_gain", "0.5"), ("fat_gain", "1.0")])
 
 
 def test_phantom_check_explains_a_missing_folder(tmp_path, capsys):
@@ -682,27 +690,36 @@ def test_centre_share_measures_a_bright_middle():
 
 
 def test_the_chest_wall_bends_to_the_plane_and_dims_off_square():
-    """With wall_flatness 1 a layer t of the way down a 20 mm wall lies t of the plane's extra
-    depth deeper: where the pleura is 10 mm deeper, the skin's last row moves from depth
-    ``skin`` to 1.5 ``skin`` (same draws); the muscle's anisotropy keeps wall_specular_floor plus
-    exp(-1/2) of the rest one lobe width off square on, and nothing changes without it."""
+    """With wall_flatness 1 a layer t of the way from the skin to a 20 mm deep pleura lies t of
+    the plane's extra depth deeper: where the pleura is 10 mm deeper, the fascia beneath the fat
+    moves from f to skin + (f - skin) (30 - skin) / (20 - skin), and the skin keeps its
+    thickness (same draws); the wall's anisotropy keeps wall_specular_floor plus exp(-1/2) of
+    the rest one lobe width off square on, and the first generator has no lobe."""
     from lus_common.phantoms.lung import _ECHO, _chest_wall, _pleural_plane
 
-    a = replace(V1, wall_flatness=1.0)
+    a = replace(V1, wall_flatness=1.0)  # no texture, fibres or muscle fascia: layers alone
     dz = 0.05
-    z = ((np.arange(200) + 0.5) * dz)[:, None].astype(np.float32)
+    z = ((np.arange(600) + 0.5) * dz)[:, None].astype(np.float32)
     offset = np.array([0.0, 10.0], np.float32)
 
-    def skin_rows(wall):  # the skin's rows from the top (fascia echo as brightly further down)
+    def skin_rows(wall):  # the skin's rows from the top
         return np.argmax(wall != _ECHO["skin"], axis=0)
+
+    def fascia_depth(wall):  # mean depth of the fascia line beneath the fat (skin's echo)
+        below = (wall == _ECHO["fascia"]) & (np.arange(len(z))[:, None] > skin_rows(wall) + 5)
+        return (below * z).sum(0) / below.sum(0)
 
     draw = [np.random.default_rng(4) for _ in range(4)]
     bent = _chest_wall(z, 2, 20.0, draw[0], a, dz, 0.5, draw[1], offset)
     arcs = _chest_wall(z, 2, 20.0, draw[2], replace(a, wall_flatness=0.0), dz, 0.5, draw[3], offset)
     skin = np.random.default_rng(4).uniform(1.0, 2.0)  # the first draw: the skin's thickness
+    assert list(skin_rows(bent)) == list(skin_rows(arcs))
     assert skin_rows(arcs)[0] == skin_rows(arcs)[1] == pytest.approx(skin / dz, abs=1)
-    assert skin_rows(bent)[0] == skin_rows(arcs)[0]
-    assert skin_rows(bent)[1] == pytest.approx(1.5 * skin / dz, abs=1)
+    np.testing.assert_array_equal(bent[:, 0], arcs[:, 0])  # no extra depth: as drawn
+    f = fascia_depth(arcs)[1]
+    assert 5.0 < f < 12.0  # a quarter to a half of the wall beneath the skin
+    expected = skin + (f - skin) * (30.0 - skin) / (20.0 - skin)
+    assert fascia_depth(bent)[1] == pytest.approx(expected, abs=2 * dz)
     # the anisotropic wall: one lobe width (10 degrees) off square on
     theta = np.deg2rad([0.0, 10.0])
     s = (40.0 * theta)[None, :].astype(np.float32)
@@ -711,6 +728,27 @@ def test_the_chest_wall_bends_to_the_plane_and_dims_off_square():
     np.testing.assert_allclose(plane["wall_dim"], [1.0, 0.2 + 0.8 * np.exp(-0.5)], rtol=1e-5)
     assert plane["offset"] is None and plane["lobe"] is None  # the pleura still an arc
     assert _pleural_plane(s, 20.0, {"radius_mm": 40.0}, V1, None)["wall_dim"] is None
+
+
+def test_wall_statistics_take_rows_across_a_fan():
+    """A filled convex frame lit evenly across, chest wall above a flat bright line and dark lung
+    beneath it: the wall's middle over its flanks is 1. Its flank columns start at the fan's
+    slanted edge, deep in the image, so measured down each column (:func:`depth_fraction`) the
+    flanks would reach into the lung."""
+    inside = bmode.sector_geometry(128, 0.4 * 95, 95, 60, fill=True)["inside"]
+    rows = np.arange(128)[:, None]
+    frame = np.where(rows < 40, 0.5, 0.1) + np.where((rows >= 40) & (rows < 42), 0.8, 0.0)
+    frames = np.repeat((frame * inside)[None].astype(np.float32), 2, 0)
+    t, _ = realism.frame_statistics(frames, ["v"] * 2)
+    assert t["wall_centre_share"].mean() == pytest.approx(1.0, abs=0.01)
+    assert t["near_mean"].mean() == pytest.approx(0.5, abs=0.01)
+    depth = realism.centre_line_depth(inside)
+    assert np.nanmin(depth) == 0 and np.nanmax(depth) == pytest.approx(1)
+    assert np.isnan(depth[~inside]).all()
+    frac = realism.depth_fraction(inside)  # down each column: the flanks' wall is lung
+    u = np.abs(realism.across_fan(inside))
+    flank = inside & (frac > 0.02) & (frac < 0.85 * 40 / 127) & (u >= 0.6) & (u <= 0.9)
+    assert (frames[0][flank] < 0.2).mean() > 0.3
 
 
 def test_an_anisotropic_wall_is_brightest_beneath_the_middle_of_the_fan():
@@ -749,7 +787,7 @@ def test_wall_statistics_measure_the_wall_across_the_fan_and_near_the_skin():
     frac = np.repeat(np.linspace(0, 1, 128)[:, None], 128, 1)
     black = np.where(middle[None, :], 0.6, 0.0).astype(np.float32).repeat(128, 0)
     full = np.ones((128, 128), bool)
-    assert np.isnan(realism._wall_statistics(black, full, frac, realism.across_fan(full), 0.5)[
+    assert np.isnan(realism._wall_statistics(black, full, frac, realism.across_fan(full))[
         "wall_centre_share"])  # fmt: skip
 
 

@@ -334,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="start a searched parameter at this value instead (repeatable; e.g. a new "
-        "parameter, which otherwise starts at the first generator's value)",
+        help="start a searched parameter at this value instead of the record's (repeatable; "
+        "a parameter the record lacks otherwise starts at the first generator's value, or the "
+        "middle of its range where that lies outside it)",
     )
     cal.set_defaults(func=_cmd_phantom_calibrate)
 

@@ -21,8 +21,8 @@ Two generators are kept, so that one run can compare them (``lus phantom-check``
   plane (deeper towards the fan's edges, the ribs on it), not an arc around the probe, and that
   reflects specularly: its line, its haze and its A-lines dim where the beam meets it
   obliquely, so that the A-lines lie beneath the fan's middle; since version 7 a chest wall
-  whose layers bend from the probe's face (the skin) to the pleura's plane and whose muscle is
-  anisotropic (its echo dims where the beam meets its layers obliquely, so that the wall, like
+  whose layers bend from the probe's face (the skin) to the pleura's plane and that is
+  anisotropic (its echo dims where the beam meets the plane obliquely, so that the wall, like
   the lung, is brightest beneath the fan's middle). Each is fitted; some end near zero (the
   record says which values it found).
 
@@ -121,9 +121,10 @@ class Appearance:
     specular_floor: float = 1.0
     # Convex: the chest wall's layers lie between the skin (an arc around the probe's face) and
     # the pleura's plane: at wall_flatness 1 a layer a share t of the way down the wall lies t of
-    # the plane's extra depth deeper (0: arcs around the probe, as in v1). Muscle is anisotropic:
-    # where a beam meets its layers this far (Gaussian sigma, degrees) from square on, the
-    # wall's echo dims (0: no lobe), to wall_specular_floor of it however oblique the beam.
+    # the plane's extra depth deeper (0: arcs around the probe, as in v1). The wall is
+    # anisotropic (muscle fibres, fascia, septa): where a beam meets the plane this far (Gaussian
+    # sigma, degrees) from square on, the whole wall's echo dims (0: no lobe), to
+    # wall_specular_floor of it however oblique the beam.
     wall_flatness: float = 0.0
     wall_specular_deg: float = 0.0
     wall_specular_floor: float = 1.0

@@ -17,10 +17,10 @@ shadows, A-lines), computed from the pixels of real frames and of phantom frames
    thickness, the pleural line's brightness along its length, the muscle's bright fibres,
    the fat's brightness, the rib's height above the pleura and the pleura's specular lobe
    (how far from square on its line and echoes dim, and what the line keeps) and the chest
-   wall's anisotropy (the same for the muscle's echo), each in a stated range; the pleura lies
+   wall's anisotropy (the same for the whole wall's echo), each in a stated range; the pleura lies
    on a plane beneath a convex probe, and the wall's layers bend from the probe's face to it
-   (fixed). The
-   objective (:func:`objective`) is the mean squared standardised difference of the statistics
+   (fixed). The objective (:func:`objective`) is the mean squared standardised difference of
+   the statistics
    (each capped at 10) plus the histogram and depth-profile distances in stated units. A Sobol
    sample of the ranges, then Powell's method from the best point, both on the same phantom
    frames (48 videos of two frames, one seed: common random numbers, so two candidates differ by
@@ -212,13 +212,16 @@ def units_of(values: dict) -> dict:
 
 def start_values(pairs) -> dict:
     """Start values for a refit from ``(name, value)`` strings (``lus phantom-calibrate --start``):
-    each a parameter of :data:`SEARCH`, a number inside its range.
+    each a parameter of :data:`SEARCH`, a number inside its range, named once.
 
     Raises:
-        ValueError: an unknown name, a value that is not a number, or one outside the range.
+        ValueError: an unknown name, one named twice, a value that is not a number, or one
+            outside the range.
     """
     out = {}
     for name, text in pairs:
+        if name in out:
+            raise ValueError(f"--start {name}: given twice")
         if name not in SEARCH:
             raise ValueError(
                 f"--start {name}: not a searched parameter; one of: {', '.join(SEARCH)}"

@@ -244,14 +244,17 @@ def _chest_wall(
     (drawn from ``side``, so switching them on leaves every other draw as it was).
 
     ``offset`` (mm per column, :func:`_pleural_plane`): how much deeper the pleura lies than
-    ``chest_wall_mm``. With it and ``a.wall_flatness``, the layers are drawn at the tissue depth
-    ``z * chest_wall_mm / (chest_wall_mm + wall_flatness * offset)``: a layer a share t of the
-    way from the skin to the pleura lies t of the extra depth deeper, so the skin follows the
-    probe's face and the deep layers the pleura's plane (the texture and fibres' noise fields
-    are not warped)."""
-    if offset is not None and a.wall_flatness > 0:
-        z = z * (chest_wall_mm / (chest_wall_mm + np.float32(a.wall_flatness) * offset[None, :]))
+    ``chest_wall_mm``. With it and ``a.wall_flatness``, the layers beneath the skin are drawn at
+    the tissue depth ``skin + (z - skin) * (chest_wall_mm - skin) / (chest_wall_mm - skin +
+    wall_flatness * offset)``: a layer a share t of the way from the skin to the pleura lies t
+    of the extra depth deeper, so the skin (its thickness kept) follows the probe's face and
+    the deep layers the pleura's plane (the texture and fibres' noise fields are not warped)."""
     skin = rng.uniform(1.0, 2.0)
+    if offset is not None and a.wall_flatness > 0:
+        stretch = (chest_wall_mm - skin) / (
+            chest_wall_mm - skin + np.float32(a.wall_flatness) * offset[None, :]
+        )
+        z = np.where(z < skin, z, skin + (z - skin) * stretch).astype(np.float32)
     fat = (
         skin
         + rng.uniform(0.25, 0.5) * (chest_wall_mm - skin)
@@ -303,15 +306,16 @@ def _pleural_plane(
     the fan's edges. ``offset`` is ``a.pleura_flatness`` of that extra depth (0: the pleura an
     arc around the probe, as in ``v1``). The pleura reflects specularly: ``lobe`` is
     ``exp(-((theta - tilt) / specular_deg)^2 / 2)``, 1 where the beam meets it square on. A
-    linear probe's beams are parallel: no offset, no lobe. Muscle is anisotropic (its fibres
-    and fascia lie parallel to the pleura and echo most when met square on): ``wall_dim`` dims
-    the chest wall away from the same beam.
+    linear probe's beams are parallel: no offset, no lobe. The chest wall is anisotropic (its
+    muscle fibres, fascia and septa lie along its layers and echo most when met square on):
+    ``wall_dim`` dims the whole wall's echo, skin to pleura, away from the same beam.
 
-    Both are laid on the world's columns. When the lung slides under the probe (:func:`_motion`:
-    0.5-2 mm) :func:`_render_video` moves each frame's lung columns to the depth of their scan
-    line's plane (the plane's depth changes by about 1 mm per mm of slide at the fan's edges),
-    so the line stays put; the lobe's brightness slides with the lung (by the slide: a few
-    degrees of the fan), and so do the ribs' offsets with the probe's jitter (0.3 mm at most).
+    All three are laid on the world's columns. When the lung slides under the probe
+    (:func:`_motion`: 0.5-2 mm) :func:`_render_video` moves each frame's lung columns to the depth
+    of their scan line's plane (the plane's depth changes by about 1 mm per mm of slide at the
+    fan's edges), so the line stays put; the lobe's brightness slides with the lung (by the
+    slide: a few degrees of the fan), and so do the ribs' offsets with the probe's jitter (0.3 mm
+    at most).
 
     Returns:
         dict with ``offset`` (mm, per column, or None for an arc: no flatness), ``lobe`` (per

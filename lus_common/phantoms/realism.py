@@ -102,18 +102,35 @@ def across_fan(inside: np.ndarray) -> np.ndarray:
     return np.where(inside & any_row[..., None], u, np.nan)
 
 
-def _wall_statistics(image: np.ndarray, inside: np.ndarray, frac: np.ndarray, u, layer: float):
-    """The chest wall's brightness across the fan and near the skin, from 2 % of the depth (below
-    the skin line) down to 85 % of ``layer`` (:func:`brightest_layer_depth`): ``wall_centre_share``,
-    the mean grey of the middle fifth of each row of the sector (:func:`across_fan`, ``|u| <=
-    0.2``) over that of its flanks (``0.6 <= |u| <= 0.9``; above 1 where the wall echoes most
-    beneath the probe's centre, as anisotropic muscle met square on does); ``near_mean``, the
-    mean grey of the middle half from 2 % of the depth to half ``layer`` (the skin's and the
-    fat's brightness). NaN on fewer than 20 pixels, or flanks darker than 0.01."""
-    wall = inside & (frac > 0.02) & (frac < 0.85 * layer)
+def centre_line_depth(inside: np.ndarray) -> np.ndarray:
+    """Per pixel, its row's depth along the sector's centre column: 0 at that column's first row
+    inside, 1 at its last (NaN outside, or everywhere when the centre column has no image).
+    Unlike :func:`depth_fraction`, whose flank columns start at the fan's slanted edge (deep in
+    the image), a row lies at one depth across a filled convex frame: beneath a flat pleura,
+    the rows above it are chest wall from flank to flank."""
+    h, w = inside.shape
+    column = np.flatnonzero(inside[:, w // 2])
+    if len(column) < 2:
+        return np.full((h, w), np.nan)
+    depth = (np.arange(h) - column[0]) / (column[-1] - column[0])
+    return np.where(inside, depth[:, None], np.nan)
+
+
+def _wall_statistics(image: np.ndarray, inside: np.ndarray, rows: np.ndarray, u: np.ndarray):
+    """The chest wall's brightness across the fan and near the skin, by rows (``rows``,
+    :func:`centre_line_depth`): from 2 % of the depth (below the skin line) to 85 % of the
+    brightest layer's (:func:`brightest_layer_depth` on the rows' depth, so a flat pleura is one
+    depth across the middle half of the fan): ``wall_centre_share``, the mean grey of the middle
+    fifth of those rows of the sector (:func:`across_fan`, ``|u| <= 0.2``) over that of their
+    flanks (``0.6 <= |u| <= 0.9``; above 1 where the wall echoes most beneath the probe's
+    centre, as anisotropic tissue met square on does); ``near_mean``, the mean grey of their
+    middle half (``|u| <= 0.5``) down to half the layer's depth (the skin's and the fat's
+    brightness). NaN on 20 pixels or fewer, or flanks darker than 0.01."""
+    layer = brightest_layer_depth(image, rows)
+    wall = inside & (rows > 0.02) & (rows < 0.85 * layer)
     a = np.abs(np.nan_to_num(u, nan=9.0))
     middle, flanks = wall & (a <= 0.2), wall & (a >= 0.6) & (a <= 0.9)
-    near = inside & (frac > 0.02) & (frac < 0.5 * layer) & (a <= 0.5)
+    near = wall & (rows < 0.5 * layer) & (a <= 0.5)
     out = {"wall_centre_share": np.nan, "near_mean": np.nan}
     if middle.sum() > 20 and flanks.sum() > 20 and image[flanks].mean() > 0.01:
         out["wall_centre_share"] = float(image[middle].mean() / image[flanks].mean())
@@ -260,8 +277,8 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         brightness between 40 % and 90 % depth: rib shadows) and ``shadow_edge`` (the steepest
         change of that lateral profile, per pixel, over its mean), ``centre_share``
         (:func:`_centre_share`: the lung brightest beneath the probe's centre),
-        ``wall_centre_share`` and ``near_mean`` (:func:`_wall_statistics`: the chest wall
-        brightest beneath the probe's centre; the skin and fat's grey), ``pit_share``
+        ``wall_centre_share`` and ``near_mean`` (:func:`_wall_statistics`, by rows: the chest
+        wall brightest beneath the probe's centre; the skin and fat's grey), ``pit_share``
         (the share of the sector's lit pixels, local mean above :data:`PIT_FLOOR`, darker than
         half their local mean, Gaussian sigma 2 px: the black pits of log-compressed speckle
         formed at the display size, which real frames averaged down from a finer grid do not
@@ -291,7 +308,8 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
             for k, (lo, hi) in LUNG_BANDS.items()
         }
         in_lung = lung["mid"] | lung["deep"]
-        sector[g] = (frac, region.astype(np.float32), core, lung, in_lung, across_fan(ins))
+        across = (centre_line_depth(ins), across_fan(ins))
+        sector[g] = (frac, region.astype(np.float32), core, lung, in_lung, across)
     rows, hists, profiles = [], [], []
     edges = np.linspace(0, 1, HIST_BINS + 1)
     for k in range(n):
@@ -319,7 +337,7 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
             else np.nan
         )
         centre = _centre_share(img, ins, frac, layer)
-        wall_stats = _wall_statistics(img, ins, frac, across, layer)
+        wall_stats = _wall_statistics(img, ins, *across)
         wall_std = float(wv.std()) if wv.size > 20 else np.nan
         pleura = _pleura_statistics(img, ins, frac, layer)
         step_axial = float(np.abs(np.diff(img, axis=0))[core[1:] & core[:-1]].mean())
