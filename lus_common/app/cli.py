@@ -162,12 +162,12 @@ def _cmd_phantom_calibrate(args) -> int:
     from lus_common.data.lus_pleura_rib import load_lus_pleura_rib
     from lus_common.phantoms import calibration
 
+    starts = calibration.start_values(args.start)  # checked before the frames are read
     real = load_lus_pleura_rib(_real_folder(args), image_size=args.size)
     start, previous = None, None
     if not args.fresh and calibration.CALIBRATION_FILE.is_file():  # refine the current fit
         previous = json.loads(calibration.CALIBRATION_FILE.read_text())
         start = previous.get("appearance")
-    starts = calibration.start_values(args.start)  # checked before minutes of fitting
     if starts:
         start = {**(start or {}), **starts}
     record = calibration.calibrate(

@@ -292,6 +292,17 @@ def _chest_wall(
     return echo
 
 
+# A pleura that is an arc around the probe (v1, or a linear probe): no plane, no lobes.
+_NO_PLANE = {"offset": None, "lobe": None, "dim": None, "wall_dim": None}
+
+
+def _lobe(theta: np.ndarray, sigma_deg: float, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """A specular lobe around the square-on beam: ``exp(-(theta / sigma)^2 / 2)`` (``theta`` in
+    radians from square on), and what an echo keeps with it, ``floor + (1 - floor) * lobe``."""
+    lobe = np.exp(-0.5 * (theta / np.deg2rad(sigma_deg)) ** 2).astype(np.float32)
+    return lobe, floor + (1 - floor) * lobe
+
+
 def _pleural_plane(
     s: np.ndarray, chest_wall_mm: float, geometry: dict | None, a: Appearance, side
 ) -> dict:
@@ -324,7 +335,7 @@ def _pleural_plane(
         (what the chest wall's echo keeps per column: ``wall_specular_floor`` plus the rest of
         a lobe of ``wall_specular_deg`` around the same square-on beam, or None).
     """
-    out = {"offset": None, "lobe": None, "dim": None, "wall_dim": None}
+    out = dict(_NO_PLANE)
     if geometry is None or max(a.pleura_flatness, a.specular_deg, a.wall_specular_deg) <= 0:
         return out
     radius = geometry["radius_mm"]
@@ -334,11 +345,9 @@ def _pleural_plane(
         plane = (radius + chest_wall_mm) / np.cos(theta) - radius - chest_wall_mm
         out["offset"] = (a.pleura_flatness * plane).astype(np.float32)
     if a.specular_deg > 0:
-        lobe = np.exp(-0.5 * (theta / np.deg2rad(a.specular_deg)) ** 2).astype(np.float32)
-        out.update(lobe=lobe, dim=a.specular_floor + (1 - a.specular_floor) * lobe)
-    if a.wall_specular_deg > 0:  # the muscle's anisotropy: its layers parallel to the plane
-        wall = np.exp(-0.5 * (theta / np.deg2rad(a.wall_specular_deg)) ** 2).astype(np.float32)
-        out["wall_dim"] = a.wall_specular_floor + (1 - a.wall_specular_floor) * wall
+        out["lobe"], out["dim"] = _lobe(theta, a.specular_deg, a.specular_floor)
+    if a.wall_specular_deg > 0:  # the wall's anisotropy: its layers parallel to the plane
+        out["wall_dim"] = _lobe(theta, a.wall_specular_deg, a.wall_specular_floor)[1]
     return out
 
 
@@ -367,7 +376,7 @@ def _pleura(
     depth = (chest_wall_mm + rng.uniform(-2e-3, 2e-3) * x**2 + rng.uniform(-0.04, 0.04) * x).astype(
         np.float32
     )
-    plane = plane or {"offset": None, "lobe": None, "dim": None, "wall_dim": None}
+    plane = plane or _NO_PLANE
     if plane["offset"] is not None:
         depth = depth + plane["offset"]
     half = cols * ds / 2
@@ -596,7 +605,7 @@ def _video_world(
     side = rng.spawn(3)
     plane = _pleural_plane(s, chest_wall_mm, geometry, a, side[2])
     echo_t = _chest_wall(z, cols, chest_wall_mm, rng, a, dz, ds, side[0], plane["offset"])
-    if plane["wall_dim"] is not None:  # anisotropic muscle: dimmer where met obliquely
+    if plane["wall_dim"] is not None:  # anisotropic wall: dimmer where met obliquely
         echo_t *= plane["wall_dim"][None, :]
     pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng, a, side[1], plane)
     lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng, a)
