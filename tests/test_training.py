@@ -175,3 +175,27 @@ def test_log_proba_keeps_the_order_that_saturated_probabilities_lose():
     lp = predict(Sure(), images, input_norm="unit", output="log_proba")
     margin = lp[:, 1] - lp[:, 0]
     assert margin == pytest.approx([20.0, 25.0, 30.0], abs=1e-3)
+
+
+def test_recompute_batch_norm_sets_the_statistics_of_the_images():
+    """A 1x1 convolution summing the three (repeated) grey channels, then batch norm: recomputed
+    on images of 0.25 and 0.75 halves, its running mean is 3 x 0.5 and its running variance
+    the batches' mean unbiased variance of 3 x the pixels (0.75^2 x 192 / 191 for two batches of
+    3 images of 64 pixels), whatever the moving average held before; the model's mode and the
+    norm's momentum are kept."""
+    from torch import nn
+
+    from lus_common.training.torch_loop import recompute_batch_norm
+
+    conv = nn.Conv2d(3, 1, 1, bias=False)
+    nn.init.ones_(conv.weight)
+    model = nn.Sequential(conv, nn.BatchNorm2d(1))
+    bn = model[1]
+    bn.running_mean.fill_(7.0)  # stale
+    images = np.full((6, 8, 8), 0.25, np.float32)
+    images[:, :, 4:] = 0.75
+    model.eval()
+    recompute_batch_norm(model, images, batch_size=3, input_norm="unit")
+    assert bn.running_mean.item() == pytest.approx(1.5, rel=1e-6)
+    assert bn.running_var.item() == pytest.approx(0.75**2 * 192 / 191, rel=1e-5)
+    assert bn.momentum == 0.1 and not model.training

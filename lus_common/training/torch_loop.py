@@ -222,6 +222,28 @@ def predict(
     return torch.cat(out).numpy()
 
 
+def recompute_batch_norm(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    input_norm: str = "imagenet",
+) -> None:
+    """Set every batch norm's running statistics to their average over ``images`` with the
+    model's current weights ("precise BN", :func:`torch.optim.swa_utils.update_bn`).
+
+    Training keeps them as a moving average (momentum 0.1) of batches seen with older weights:
+    after a few dozen steps they still lag, and a model scored in eval mode then answers with
+    stale statistics (with tiny inputs, such as a frame less its blur, nearly the same answer
+    for every image). Recomputed, what it scores is what its weights learnt.
+    """
+    device = torch.device(device)
+    batches = [to_input(images[s : s + batch_size], device, input_norm)
+               for s in range(0, len(images), batch_size)]  # fmt: skip
+    with torch.no_grad():
+        torch.optim.swa_utils.update_bn(batches, model, device)
+
+
 def train_model(
     model: nn.Module,
     train_images: np.ndarray,
