@@ -36,7 +36,7 @@ def test_v1_is_the_first_generator_bit_for_bit():
 
 def test_calibrated_is_the_default_and_a_new_version():
     d = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5)
-    assert d.info["appearance"] == "calibrated" and d.info["version"] == 7
+    assert d.info["appearance"] == "calibrated" and d.info["version"] == 8
     v1 = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5,
                                  appearance="v1")  # fmt: skip
     assert d.fingerprint() != v1.fingerprint()  # stored runs of the old images are not reused
@@ -380,6 +380,11 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, real_pocus,
     assert any(f.startswith("**Where it tells.**") for f in found)
     assert any(f.startswith("**Two real sources.**") for f in found)
     assert any(f.startswith("**Layout or texture.**") for f in found)
+    # where the rib shadows lie: the real masks and each generator's labels, measured alike
+    assert doc["real"]["shadow_layout"]["frames"] == 156
+    assert doc["real"]["shadow_layout"]["per_frame"] > 1
+    assert all(doc["generators"][g]["shadow_layout"]["frames"] > 0 for g in ("v1", "calibrated"))
+    assert any(f.startswith("**Where the ribs lie.**") for f in found)
 
 
 def test_other_real_source_is_skipped_and_said_so_without_pocus(empty_data_dir):
@@ -598,6 +603,24 @@ def test_pleura_variation_and_wall_fibres_draw_from_their_own_streams():
     assert not np.array_equal(d_on.images, d_off.images)
 
 
+def test_shadow_layout_measures_whole_shadows_and_their_spacing():
+    """Two frames of 100 columns, a fan over columns 10-89 on the measured row: one frame with
+    shadows over 20-29 and 60-69 (10 wide, centres 40 apart) and one cut by the fan's edge
+    (10-19, not whole) beside one over 50-55: 2 shadows per frame, the whole ones 10, 10 and 6
+    wide (median 10), one pair of whole neighbours, 40 apart."""
+    masks = np.zeros((2, 50, 100), np.uint8)
+    inside = np.zeros((2, 50, 100), bool)
+    inside[:, :, 10:90] = True
+    masks[0, :, 20:30] = masks[0, :, 60:70] = 1
+    masks[1, :, 10:20] = masks[1, :, 50:56] = 1
+    out = realism.shadow_layout(masks, inside, row=0.6)
+    assert out["row"] == 30 and out["per_frame"] == 2.0
+    assert out["shadows_whole"] == 3 and out["width_px"] == 10.0 and out["pairs"] == 1
+    assert out["gap_px"] == 40.0 and out["gap_share"] == pytest.approx(0.4)
+    none = realism.shadow_layout(np.zeros_like(masks), inside)
+    assert none["per_frame"] == 0 and none["width_px"] is None and none["gap_share"] is None
+
+
 def test_findings_say_when_the_seeds_do_not_settle_the_better_generator():
     check = realism.read_check(realism.REFERENCE_CHECK)
     sims = {g: check["generators"][g]["sim_to_real"]["rib_shadow"] for g in ("v1", "calibrated")}
@@ -728,6 +751,47 @@ def test_the_chest_wall_bends_to_the_plane_and_dims_off_square():
     np.testing.assert_allclose(plane["wall_dim"], [1.0, 0.2 + 0.8 * np.exp(-0.5)], rtol=1e-5)
     assert plane["offset"] is None and plane["lobe"] is None  # the pleura still an arc
     assert _pleural_plane(s, 20.0, {"radius_mm": 40.0}, V1, None)["wall_dim"] is None
+
+
+def test_ribs_are_laid_out_along_the_pleura_at_their_depth():
+    """A convex probe of radius 40 mm over a plane 20 mm beneath its centre: the beam 30 degrees
+    off square on meets it 60 tan(30) = 34.64 mm along it (on an arc at that depth 60 pi / 6 =
+    31.42 mm). A rib 2 x rib_half wide (the first draw) spans that many mm of the plane with
+    ``ribs_along_pleura``; laid out on the face's arc (v1) it spans 60 / 40 times as much at
+    the pleura's depth, 1.5 times its angle."""
+    from lus_common.phantoms.lung import _BIT, _pleural_plane, _ribs
+
+    theta = np.deg2rad([0.0, 30.0])
+    s = (40.0 * theta)[None, :].astype(np.float32)  # arc length at the face
+    a = replace(V1, pleura_flatness=1.0, ribs_along_pleura=True)
+    plane = _pleural_plane(s, 20.0, {"radius_mm": 40.0}, a, np.random.default_rng(0))
+    np.testing.assert_allclose(plane["along"], [0.0, 34.641], atol=1e-3)
+    arc = _pleural_plane(s, 20.0, {"radius_mm": 40.0}, replace(a, pleura_flatness=0.0),
+                         np.random.default_rng(0))  # fmt: skip
+    np.testing.assert_allclose(arc["along"], [0.0, 31.416], atol=1e-3)
+    assert _pleural_plane(s, 20.0, {"radius_mm": 40.0}, V1, None)["along"] is None
+    # the ribs' widths, in mm along the plane, from their cortex's columns
+    dz, cols = 0.1, 1201  # 60 mm deep: the plane lies 18 mm deeper 40 degrees off the axis
+    z = ((np.arange(600) + 0.5) * dz)[:, None].astype(np.float32)
+    ds = 40.0 * np.deg2rad(80.0) / cols  # an 80-degree world, 0.047 mm per column at the face
+    s = ((np.arange(cols) - cols / 2 + 0.5) * ds)[None, :].astype(np.float32)
+    plane = _pleural_plane(s, 20.0, {"radius_mm": 40.0}, a, np.random.default_rng(0))
+    echo = np.ones((len(z), cols), np.float32)
+    widths = {}
+    for name, along in (("plane", plane["along"]), ("face", None)):
+        seed = 3 if name == "plane" else 5  # both draw a rib in view and two in full
+        rib_half = np.random.default_rng(seed).uniform(5.0, 7.0)
+        bits = _ribs(z, s, ds, 20.0, "convex", echo, np.random.default_rng(seed), a,
+                     plane["offset"], along)[1]  # fmt: skip
+        runs, n = ndimage.label((bits & _BIT["ribs"]).any(0))
+        whole = [np.flatnonzero(runs == k) for k in range(1, n + 1)]
+        whole = [c for c in whole if c[0] > 0 and c[-1] < cols - 1]
+        assert len(whole) >= 1
+        widths[name] = [(plane["along"][c[-1]] - plane["along"][c[0]]) / (2 * rib_half)
+                        for c in whole]  # fmt: skip
+    np.testing.assert_allclose(widths["plane"], 1.0, atol=0.02)
+    # on the face's arc: 60 / 40 wider in angle, more towards the fan's edges on the plane
+    assert min(widths["face"]) > 1.45, widths
 
 
 def test_wall_statistics_take_rows_across_a_fan():

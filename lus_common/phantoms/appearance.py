@@ -23,8 +23,10 @@ Two generators are kept, so that one run can compare them (``lus phantom-check``
   obliquely, so that the A-lines lie beneath the fan's middle; since version 7 a chest wall
   whose layers bend from the probe's face (the skin) to the pleura's plane and that is
   anisotropic (its echo dims where the beam meets the plane obliquely, so that the wall, like
-  the lung, is brightest beneath the fan's middle). Each is fitted; some end near zero (the
-  record says which values it found).
+  the lung, is brightest beneath the fan's middle); since version 8 ribs whose width and gaps
+  are laid out along the pleura, at their depth, rather than on the arc of the probe's face
+  (where they spanned 1.3-1.7 times their angle). Each is fitted; some end near zero (the record
+  says which values it found).
 
 A range ``(lo, hi)`` is drawn uniformly per video; a number is fixed.
 """
@@ -44,8 +46,9 @@ CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 # muscle and the fat's brightness, fitted with statistics of the chest wall's texture and the
 # pleural line; 6: the flat, specular pleura under a convex probe, fitted with the lung's
 # brightness beneath the fan's middle; 7: the chest wall's layers bent to that plane and its
-# muscle anisotropic, fitted with the wall's brightness across the fan and near the skin).
-CALIBRATED_VERSION = 7
+# muscle anisotropic, fitted with the wall's brightness across the fan and near the skin; 8: the
+# ribs laid out along the pleura at their depth, and a refit).
+CALIBRATED_VERSION = 8
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,9 @@ class Appearance:
     # Ribs.
     rib_echo: float = 3.0  # echogenicity of the rib's cortex (pleura = 1)
     rib_above_mm: tuple = (3.0, 6.0)  # the rib's surface above the pleura at its middle, per rib
+    # Convex: the ribs' width and gaps laid out along the pleura, at their depth (False, v1: on
+    # the arc of the probe's face, so that a rib spans (radius + depth) / radius times its angle)
+    ribs_along_pleura: bool = False
     rib_transmission: float = 1e-3  # two-way amplitude passed by bone (-60 dB)
     shadow_edge_mm: float = 0.6  # width of the shadow's soft edge at the rib
     shadow_spread: float = 0.0  # extra edge width per mm of depth below the rib (diffraction)

@@ -293,7 +293,7 @@ def _chest_wall(
 
 
 # A pleura that is an arc around the probe (v1, or a linear probe): no plane, no lobes.
-_NO_PLANE = {"offset": None, "lobe": None, "dim": None, "wall_dim": None}
+_NO_PLANE = {"offset": None, "lobe": None, "dim": None, "wall_dim": None, "along": None}
 
 
 def _lobe(theta: np.ndarray, sigma_deg: float, floor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -333,10 +333,14 @@ def _pleural_plane(
         column, or None without a lobe) and ``dim`` (what the line and its haze keep per
         column, ``specular_floor + (1 - specular_floor) * lobe``, or None) and ``wall_dim``
         (what the chest wall's echo keeps per column: ``wall_specular_floor`` plus the rest of
-        a lobe of ``wall_specular_deg`` around the same square-on beam, or None).
+        a lobe of ``wall_specular_deg`` around the same square-on beam, or None) and ``along``
+        (with ``a.ribs_along_pleura``: where each column's beam meets the pleura, in mm along it
+        from the square-on beam, or None).
     """
     out = dict(_NO_PLANE)
-    if geometry is None or max(a.pleura_flatness, a.specular_deg, a.wall_specular_deg) <= 0:
+    if geometry is None or (
+        max(a.pleura_flatness, a.specular_deg, a.wall_specular_deg) <= 0 and not a.ribs_along_pleura
+    ):
         return out
     radius = geometry["radius_mm"]
     tilt = np.deg2rad(side.uniform(-a.pleura_tilt_deg, a.pleura_tilt_deg))
@@ -348,6 +352,10 @@ def _pleural_plane(
         out["lobe"], out["dim"] = _lobe(theta, a.specular_deg, a.specular_floor)
     if a.wall_specular_deg > 0:  # the wall's anisotropy: its layers parallel to the plane
         out["wall_dim"] = _lobe(theta, a.wall_specular_deg, a.wall_specular_floor)[1]
+    if a.ribs_along_pleura:  # arc length on the arc, distance on the plane, from the square-on beam
+        flat = a.pleura_flatness
+        along = (radius + chest_wall_mm) * ((1 - flat) * theta + flat * np.tan(theta))
+        out["along"] = along.astype(np.float32)
     return out
 
 
@@ -526,11 +534,16 @@ def _ribs(
     rng: np.random.Generator,
     a: Appearance,
     offset: np.ndarray | None = None,
+    along: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rib cortex arcs and rib bodies (tissue frame) and the two-way transmission beneath them.
 
     ``offset`` (mm per column, :func:`_pleural_plane`): how much deeper the pleura lies than the
-    chest wall's depth; the ribs lie on it as they lie on the pleura.
+    chest wall's depth; the ribs lie on it as they lie on the pleura. ``along`` (mm per column,
+    :func:`_pleural_plane`): where each beam meets the pleura, along it; the ribs' width and the
+    gaps between them are laid out on it, at their own depth. Without it (``v1``, linear probes)
+    they are laid out on the world's lateral axis, for a convex probe the arc of its face: there
+    a rib ``(radius + depth) / radius`` (1.3-1.7) times too wide in angle, as its gap.
 
     Bone passes ``a.rib_transmission`` of the amplitude. The shadow's edge is ``a.shadow_edge_mm``
     wide inside the rib's ends (``v1``) or, with ``a.shadow_spread``, centred on them and widening
@@ -541,6 +554,7 @@ def _ribs(
     """
     rows, cols = len(z), s.shape[1]
     half = cols * ds / 2
+    x = s[0] if along is None else along  # where the ribs are laid out (mm)
     transmission = np.ones((rows, cols), np.float32)
     bits = np.zeros((rows, cols), np.uint8)
     rib_half, gap = rng.uniform(5.0, 7.0), rng.uniform(14.0, 24.0)
@@ -548,8 +562,12 @@ def _ribs(
     if rng.random() < 0.85:  # otherwise the probe lies along an intercostal space: no rib in view
         first = rng.uniform(-pitch / 2, pitch / 2) + (pitch / 2 if probe == "linear" else 0)
         centres = first + pitch * np.arange(-4, 5)
-        for c in centres[np.abs(centres) < half + rib_half]:
-            u = (s[0] - c) / rib_half
+        if along is None:
+            seen = np.abs(centres) < half + rib_half
+        else:
+            seen = (centres > along.min() - rib_half) & (centres < along.max() + rib_half)
+        for c in centres[seen]:
+            u = (x - c) / rib_half
             on = np.abs(u) < 1
             curve = 1 - np.sqrt(1 - np.clip(u, -1, 1) ** 2)
             surface = chest_wall_mm - rng.uniform(*a.rib_above_mm) + rng.uniform(1.5, 3.0) * curve
@@ -565,7 +583,7 @@ def _ribs(
             bits[on[None, :] & (z >= surface[None, :]) & (z < body[None, :])] |= _BIT["rib_body"]
             if a.shadow_spread > 0:  # a penumbra centred on the rib's ends, widening with depth
                 width = a.shadow_edge_mm + a.shadow_spread * np.maximum(z - surface[None, :], 0)
-                edge = np.clip(0.5 - (np.abs(s[0] - c) - rib_half)[None, :] / width, 0, 1)
+                edge = np.clip(0.5 - (np.abs(x - c) - rib_half)[None, :] / width, 0, 1)
             else:  # the first generator: a soft edge inside the rib's ends
                 edge = np.clip((1 - np.abs(u)) / (a.shadow_edge_mm / rib_half), 0, 1)[None, :]
             shade = 1 - (1 - a.rib_transmission) * edge
@@ -610,7 +628,7 @@ def _video_world(
     pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng, a, side[1], plane)
     lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng, a)
     echo_t, bits_t, transmission = _ribs(
-        z, s, ds, chest_wall_mm, probe, echo_t, rng, a, plane["offset"]
+        z, s, ds, chest_wall_mm, probe, echo_t, rng, a, plane["offset"], plane["along"]
     )
     if a.specks > 0:  # sparse strong reflectors (fibres, interfaces, reverberation dashes)
         p_speck = np.float32(a.speck_density * dz * ds)
