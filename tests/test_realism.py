@@ -301,21 +301,31 @@ def test_sim_to_real_trains_each_seed_on_its_own_phantom_draw(monkeypatch):
     train = realism._train_segmenter
 
     def spy(images, masks, p, seed, device):
-        trained.append((seed, images))
+        trained.append((seed, images, masks))
         return train(images, masks, p, seed, device)
 
     monkeypatch.setattr(realism, "_train_segmenter", spy)
     real = realism.healthy_convex_phantom("calibrated", 2, 3, 64, 99)  # stands in: same names
     p = dict(realism.CHECK_PROFILES["smoke"], seg_seeds=2, seg_epochs=1, seed=5)
     out = realism.sim_to_real(draw, real, ("rib_shadow",), p, "cpu")
-    assert [s for s, _ in trained] == [5, 6] == sorted(drawn)
-    assert all(images is drawn[s].images for s, images in trained)  # each seed its own draw
+    assert [s for s, *_ in trained] == [5, 6] == sorted(drawn)
+    assert all(images is drawn[s].images for s, images, _ in trained)  # each seed its own draw
+    # the labels as the annotators draw them: the central space's two ribs, no other
+    for s, _, masks in trained:
+        central = realism.central_space(drawn[s].layers)["rib_shadow"]
+        np.testing.assert_array_equal(masks[:, 0], central)
+    assert out["central"] is True
     assert not np.array_equal(drawn[5].images, drawn[6].images)
     assert out["phantom_per_seed"] is True and len(out["rib_shadow"]["dice_seeds"]) == 2
     assert out["rib_shadow"]["dice"] == pytest.approx(np.mean(out["rib_shadow"]["dice_seeds"]))
     fixed = realism.sim_to_real(drawn[5], real, ("rib_shadow",), dict(p, seg_seeds=2), "cpu")
     assert fixed["phantom_per_seed"] is False
-    assert all(images is drawn[5].images for _, images in trained[2:])  # the same frames twice
+    assert all(images is drawn[5].images for _, images, _ in trained[2:])  # the same frames twice
+    every = realism.sim_to_real(drawn[5], real, ("rib_shadow",), dict(p, seg_seeds=1), "cpu",
+                                central=False)  # fmt: skip
+    np.testing.assert_array_equal(trained[-1][2][:, 0], drawn[5].layers["rib_shadow"])
+    assert every["central"] is False
+    assert drawn[5].layers["rib_shadow"].sum() > trained[2][2].sum()  # some rib was left out
 
 
 def test_calibrated_phantom_is_closer_to_real_frames(real_pleura_rib):
@@ -360,6 +370,7 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, real_pocus,
     assert set(line["real_to_real_dice"]) == {"pleural_line", "rib_shadow"}
     doc = realism.read_check(out)
     assert doc["real"]["frames"] == 156 and doc["real"]["clips"] == 12
+    assert doc["params"]["labels"] == "central"
     assert doc["command"].startswith("lus phantom-check --real")
     assert {r["statistic"] for r in doc["statistics"]} == set(realism.STATISTICS)
     assert set(realism.STATISTICS) <= set(realism.STAT_LABELS)  # every row of the table named
@@ -601,6 +612,36 @@ def test_pleura_variation_and_wall_fibres_draw_from_their_own_streams():
     for name in ("pleura", "ribs", "rib_shadow", "alines"):
         np.testing.assert_array_equal(d_on.layers[name], d_off.layers[name])
     assert not np.array_equal(d_on.images, d_off.images)
+
+
+def test_central_space_keeps_the_space_beneath_the_centre_and_its_two_ribs():
+    """Three rib shadows (columns 5-14, 40-49, 80-89 of 100) and pleura in the three spaces
+    (20-34, 55-74, 92-97): the space beneath the centre (column 49.5) is 55-74, the pixel of
+    it nearest the centre column 55, so the shadows around it (means 44.5 and 84.5) stay and the
+    first goes, with the pleura outside 44.5-84.5. With the centre beneath a rib, the pleura
+    nearest the centre decides. The rib cortex above the kept shadows stays. Without pleura,
+    nothing is kept; without ribs, all the pleura."""
+    pleura = np.zeros((4, 30, 100), np.uint8)
+    shadow = np.zeros((4, 30, 100), np.uint8)
+    for k in range(3):
+        shadow[k, 12:, 5:15] = shadow[k, 12:, 40:50] = shadow[k, 12:, 80:90] = 1
+        pleura[k, 10, 20:35] = pleura[k, 10, 92:98] = 1
+    pleura[0, 10, 55:75] = 1
+    pleura[2] = 0
+    pleura[3, 10, 30:70] = 1  # no ribs
+    ribs = np.zeros_like(shadow)
+    ribs[:, 11, :] = shadow[:, 12, :]  # the cortex above each shadow
+    out = realism.central_space({"pleura": pleura, "rib_shadow": shadow, "ribs": ribs})
+    p, s = out["pleura"], out["rib_shadow"]
+    assert p.dtype == pleura.dtype and s.shape == shadow.shape
+    np.testing.assert_array_equal(out["ribs"][:, 11], s[:, 12])
+    np.testing.assert_array_equal(np.flatnonzero(p[0].any(0)), np.arange(55, 75))
+    np.testing.assert_array_equal(np.flatnonzero(s[0].any(0)), np.r_[40:50, 80:90])
+    # frame 1: no pleura beneath the centre; 20-34 is nearer (34 from 49.5) than 92-97
+    np.testing.assert_array_equal(np.flatnonzero(p[1].any(0)), np.arange(20, 35))
+    np.testing.assert_array_equal(np.flatnonzero(s[1].any(0)), np.r_[5:15, 40:50])
+    assert not p[2].any() and not s[2].any()
+    np.testing.assert_array_equal(p[3], pleura[3])
 
 
 def test_shadow_layout_measures_whole_shadows_and_their_spacing():

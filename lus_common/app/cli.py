@@ -149,6 +149,7 @@ def _cmd_phantom_check(args) -> int:
         device=args.device,
         progress=not args.quiet,
         other_real=None if args.other_real == "none" else args.other_real,
+        central=args.labels == "central",
         **({"size": args.size} if args.size else {}),
     )
     result["command"] = args.command_line
@@ -303,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         "healthy convex clips the domain classifier tells from --real: the AUC's real-to-real "
         "reference (default: the pocus folder beside --real, or $LUS_DATA_DIR/pocus, where it "
         "exists; 'none' to skip)",
+    )  # fmt: skip
+    check.add_argument(
+        "--labels", choices=["central", "all"], default="central",
+        help="phantom labels the sim-to-real U-Net learns: 'central', as lus_pleura_rib's "
+        "annotators drew theirs (the intercostal space beneath the probe's centre and its two "
+        "ribs), or 'all' (every rib and space in view)",
     )  # fmt: skip
     check.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
     check.add_argument("--size", type=int, default=None, help="working size (default: profile's)")

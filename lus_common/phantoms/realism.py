@@ -514,6 +514,52 @@ def thicken(masks: np.ndarray, thickness_px: float) -> np.ndarray:
     return ndimage.binary_dilation(masks.astype(bool), structure).astype(np.uint8)
 
 
+def central_space(layers) -> dict:
+    """Phantom labels drawn as the real annotators drew theirs: the intercostal space beneath the
+    probe's centre and the two ribs bounding it, no other.
+
+    ``lus_pleura_rib``'s masks show, per frame, the pleural line of one intercostal space (its
+    centre at 43-54 % of the frame's width in 90 % of the frames) and at most one rib shadow on
+    each side of it, never a third rib at the fan's edge (where the ribs' spacing puts one in
+    about half the frames). The phantom labels every rib and every space it shows, and a
+    segmenter trained on them marks ribs and pleura the annotators left out. Kept here: the
+    pleura between the shadows on either side of its pixel nearest the frame's centre column,
+    those two shadows (each a connected region of the shadow mask, placed by its mean column)
+    and the rib cortex above them (in their columns). A frame without pleura keeps nothing, a
+    frame without ribs all its pleura.
+
+    Args:
+        layers: a phantom's label layers, (N, H, W) each: ``pleura``, ``rib_shadow`` and,
+            if there, ``ribs``.
+
+    Returns:
+        ``{"pleura", "rib_shadow"[, "ribs"]}``, of the same shapes and dtypes.
+    """
+    pleura, shadow = layers["pleura"], layers["rib_shadow"]
+    ribs = layers.get("ribs")
+    out = {"pleura": np.zeros_like(pleura), "rib_shadow": np.zeros_like(shadow)}
+    if ribs is not None:
+        out["ribs"] = np.zeros_like(ribs)
+    centre = (pleura.shape[2] - 1) / 2
+    where = np.arange(pleura.shape[2])
+    for k, (p_k, s_k) in enumerate(zip(pleura.astype(bool), shadow.astype(bool), strict=True)):
+        cols = np.flatnonzero(p_k.any(0))
+        if not len(cols):
+            continue
+        c_star = cols[np.argmin(np.abs(cols - centre))]
+        regions, n = ndimage.label(s_k)
+        means = [where[(regions == r).any(0)].mean() for r in range(1, n + 1)]
+        left = [(m, r) for r, m in enumerate(means, 1) if m < c_star]
+        right = [(m, r) for r, m in enumerate(means, 1) if m > c_star]
+        lo, hi = max(left, default=(-np.inf, 0)), min(right, default=(np.inf, 0))
+        out["pleura"][k] = p_k & ((where > lo[0]) & (where < hi[0]))[None, :]
+        kept = np.isin(regions, [r for _, r in (lo, hi) if r])
+        out["rib_shadow"][k] = kept
+        if ribs is not None:
+            out["ribs"][k] = ribs[k].astype(bool) & kept.any(0)[None, :]
+    return out
+
+
 def healthy_convex_phantom(appearance, n_videos: int, frames: int, size: int, seed: int):
     """Healthy convex-probe phantom videos as the real volunteer's: no B-line (healthy lungs may
     show one or two, the volunteer's 156 frames show none, and one would be a cue the domain
@@ -571,11 +617,13 @@ def _stack(data, names) -> np.ndarray:
     return np.stack([data.layers[n] for n in names], 1)
 
 
-def sim_to_real(phantom, real, structures, p: dict, device: str) -> dict:
+def sim_to_real(phantom, real, structures, p: dict, device: str, central: bool = True) -> dict:
     """Train on phantom frames only, score on every real frame.
 
-    The phantom's thin band labels (pleura, rib cortex) are thickened to the real annotations'
-    thickness of the same structure (:func:`label_thickness_px`, :func:`thicken`).
+    The phantom's labels are drawn as the real annotators drew theirs: with ``central`` only the
+    intercostal space beneath the probe's centre and the two ribs bounding it
+    (:func:`central_space`), and the thin band labels (pleura, rib cortex) thickened to the real
+    annotations' thickness of the same structure (:func:`label_thickness_px`, :func:`thicken`).
 
     Args:
         phantom: a phantom SegmentationSet (its layers named as :data:`STRUCTURE_LAYERS` says),
@@ -586,9 +634,12 @@ def sim_to_real(phantom, real, structures, p: dict, device: str) -> dict:
         structures: real structure names, e.g. ``("pleural_line", "rib_shadow")``.
         p: a :data:`CHECK_PROFILES` entry.
         device: torch device.
+        central: label only the space beneath the centre and its two ribs (the annotators'
+            convention); ``False``: every rib and space the phantom shows.
 
     Returns:
-        ``{structure: {"dice", "dice_seeds", "frames", "per_frame"}}``, ``"train_seconds"`` and
+        ``{structure: {"dice", "dice_seeds", "frames", "per_frame"}}``, ``"central"``,
+        ``"train_seconds"`` and
         ``"phantom_per_seed"`` (whether each seed drew its own phantom frames): one U-Net per
         seed (``p["seg_seeds"]`` of them, seeds ``p["seed"]``, ``+ 1``, ...), ``dice`` the mean
         of the seeds' mean per-frame Dice, ``per_frame`` each frame's Dice averaged over the
@@ -604,7 +655,8 @@ def sim_to_real(phantom, real, structures, p: dict, device: str) -> dict:
     runs = []
     for k in range(p.get("seg_seeds", 1)):
         data = phantom(p["seed"] + k) if callable(phantom) else phantom
-        y = _stack(data, [STRUCTURE_LAYERS[s] for s in structures])
+        drawn = central_space(data.layers) if central else data.layers
+        y = np.stack([drawn[STRUCTURE_LAYERS[s]] for s in structures], 1)
         for c, thickness in bands.items():
             y[:, c] = thicken(y[:, c], thickness)
         model, _ = _train_segmenter(data.images, y, p, p["seed"] + k, device)
@@ -617,6 +669,7 @@ def sim_to_real(phantom, real, structures, p: dict, device: str) -> dict:
     }  # fmt: skip
     out["train_seconds"] = round(time.perf_counter() - start, 1)
     out["phantom_per_seed"] = callable(phantom)
+    out["central"] = bool(central)
     return out
 
 
@@ -948,6 +1001,7 @@ def phantom_check(
     device: str = "cpu",
     progress: bool = True,
     other_real="auto",
+    central: bool = True,
     **overrides,
 ) -> dict:
     """How real is each phantom generator, against ``lus_pleura_rib``-style real frames.
@@ -964,6 +1018,8 @@ def phantom_check(
             tells from the real frames (:func:`other_real_frames`): the real-to-real reference
             of the domain AUC. ``"auto"`` (default): the ``pocus`` folder beside the real one, or
             ``$LUS_DATA_DIR/pocus``, where it exists, else skipped and said so; ``None``: skipped.
+        central: the sim-to-real U-Net learns the phantom's labels as the real annotators drew
+            theirs (:func:`central_space`); ``False``: every rib and space in view.
         **overrides: values of the profile to change (``size``, ``seg_epochs``, ...).
 
     Returns:
@@ -994,7 +1050,8 @@ def phantom_check(
     result = {
         "real": {"folder": real.info["root"], "frames": len(real), "clips": n_clips,
                  "fingerprint": real.fingerprint()},
-        "params": {**p, "profile": profile, "structures": list(structures), "device": device},
+        "params": {**p, "profile": profile, "structures": list(structures), "device": device,
+                   "labels": "central" if central else "all"},
         "label_thickness_px": thickness,
         "generators": {},
     }  # fmt: skip
@@ -1023,7 +1080,7 @@ def phantom_check(
                 a, p["train_videos"], p["frames_per_video"], p["size"], seed
             )
 
-        sim = sim_to_real(draw, real, structures, p, device)
+        sim = sim_to_real(draw, real, structures, p, device, central=central)
         say(f"{g}: sim-to-real Dice " + ", ".join(f"{s} {sim[s]['dice']:.3f}" for s in structures))
         result["generators"][g] = {"version": a.version, "domain": domain, "sim_to_real": sim,
                                    "shadow_layout": layout,
@@ -1259,6 +1316,9 @@ def check_caption(check: dict) -> str:
     p, real, env = check["params"], check["real"], check.get("environment", {})
     per_seed = any(g["sim_to_real"].get("phantom_per_seed") for g in check["generators"].values())
     draws = ", each on its own phantom draw," if per_seed and p.get("seg_seeds", 1) > 1 else ""
+    if p.get("labels") == "central":
+        draws += " labelled as the real annotators label (the space beneath the probe's centre and "
+        draws += "its two ribs)"
     return (
         f"Recorded by `{check.get('command', 'lus phantom-check')}` "
         f"({p['profile']} profile: {p['size']} px, {p['train_videos']} phantom videos of "
