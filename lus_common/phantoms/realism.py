@@ -1412,7 +1412,13 @@ def findings(check: dict) -> list[str]:
             if min(d["auc"] for d in dom.values()) > 0.6
             else ". "
         )
-        + "How fast it learns the difference still separates them: after one epoch its AUC is "
+        + "How fast it learns the difference "
+        + (
+            "still separates them"
+            if np.ptp(list(first.values())) > 0.02
+            else "does not separate them"
+        )
+        + ": after one epoch its AUC is "
         + ", ".join(f"{first[g]:.3f} for `{g}`" for g in gens)
         + "; it first reaches 0.99 after "
         + ", ".join(
@@ -1465,6 +1471,8 @@ def findings(check: dict) -> list[str]:
             + " ".join(
                 f"For `{g}` the band it learns slowest (where the two look most alike) is the "
                 f"{DEPTH_BAND_LABELS.get(hardest(g), hardest(g))}."
+                if np.mean(dom[g]["by_depth"][hardest(g)]["auc_by_epoch"]) < 0.999
+                else f"For `{g}` it learns every band at once."
                 for g in banded
             )
         )  # fmt: skip
