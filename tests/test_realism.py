@@ -398,6 +398,26 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, real_pocus,
     assert any(f.startswith("**Where the ribs lie.**") for f in found)
 
 
+def test_phantom_check_labels_all_keeps_every_rib(real_pleura_rib, tmp_path, capsys):
+    """``--labels all``: the sim-to-real U-Net learns every rib and space the phantom shows, and
+    the record and its caption say which labels it learnt."""
+    from lus_common.app.cli import main
+
+    out = tmp_path / "check.json"
+    code = main(["phantom-check", "--real", str(real_pleura_rib), "--profile", "smoke",
+                 "--generators", "calibrated", "--other-real", "none", "--labels", "all",
+                 "--structure", "rib_shadow", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    doc = realism.read_check(out)
+    assert doc["params"]["labels"] == "all"
+    assert doc["generators"]["calibrated"]["sim_to_real"]["central"] is False
+    assert "annotators" not in realism.check_caption(doc)
+    assert "annotators label" in realism.check_caption(
+        dict(doc, params={**doc["params"], "labels": "central"})
+    )
+    assert json.loads(capsys.readouterr().out)["calibrated"]["version"] == 8
+
+
 def test_other_real_source_is_skipped_and_said_so_without_pocus(empty_data_dir):
     out = realism._other_real_domain("auto", None, 12, 13, {}, "cpu")
     assert "pocus" in out["skipped"] and "LUS_DATA_DIR" in out["skipped"]
