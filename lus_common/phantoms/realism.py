@@ -613,8 +613,8 @@ def _dice_per_structure(model, images, masks, structures, device: str) -> dict:
     return out
 
 
-def _stack(data, names) -> np.ndarray:
-    return np.stack([data.layers[n] for n in names], 1)
+def _stack(layers, names) -> np.ndarray:
+    return np.stack([layers[n] for n in names], 1)
 
 
 def sim_to_real(phantom, real, structures, p: dict, device: str, central: bool = True) -> dict:
@@ -647,7 +647,7 @@ def sim_to_real(phantom, real, structures, p: dict, device: str, central: bool =
     """
     import time
 
-    truth = _stack(real, structures)
+    truth = _stack(real.layers, structures)
     # lines the annotators drew as bands: the phantom's thin labels widened to their thickness
     bands = {c: label_thickness_px(real.layers[s]) for c, s in enumerate(structures)
              if s in ("pleural_line", "rib_line")}  # fmt: skip
@@ -656,7 +656,7 @@ def sim_to_real(phantom, real, structures, p: dict, device: str, central: bool =
     for k in range(p.get("seg_seeds", 1)):
         data = phantom(p["seed"] + k) if callable(phantom) else phantom
         drawn = central_space(data.layers) if central else data.layers
-        y = np.stack([drawn[STRUCTURE_LAYERS[s]] for s in structures], 1)
+        y = _stack(drawn, [STRUCTURE_LAYERS[s] for s in structures])
         for c, thickness in bands.items():
             y[:, c] = thicken(y[:, c], thickness)
         model, _ = _train_segmenter(data.images, y, p, p["seed"] + k, device)
@@ -686,7 +686,7 @@ def real_to_real(real, structures, p: dict, device: str) -> dict:
     from lus_common.data.sets import group_folds
 
     folds = group_folds(real.groups, p["folds"], p["seed"])
-    y = _stack(real, structures)
+    y = _stack(real.layers, structures)
     per_frame = {s: np.full(len(real), np.nan) for s in structures}
     # the same number of optimiser steps as the phantom run: more epochs over fewer frames
     n_sim = p["train_videos"] * p["frames_per_video"]
@@ -801,12 +801,12 @@ def domain_auc(
             )
             return lp[:, 1] - lp[:, 0]
 
-        def held_out(model, epoch, test=test):
-            return {"held_out_auc": float(roc_auc_score(domain[test], margin(model)))}
+        def held_out(model, epoch, test=test):  # after every epoch: the last is the fold's score
+            score[test] = margin(model)
+            return {"held_out_auc": float(roc_auc_score(domain[test], score[test]))}
 
         history = train_model(model, images[train], domain[train], cfg, device, evaluate=held_out)
-        score[test] = margin(model)
-        aucs.append(float(roc_auc_score(domain[test], score[test])))
+        aucs.append(float(history["held_out_auc"].iloc[-1]))
         curves.append(history["held_out_auc"].to_numpy())
     curve = np.mean(curves, 0)
     return {
