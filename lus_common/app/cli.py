@@ -1,5 +1,6 @@
 """The ``lus`` command: ``lus run``, ``lus book``, ``lus bench``, ``lus data``, ``lus weights``,
-``lus studies``, ``lus phantom-check`` and ``lus phantom-calibrate``."""
+``lus studies``, ``lus phantom-check``, ``lus phantom-calibrate``, ``lus gpu-pack`` and
+``lus gpu-unpack``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -210,6 +212,39 @@ def _cmd_studies(args) -> int:
     return 0
 
 
+def _cmd_gpu_pack(args) -> int:
+    from lus_common.app import gpu_pack
+
+    plan = gpu_pack.PLANS[args.plan](args)
+    manifest = gpu_pack.pack(
+        plan, Path(args.out), args.fp16, args.budget, command=args.command_line
+    )
+    call = manifest["device_call"]
+    print(
+        f"packed {plan.name} into {args.out}: {manifest['mib']['pack']} MiB "
+        f"(with the project's tree {manifest['mib']['total']} MiB of {gpu_pack.LIMIT_MIB:g})\n"
+        f"on the GPU machine (the device tool's run): command {call['command']!r}, "
+        f"carry {call['carry']}, timeout_s {call['timeout_s']}\n"
+        "afterwards, here:\n  " + "\n  ".join(manifest["afterwards"])
+    )
+    return 0
+
+
+def _cmd_gpu_unpack(args) -> int:
+    from lus_common.app import gpu_pack
+
+    added = gpu_pack.unpack(Path(args.folder))
+    print(f"added {len(added)} run folder(s) to the results store")
+    for folder in added:
+        print(f"  {folder}")
+    env = Path(args.folder) / "environment.json"
+    if env.is_file():
+        doc = json.loads(env.read_text())
+        print(f"they ran on {doc['device']} (torch {doc['torch']}); now, here:")
+        print("  " + "\n  ".join(doc["afterwards"][1:]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lus``."""
     parser = argparse.ArgumentParser(
@@ -352,6 +387,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     studies.add_argument("--built", action="store_true", help="only the chapters that execute")
     studies.set_defaults(func=_cmd_studies)
+    gp = sub.add_parser(
+        "gpu-pack",
+        help="pack what one visit to the GPU machine runs (wheels, packed data, weights, run.sh) "
+        "into .gpu/",
+    )
+    gp.add_argument("plan", choices=["hc18", "cxr", "bench"])
+    gp.add_argument("--out", default=".gpu", help="the pack's folder (carried to the machine)")
+    gp.add_argument("--seeds", nargs="+", type=int, default=[0], help="hc18, cxr: seeds to run")
+    gp.add_argument("--strategies", nargs="+", default=["all"], help="hc18: strategies to run")
+    gp.add_argument("--image-size", type=int, default=512, help="hc18: image size")
+    gp.add_argument("--epochs", type=int, default=20, help="hc18: epochs")
+    gp.add_argument("--warmup-epochs", type=int, default=5, help="hc18: epochs the tables skip")
+    gp.add_argument(
+        "--jobs",
+        nargs="+",
+        default=["unet:batch:0.99", "vgg16_unet:batch:0.99", "resnet50_unet:batch:0.99"],
+        help="cxr: model:norm:momentum jobs (as run_cxr_reference.py takes them)",
+    )
+    gp.add_argument("--steps", type=int, default=200, help="bench: timed steps per variant")
+    gp.add_argument("--fp16", action="store_true", help="float16 copies of the weights")
+    gp.add_argument(
+        "--budget", type=int, default=520, help="seconds the jobs may take there (then collect)"
+    )
+    gp.set_defaults(func=_cmd_gpu_pack)
+
+    gu = sub.add_parser(
+        "gpu-unpack", help="put the run folders that came back from the GPU into the results store"
+    )
+    gu.add_argument("folder", help="where the device tool put the run's files")
+    gu.set_defaults(func=_cmd_gpu_unpack)
+
     return parser
 
 

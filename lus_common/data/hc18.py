@@ -22,6 +22,7 @@ from PIL import Image
 from scipy import ndimage
 
 from lus_common.config.paths import dataset_dir
+from lus_common.data.packed import packed_set
 from lus_common.data.sets import SegmentationSet, read_grey
 
 CSV_NAME = "training_set_pixel_size_and_HC.csv"
@@ -119,6 +120,10 @@ def load_hc18(
         FileNotFoundError: the folder, the CSV or a mask is missing.
         ValueError: an image and its mask differ in size, or the CSV lacks an image.
     """
+    if root is None:  # a pack of these arguments in $LUS_PACKED_DIR (`lus gpu-pack`)
+        packed = packed_set("hc18", image_size=image_size, limit=limit)
+        if packed is not None:
+            return packed
     root = Path(root) if root is not None else dataset_dir("hc18")
     folder = root / "training_set"
     csv_path = root / CSV_NAME

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from lus_common.config.paths import dataset_dir
+from lus_common.data.packed import packed_set
 from lus_common.data.sets import SegmentationSet, read_image_mask
 
 _NAME = re.compile(r"^CHNCXR_(\d{4})_([01])$")
@@ -51,6 +52,10 @@ def load_shenzhen(
         FileNotFoundError: no dataset, no image folder, or no image with a mask.
         ValueError: an image and its mask differ in size.
     """
+    if root is None:  # a pack of these arguments in $LUS_PACKED_DIR (`lus gpu-pack`)
+        packed = packed_set("shenzhen_cxr", image_size=image_size, limit=limit)
+        if packed is not None:
+            return packed
     root = Path(root) if root is not None else dataset_dir("shenzhen_cxr")
     image_dir = next((root / d for d in ("images", "CXR_png") if (root / d).is_dir()), None)
     mask_dir = next((root / d for d in ("masks", "mask") if (root / d).is_dir()), None)

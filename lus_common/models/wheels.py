@@ -1130,6 +1130,24 @@ def export_fp16(out: Path, names: list[str] | None = None, data_dir: Path | None
     return written
 
 
+def imported_files(
+    name: str, data_dir: Path | None = None, encoder_only: bool = False
+) -> list[Path]:
+    """The files of one imported weights entry as they are (each target and its JSON record), for
+    copying to another machine unchanged (:mod:`lus_common.app.gpu_pack`); with ``encoder_only``
+    only the first target's (the smp encoder's).
+
+    Raises:
+        FileNotFoundError: the entry is not imported (or not current).
+    """
+    source = get_source(name)
+    folder = _found_dir(source, data_dir)
+    if not _current(source, folder):
+        raise FileNotFoundError(f"'{name}' is not imported: run `lus weights import {name}`.")
+    targets = source.targets[:1] if encoder_only else source.targets
+    return [p for t in targets for p in (folder / t, _record(source, folder, t))]
+
+
 def list_status(data_dir: Path | None = None) -> list[dict]:
     """One row per weights entry: name, encoder, whether its files are present (current and
     checked), path.

@@ -16,6 +16,7 @@ A study module then holds only what is its own: profiles, data, the training of 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -23,6 +24,10 @@ import pandas as pd
 
 from lus_common.config.registry import lookup
 from lus_common.store import results
+
+# Set (to anything) where runs must only be read back, never trained: exporting a chapter's JSON
+# from run folders made on another machine (`lus gpu-unpack`).
+REUSE_ONLY = "LUS_REUSE_ONLY"
 
 
 def derive_profiles(paper: dict, **differences: dict) -> dict[str, dict]:
@@ -80,6 +85,11 @@ def cached_run(
         stored = results.reusable_run(folder, key["weights"])
         if stored is not None:
             return stored
+        if os.environ.get(REUSE_ONLY):
+            raise RuntimeError(
+                f"{folder} is not in the results store and {REUSE_ONLY} is set, so it is not "
+                "trained here: bring its run folder (`lus gpu-unpack`), or unset the variable."
+            )
         results.save_run(folder, **fit(model, weights, key))
     finally:
         del model

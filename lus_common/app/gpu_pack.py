@@ -1,0 +1,479 @@
+"""A one-command start on the GPU machine: ``lus gpu-pack`` here, ``bash .gpu/run.sh`` there,
+``lus gpu-unpack`` here again.
+
+The GPU machine (see the developers' guide) has torch, torchvision and timm but not
+segmentation-models-pytorch or Keras, no network and no datasets, and it is reached with at most
+64 MiB of files (the project's tracked tree plus the carried folder). A *plan* names what one
+visit runs; ``lus gpu-pack PLAN`` writes the folder ``.gpu/`` (git ignores it) with
+
+- ``wheels/``: the missing packages, at the versions installed here, for Python 3.12 on x86-64;
+- ``data/``: the plan's real dataset at the run's size, packed (:mod:`lus_common.data.packed`,
+  read back bit for bit, so the runs' data fingerprints are those of the files here);
+- ``weights/``: the imported encoder weights the runs load, copied unchanged, or as float16
+  copies (``--fp16``, recorded by the runs as such) where the originals do not fit;
+- ``run.sh``: installs the wheels, points the loaders at the pack, runs the plan's jobs within
+  a time budget (a job cut off loses only the run in flight: run folders are written
+  atomically), then puts the run folders and the log into ``$OUT``;
+- ``manifest.json``: what is packed (sizes, SHA-256), the device call to make and what to do
+  with its files.
+
+Back here, ``lus gpu-unpack <the files' folder>`` puts the run folders into the results store,
+and the plan's reference script, run here with ``LUS_REUSE_ONLY=1``, writes the chapter's JSON
+from them without training anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lus_common.config.paths import PROJECT_ROOT, results_dir
+
+LIMIT_MIB = 64.0  # what travels to the GPU machine in one call
+PIECE_MIB = 15  # files come back in pieces of at most 16 MB
+PACK_DIR = PROJECT_ROOT / ".gpu"
+WHEEL_CACHE = PROJECT_ROOT / "data" / "gpu_wheels"
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+             "manylinux2014_x86_64", "manylinux1_x86_64")  # fmt: skip
+TARGET_PYTHON = "3.12"  # the GPU machine's python3
+PYTHON_ON_DEVICE = '"$PY"'
+DEVICE_SLOT = "'<the GPU, as environment.json names it>'"  # filled in by verify() there
+
+
+@dataclass
+class Plan:
+    """What one visit to the GPU machine runs."""
+
+    name: str
+    description: str
+    wheels: tuple[str, ...]  # distributions missing there (their dependencies are there)
+    datasets: list = field(default_factory=list)  # [(dataset, loader, kwargs)]
+    weights: tuple[str, ...] = ()  # lus weights names
+    jobs: list[str] = field(default_factory=list)  # shell lines, run in order within the budget
+    export: str = ""  # the command that writes the chapter's JSON here afterwards
+    encoder_only: bool = True  # pack only the smp encoder's file of each weights entry
+
+
+def _hc18_plan(args) -> Plan:
+    from lus_common.data.hc18 import load_hc18
+    from lus_common.models.torch_smp import MODELS
+    from lus_common.models.wheels import SOURCES
+    from lus_common.studies import s4_hc18_strategies as hs
+    from lus_common.training.freezing import STRATEGIES, get_strategy
+
+    strategies = list(STRATEGIES) if args.strategies == ["all"] else args.strategies
+    p = hs.study_params("paper", image_size=args.image_size, strategies=strategies)
+    weights = sorted(
+        {
+            source.name
+            for s in strategies
+            if (asked := hs.asked_weights(p, get_strategy(s))) is not None
+            for source in SOURCES.values()
+            if (source.encoder, source.name) == (MODELS[get_strategy(s).model]["encoder"], asked)
+        }
+    )
+    run_args = (
+        f"--image-size {args.image_size} --epochs {args.epochs} --warmup-epochs "
+        f"{args.warmup_epochs} --seeds {' '.join(map(str, args.seeds))} --strategies "
+        f"{' '.join(args.strategies)}"
+    )
+    script = "book/reference_runs/run_hc18_reference.py"
+    return Plan(
+        name="hc18",
+        description=f"study 4 (HC18) on the real images: {run_args}",
+        wheels=("segmentation-models-pytorch",),
+        datasets=[("hc18", load_hc18, {"image_size": args.image_size, "limit": None})],
+        weights=tuple(weights),
+        jobs=[
+            f'{PYTHON_ON_DEVICE} {script} {run_args} --torch-device auto --device "$GPU" '
+            f'--out "$OUT/{hs.REFERENCE_RUNS.name}"'
+        ],
+        export=f"{script} {run_args} --device {DEVICE_SLOT}",
+    )
+
+
+def _cxr_plan(args) -> Plan:
+    from lus_common.data.shenzhen import load_shenzhen
+    from lus_common.studies import s3_cxr_overfitting as cs
+
+    p = cs.study_params("paper")
+    seeds = " ".join(map(str, args.seeds))
+    run_args = f"--jobs {' '.join(args.jobs)} --seeds {seeds} --encoder-weights hed-bsds500"
+    script = "book/reference_runs/run_cxr_reference.py"
+    return Plan(
+        name="cxr",
+        description=f"study 3 (Shenzhen chest X-rays), Keras on torch: {run_args}",
+        wheels=("keras", "namex", "optree"),
+        datasets=[("shenzhen_cxr", load_shenzhen, {"image_size": p["image_size"], "limit": None})],
+        weights=("hed-bsds500",),
+        encoder_only=False,  # Keras' VGG16 reads the head file too
+        jobs=[f'{PYTHON_ON_DEVICE} {script} {run_args} --device "$GPU" --no-export'],
+        export=f"{script} {run_args} --device {DEVICE_SLOT}",
+    )
+
+
+# The issue's speed targets: (model, size, batch).
+BENCH = [("unet", 256, 64), ("unet_resnet50", 256, 128), ("unet_mobilenet_v2", 512, 32)]
+
+
+def _bench_plan(args) -> Plan:
+    jobs = []
+    for model, size, batch in BENCH:
+        for extra in ("--amp", "--amp --compile"):
+            jobs.append(
+                f"{PYTHON_ON_DEVICE} -m lus_common.app.cli bench --model {model} --size {size} "
+                f'--batch {batch} --steps {args.steps} --device cuda {extra} >> "$OUT/bench.jsonl"'
+            )
+    return Plan(
+        name="bench",
+        description="lus bench on the GPU (bf16 and bf16 + torch.compile, eager fp32 baseline)",
+        wheels=("segmentation-models-pytorch",),
+        jobs=jobs,
+        export="(append the lines of bench.jsonl to book/appendix/bench_gpu.jsonl)",
+    )
+
+
+PLANS = {"hc18": _hc18_plan, "cxr": _cxr_plan, "bench": _bench_plan}
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _mib(n: int) -> float:
+    return n / 2**20
+
+
+def fetch_wheels(names, cache: Path = WHEEL_CACHE) -> list[Path]:
+    """Wheels of ``names`` at the versions installed here, for the GPU machine's Python (3.12,
+    x86-64), from the cache or the package registry.
+
+    Raises:
+        RuntimeError: a wheel cannot be had (no registry); says what was asked.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    cache.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names:
+        try:
+            spec = f"{name}=={version(name)}"
+        except PackageNotFoundError:
+            raise RuntimeError(f"{name} is not installed here: `make install` first.") from None
+        stem = spec.split("==")[0].replace("-", "_").lower()
+        ver = spec.split("==")[1]
+        cached = [w for w in cache.glob("*.whl") if w.name.lower().startswith(f"{stem}-{ver}-")]
+        if not cached:
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                   "--only-binary=:all:", "--python-version", TARGET_PYTHON, "--implementation",
+                   "cp", *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(cache),
+                   spec]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            cached = [w for w in cache.glob("*.whl") if w.name.lower().startswith(f"{stem}-{ver}-")]
+            if done.returncode != 0 or not cached:
+                raise RuntimeError(
+                    f"could not download the wheel of {spec} for Python {TARGET_PYTHON} "
+                    f"(x86-64) into {cache}: {done.stderr.strip()[-400:]} -- the package "
+                    "registry must be reachable, or put the wheel there by hand."
+                )
+        out.append(sorted(cached)[-1])
+    return out
+
+
+def travelling_tree_bytes(root: Path = PROJECT_ROOT) -> int:
+    """Bytes of what travels besides the carried pack: tracked files and untracked files that git
+    does not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    paths = [root / p.decode() for p in listed if p]
+    return sum(p.stat().st_size for p in paths if p.is_file())
+
+
+RUN_SH = """#!/usr/bin/env bash
+# {header}
+# On the GPU machine, from the project's root: bash .gpu/run.sh   ($OUT: where results go)
+set -uo pipefail
+PACK="$(cd "$(dirname "$0")" && pwd)"
+ROOT="${{LUS_PROJECT_ROOT:-$(cd "$PACK/.." && pwd)}}"
+cd "$ROOT"
+OUT="${{OUT:-/tmp/lus_gpu_out}}"; mkdir -p "$OUT"
+PY="${{PYTHON:-python3}}"
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+SITE="${{LUS_SITE:-/tmp/lus_site}}"
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
+    --target "$SITE" "$PACK"/wheels/*.whl || {{ echo "wheels did not install"; exit 1; }}
+export PYTHONPATH="$SITE:$ROOT${{PYTHONPATH:+:$PYTHONPATH}}"
+export LUS_PACKED_DIR="$PACK/data" LUS_WEIGHTS_DIR="$PACK/weights"
+export LUS_RESULTS_DIR="${{LUS_RESULTS_DIR:-/tmp/lus_results}}"
+"$PY" -m lus_common.app.gpu_pack verify "$PACK" "$OUT/environment.json" || exit 1
+GPU="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["device"])' \\
+    "$OUT/environment.json")"
+export GPU OUT PY
+budget={budget}
+start=$SECONDS
+{jobs}
+"$PY" -m lus_common.app.gpu_pack collect "$LUS_RESULTS_DIR" "$OUT"
+"""
+
+JOB_SH = """left=$((budget - (SECONDS - start)))
+if [ "$left" -gt 30 ]; then
+    echo "== job {i}: {short} ($left s left)" | tee -a "$OUT/log.txt"
+    timeout --signal=INT --kill-after=30 "$left" bash -c {cmd} 2>&1 | tee -a "$OUT/log.txt"
+    echo "== job {i} exit ${{PIPESTATUS[0]}} after $((SECONDS - start)) s" | tee -a "$OUT/log.txt"
+else
+    echo "== job {i} skipped: out of time" | tee -a "$OUT/log.txt"
+fi"""
+
+
+def pack(plan: Plan, out: Path = PACK_DIR, fp16: bool = False, budget_s: int = 520,
+         limit_mib: float = LIMIT_MIB, command: str = "") -> dict:  # fmt: skip
+    """Write the pack of ``plan`` into ``out`` (replacing an earlier pack there).
+
+    Returns:
+        The manifest (also written as ``manifest.json``).
+
+    Raises:
+        ValueError: ``out`` holds something that is not a pack, or the pack and the project's
+            tree would not fit the machine's 64 MiB (the message gives the sizes).
+    """
+    from lus_common.data.packed import pack_name, save_set
+    from lus_common.models import wheels as weight_wheels
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise ValueError(f"{out} is not empty and holds no manifest.json: not overwriting it.")
+    tree = travelling_tree_bytes()
+    tmp = Path(tempfile.mkdtemp(prefix=".gpu-pack.", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        (tmp / "wheels").mkdir()
+        for wheel in fetch_wheels(plan.wheels):
+            shutil.copy2(wheel, tmp / "wheels" / wheel.name)
+        (tmp / "data").mkdir()
+        env = os.environ.pop("LUS_PACKED_DIR", None)  # pack from the files, never from a pack
+        try:
+            for dataset, loader, kwargs in plan.datasets:
+                save_set(loader(**kwargs), tmp / "data" / pack_name(dataset, **kwargs))
+        finally:
+            if env is not None:
+                os.environ["LUS_PACKED_DIR"] = env
+        (tmp / "weights").mkdir()
+        for name in plan.weights:
+            if fp16:
+                weight_wheels.export_fp16(tmp / "weights", [name])
+            else:
+                for f in weight_wheels.imported_files(name, encoder_only=plan.encoder_only):
+                    shutil.copy2(f, tmp / "weights" / f.name)
+        jobs = "\n".join(
+            JOB_SH.format(i=i + 1, short=job[:90].replace('"', "'"), cmd=shlex.quote(job))
+            for i, job in enumerate(plan.jobs)
+        )
+        header = f"lus gpu-pack {plan.name}: {plan.description}"
+        script = RUN_SH.format(header=header, budget=budget_s, jobs=jobs)
+        (tmp / "run.sh").write_text(script)
+        (tmp / "run.sh").chmod(0o755)
+        files = {
+            str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
+        pack_bytes = sum(f["bytes"] for f in files.values())
+        parts = {
+            part: _mib(sum(f["bytes"] for n, f in files.items() if n.startswith(part + "/")))
+            for part in ("wheels", "data", "weights")
+        }
+        total = _mib(pack_bytes + tree)
+        if total > limit_mib:
+            raise ValueError(
+                f"the pack ({_mib(pack_bytes):.1f} MiB: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
+                + f") and the project's tree "
+                f"({_mib(tree):.1f} MiB) make {total:.1f} MiB, over the {limit_mib:g} MiB that "
+                "travel to the GPU machine: pack fewer runs' weights (fewer strategies or jobs), "
+                "or --fp16 for the weights."
+            )
+        manifest = {
+            "plan": plan.name,
+            "description": plan.description,
+            "command": command,
+            "made": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "commit": _git_commit(),
+            "budget_s": budget_s,
+            "weights": {"names": list(plan.weights), "fp16": fp16},
+            "mib": {
+                "pack": round(_mib(pack_bytes), 2),
+                "tree": round(_mib(tree), 2),
+                "total": round(total, 2),
+            },  # fmt: skip
+            "device_call": {
+                "command": f"bash {out.name}/run.sh",
+                "carry": [out.name],
+                "timeout_s": min(600, budget_s + 75),
+            },
+            "afterwards": [
+                "lus gpu-unpack <the folder the files came back to>",
+                f"LUS_REUSE_ONLY=1 LUS_DATA_DIR=../shared/data "
+                f"LUS_WEIGHTS_DIR={out.name}/weights python {plan.export}"
+                if plan.datasets
+                else plan.export,
+            ],
+            "jobs": plan.jobs,
+            "files": files,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _git_commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True).stdout.strip()  # fmt: skip
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "HEAD") + ("+changes" if dirty else "")
+
+
+def verify(pack_dir: Path, environment: Path | None = None) -> dict:
+    """Check every packed file against the manifest; describe the machine (device, versions).
+
+    Raises:
+        ValueError: a file is missing or differs from the manifest.
+    """
+    import torch
+
+    from lus_common.config.device import describe_device, resolve_device
+
+    pack_dir = Path(pack_dir)
+    manifest = json.loads((pack_dir / "manifest.json").read_text())
+    bad = [
+        name
+        for name, f in manifest["files"].items()
+        if not (pack_dir / name).is_file() or sha256_of(pack_dir / name) != f["sha256"]
+    ]
+    if bad:
+        raise ValueError(f"packed files missing or damaged: {', '.join(bad)}; pack again.")
+    device = resolve_device("auto")
+    env = {
+        "device": describe_device(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "plan": manifest["plan"],
+        "commit": manifest["commit"],
+        "made": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    env["afterwards"] = [
+        line.replace(DEVICE_SLOT, shlex.quote(env["device"])) for line in manifest["afterwards"]
+    ]
+    if environment is not None:
+        Path(environment).write_text(json.dumps(env, indent=2) + "\n")
+    print(json.dumps(env), flush=True)
+    return env
+
+
+def collect(results: Path, out: Path, piece_mib: int = PIECE_MIB) -> list[Path]:
+    """The complete run folders under ``results`` as ``runs.tar.gz`` in pieces of at most
+    ``piece_mib`` MiB (``runs.tar.gz.000`` ...), without stored model weights."""
+    from lus_common.store.results import MODEL_FILE, is_complete
+
+    results, out = Path(results), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = sorted(p.parent for p in results.glob("*/*/config.json") if is_complete(p.parent))
+    archive = out / "runs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for run in runs:
+            tar.add(run, arcname=str(run.relative_to(results)),
+                    filter=lambda t: None if t.name.endswith(MODEL_FILE) else t)  # fmt: skip
+    pieces = []
+    with open(archive, "rb") as f:
+        for i, block in enumerate(iter(lambda: f.read(piece_mib * 2**20), b"")):
+            piece = out / f"runs.tar.gz.{i:03d}"
+            piece.write_bytes(block)
+            pieces.append(piece)
+    archive.unlink()
+    print(f"collected {len(runs)} run folders in {len(pieces)} piece(s) into {out}", flush=True)
+    return pieces
+
+
+def unpack(folder: Path, results: Path | None = None) -> list[Path]:
+    """Put the run folders that came back (``runs.tar.gz.000`` ...) into the results store; a
+    complete run folder already there is kept.
+
+    Returns:
+        The run folders added.
+
+    Raises:
+        FileNotFoundError: no pieces in ``folder``.
+    """
+    from lus_common.store.results import is_complete
+
+    folder = Path(folder)
+    results = Path(results) if results is not None else results_dir()
+    pieces = sorted(folder.glob("runs.tar.gz.[0-9][0-9][0-9]"))
+    if not pieces:
+        raise FileNotFoundError(f"no runs.tar.gz.000 in {folder}: is it the run's files folder?")
+    added = []
+    with tempfile.TemporaryDirectory(dir=results.parent if results.parent.exists() else None) as t:
+        joined = Path(t) / "runs.tar.gz"
+        with open(joined, "wb") as f:
+            for piece in pieces:
+                f.write(piece.read_bytes())
+        staging = Path(t) / "runs"
+        with tarfile.open(joined) as tar:
+            tar.extractall(staging, filter="data")
+        for config in sorted(staging.glob("*/*/config.json")):
+            run = config.parent
+            target = results / run.relative_to(staging)
+            if is_complete(run) and not is_complete(target):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists():
+                    shutil.rmtree(target)
+                shutil.move(str(run), str(target))
+                added.append(target)
+    return added
+
+
+def main(argv=None) -> int:
+    """``python -m lus_common.app.gpu_pack verify|collect ...``, run by ``run.sh`` there."""
+    ap = argparse.ArgumentParser(prog="python -m lus_common.app.gpu_pack")
+    sub = ap.add_subparsers(dest="action", required=True)
+    v = sub.add_parser("verify")
+    v.add_argument("pack")
+    v.add_argument("environment", nargs="?")
+    c = sub.add_parser("collect")
+    c.add_argument("results")
+    c.add_argument("out")
+    args = ap.parse_args(argv)
+    if args.action == "verify":
+        verify(Path(args.pack), args.environment and Path(args.environment))
+    else:
+        collect(Path(args.results), Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
