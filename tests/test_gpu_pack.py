@@ -129,35 +129,43 @@ def test_pack_run_there_unpack_and_export_here(tmp_path, monkeypatch, isolated_r
     out = tmp_path / "proj" / ".gpu"
     out.parent.mkdir()
     manifest = gpu_pack.pack(plan, out, budget_s=300)
-    assert manifest["device_call"] == {"command": "bash .gpu/run.sh", "carry": [".gpu"],
-                                       "timeout_s": 375}  # fmt: skip
+    assert manifest["device_call"]["carry"] == [".gpu"]
+    assert manifest["device_call"]["timeout_s"] == 390
     names = set(manifest["files"])
     wheels = [n for n in names if n.startswith("wheels/")]
     assert names - set(wheels) == {"run.sh", "data/hc18__image_size-32__limit-None.lus.zip"}
     assert [Path(w).name.split("-")[0] for w in wheels] == ["segmentation_models_pytorch"]
+    assert manifest["stored_runs"] == 0
+
+    def run_there(out_dir: Path) -> str:
+        env = {
+            **os.environ,
+            "PYTHON": sys.executable,
+            "LUS_PROJECT_ROOT": str(PROJECT_ROOT),
+            "OUT": str(out_dir),
+            "LUS_SITE": str(tmp_path / "site"),
+            "LUS_RESULTS_DIR": str(out_dir.with_name(out_dir.name + "_results")),
+            "LUS_DATA_DIR": str(tmp_path / "nothing"),  # there: the pack only
+        }
+        done = subprocess.run(["bash", str(out / "run.sh")], env=env, capture_output=True,
+                              text=True)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return (out_dir / "log.txt").read_text()
 
     device_out = tmp_path / "device_out"
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "LUS_PROJECT_ROOT": str(PROJECT_ROOT),
-        "OUT": str(device_out),
-        "LUS_SITE": str(tmp_path / "site"),
-        "LUS_RESULTS_DIR": str(tmp_path / "device_results"),
-        "LUS_DATA_DIR": str(tmp_path / "nothing"),  # there: the pack only
-    }
-    done = subprocess.run(["bash", str(out / "run.sh")], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "baseline (unit) seed 0: trained" in (device_out / "log.txt").read_text()
+    assert "baseline (unit) seed 0: trained" in run_there(device_out)
     there = json.loads((device_out / "hc18_strategies_hc18.json").read_text())["runs"][0]
     environment = json.loads((device_out / "environment.json").read_text())
     assert environment["plan"] == "hc18"
     # the export command to run here, with the device that ran them
     assert environment["afterwards"][1].endswith(f"--device '{environment['device']}'")
+    index = json.loads((device_out / gpu_pack.INDEX).read_text())
+    assert (index["runs"], index["contents"]) == (1, "everything but model weights")
 
-    added = gpu_pack.unpack(device_out)
-    assert len(added) == 1 and added[0].parent.parent == isolated_results
-    assert gpu_pack.unpack(device_out) == []  # a complete run already there is kept
+    done = gpu_pack.unpack(device_out)
+    assert len(done["added"]) == 1 and done["added"][0].parent.parent == isolated_results
+    assert (done["added"][0] / "predictions.npz").is_file()
+    assert gpu_pack.unpack(device_out) == {"added": [], "kept": done["added"]}
 
     script = PROJECT_ROOT / "book" / "reference_runs" / "run_hc18_reference.py"
     export = [sys.executable, str(script), "--image-size", "32", "--epochs", "1",
@@ -172,6 +180,56 @@ def test_pack_run_there_unpack_and_export_here(tmp_path, monkeypatch, isolated_r
     done = subprocess.run([*export, "--seeds", "1"], env=here_env, capture_output=True, text=True)
     assert done.returncode != 0 and "LUS_REUSE_ONLY is set" in done.stderr
 
+    # the next visit carries the run made on the first, and reuses it there
+    manifest = gpu_pack.pack(plan, out, budget_s=300)
+    assert manifest["stored_runs"] == 1
+    assert "baseline (unit) seed 0: reused" in run_there(tmp_path / "second_out")
+
+
+def test_collect_keeps_within_what_comes_back_and_unpack_checks_the_pieces(tmp_path, monkeypatch):
+    from lus_common.app import gpu_pack
+    from lus_common.store import results
+
+    store = tmp_path / "store"
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        results.save_run(
+            store / "study" / f"run{i}",
+            {"params": {"i": i}},
+            {"dice": 0.5 + i / 10},
+            pd.DataFrame({"epoch": [1]}),
+            arrays={"noise": rng.integers(0, 255, (400, 400), dtype=np.uint8)},
+        )
+    (store / "study" / ".run3.tmp").mkdir()  # a run cut off while written
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("log.txt", "environment.json"):
+        (out / name).write_text("x")
+    monkeypatch.setattr(gpu_pack, "MAX_MIB_BACK", 0.2)  # no room for the predictions
+    pieces = gpu_pack.collect(store, out, piece_mib=1)
+    index = json.loads((out / gpu_pack.INDEX).read_text())
+    assert (index["runs"], index["contents"], len(pieces)) == (3, "tables only", 1)
+    done = gpu_pack.unpack(out, tmp_path / "here")
+    assert sorted(p.name for p in done["added"]) == ["run0", "run1", "run2"]
+    assert not (done["added"][0] / "predictions.npz").exists()
+    assert json.loads((done["added"][2] / "metrics.json").read_text())["dice"] == 0.7
+    pieces[0].write_bytes(pieces[0].read_bytes()[:-10])
+    with pytest.raises(ValueError, match="runs.tar.gz.000 is missing or damaged"):
+        gpu_pack.unpack(out, tmp_path / "again")
+    for i in range(6):
+        (out / f"more{i}.txt").write_text("x")
+    with pytest.raises(RuntimeError, match="do not fit"):
+        gpu_pack.collect(store, out)
+
+
+def test_wheels_are_those_the_gpu_machine_installs():
+    from lus_common.app.gpu_pack import _fits_target
+
+    assert _fits_target("keras-3.15.1-py3-none-any.whl")
+    assert _fits_target("optree-0.20.0-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl")
+    assert not _fits_target("optree-0.20.0-cp311-cp311-manylinux_2_27_x86_64.whl")
+    assert not _fits_target("optree-0.20.0-cp312-cp312-macosx_11_0_arm64.whl")
+
 
 def test_a_pack_over_the_limit_is_refused_with_its_sizes(tmp_path, monkeypatch):
     from lus_common.app import gpu_pack
@@ -183,8 +241,10 @@ def test_a_pack_over_the_limit_is_refused_with_its_sizes(tmp_path, monkeypatch):
     plan = gpu_pack.PLANS["hc18"](args)
     plan.wheels = ()
     out = tmp_path / ".gpu"
-    with pytest.raises(ValueError, match=r"MiB: wheels 0\.0, data 0\.0, weights 0\.0\) and the"):
+    with pytest.raises(ValueError, match=r"weights 0\.0, runs 0\.0\) and the project's tree"):
         gpu_pack.pack(plan, out, limit_mib=0.001)
+    with pytest.raises(ValueError, match="at most 480 s"):
+        gpu_pack.pack(plan, out, budget_s=600)
     assert not out.exists() and not list(tmp_path.glob(".gpu-pack.*"))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")

@@ -216,9 +216,8 @@ def _cmd_gpu_pack(args) -> int:
     from lus_common.app import gpu_pack
 
     plan = gpu_pack.PLANS[args.plan](args)
-    manifest = gpu_pack.pack(
-        plan, Path(args.out), args.fp16, args.budget, command=args.command_line
-    )
+    out = Path(args.out) if Path(args.out).is_absolute() else gpu_pack.PROJECT_ROOT / args.out
+    manifest = gpu_pack.pack(plan, out, args.fp16, args.budget, command=args.command_line)
     call = manifest["device_call"]
     print(
         f"packed {plan.name} into {args.out}: {manifest['mib']['pack']} MiB "
@@ -233,9 +232,12 @@ def _cmd_gpu_pack(args) -> int:
 def _cmd_gpu_unpack(args) -> int:
     from lus_common.app import gpu_pack
 
-    added = gpu_pack.unpack(Path(args.folder))
-    print(f"added {len(added)} run folder(s) to the results store")
-    for folder in added:
+    done = gpu_pack.unpack(Path(args.folder))
+    print(
+        f"added {len(done['added'])} run folder(s) to the results store; "
+        f"{len(done['kept'])} were there already"
+    )
+    for folder in done["added"]:
         print(f"  {folder}")
     env = Path(args.folder) / "environment.json"
     if env.is_file():
@@ -393,22 +395,32 @@ def build_parser() -> argparse.ArgumentParser:
         "into .gpu/",
     )
     gp.add_argument("plan", choices=["hc18", "cxr", "bench"])
-    gp.add_argument("--out", default=".gpu", help="the pack's folder (carried to the machine)")
+    gp.add_argument(
+        "--out", default=".gpu", help="the pack's folder, in the project's root (carried there)"
+    )
     gp.add_argument("--seeds", nargs="+", type=int, default=[0], help="hc18, cxr: seeds to run")
     gp.add_argument("--strategies", nargs="+", default=["all"], help="hc18: strategies to run")
     gp.add_argument("--image-size", type=int, default=512, help="hc18: image size")
     gp.add_argument("--epochs", type=int, default=20, help="hc18: epochs")
     gp.add_argument("--warmup-epochs", type=int, default=5, help="hc18: epochs the tables skip")
+    gp.add_argument("--also-input", nargs="*", default=[], help="hc18: extra input_norm values")
+    gp.add_argument(
+        "--also-strategies", nargs="*", default=["decoder"], help="hc18: strategies for those"
+    )
     gp.add_argument(
         "--jobs",
         nargs="+",
-        default=["unet:batch:0.99", "vgg16_unet:batch:0.99", "resnet50_unet:batch:0.99"],
-        help="cxr: model:norm:momentum jobs (as run_cxr_reference.py takes them)",
+        default=[
+            "unet:batch:0.99",
+            "vgg16_unet:batch:0.99:hed-bsds500",
+            "resnet50_unet:batch:0.99",
+        ],
+        help="cxr: model:norm:momentum[:weights] jobs (as run_cxr_reference.py takes them)",
     )
     gp.add_argument("--steps", type=int, default=200, help="bench: timed steps per variant")
     gp.add_argument("--fp16", action="store_true", help="float16 copies of the weights")
     gp.add_argument(
-        "--budget", type=int, default=520, help="seconds the jobs may take there (then collect)"
+        "--budget", type=int, default=480, help="seconds the jobs may take there (at most 480)"
     )
     gp.set_defaults(func=_cmd_gpu_pack)
 

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,9 +45,12 @@ LIMIT_MIB = 64.0  # what travels to the GPU machine in one call
 PIECE_MIB = 15  # files come back in pieces of at most 16 MB
 PACK_DIR = PROJECT_ROOT / ".gpu"
 WHEEL_CACHE = PROJECT_ROOT / "data" / "gpu_wheels"
+FP16_DIR = PROJECT_ROOT / "data" / "weights_fp16"  # fp16 copies that travelled, kept here
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")  # fmt: skip
 TARGET_PYTHON = "3.12"  # the GPU machine's python3
+CP_TAG = "cp" + TARGET_PYTHON.replace(".", "")
+MAX_BUDGET_S = 480  # the jobs' share of one device call (600 s): install, checks and collect after
 PYTHON_ON_DEVICE = '"$PY"'
 DEVICE_SLOT = "'<the GPU, as environment.json names it>'"  # filled in by verify() there
 
@@ -63,6 +67,8 @@ class Plan:
     jobs: list[str] = field(default_factory=list)  # shell lines, run in order within the budget
     export: str = ""  # the command that writes the chapter's JSON here afterwards
     encoder_only: bool = True  # pack only the smp encoder's file of each weights entry
+    study: str = ""  # the study whose stored runs go along (so that they are not run again)
+    keep_run: Callable[[dict], bool] | None = None  # which of them: config.json -> bool
 
 
 def _hc18_plan(args) -> Plan:
@@ -88,7 +94,21 @@ def _hc18_plan(args) -> Plan:
         f"{args.warmup_epochs} --seeds {' '.join(map(str, args.seeds))} --strategies "
         f"{' '.join(args.strategies)}"
     )
+    also_input = getattr(args, "also_input", [])
+    if also_input:
+        also = getattr(args, "also_strategies", ["decoder"])
+        run_args += f" --also-input {' '.join(also_input)} --also-strategies {' '.join(also)}"
+        strategies = [*strategies, *(s for s in also if s not in strategies)]
     script = "book/reference_runs/run_hc18_reference.py"
+
+    def keep(config: dict) -> bool:
+        q = config.get("params", {})
+        return (q.get("data_source"), q.get("image_size"), q.get("epochs")) == (
+            "hc18",
+            args.image_size,
+            args.epochs,
+        ) and q.get("strategy") in strategies
+
     return Plan(
         name="hc18",
         description=f"study 4 (HC18) on the real images: {run_args}",
@@ -100,26 +120,38 @@ def _hc18_plan(args) -> Plan:
             f'--out "$OUT/{hs.REFERENCE_RUNS.name}"'
         ],
         export=f"{script} {run_args} --device {DEVICE_SLOT}",
+        study=hs.STUDY,
+        keep_run=keep,
     )
 
 
 def _cxr_plan(args) -> Plan:
     from lus_common.data.shenzhen import load_shenzhen
+    from lus_common.models.wheels import SOURCES
     from lus_common.studies import s3_cxr_overfitting as cs
 
     p = cs.study_params("paper")
     seeds = " ".join(map(str, args.seeds))
-    run_args = f"--jobs {' '.join(args.jobs)} --seeds {seeds} --encoder-weights hed-bsds500"
+    run_args = f"--jobs {' '.join(args.jobs)} --seeds {seeds}"
     script = "book/reference_runs/run_cxr_reference.py"
+    # the weights the jobs name (model:norm:momentum:weights) that `lus weights import` makes
+    weights = sorted({j.split(":")[3] for j in args.jobs if j.count(":") == 3} & set(SOURCES))
+
+    def keep(config: dict) -> bool:
+        q = config.get("params", {})
+        return (q.get("data_source"), q.get("image_size")) == ("shenzhen", p["image_size"])
+
     return Plan(
         name="cxr",
         description=f"study 3 (Shenzhen chest X-rays), Keras on torch: {run_args}",
         wheels=("keras", "namex", "optree"),
         datasets=[("shenzhen_cxr", load_shenzhen, {"image_size": p["image_size"], "limit": None})],
-        weights=("hed-bsds500",),
+        weights=tuple(weights),
         encoder_only=False,  # Keras' VGG16 reads the head file too
         jobs=[f'{PYTHON_ON_DEVICE} {script} {run_args} --device "$GPU" --no-export'],
         export=f"{script} {run_args} --device {DEVICE_SLOT}",
+        study=cs.STUDY,
+        keep_run=keep,
     )
 
 
@@ -159,6 +191,16 @@ def _mib(n: int) -> float:
     return n / 2**20
 
 
+def _fits_target(wheel: str) -> bool:
+    """Whether a wheel's file name (name-version[-build]-python-abi-platform.whl) installs on the
+    GPU machine: pure Python 3, or CPython 3.12 on x86-64 Linux."""
+    python, _abi, platform = wheel.removesuffix(".whl").split("-")[-3:]
+    tags = python.split(".")
+    if platform == "any":
+        return "py3" in tags or CP_TAG in tags
+    return CP_TAG in tags and "x86_64" in platform and "linux" in platform
+
+
 def fetch_wheels(names, cache: Path = WHEEL_CACHE) -> list[Path]:
     """Wheels of ``names`` at the versions installed here, for the GPU machine's Python (3.12,
     x86-64), from the cache or the package registry.
@@ -172,39 +214,47 @@ def fetch_wheels(names, cache: Path = WHEEL_CACHE) -> list[Path]:
     out = []
     for name in names:
         try:
-            spec = f"{name}=={version(name)}"
+            ver = version(name)
         except PackageNotFoundError:
             raise RuntimeError(f"{name} is not installed here: `make install` first.") from None
-        stem = spec.split("==")[0].replace("-", "_").lower()
-        ver = spec.split("==")[1]
-        cached = [w for w in cache.glob("*.whl") if w.name.lower().startswith(f"{stem}-{ver}-")]
-        if not cached:
+        prefix = f"{name.replace('-', '_').lower()}-{ver}-"
+
+        def matching(prefix: str = prefix) -> list[Path]:
+            wheels = cache.glob("*.whl")
+            return sorted(w for w in wheels if w.name.lower().startswith(prefix)
+                          and _fits_target(w.name))  # fmt: skip
+
+        if not matching():
             cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                    "--only-binary=:all:", "--python-version", TARGET_PYTHON, "--implementation",
                    "cp", *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(cache),
-                   spec]  # fmt: skip
+                   f"{name}=={ver}"]  # fmt: skip
             done = subprocess.run(cmd, capture_output=True, text=True)
-            cached = [w for w in cache.glob("*.whl") if w.name.lower().startswith(f"{stem}-{ver}-")]
-            if done.returncode != 0 or not cached:
+            if done.returncode != 0 or not matching():
                 raise RuntimeError(
-                    f"could not download the wheel of {spec} for Python {TARGET_PYTHON} "
+                    f"could not download the wheel of {name}=={ver} for Python {TARGET_PYTHON} "
                     f"(x86-64) into {cache}: {done.stderr.strip()[-400:]} -- the package "
                     "registry must be reachable, or put the wheel there by hand."
                 )
-        out.append(sorted(cached)[-1])
+        out.append(matching()[-1])
     return out
 
 
 def travelling_tree_bytes(root: Path = PROJECT_ROOT) -> int:
     """Bytes of what travels besides the carried pack: tracked files and untracked files that git
-    does not ignore."""
-    listed = subprocess.run(
+    does not ignore.
+
+    Raises:
+        RuntimeError: ``root`` is not a git checkout (the device tool sends a checkout).
+    """
+    done = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=root,
         capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    paths = [root / p.decode() for p in listed if p]
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{root} is not a git checkout: {done.stderr.decode().strip()}")
+    paths = [root / p.decode() for p in done.stdout.split(b"\0") if p]
     return sum(p.stat().st_size for p in paths if p.is_file())
 
 
@@ -212,6 +262,8 @@ RUN_SH = """#!/usr/bin/env bash
 # {header}
 # On the GPU machine, from the project's root: bash .gpu/run.sh   ($OUT: where results go)
 set -uo pipefail
+start=$SECONDS
+budget={budget}
 PACK="$(cd "$(dirname "$0")" && pwd)"
 ROOT="${{LUS_PROJECT_ROOT:-$(cd "$PACK/.." && pwd)}}"
 cd "$ROOT"
@@ -224,27 +276,62 @@ SITE="${{LUS_SITE:-/tmp/lus_site}}"
 export PYTHONPATH="$SITE:$ROOT${{PYTHONPATH:+:$PYTHONPATH}}"
 export LUS_PACKED_DIR="$PACK/data" LUS_WEIGHTS_DIR="$PACK/weights"
 export LUS_RESULTS_DIR="${{LUS_RESULTS_DIR:-/tmp/lus_results}}"
+mkdir -p "$LUS_RESULTS_DIR"
+cp -r "$PACK"/runs/. "$LUS_RESULTS_DIR"/  # runs made before: reused, not run again
 "$PY" -m lus_common.app.gpu_pack verify "$PACK" "$OUT/environment.json" || exit 1
 GPU="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["device"])' \\
     "$OUT/environment.json")"
 export GPU OUT PY
-budget={budget}
-start=$SECONDS
 {jobs}
 "$PY" -m lus_common.app.gpu_pack collect "$LUS_RESULTS_DIR" "$OUT"
 """
 
+# SIGTERM, not SIGINT: a job started without job control ignores SIGINT. A run cut off leaves a
+# hidden temporary folder, which collect leaves behind.
 JOB_SH = """left=$((budget - (SECONDS - start)))
 if [ "$left" -gt 30 ]; then
-    echo "== job {i}: {short} ($left s left)" | tee -a "$OUT/log.txt"
-    timeout --signal=INT --kill-after=30 "$left" bash -c {cmd} 2>&1 | tee -a "$OUT/log.txt"
+    echo "== job {i} ($left s left):" {short} | tee -a "$OUT/log.txt"
+    timeout --signal=TERM --kill-after=10 "$left" bash -c {cmd} 2>&1 | tee -a "$OUT/log.txt"
     echo "== job {i} exit ${{PIPESTATUS[0]}} after $((SECONDS - start)) s" | tee -a "$OUT/log.txt"
 else
     echo "== job {i} skipped: out of time" | tee -a "$OUT/log.txt"
 fi"""
 
 
-def pack(plan: Plan, out: Path = PACK_DIR, fp16: bool = False, budget_s: int = 520,
+def _stored_runs(plan: Plan) -> list[Path]:
+    """The complete run folders of ``plan.study`` in the results store that ``plan.keep_run``
+    keeps: they travel (their required files only), so the machine reuses them."""
+    from lus_common.store.results import is_complete
+
+    if not plan.study or plan.keep_run is None:
+        return []
+    folders = sorted((results_dir() / plan.study).glob("[!.]*/config.json"))
+    return [
+        f.parent
+        for f in folders
+        if is_complete(f.parent) and plan.keep_run(json.loads(f.read_text()))
+    ]
+
+
+def _pack_weights(plan: Plan, folder: Path, fp16: bool) -> None:
+    from lus_common.models import wheels as weight_wheels
+
+    for name in plan.weights:
+        if not fp16:
+            for f in weight_wheels.imported_files(name, encoder_only=plan.encoder_only):
+                shutil.copy2(f, folder / f.name)
+            continue
+        # half-precision copies, kept in data/weights_fp16 so that the runs made with them can
+        # be read back here (their keys name the copies' own hash)
+        written = weight_wheels.export_fp16(FP16_DIR, [name])
+        files = [p for p in written if p.suffix == ".safetensors"]
+        keep = files[:1] if plan.encoder_only else files
+        for target in keep:
+            for f in (target, target.with_suffix(".json")):
+                shutil.copy2(f, folder / f.name)
+
+
+def pack(plan: Plan, out: Path = PACK_DIR, fp16: bool = False, budget_s: int = MAX_BUDGET_S,
          limit_mib: float = LIMIT_MIB, command: str = "") -> dict:  # fmt: skip
     """Write the pack of ``plan`` into ``out`` (replacing an earlier pack there).
 
@@ -252,39 +339,51 @@ def pack(plan: Plan, out: Path = PACK_DIR, fp16: bool = False, budget_s: int = 5
         The manifest (also written as ``manifest.json``).
 
     Raises:
-        ValueError: ``out`` holds something that is not a pack, or the pack and the project's
-            tree would not fit the machine's 64 MiB (the message gives the sizes).
+        ValueError: ``out`` holds something that is not a pack, its parent folder is missing, the
+            budget exceeds :data:`MAX_BUDGET_S`, a packed set does not read back as it was
+            loaded, or the pack and the project's tree would not fit the machine's 64 MiB (the
+            message gives the sizes).
     """
-    from lus_common.data.packed import pack_name, save_set
-    from lus_common.models import wheels as weight_wheels
+    from lus_common.data.packed import load_set, pack_name, save_set
+    from lus_common.store.results import REQUIRED
 
-    out = Path(out)
+    out = Path(out).resolve()
+    if not 0 < budget_s <= MAX_BUDGET_S:
+        raise ValueError(
+            f"--budget {budget_s}: at most {MAX_BUDGET_S} s, so that installing, checking and "
+            "collecting the results fit in the device call's 600 s."
+        )
+    if not out.parent.is_dir():
+        raise ValueError(f"{out.parent} does not exist: the pack goes into the project's root.")
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
         raise ValueError(f"{out} is not empty and holds no manifest.json: not overwriting it.")
     tree = travelling_tree_bytes()
     tmp = Path(tempfile.mkdtemp(prefix=".gpu-pack.", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        (tmp / "wheels").mkdir()
+        for part in ("wheels", "data", "weights", "runs"):
+            (tmp / part).mkdir()
         for wheel in fetch_wheels(plan.wheels):
             shutil.copy2(wheel, tmp / "wheels" / wheel.name)
-        (tmp / "data").mkdir()
         env = os.environ.pop("LUS_PACKED_DIR", None)  # pack from the files, never from a pack
         try:
             for dataset, loader, kwargs in plan.datasets:
-                save_set(loader(**kwargs), tmp / "data" / pack_name(dataset, **kwargs))
+                data = loader(**kwargs)
+                path = save_set(data, tmp / "data" / pack_name(dataset, **kwargs))
+                if load_set(path).fingerprint() != data.fingerprint():
+                    raise ValueError(f"{path.name} does not read back as it was loaded.")
         finally:
             if env is not None:
                 os.environ["LUS_PACKED_DIR"] = env
-        (tmp / "weights").mkdir()
-        for name in plan.weights:
-            if fp16:
-                weight_wheels.export_fp16(tmp / "weights", [name])
-            else:
-                for f in weight_wheels.imported_files(name, encoder_only=plan.encoder_only):
-                    shutil.copy2(f, tmp / "weights" / f.name)
+        _pack_weights(plan, tmp / "weights", fp16)
+        stored = _stored_runs(plan)
+        for run in stored:
+            target = tmp / "runs" / run.relative_to(results_dir())
+            target.mkdir(parents=True)
+            for name in REQUIRED:
+                shutil.copy2(run / name, target / name)
         jobs = "\n".join(
-            JOB_SH.format(i=i + 1, short=job[:90].replace('"', "'"), cmd=shlex.quote(job))
+            JOB_SH.format(i=i + 1, short=shlex.quote(job[:90]), cmd=shlex.quote(job))
             for i, job in enumerate(plan.jobs)
         )
         header = f"lus gpu-pack {plan.name}: {plan.description}"
@@ -296,21 +395,31 @@ def pack(plan: Plan, out: Path = PACK_DIR, fp16: bool = False, budget_s: int = 5
             for p in sorted(tmp.rglob("*"))
             if p.is_file()
         }
-        pack_bytes = sum(f["bytes"] for f in files.values())
+        pack_bytes = sum(f["bytes"] for f in files.values()) + 2 * len(json.dumps(files))
         parts = {
             part: _mib(sum(f["bytes"] for n, f in files.items() if n.startswith(part + "/")))
-            for part in ("wheels", "data", "weights")
+            for part in ("wheels", "data", "weights", "runs")
         }
         total = _mib(pack_bytes + tree)
         if total > limit_mib:
             raise ValueError(
                 f"the pack ({_mib(pack_bytes):.1f} MiB: "
                 + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
-                + f") and the project's tree "
-                f"({_mib(tree):.1f} MiB) make {total:.1f} MiB, over the {limit_mib:g} MiB that "
-                "travel to the GPU machine: pack fewer runs' weights (fewer strategies or jobs), "
-                "or --fp16 for the weights."
+                + f") and the project's tree ({_mib(tree):.1f} MiB) make {total:.1f} MiB, over "
+                f"the {limit_mib:g} MiB that travel to the GPU machine: run fewer strategies or "
+                "jobs (fewer weights), a smaller --image-size (less data)"
+                + ("" if fp16 else ", or --fp16 for the weights")
+                + "."
             )
+        inside = out.parent == PROJECT_ROOT
+        afterwards = ["lus gpu-unpack <the folder the files came back to>"]
+        if plan.datasets:
+            weights_env = f"LUS_WEIGHTS_DIR={FP16_DIR.relative_to(PROJECT_ROOT)} " if fp16 else ""
+            afterwards.append(
+                f"LUS_REUSE_ONLY=1 LUS_DATA_DIR=../shared/data {weights_env}python {plan.export}"
+            )
+        else:
+            afterwards.append(plan.export)
         manifest = {
             "plan": plan.name,
             "description": plan.description,
@@ -319,23 +428,21 @@ def pack(plan: Plan, out: Path = PACK_DIR, fp16: bool = False, budget_s: int = 5
             "commit": _git_commit(),
             "budget_s": budget_s,
             "weights": {"names": list(plan.weights), "fp16": fp16},
+            "stored_runs": len(stored),
             "mib": {
                 "pack": round(_mib(pack_bytes), 2),
+                **{k: round(v, 2) for k, v in parts.items()},
                 "tree": round(_mib(tree), 2),
                 "total": round(total, 2),
-            },  # fmt: skip
-            "device_call": {
-                "command": f"bash {out.name}/run.sh",
-                "carry": [out.name],
-                "timeout_s": min(600, budget_s + 75),
             },
-            "afterwards": [
-                "lus gpu-unpack <the folder the files came back to>",
-                f"LUS_REUSE_ONLY=1 LUS_DATA_DIR=../shared/data "
-                f"LUS_WEIGHTS_DIR={out.name}/weights python {plan.export}"
-                if plan.datasets
-                else plan.export,
-            ],
+            "device_call": {
+                "command": f"bash {out.name}/run.sh"
+                if inside
+                else f"bash {out}/run.sh (the pack must lie in the project's root to travel)",
+                "carry": [out.name],
+                "timeout_s": min(600, budget_s + 90),
+            },
+            "afterwards": afterwards,
             "jobs": plan.jobs,
             "files": files,
         }
@@ -395,19 +502,51 @@ def verify(pack_dir: Path, environment: Path | None = None) -> dict:
     return env
 
 
+MAX_FILES_BACK, MAX_MIB_BACK = 8, 60.0  # what may come back from one call (64 MiB, some spare)
+INDEX = "runs.index.json"
+
+
+def _archive(runs: list[Path], results: Path, path: Path, keep) -> int:
+    def kept(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return member if member.isdir() or keep(Path(member.name).name) else None
+
+    with tarfile.open(path, "w:gz") as tar:
+        for run in runs:
+            tar.add(run, arcname=str(run.relative_to(results)), filter=kept)
+    return path.stat().st_size
+
+
 def collect(results: Path, out: Path, piece_mib: int = PIECE_MIB) -> list[Path]:
     """The complete run folders under ``results`` as ``runs.tar.gz`` in pieces of at most
-    ``piece_mib`` MiB (``runs.tar.gz.000`` ...), without stored model weights."""
-    from lus_common.store.results import MODEL_FILE, is_complete
+    ``piece_mib`` MiB (``runs.tar.gz.000`` ...) with an index of them (``runs.index.json``:
+    sizes and SHA-256), within what comes back from a call beside the other files in ``out`` (8
+    files, 64 MiB). Stored model weights never go; predictions go where they fit, else only the
+    tables (the index says so). Hidden folders (runs cut off while written) stay behind."""
+    from lus_common.store.results import MODEL_FILE, REQUIRED, is_complete
 
     results, out = Path(results), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = sorted(p.parent for p in results.glob("*/*/config.json") if is_complete(p.parent))
+    others = [p for p in out.iterdir() if p.is_file() and not p.name.startswith("runs.")]
+    n_pieces = MAX_FILES_BACK - len(others) - 1
+    room = MAX_MIB_BACK * 2**20 - sum(p.stat().st_size for p in others)
+    runs = sorted(p.parent for p in results.glob("[!.]*/[!.]*/config.json")
+                  if is_complete(p.parent))  # fmt: skip
     archive = out / "runs.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for run in runs:
-            tar.add(run, arcname=str(run.relative_to(results)),
-                    filter=lambda t: None if t.name.endswith(MODEL_FILE) else t)  # fmt: skip
+    levels = [
+        ("everything but model weights", lambda name: name != MODEL_FILE),
+        ("tables only", lambda name: name.endswith((".csv", ".json"))),
+        ("required files only", lambda name: name in REQUIRED),
+    ]
+    for level, keep in levels:
+        size = _archive(runs, results, archive, keep)
+        what = level
+        if size <= min(room, n_pieces * piece_mib * 2**20):
+            break
+    else:
+        archive.unlink()
+        raise RuntimeError(
+            f"{len(runs)} run folders do not fit in what comes back ({size / 2**20:.1f} MiB)."
+        )
     pieces = []
     with open(archive, "rb") as f:
         for i, block in enumerate(iter(lambda: f.read(piece_mib * 2**20), b"")):
@@ -415,46 +554,72 @@ def collect(results: Path, out: Path, piece_mib: int = PIECE_MIB) -> list[Path]:
             piece.write_bytes(block)
             pieces.append(piece)
     archive.unlink()
-    print(f"collected {len(runs)} run folders in {len(pieces)} piece(s) into {out}", flush=True)
+    index = {
+        "runs": len(runs),
+        "contents": what,
+        "pieces": [
+            {"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in pieces
+        ],  # fmt: skip
+    }
+    (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    print(f"collected {len(runs)} run folders ({what}) in {len(pieces)} piece(s) into {out}",
+          flush=True)  # fmt: skip
     return pieces
 
 
-def unpack(folder: Path, results: Path | None = None) -> list[Path]:
-    """Put the run folders that came back (``runs.tar.gz.000`` ...) into the results store; a
-    complete run folder already there is kept.
+def unpack(folder: Path, results: Path | None = None) -> dict[str, list[Path]]:
+    """Put the run folders that came back (``runs.tar.gz.000`` ... and ``runs.index.json``) into
+    the results store; a complete run folder already there is kept.
 
     Returns:
-        The run folders added.
+        ``{"added": [...], "kept": [...]}``: the run folders added, and those already there.
 
     Raises:
-        FileNotFoundError: no pieces in ``folder``.
+        FileNotFoundError: no index or no pieces in ``folder``.
+        ValueError: a piece is missing or damaged (the index names it), or the archive cannot be
+            read.
     """
     from lus_common.store.results import is_complete
 
     folder = Path(folder)
     results = Path(results) if results is not None else results_dir()
-    pieces = sorted(folder.glob("runs.tar.gz.[0-9][0-9][0-9]"))
-    if not pieces:
-        raise FileNotFoundError(f"no runs.tar.gz.000 in {folder}: is it the run's files folder?")
-    added = []
-    with tempfile.TemporaryDirectory(dir=results.parent if results.parent.exists() else None) as t:
+    if not (folder / INDEX).is_file():
+        raise FileNotFoundError(f"no {INDEX} in {folder}: is it where the run's files came to?")
+    index = json.loads((folder / INDEX).read_text())
+    for piece in index["pieces"]:
+        path = folder / piece["name"]
+        if not path.is_file() or sha256_of(path) != piece["sha256"]:
+            raise ValueError(
+                f"{path} is missing or damaged (the index gives {piece['bytes']} bytes): fetch "
+                "the run's files again."
+            )
+    out: dict[str, list[Path]] = {"added": [], "kept": []}
+    results.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=results) as t:
         joined = Path(t) / "runs.tar.gz"
         with open(joined, "wb") as f:
-            for piece in pieces:
-                f.write(piece.read_bytes())
+            for piece in index["pieces"]:
+                f.write((folder / piece["name"]).read_bytes())
         staging = Path(t) / "runs"
-        with tarfile.open(joined) as tar:
-            tar.extractall(staging, filter="data")
+        try:
+            with tarfile.open(joined) as tar:
+                tar.extractall(staging, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise ValueError(f"the run folders in {folder} cannot be read: {err}") from None
         for config in sorted(staging.glob("*/*/config.json")):
             run = config.parent
             target = results / run.relative_to(staging)
-            if is_complete(run) and not is_complete(target):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if target.exists():
-                    shutil.rmtree(target)
-                shutil.move(str(run), str(target))
-                added.append(target)
-    return added
+            if not is_complete(run):
+                continue
+            if is_complete(target):
+                out["kept"].append(target)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(run), str(target))
+            out["added"].append(target)
+    return out
 
 
 def main(argv=None) -> int:

@@ -85,10 +85,11 @@ def cached_run(
         stored = results.reusable_run(folder, key["weights"])
         if stored is not None:
             return stored
-        if os.environ.get(REUSE_ONLY):
+        if os.environ.get(REUSE_ONLY, "") not in ("", "0"):
             raise RuntimeError(
-                f"{folder} is not in the results store and {REUSE_ONLY} is set, so it is not "
-                "trained here: bring its run folder (`lus gpu-unpack`), or unset the variable."
+                f"{folder} (weights {key['weights']}) is not in the results store and "
+                f"{REUSE_ONLY} is set, so it is not trained here: bring its run folder "
+                "(`lus gpu-unpack`), or unset the variable."
             )
         results.save_run(folder, **fit(model, weights, key))
     finally:
