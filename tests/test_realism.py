@@ -36,7 +36,7 @@ def test_v1_is_the_first_generator_bit_for_bit():
 
 def test_calibrated_is_the_default_and_a_new_version():
     d = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5)
-    assert d.info["appearance"] == "calibrated" and d.info["version"] == 8
+    assert d.info["appearance"] == "calibrated" and d.info["version"] == 9
     v1 = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5,
                                  appearance="v1")  # fmt: skip
     assert d.fingerprint() != v1.fingerprint()  # stored runs of the old images are not reused
@@ -415,7 +415,7 @@ def test_phantom_check_labels_all_keeps_every_rib(real_pleura_rib, tmp_path, cap
     assert "annotators label" in realism.check_caption(
         dict(doc, params={**doc["params"], "labels": "central"})
     )
-    assert json.loads(capsys.readouterr().out)["calibrated"]["version"] == 8
+    assert json.loads(capsys.readouterr().out)["calibrated"]["version"] == 9
 
 
 def test_other_real_source_is_skipped_and_said_so_without_pocus(empty_data_dir):
@@ -467,7 +467,7 @@ def test_start_values_are_searched_parameters_in_their_ranges():
     """``--start NAME VALUE``: a number inside the parameter's search range, else a clear error."""
     assert calibration.start_values([("fat_gain", "0.5"), ("gain_db", "-3")]) == {
         "fat_gain": 0.5, "gain_db": -3.0}  # fmt: skip
-    with pytest.raises(ValueError, match="not a searched parameter; one of: wall_specular_floor"):
+    with pytest.raises(ValueError, match="not a searched parameter; one of: gel_mm, skin_gain"):
         calibration.start_values([("fat_gian", "0.5")])
     with pytest.raises(ValueError, match="'half': not a number"):
         calibration.start_values([("fat_gain", "half")])
@@ -938,3 +938,45 @@ def test_a_flat_pleura_stays_put_while_the_lung_slides(monkeypatch):
     monkeypatch.setattr(lung, "_video_world", lambda *a, **k: {**world(*a, **k),
                                                                 "plane_offset": None})  # fmt: skip
     assert bob(lung_ultrasound_phantom(40, **kw)) >= 3
+
+
+def test_entry_rise_measures_the_line_beneath_the_top_edge():
+    """A frame whose first row is 0.2 grey, its second 0.6 (the skin's entry line) and the rest
+    0.3: the entry line's brightest row over the first is 3; a frame brightest at its top edge
+    gives 1."""
+    n, h, w = 2, 128, 96
+    frames = np.full((n, h, w), 0.3, np.float32)
+    frames[:, 0], frames[:, 1] = 0.2, 0.6
+    t, _ = realism.frame_statistics(frames, ["v"] * n)
+    assert t["entry_rise"].to_numpy() == pytest.approx([3.0, 3.0])
+    frames[:, 0] = 0.9
+    t, _ = realism.frame_statistics(frames, ["v"] * n)
+    assert t["entry_rise"].to_numpy() == pytest.approx([1.0, 1.0])
+    cols, top = realism.entry_lines(np.ones((h, w), bool))
+    assert (cols[0], cols[-1], top.max()) == (24, 71, 0)  # the middle half of the columns
+
+
+def test_the_gel_is_dark_above_a_brighter_skin_and_draws_nothing():
+    """The coupling gel gives no echo down to gel_mm, the skin beneath it is skin_gain times as
+    bright, and neither draws a random number: the labels stay those of the video without them."""
+    from lus_common.phantoms.lung import _chest_wall
+
+    z = ((np.arange(300) + 0.5) * 0.1)[:, None].astype(np.float32)
+    a = replace(V1, gel_mm=0.8, skin_gain=4.0)
+    rng, side = np.random.default_rng(0), np.random.default_rng(1)
+    state = rng.bit_generator.state
+    gel = _chest_wall(z, 50, 25.0, rng, a, 0.1, 0.1, side)
+    after = rng.bit_generator.state
+    rng.bit_generator.state = state
+    plain = _chest_wall(z, 50, 25.0, rng, V1, 0.1, 0.1, side)
+    assert rng.bit_generator.state == after
+    assert (gel[z[:, 0] < 0.8] == 0).all()
+    skin = (z[:, 0] > 0.8) & (z[:, 0] < 1.8)  # the skin is 1-2 mm thick beneath the gel
+    np.testing.assert_allclose(gel[skin], 4.0 * plain[z[:, 0] < 1.0][0, 0])
+    on = replace(APPEARANCES["calibrated"], gel_mm=1.2, skin_gain=6.0)
+    off = replace(APPEARANCES["calibrated"], gel_mm=0.0, skin_gain=1.0)
+    d_on, d_off = (lung_ultrasound_phantom(4, frames_per_video=2, image_size=64, probe="convex",
+                                           seed=3, appearance=x) for x in (on, off))  # fmt: skip
+    for name in ("pleura", "ribs", "rib_shadow", "alines"):
+        np.testing.assert_array_equal(d_on.layers[name], d_off.layers[name])
+    assert not np.array_equal(d_on.images, d_off.images)

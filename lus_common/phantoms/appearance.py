@@ -25,8 +25,10 @@ Two generators are kept, so that one run can compare them (``lus phantom-check``
   anisotropic (its echo dims where the beam meets the plane obliquely, so that the wall, like
   the lung, is brightest beneath the fan's middle); since version 8 ribs whose width and gaps
   are laid out along the pleura, at their depth, rather than on the arc of the probe's face
-  (where they spanned 1.3-1.7 times their angle). Each is fitted; some end near zero (the record
-  says which values it found).
+  (where they spanned 1.3-1.7 times their angle); since version 9 the coupling gel and the
+  probe's lens, which give no echo, above a brighter skin: the skin's entry line beneath a dark
+  band at the sector's top edge, as real frames show it. Each is fitted; some end near zero (the
+  record says which values it found).
 
 A range ``(lo, hi)`` is drawn uniformly per video; a number is fixed.
 """
@@ -47,8 +49,9 @@ CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 # pleural line; 6: the flat, specular pleura under a convex probe, fitted with the lung's
 # brightness beneath the fan's middle; 7: the chest wall's layers bent to that plane and its
 # muscle anisotropic, fitted with the wall's brightness across the fan and near the skin; 8: the
-# ribs laid out along the pleura at their depth, and a refit).
-CALIBRATED_VERSION = 8
+# ribs laid out along the pleura at their depth, and a refit; 9: the coupling gel and the lens
+# above the skin's entry line, fitted with the brightness beneath the sector's top edge).
+CALIBRATED_VERSION = 9
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class Appearance:
     pit_fill: float = 0.0  # share of the way up to the local mean where darker (dark speckle)
     edge_falloff_db: float = 0.0  # convex: weaker scan lines at the fan's edges (dB at the edge)
     # Tissue.
+    gel_mm: float = 0.0  # anechoic coupling gel and lens between the probe's face and the skin
+    skin_gain: float = 1.0  # the skin's echogenicity (its entry line beneath the gel), x this
     wall_gain: float = 1.0  # echogenicity of skin, fat, septa, fascia and muscle, x this
     fat_gain: float = 1.0  # and the subcutaneous fat's, x this as well (hypoechoic or grey)
     texture: float = 0.0  # std of the log echogenicity of chest-wall texture (muscle fibres, fat)

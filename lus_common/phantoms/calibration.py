@@ -70,6 +70,9 @@ class Range:
 
 SEARCH = {
     # searched first (Powell's method takes the directions in this order): the newest parameters
+    # the probe's face: the coupling gel and lens above the skin (mm), and the skin's entry line
+    "gel_mm": Range(0.0, 2.0),
+    "skin_gain": Range(0.3, 10.0, log=True),
     # the chest wall's anisotropy: what it keeps where met obliquely (first: at the first
     # generator's 1 the lobe's width does nothing) and the lobe's width (degrees)
     "wall_specular_floor": Range(0.01, 1.0, log=True),

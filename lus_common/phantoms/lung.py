@@ -249,7 +249,7 @@ def _chest_wall(
     wall_flatness * offset)``: a layer a share t of the way from the skin to the pleura lies t
     of the extra depth deeper, so the skin (its thickness kept) follows the probe's face and
     the deep layers the pleura's plane (the texture and fibres' noise fields are not warped)."""
-    skin = rng.uniform(1.0, 2.0)
+    skin = rng.uniform(1.0, 2.0) + np.float32(a.gel_mm)  # the gel's depth, then the skin's
     if offset is not None and a.wall_flatness > 0:
         stretch = (chest_wall_mm - skin) / (
             chest_wall_mm - skin + np.float32(a.wall_flatness) * offset[None, :]
@@ -261,7 +261,9 @@ def _chest_wall(
         + 0.6 * _smooth_noise(cols, 40, rng)[None, :]
     )
     echo = np.full((len(z), cols), _ECHO["muscle"], np.float32)
-    echo[np.broadcast_to(z < skin, echo.shape)] = _ECHO["skin"]
+    echo[np.broadcast_to(z < skin, echo.shape)] = _ECHO["skin"] * np.float32(a.skin_gain)
+    if a.gel_mm > 0:  # no echo from the gel: the skin's entry line lies beneath a dark band
+        echo[np.broadcast_to(z < a.gel_mm, echo.shape)] = 0.0
     in_fat = (z >= skin) & (z < fat)
     echo[in_fat] = _ECHO["fat"] * np.float32(a.fat_gain)
     for _ in range(int(rng.integers(1, 4))):  # thin connective-tissue septa in the fat

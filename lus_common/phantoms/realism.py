@@ -139,6 +139,34 @@ def _wall_statistics(image: np.ndarray, inside: np.ndarray, rows: np.ndarray, u:
     return out
 
 
+ENTRY_DEPTH = 0.04  # of the frame's height beneath the sector's top edge: the entry line's band
+
+
+def entry_lines(inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where :func:`_entry_rise` reads a sector: the middle half of the columns that hold it, and
+    each one's first row inside."""
+    cols = np.flatnonzero(inside.any(0))
+    if len(cols) < 4:
+        return cols[:0], cols[:0]
+    lo, hi = cols[0], cols[-1]
+    cols = cols[(cols >= lo + (hi - lo) / 4) & (cols <= hi - (hi - lo) / 4)]
+    return cols, inside[:, cols].argmax(0)
+
+
+def _entry_rise(image: np.ndarray, cols: np.ndarray, top: np.ndarray) -> float:
+    """The probe's face and the skin's entry line: the mean grey of each pixel row beneath the
+    sector's top edge (:func:`entry_lines`, down to :data:`ENTRY_DEPTH` of the height, at least
+    3 rows); its brightest row over its first. Above 1 where the coupling gel and the lens lie
+    dark above the skin's bright entry line; 1 where the frame is brightest at its top edge. NaN
+    without columns, or a first row darker than 0.01."""
+    h = image.shape[0]
+    rows = top[None, :] + np.arange(max(3, round(ENTRY_DEPTH * h)))[:, None]
+    if not len(cols) or rows.max() >= h:
+        return np.nan
+    profile = image[rows, cols[None, :]].mean(1)
+    return float(profile.max() / profile[0]) if profile[0] > 0.01 else np.nan
+
+
 def _autocorrelation_widths(patch: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
     """Full width at half maximum (pixels) of the normalised autocorrelation of a zero-mean
     ``patch`` where ``weight`` is 1, along rows (axial) and columns (lateral)."""
@@ -285,7 +313,9 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         show),
         ``wall_fine_cv`` and ``wall_skew`` (that fine texture in the chest wall: its standard
         deviation over the mean grey, and its skewness, positive where bright fibres and fascia
-        lie on a darker ground), ``pleura_cv`` and ``pleura_contrast``
+        lie on a darker ground), ``entry_rise`` (:func:`_entry_rise`: the skin's entry line
+        beneath the dark gel and lens at the sector's top edge), ``pleura_cv`` and
+        ``pleura_contrast``
         (:func:`_pleura_statistics`); and
         ``arrays`` with
         ``histogram`` (N, :data:`HIST_BINS`) and ``depth_profile`` (N, :data:`DEPTH_BINS`).
@@ -309,12 +339,13 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         }
         in_lung = lung["mid"] | lung["deep"]
         across = (centre_line_depth(ins), across_fan(ins))
-        sector[g] = (frac, region.astype(np.float32), core, lung, in_lung, across)
+        sector[g] = (frac, region.astype(np.float32), core, lung, in_lung, across,
+                     entry_lines(ins))  # fmt: skip
     rows, hists, profiles = [], [], []
     edges = np.linspace(0, 1, HIST_BINS + 1)
     for k in range(n):
         img, ins = images[k], inside[k]
-        frac, region, core, lung, in_lung, across = sector[groups[k]]
+        frac, region, core, lung, in_lung, across, entry = sector[groups[k]]
         v = img[ins]
         hist = np.histogram(v, edges)[0].astype(float)
         hists.append(hist / max(hist.sum(), 1))
@@ -382,6 +413,7 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
                 **fine_cv,
                 "wall_fine_cv": _fine_cv(fine, img, wall_in),
                 "wall_skew": _fine_skew(fine, wall_in),
+                "entry_rise": _entry_rise(img, *entry),
                 **pleura,
             }
         )
@@ -418,6 +450,7 @@ STATISTICS = {
     "pit_share": 0.002,
     "wall_fine_cv": 0.01,
     "wall_skew": 0.1,
+    "entry_rise": 0.03,
     "pleura_cv": 0.03,
     "pleura_contrast": 0.2,
 }
@@ -1219,6 +1252,7 @@ STAT_LABELS = {
     "pit_share": "lit sector: share of pixels darker than half their local mean (speckle's pits)",
     "wall_fine_cv": "chest wall: fine texture's std / mean grey",
     "wall_skew": "chest wall: skewness of the fine texture (> 0: bright fibres and specks)",
+    "entry_rise": "top edge: brightest row of the first 4 % of the depth / its first (gel, skin)",
     "pleura_cv": "brightest layer along its length: coefficient of variation of its peak grey",
     "pleura_contrast": "brightest layer's brighter half / the grey 5-15 % of the depth beneath it",
 }
