@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import shlex
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lus_common.config.paths import PROJECT_ROOT, results_dir
+from lus_common.data.downloads import sha256_of
 
 LIMIT_MIB = 64.0  # what travels to the GPU machine in one call
 PIECE_MIB = 15  # files come back in pieces of at most 16 MB
@@ -177,14 +177,6 @@ def _bench_plan(args) -> Plan:
 
 
 PLANS = {"hc18": _hc18_plan, "cxr": _cxr_plan, "bench": _bench_plan}
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _mib(n: int) -> float:
