@@ -1,3 +1,5 @@
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -156,6 +158,11 @@ def test_reference_runs_round_trip_with_the_input_range_control(tmp_path, isolat
     path = hc18_study.export_reference(
         [r["folder"] for r in runs], "caption", "cmd", "test CPU", p, tmp_path / "ref.json"
     )
+    entry = json.loads(path.read_text())["runs"][0]
+    seconds = runs[0]["history"]["seconds"]
+    assert entry["epoch_seconds"] == {"first": round(seconds.iloc[0], 3),
+                                      "median": round(seconds.median(), 3),
+                                      "total": round(seconds.sum(), 3)}  # fmt: skip
     what, ref_p, rows = hc18_study.reference_runs(path)
     assert what == "caption" and ref_p["input_norm"] == "unit" and len(rows) == 3
     main = rows[rows["input_norm"] == "unit"]

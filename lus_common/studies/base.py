@@ -212,7 +212,7 @@ def export_reference(
     extra: dict | None = None,
 ) -> Path:
     """Write the reference-run JSON a chapter shows, from stored run folders (their params,
-    weights, environment and metrics: nothing typed by hand).
+    weights, environment, metrics and seconds per epoch: nothing typed by hand).
 
     Args:
         folders: run folders (:func:`cached_run`'s ``"folder"``), or ``(folder, fields)`` pairs
@@ -239,6 +239,7 @@ def export_reference(
                 "environment": {k: c["environment"].get(k) for k in _REFERENCE_ENVIRONMENT_KEYS},
                 **{k: c[k] for k in _REFERENCE_CONFIG_KEYS if k in c},
                 "metrics": run["metrics"],
+                **_epoch_seconds(run["history"]),
                 **fields,
             }
         )
@@ -247,6 +248,18 @@ def export_reference(
         doc["study_params"] = params
     doc.update(extra or {})
     return results.write_json(path, doc)
+
+
+def _epoch_seconds(history: pd.DataFrame) -> dict:
+    """``{"epoch_seconds": {"first", "median", "total"}}`` from a run's history (its ``seconds``
+    column: the wall time of each epoch's training and evaluation; the first holds any warm-up,
+    compilation and cuDNN's search), or ``{}`` for a history without it."""
+    if "seconds" not in history or not len(history):
+        return {}
+    seconds = history["seconds"].astype(float)
+    return {"epoch_seconds": {"first": round(float(seconds.iloc[0]), 3),
+                              "median": round(float(seconds.median()), 3),
+                              "total": round(float(seconds.sum()), 3)}}  # fmt: skip
 
 
 def timed_run(run: Callable[..., dict], *args) -> tuple[dict, str]:
