@@ -593,6 +593,18 @@ def test_pleura_and_chest_wall_statistics_measure_a_known_frame():
     assert t["wall_fine_cv"].mean() > 0.05
 
 
+def _assert_same_labels_other_images(on: dict, off: dict) -> None:
+    """Calibrated convex videos with a feature switched on and off (the appearance's fields
+    ``on`` / ``off``): the same labels, other images."""
+    d_on, d_off = (lung_ultrasound_phantom(4, frames_per_video=2, image_size=64, probe="convex",
+                                           seed=3, appearance=replace(APPEARANCES["calibrated"],
+                                                                      **x))
+                   for x in (on, off))  # fmt: skip
+    for name in ("pleura", "ribs", "rib_shadow", "alines"):
+        np.testing.assert_array_equal(d_on.layers[name], d_off.layers[name])
+    assert not np.array_equal(d_on.images, d_off.images)
+
+
 def test_pleura_variation_and_wall_fibres_draw_from_their_own_streams():
     """The pleura's brightness along its length has exactly the stated log standard deviation
     (mean 1); the fibres brighten the stated share of the muscle by the stated factor. Neither
@@ -625,13 +637,9 @@ def test_pleura_variation_and_wall_fibres_draw_from_their_own_streams():
     assert set(np.round(np.unique(factor), 4)) == {1.0, 10.0}
     assert (factor[muscle] > 1).mean() == pytest.approx(0.1, rel=0.15)
     assert (factor[z[:, 0] < 1.0] > 1).sum() == 0  # not in the skin
-    on = replace(APPEARANCES["calibrated"], pleura_variation=1.0, wall_fibres=20.0)
-    off = replace(APPEARANCES["calibrated"], pleura_variation=0.0, wall_fibres=0.0)
-    d_on, d_off = (lung_ultrasound_phantom(4, frames_per_video=2, image_size=64, probe="convex",
-                                           seed=3, appearance=x) for x in (on, off))  # fmt: skip
-    for name in ("pleura", "ribs", "rib_shadow", "alines"):
-        np.testing.assert_array_equal(d_on.layers[name], d_off.layers[name])
-    assert not np.array_equal(d_on.images, d_off.images)
+    _assert_same_labels_other_images(
+        dict(pleura_variation=1.0, wall_fibres=20.0), dict(pleura_variation=0.0, wall_fibres=0.0)
+    )
 
 
 def test_central_space_keeps_the_space_beneath_the_centre_and_its_two_ribs():
@@ -973,10 +981,6 @@ def test_the_gel_is_dark_above_a_brighter_skin_and_draws_nothing():
     assert (gel[z[:, 0] < 0.8] == 0).all()
     skin = (z[:, 0] > 0.8) & (z[:, 0] < 1.8)  # the skin is 1-2 mm thick beneath the gel
     np.testing.assert_allclose(gel[skin], 4.0 * plain[z[:, 0] < 1.0][0, 0])
-    on = replace(APPEARANCES["calibrated"], gel_mm=1.2, skin_gain=6.0)
-    off = replace(APPEARANCES["calibrated"], gel_mm=0.0, skin_gain=1.0)
-    d_on, d_off = (lung_ultrasound_phantom(4, frames_per_video=2, image_size=64, probe="convex",
-                                           seed=3, appearance=x) for x in (on, off))  # fmt: skip
-    for name in ("pleura", "ribs", "rib_shadow", "alines"):
-        np.testing.assert_array_equal(d_on.layers[name], d_off.layers[name])
-    assert not np.array_equal(d_on.images, d_off.images)
+    _assert_same_labels_other_images(
+        dict(gel_mm=1.2, skin_gain=6.0), dict(gel_mm=0.0, skin_gain=1.0)
+    )

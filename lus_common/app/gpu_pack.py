@@ -73,20 +73,18 @@ class Plan:
 
 def _hc18_plan(args) -> Plan:
     from lus_common.data.hc18 import load_hc18
-    from lus_common.models.torch_smp import MODELS
-    from lus_common.models.wheels import SOURCES
+    from lus_common.models.torch_smp import MODELS, imported_weight_names
     from lus_common.studies import s4_hc18_strategies as hs
     from lus_common.training.freezing import STRATEGIES, get_strategy
 
     strategies = list(STRATEGIES) if args.strategies == ["all"] else args.strategies
     p = hs.study_params("paper", image_size=args.image_size, strategies=strategies)
-    weights = sorted(
+    weights = sorted(  # those of them that `lus weights import` makes
         {
-            source.name
+            asked
             for s in strategies
-            if (asked := hs.asked_weights(p, get_strategy(s))) is not None
-            for source in SOURCES.values()
-            if (source.encoder, source.name) == (MODELS[get_strategy(s).model]["encoder"], asked)
+            if (asked := hs.asked_weights(p, get_strategy(s)))
+            in imported_weight_names(MODELS[get_strategy(s).model].get("encoder"))
         }
     )
     run_args = (
@@ -337,7 +335,7 @@ def pack(plan: Plan, out: Path = PACK_DIR, fp16: bool = False, budget_s: int = M
             message gives the sizes).
     """
     from lus_common.data.packed import load_set, pack_name, save_set
-    from lus_common.store.results import REQUIRED
+    from lus_common.store.results import REQUIRED, atomic_folder
 
     out = Path(out).resolve()
     if not 0 < budget_s <= MAX_BUDGET_S:
@@ -350,9 +348,8 @@ def pack(plan: Plan, out: Path = PACK_DIR, fp16: bool = False, budget_s: int = M
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
         raise ValueError(f"{out} is not empty and holds no manifest.json: not overwriting it.")
     tree = travelling_tree_bytes()
-    tmp = Path(tempfile.mkdtemp(prefix=".gpu-pack.", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_folder(out, prefix=".gpu-pack.") as tmp:
+        tmp.chmod(0o755)
         for part in ("wheels", "data", "weights", "runs"):
             (tmp / part).mkdir()
         for wheel in fetch_wheels(plan.wheels):
@@ -360,10 +357,8 @@ def pack(plan: Plan, out: Path = PACK_DIR, fp16: bool = False, budget_s: int = M
         env = os.environ.pop("LUS_PACKED_DIR", None)  # pack from the files, never from a pack
         try:
             for dataset, loader, kwargs in plan.datasets:
-                data = loader(**kwargs)
-                path = save_set(data, tmp / "data" / pack_name(dataset, **kwargs))
-                if load_set(path).fingerprint() != data.fingerprint():
-                    raise ValueError(f"{path.name} does not read back as it was loaded.")
+                # read back at once: load_set checks the data against the recorded fingerprint
+                load_set(save_set(loader(**kwargs), tmp / "data" / pack_name(dataset, **kwargs)))
         finally:
             if env is not None:
                 os.environ["LUS_PACKED_DIR"] = env
@@ -439,12 +434,6 @@ def pack(plan: Plan, out: Path = PACK_DIR, fp16: bool = False, budget_s: int = M
             "files": files,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,23 @@ def settle_weights(
     return params, run_dir(study, params, name_keys)
 
 
+@contextmanager
+def atomic_folder(folder: Path, prefix: str | None = None):
+    """A temporary folder beside ``folder`` (named ``prefix`` + random, default ``.<name>.``) to
+    write into: when the block ends it replaces ``folder`` whole (an incomplete or older copy
+    included), and when the block raises it is removed, leaving ``folder`` as it was."""
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{folder.name}.", dir=folder.parent))
+    try:
+        yield tmp
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_run(
     folder: Path,
     config: dict,
@@ -140,8 +158,7 @@ def save_run(
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         (tmp / "config.json").write_text(json.dumps(_jsonable(config), indent=2, sort_keys=True))
         (tmp / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True))
         history.to_csv(tmp / "history.csv", index=False)
@@ -154,12 +171,6 @@ def save_run(
 
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
                       tmp / MODEL_FILE)  # fmt: skip
-        if folder.exists():  # an incomplete or older copy: replace it whole
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
