@@ -199,3 +199,27 @@ def test_recompute_batch_norm_sets_the_statistics_of_the_images():
     assert bn.running_mean.item() == pytest.approx(1.5, rel=1e-6)
     assert bn.running_var.item() == pytest.approx(0.75**2 * 192 / 191, rel=1e-5)
     assert bn.momentum == 0.1 and not model.training
+
+
+def test_optimizer_is_fused_adam_with_the_autotuner_on_cuda_only(monkeypatch):
+    """On a CPU the default Adam (the stored CPU runs' numbers); asked for CUDA, the fused kernel
+    and cuDNN's autotuner. Torch's fused Adam also runs on CPU tensors, so the CUDA branch's
+    optimizer is built here and steps as the default one does (the same update, to float
+    rounding)."""
+    import torch
+
+    from lus_common.training.torch_loop import make_optimizer
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    w = [torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))]
+    cpu = make_optimizer(w, 0.1, torch.device("cpu"))
+    assert not cpu.defaults["fused"] and torch.backends.cudnn.benchmark is False
+    v = [torch.nn.Parameter(w[0].detach().clone())]
+    fused = make_optimizer(v, 0.1, torch.device("cuda"))
+    assert fused.defaults["fused"] is True and torch.backends.cudnn.benchmark is True
+    for p, opt in ((w[0], cpu), (v[0], fused)):
+        p.grad = torch.tensor([0.5, -1.0, 2.0])
+        opt.step()
+    # Adam's first step moves every weight by lr against its gradient's sign
+    torch.testing.assert_close(w[0].detach(), torch.tensor([0.9, -1.9, 2.9]))
+    torch.testing.assert_close(v[0].detach(), w[0].detach())
