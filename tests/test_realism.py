@@ -36,7 +36,7 @@ def test_v1_is_the_first_generator_bit_for_bit():
 
 def test_calibrated_is_the_default_and_a_new_version():
     d = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5)
-    assert d.info["appearance"] == "calibrated" and d.info["version"] == 9
+    assert d.info["appearance"] == "calibrated" and d.info["version"] == 10
     v1 = lung_ultrasound_phantom(4, frames_per_video=4, image_size=64, probe="convex", seed=5,
                                  appearance="v1")  # fmt: skip
     assert d.fingerprint() != v1.fingerprint()  # stored runs of the old images are not reused
@@ -381,7 +381,12 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, real_pocus,
     other = doc["other_real"]
     assert other["clips"] == 12 and other["frames"] <= 156
     assert 0.0 <= line["other_real"]["domain_auc"] <= 1.0
-    assert set(realism.domain_curves(doc)) == {"v1", "calibrated", "other real"}
+    assert set(realism.domain_curves(doc)) == {"v1", "calibrated", "other real", "real halves"}
+    # the null reference: the volunteer's left-side clips against the right-side ones
+    same = doc["same_source"]
+    assert same["split"] == "left-side clips vs right-side clips"
+    assert same["clips"] == [6, 6] and same["frames"] == [78, 78]
+    assert line["same_source"]["domain_auc"] == pytest.approx(same["domain"]["auc"], abs=1e-4)
     bands = realism.depth_bands_frame(doc)
     assert len(bands) == 9 and bands["domain AUC"].between(0, 1).all()
     scales = realism.scale_views_frame(doc)
@@ -390,6 +395,7 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, real_pocus,
     found = realism.findings(doc)
     assert any(f.startswith("**Where it tells.**") for f in found)
     assert any(f.startswith("**Two real sources.**") for f in found)
+    assert any(f.startswith("**One source, two halves.**") for f in found)
     assert any(f.startswith("**Layout or texture.**") for f in found)
     # where the rib shadows lie: the real masks and each generator's labels, measured alike
     assert doc["real"]["shadow_layout"]["frames"] == 156
@@ -415,7 +421,20 @@ def test_phantom_check_labels_all_keeps_every_rib(real_pleura_rib, tmp_path, cap
     assert "annotators label" in realism.check_caption(
         dict(doc, params={**doc["params"], "labels": "central"})
     )
-    assert json.loads(capsys.readouterr().out)["calibrated"]["version"] == 9
+    assert json.loads(capsys.readouterr().out)["calibrated"]["version"] == 10
+
+
+def test_same_source_halves_split_by_side_else_alternate_clips():
+    sides = [f"din-0{k}-{s}-{c}" for k in (1, 2) for s in "LR" for c in (1, 2) for _ in range(3)]
+    first, split = realism.same_source_halves(sides)
+    assert split == "left-side clips vs right-side clips"
+    assert first.sum() == 12 and all(("-L-" in g) == f for g, f in zip(sides, first, strict=True))
+    plain = [f"clip{k}" for k in range(5) for _ in range(2)]
+    first, split = realism.same_source_halves(plain)
+    assert split.startswith("alternate")
+    assert first.tolist() == [True, True, False, False] * 2 + [True, True]  # clips 0, 2, 4
+    with pytest.raises(ValueError, match="at least 4"):
+        realism.same_source_halves(["a", "b", "c"])
 
 
 def test_other_real_source_is_skipped_and_said_so_without_pocus(empty_data_dir):
@@ -467,7 +486,7 @@ def test_start_values_are_searched_parameters_in_their_ranges():
     """``--start NAME VALUE``: a number inside the parameter's search range, else a clear error."""
     assert calibration.start_values([("fat_gain", "0.5"), ("gain_db", "-3")]) == {
         "fat_gain": 0.5, "gain_db": -3.0}  # fmt: skip
-    with pytest.raises(ValueError, match="not a searched parameter; one of: gel_mm, skin_gain"):
+    with pytest.raises(ValueError, match="searched parameter; one of: rib_specular_deg, rib_spec"):
         calibration.start_values([("fat_gian", "0.5")])
     with pytest.raises(ValueError, match="'half': not a number"):
         calibration.start_values([("fat_gain", "half")])
@@ -700,6 +719,25 @@ def test_findings_say_when_the_seeds_do_not_settle_the_better_generator():
     sims["v1"].update(dice_seeds=[0.0, 0.15, 0.45])  # its best draw beats calibrated's worst
     rib = next(f for f in realism.findings(check) if f.startswith("**Rib shadow.**"))
     assert "ranges overlap (`calibrated` 0.400-0.600, `v1` 0.000-0.450): 3 seeds" in rib
+
+
+def test_findings_read_the_same_source_reference():
+    """The real set's two halves near 0.5: the classifier sees nothing where there is nothing
+    to see; far from it: its AUCs are upper bounds. Recorded without it: no sentence."""
+    check = realism.read_check(realism.REFERENCE_CHECK)
+    check.pop("same_source", None)
+    assert not any(f.startswith("**One source") for f in realism.findings(check))
+    domain = {"auc": 0.52, "auc_folds": [0.4, 0.6, 0.56], "auc_by_epoch": [0.6, 0.52],
+              "log_loss": 0.9}  # fmt: skip
+    check["same_source"] = {"split": "left-side clips vs right-side clips", "clips": [6, 6],
+                            "frames": [78, 78], "domain": domain}  # fmt: skip
+    same = next(f for f in realism.findings(check) if f.startswith("**One source"))
+    assert "halves apart (left-side clips vs right-side clips: 6 and 6 clips" in same
+    assert "AUC of 0.520 (folds: 0.40, 0.60, 0.56)" in same and "where there is none" in same
+    assert "real halves" in realism.domain_curves(check)
+    domain["auc"] = 0.9
+    same = next(f for f in realism.findings(check) if f.startswith("**One source"))
+    assert "upper bounds" in same
 
 
 def test_a_flat_pleura_lies_deeper_towards_the_fan_edges_and_reflects_specularly():
@@ -984,3 +1022,75 @@ def test_the_gel_is_dark_above_a_brighter_skin_and_draws_nothing():
     _assert_same_labels_other_images(
         dict(gel_mm=1.2, skin_gain=6.0), dict(gel_mm=0.0, skin_gain=1.0)
     )
+
+
+def test_shadow_width_measures_whole_dark_runs_from_the_pixels():
+    """A lateral profile of bright lung (1.0) with one shadow 30 columns wide (0.1) in the middle
+    and a dark edge of 20 columns: the shadow counts, at 30 / 256 of the frame's width (a
+    symmetric step crosses half its height where it steps, however it is smoothed); the edge,
+    with no lung beyond it, does not. No whole shadow: NaN."""
+    profile = np.ones(200)
+    profile[90:120] = 0.1
+    profile[:20] = 0.1
+    assert realism._shadow_width(profile, 256) == pytest.approx(30 / 256, abs=1e-9)
+    edge_only = np.ones(200)
+    edge_only[:20] = 0.1
+    assert np.isnan(realism._shadow_width(edge_only, 256))
+    two = profile.copy()
+    two[150:160] = 0.1  # a second shadow of 10 columns: their mean, 20
+    assert realism._shadow_width(two, 256) == pytest.approx(20 / 256, abs=1e-9)
+
+
+def test_rib_width_and_specular_cortex():
+    """``rib_half_mm`` sets the ribs' width (a linear probe: the cortex spans 2 x rib_half mm of
+    the lateral axis); with ``rib_specular_deg`` the cortex keeps its full echo where its oval
+    surface faces the beam (its middle) and dims to ``rib_specular_floor`` of it on its flanks,
+    where the surface is steep; without it (v1), the whole cortex echoes alike."""
+    from lus_common.phantoms.lung import _BIT, _ribs
+
+    dz, ds, cols = 0.05, 0.05, 1201  # 60 mm wide, 30 mm deep
+    z = ((np.arange(600) + 0.5) * dz)[:, None].astype(np.float32)
+    s = ((np.arange(cols) - cols / 2 + 0.5) * ds)[None, :].astype(np.float32)
+    echo = np.ones((len(z), cols), np.float32)
+    widths = {}
+    for half in (5.0, 9.0):
+        a = replace(V1, rib_half_mm=(half, half), rib_echo=3.0)
+        seed = 0  # its third draw, 0.04, puts ribs in view
+        bits = _ribs(z, s, ds, 15.0, "linear", echo, np.random.default_rng(seed), a)[1]
+        runs, n = ndimage.label((bits & _BIT["ribs"]).any(0))
+        whole = [c for c in (np.flatnonzero(runs == k) for k in range(1, n + 1))
+                 if c[0] > 0 and c[-1] < cols - 1]  # fmt: skip
+        assert whole, half
+        widths[half] = np.median([len(c) * ds for c in whole])
+    assert widths[5.0] == pytest.approx(10.0, abs=0.15)
+    assert widths[9.0] == pytest.approx(18.0, abs=0.15)
+    # the cortex's echo along one rib: flat without the lobe, full in the middle with it
+    for specular in (0.0, 6.0):
+        a = replace(V1, rib_half_mm=(9.0, 9.0), rib_echo=3.0, rib_specular_deg=specular,
+                    rib_specular_floor=0.05)  # fmt: skip
+        out, bits = _ribs(z, s, ds, 15.0, "linear", echo, np.random.default_rng(seed), a)[:2]
+        cortex = (bits & _BIT["ribs"]) > 0
+        peak = np.where(cortex, out, 0).max(0)  # per column, the cortex's echo
+        runs, n = ndimage.label(cortex.any(0))
+        c = next(c for c in (np.flatnonzero(runs == k) for k in range(1, n + 1))
+                 if c[0] > 0 and c[-1] < cols - 1)  # fmt: skip
+        middle, flank = peak[c[len(c) // 2]], peak[c[2]]
+        if specular:
+            assert middle == pytest.approx(3.0, rel=0.01)
+            assert flank == pytest.approx(3.0 * 0.05, rel=0.05)
+        else:
+            assert middle == flank == 3.0
+
+
+def test_fit_rib_width_finds_the_ribs_that_cast_the_real_shadows():
+    """Frames of a phantom whose ribs are 16 mm wide (half-width 8 +- 1.25 mm) stand in for the
+    real ones: of half-widths 5, 8 and 11 mm, the fit picks 8, and its shadows are as wide as
+    the target's (the same frames: the same seed); wider ribs cast wider shadows."""
+    base = replace(APPEARANCES["calibrated"], rib_half_mm=(6.75, 9.25))
+    target = realism.frame_statistics(*calibration.phantom_frames(base, 96))[0]
+    width = target["shadow_width"].mean()
+    fit = calibration.fit_rib_width(base, width, 96, grid=(5.0, 8.0, 11.0))
+    assert fit["rib_half_mm"] == [6.75, 9.25]
+    assert fit["phantom"] == pytest.approx(width, abs=1e-12)
+    widths = [w for _, w in fit["grid"]]
+    assert widths[0] < widths[1] < widths[2]

@@ -27,8 +27,10 @@ Two generators are kept, so that one run can compare them (``lus phantom-check``
   are laid out along the pleura, at their depth, rather than on the arc of the probe's face
   (where they spanned 1.3-1.7 times their angle); since version 9 the coupling gel and the
   probe's lens, which give no echo, above a brighter skin: the skin's entry line beneath a dark
-  band at the sector's top edge, as real frames show it. Each is fitted; some end near zero (the
-  record says which values it found).
+  band at the sector's top edge, as real frames show it; since version 10 ribs as wide as the
+  real frames' shadows say (fitted to their width from the pixels) whose cortex reflects
+  specularly, so that mostly the top of its oval surface shows. Each is fitted; some end near
+  zero (the record says which values it found).
 
 A range ``(lo, hi)`` is drawn uniformly per video; a number is fixed.
 """
@@ -50,8 +52,9 @@ CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 # brightness beneath the fan's middle; 7: the chest wall's layers bent to that plane and its
 # muscle anisotropic, fitted with the wall's brightness across the fan and near the skin; 8: the
 # ribs laid out along the pleura at their depth, and a refit; 9: the coupling gel and the lens
-# above the skin's entry line, fitted with the brightness beneath the sector's top edge).
-CALIBRATED_VERSION = 9
+# above the skin's entry line, fitted with the brightness beneath the sector's top edge; 10: the
+# ribs' width fitted (with the rib shadows' width from the pixels) and their cortex specular).
+CALIBRATED_VERSION = 10
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,12 @@ class Appearance:
     # Ribs.
     rib_echo: float = 3.0  # echogenicity of the rib's cortex (pleura = 1)
     rib_above_mm: tuple = (3.0, 6.0)  # the rib's surface above the pleura at its middle, per rib
+    rib_half_mm: tuple = (5.0, 7.0)  # half the rib's width along the pleura, drawn per video
+    # The rib's cortex reflects specularly: where a beam meets its curved surface this far
+    # (Gaussian sigma, degrees) from square on, its echo dims (0: no lobe), to rib_specular_floor
+    # of it however oblique (its flanks); the bone still shades what lies beneath
+    rib_specular_deg: float = 0.0
+    rib_specular_floor: float = 1.0
     # Convex: the ribs' width and gaps laid out along the pleura, at their depth (False, v1: on
     # the arc of the probe's face, so that a rib spans (radius + depth) / radius times its angle)
     ribs_along_pleura: bool = False

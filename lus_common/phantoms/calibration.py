@@ -9,15 +9,19 @@ shadows, A-lines), computed from the pixels of real frames and of phantom frames
    draws when the fan fills the frame: the ratio of probe radius to depth and the opening angle
    with the largest intersection over union, on a grid. The phantom's fans vary by +-0.01 and
    +-0.5 degrees around them: one device, as the real frames come from one.
-2. **Everything else** (:data:`SEARCH`): pulse length, beam width, gain, dynamic range, grey map,
+2. **Rib width** (:func:`fit_rib_width`): the ribs' half-width (on a grid, from the start
+   values' appearance) whose shadows are as wide as the real frames' (``shadow_width``, whole
+   dark runs in the deep lung's lateral brightness: pixels, not masks).
+3. **Everything else** (:data:`SEARCH`): pulse length, beam width, gain, dynamic range, grey map,
    speckle reduction (its width, and the share of the grain it removes near the probe and
    deep), the fan's edge fall-off, tissue texture and brightness, the lung's reverberation haze,
    its fall-off and its streaks, A-line brightness, how much it dims per video and how much each
    A-line widens, the rib's brightness, bone transmission, shadow edges and chest-wall
    thickness, the pleural line's brightness along its length, the muscle's bright fibres,
    the fat's brightness, the rib's height above the pleura and the pleura's specular lobe
-   (how far from square on its line and echoes dim, and what the line keeps) and the chest
-   wall's anisotropy (the same for the whole wall's echo), each in a stated range; the pleura lies
+   (how far from square on its line and echoes dim, and what the line keeps), the chest
+   wall's anisotropy (the same for the whole wall's echo) and the rib cortex's specular lobe
+   (the same for the bone's oval surface), each in a stated range; the pleura lies
    on a plane beneath a convex probe, and the wall's layers bend from the probe's face to it
    (fixed). The objective (:func:`objective`) is the mean squared standardised difference of
    the statistics
@@ -70,6 +74,9 @@ class Range:
 
 SEARCH = {
     # searched first (Powell's method takes the directions in this order): the newest parameters
+    # the rib cortex's specular lobe (degrees) and what its flanks keep
+    "rib_specular_deg": Range(3.0, 40.0, log=True),
+    "rib_specular_floor": Range(0.02, 1.0, log=True),
     # the probe's face: the coupling gel and lens above the skin (mm), and the skin's entry line
     "gel_mm": Range(0.0, 2.0),
     "skin_gain": Range(0.3, 10.0, log=True),
@@ -133,8 +140,9 @@ FIXED = dict(
     # the chest wall's layers go from the arc of the probe's face at the skin to the pleura's
     # plane (real frames' fascia lie flat beneath the middle of the fan; not fitted either)
     wall_flatness=1.0,
-    # the ribs' 10-14 mm and gaps of 14-24 mm measured where they are, on the pleura's plane, not
-    # on the probe's face (physics, not fitted: on the face they were 1.3-1.7x too wide in angle)
+    # the ribs' width (fitted to their shadows) and gaps of 14-24 mm measured where they are, on
+    # the pleura's plane, not on the probe's face (physics, not fitted: on the face they were
+    # 1.3-1.7x too wide in angle)
     ribs_along_pleura=True,
     fill_frame=True,
     min_axial_px=0.3,
@@ -172,8 +180,42 @@ def fit_sector(inside: np.ndarray, size: int) -> dict:
     return {"iou": best[0], "radius_over_depth": best[1], "angle_deg": best[2]}
 
 
-def appearance_from(units: dict, sector: dict, base: Appearance = V1) -> Appearance:
-    """The appearance of fitted unit values (one per :data:`SEARCH` entry) and a sector fit."""
+# The ribs' half-widths tried (mm, the middle of each video's range of +-RIB_HALF_SPREAD)
+RIB_HALF_GRID = tuple(np.arange(4.0, 12.01, 0.5).round(1))
+RIB_HALF_SPREAD = 1.25
+
+
+def fit_rib_width(
+    appearance: Appearance, real_width: float, size: int, seed: int = 0, grid=RIB_HALF_GRID
+) -> dict:
+    """The ribs' width whose shadows are as wide as the real frames', from the pixels alone.
+
+    For each half-width of ``grid`` (each video's drawn within ``+-RIB_HALF_SPREAD`` mm of it),
+    the mean ``shadow_width`` (:func:`~lus_common.phantoms.realism._shadow_width`: whole dark
+    runs in the deep lung's lateral profile) of :func:`phantom_frames` of ``appearance`` with
+    it; the one nearest ``real_width`` is kept.
+
+    Returns:
+        dict with ``rib_half_mm`` (the range), ``real`` (``real_width``), ``phantom`` (the kept
+        one's width) and ``grid`` (``[half-width, mean width]`` per point).
+    """
+    tried = []
+    for half in grid:
+        a = replace(appearance, rib_half_mm=(half - RIB_HALF_SPREAD, half + RIB_HALF_SPREAD))
+        table, _ = realism.frame_statistics(*phantom_frames(a, size, seed=seed))
+        tried.append([float(half), float(table["shadow_width"].mean())])
+    widths = np.array([w for _, w in tried])
+    k = int(np.nanargmin(np.abs(widths - real_width)))
+    half = tried[k][0]
+    return {"rib_half_mm": [half - RIB_HALF_SPREAD, half + RIB_HALF_SPREAD],
+            "real": float(real_width), "phantom": tried[k][1], "grid": tried}  # fmt: skip
+
+
+def appearance_from(
+    units: dict, sector: dict, base: Appearance = V1, ribs: dict | None = None
+) -> Appearance:
+    """The appearance of fitted unit values (one per :data:`SEARCH` entry), a sector fit and a
+    rib width fit (:func:`fit_rib_width`; without it, ``base``'s ribs)."""
     values = {}
     for name, r in SEARCH.items():
         v = r.value(units[name])
@@ -187,6 +229,7 @@ def appearance_from(units: dict, sector: dict, base: Appearance = V1) -> Appeara
         **values,
         convex_radius_ratio=(ratio - 0.01, ratio + 0.01),
         convex_angle_deg=(angle - 0.5, angle + 0.5),
+        **({"rib_half_mm": tuple(ribs["rib_half_mm"])} if ribs else {}),
     )
 
 
@@ -298,7 +341,8 @@ def calibrate(
 
     Returns:
         The record written by :func:`write_record`: ``appearance`` (the fitted values),
-        ``units``, ``sector``, ``objective`` before (``v1``) and after, and the statistics.
+        ``units``, ``sector``, ``ribs`` (:func:`fit_rib_width`), ``objective`` before (``v1``)
+        and after, and the statistics.
     """
     from scipy.optimize import minimize
     from scipy.stats import qmc
@@ -309,13 +353,19 @@ def calibrate(
     inside = realism.sector_masks(real_images, real_groups).mean(0) > 0.5
     sector = fit_sector(inside, size)
     names = list(SEARCH)
+    first = units_of(start) if start is not None else {n: _v1_unit(n) for n in names}
+    ribs = fit_rib_width(appearance_from(first, sector), real["mean"]["shadow_width"], size, seed)
+    if progress:
+        print(f"ribs: {ribs['rib_half_mm'][0]:.2f}-{ribs['rib_half_mm'][1]:.2f} mm half-width, "
+              f"shadows {ribs['phantom']:.3f} of the width (real {ribs['real']:.3f})",
+              file=sys.stderr, flush=True)  # fmt: skip
     cache: dict[tuple, float] = {}
     best = {"value": np.inf, "units": None}
 
     def evaluate(u: np.ndarray) -> float:
         key = tuple(np.round(np.clip(u, 0, 1), 6))
         if key not in cache:
-            a = appearance_from(dict(zip(names, key)), sector)
+            a = appearance_from(dict(zip(names, key)), sector, ribs=ribs)
             cache[key] = objective(realism.summarise(*phantom_frames(a, size, seed=seed)), real)[0]
             if cache[key] < best["value"]:
                 best.update(value=cache[key], units=np.array(key))
@@ -326,7 +376,6 @@ def calibrate(
 
     start_value = None
     if start is not None:
-        first = units_of(start)
         start_value = evaluate(np.array([first[n] for n in names]))
     if n_sobol:
         for u in qmc.Sobol(len(names), seed=seed).random(n_sobol):
@@ -341,7 +390,7 @@ def calibrate(
         options={"maxfev": max_evaluations, "xtol": 1e-3, "ftol": 1e-4},
     )
     units = dict(zip(names, best["units"].tolist()))
-    fitted = appearance_from(units, sector)
+    fitted = appearance_from(units, sector, ribs=ribs)
     before = objective(realism.summarise(*phantom_frames(V1, size, seed=seed)), real)
     after = objective(realism.summarise(*phantom_frames(fitted, size, seed=seed)), real)
     changed = {
@@ -353,6 +402,7 @@ def calibrate(
         "appearance": {k: list(v) if isinstance(v, tuple) else v for k, v in changed.items()},
         "units": units,
         "sector": sector,
+        "ribs": ribs,
         "objective": {"v1": before[0], "start": start_value, "calibrated": after[0]},
         "parts": {"v1": before[1], "calibrated": after[1]},
         "evaluations": len(cache),

@@ -5,8 +5,9 @@ beam space (rows = depth along the beam, columns = scan lines), for a linear pro
 image) or a convex probe (sector, scan-converted). The maps hold:
 
 - **Chest wall**: skin, subcutaneous fat with thin septa, a fascia line, intercostal muscle.
-- **Ribs**: a bright curved cortical surface; bone passes about 0.1 % of the echo amplitude, so
-  everything beneath it lies in a posterior acoustic shadow to the bottom of the image.
+- **Ribs**: a bright curved cortical surface (calibrated: specular, so mostly its top shows);
+  bone passes about 0.1 % of the echo amplitude, so everything beneath it lies in a posterior
+  acoustic shadow to the bottom of the image.
 - **Pleural line**: a bright line about 0.5-0.8 mm thick a few millimetres below the rib surface;
   thickened, irregular and fragmented where the lung beneath is diseased.
 - **A-lines**: reverberations between the transducer and the pleura (air reflects almost all of
@@ -92,7 +93,8 @@ TARGETS = STRUCTURES + (
 DENSE_TO_SPARSE = np.array([0, 1, 2, 3, 3, 0, 0], dtype=np.uint8)
 # The images' generator version is the appearance's (appearance.py: v1 is 1, calibrated 2); bump
 # it there when the images change, so stored results are not reused.
-_RIB_DEPTH_OVER_HALF_WIDTH = 0.9  # rib cross-section: about 10-14 mm wide, 4.5-6.3 mm deep
+# the rib's cross-section: 0.9 x its half-width deep (v1's ribs: 10-14 mm wide, 4.5-6.3 mm deep)
+_RIB_DEPTH_OVER_HALF_WIDTH = 0.9
 
 _BIT = {name: np.uint8(1 << i) for i, name in enumerate(STRUCTURES)}
 # Echogenicity (backscattered power) relative to the healthy pleural line.
@@ -295,7 +297,8 @@ def _chest_wall(
 
 
 # A pleura that is an arc around the probe (v1, or a linear probe): no plane, no lobes.
-_NO_PLANE = {"offset": None, "lobe": None, "dim": None, "wall_dim": None, "along": None}
+_NO_PLANE = {"offset": None, "lobe": None, "dim": None, "wall_dim": None, "along": None,
+             "theta": None}  # fmt: skip
 
 
 def _lobe(theta: np.ndarray, sigma_deg: float, floor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -337,7 +340,8 @@ def _pleural_plane(
         (what the chest wall's echo keeps per column: ``wall_specular_floor`` plus the rest of
         a lobe of ``wall_specular_deg`` around the same square-on beam, or None) and ``along``
         (with ``a.ribs_along_pleura``: where each column's beam meets the pleura, in mm along it
-        from the square-on beam, or None).
+        from the square-on beam, or None) and ``theta`` (each column's beam's angle from square
+        on to the plane, radians, or None).
     """
     out = dict(_NO_PLANE)
     if geometry is None or (
@@ -347,6 +351,7 @@ def _pleural_plane(
     radius = geometry["radius_mm"]
     tilt = np.deg2rad(side.uniform(-a.pleura_tilt_deg, a.pleura_tilt_deg))
     theta = s[0].astype(np.float64) / radius - tilt
+    out["theta"] = theta.astype(np.float32)
     if a.pleura_flatness > 0:
         plane = (radius + chest_wall_mm) / np.cos(theta) - radius - chest_wall_mm
         out["offset"] = (a.pleura_flatness * plane).astype(np.float32)
@@ -537,6 +542,7 @@ def _ribs(
     a: Appearance,
     offset: np.ndarray | None = None,
     along: np.ndarray | None = None,
+    theta: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rib cortex arcs and rib bodies (tissue frame) and the two-way transmission beneath them.
 
@@ -546,6 +552,12 @@ def _ribs(
     gaps between them are laid out on it, at their own depth. Without it (``v1``, linear probes)
     they are laid out on the world's lateral axis, for a convex probe the arc of its face: there
     a rib ``(radius + depth) / radius`` (1.3-1.7) times too wide in angle, as its gap.
+
+    With ``a.rib_specular_deg`` the cortex reflects specularly: its echo keeps
+    :func:`_lobe` of the angle between the beam and its surface's normal (``theta``, the beam's
+    angle from square on to the pleura, :func:`_pleural_plane`, 0 without it; plus the tilt of
+    the rib's oval surface there), so its flanks dim and the rib shows as the short bright
+    line across its top that real frames show, not as an arch.
 
     Bone passes ``a.rib_transmission`` of the amplitude. The shadow's edge is ``a.shadow_edge_mm``
     wide inside the rib's ends (``v1``) or, with ``a.shadow_spread``, centred on them and widening
@@ -559,7 +571,7 @@ def _ribs(
     x = s[0] if along is None else along  # where the ribs are laid out (mm)
     transmission = np.ones((rows, cols), np.float32)
     bits = np.zeros((rows, cols), np.uint8)
-    rib_half, gap = rng.uniform(5.0, 7.0), rng.uniform(14.0, 24.0)
+    rib_half, gap = rng.uniform(*a.rib_half_mm), rng.uniform(14.0, 24.0)
     pitch = 2 * rib_half + gap
     if rng.random() < 0.85:  # otherwise the probe lies along an intercostal space: no rib in view
         first = rng.uniform(-pitch / 2, pitch / 2) + (pitch / 2 if probe == "linear" else 0)
@@ -572,11 +584,19 @@ def _ribs(
             u = (x - c) / rib_half
             on = np.abs(u) < 1
             curve = 1 - np.sqrt(1 - np.clip(u, -1, 1) ** 2)
-            surface = chest_wall_mm - rng.uniform(*a.rib_above_mm) + rng.uniform(1.5, 3.0) * curve
+            above = rng.uniform(*a.rib_above_mm)
+            rise = rng.uniform(1.5, 3.0) * curve  # the surface's oval: deeper at the rib's ends
+            surface = chest_wall_mm - above + rise
             if offset is not None:
                 surface = surface + offset
             cortex = on[None, :] & (z >= surface[None, :]) & (z < surface[None, :] + 1.0)
-            echo = np.where(cortex, a.rib_echo, echo)
+            bright = a.rib_echo
+            if a.rib_specular_deg > 0:  # specular bone: its flanks, met obliquely, dim
+                slope = np.arctan(np.gradient(rise, x))  # the surface's tilt on the ribs' axis
+                incidence = slope if theta is None else theta + slope
+                bright = a.rib_echo * _lobe(incidence, a.rib_specular_deg,
+                                            a.rib_specular_floor)[1][None, :]  # fmt: skip
+            echo = np.where(cortex, bright, echo)
             bits[cortex] |= _BIT["ribs"]
             # the lower half of an oval beneath the surface (no random draw: images unchanged)
             body = surface + np.maximum(
@@ -629,9 +649,8 @@ def _video_world(
         echo_t *= plane["wall_dim"][None, :]
     pl = _pleura(s, ds, chest_wall_mm, sev, diagnosis, rng, a, side[1], plane)
     lung = _lung(z, s, dz, ds, depth_mm, chest_wall_mm, pl, sev, rng, a)
-    echo_t, bits_t, transmission = _ribs(
-        z, s, ds, chest_wall_mm, probe, echo_t, rng, a, plane["offset"], plane["along"]
-    )
+    where = (plane["offset"], plane["along"], plane["theta"])  # the ribs on the pleura's plane
+    echo_t, bits_t, transmission = _ribs(z, s, ds, chest_wall_mm, probe, echo_t, rng, a, *where)
     if a.specks > 0:  # sparse strong reflectors (fibres, interfaces, reverberation dashes)
         p_speck = np.float32(a.speck_density * dz * ds)
         for echo in (echo_t, lung["echo"]):

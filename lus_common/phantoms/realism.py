@@ -11,10 +11,11 @@ at the same size (:func:`phantom_check` runs all three for one or more generator
   autocorrelation's full width at half maximum, axial and lateral); the depth profile of mean
   brightness; the depth of the brightest layer (the pleura, or the ribs' surface above it) as a
   fraction of the sector's depth; and how strongly the deep image varies from scan line to scan
-  line (rib shadows), with the steepness of its edges.
+  line (rib shadows), with the steepness of its edges and the shadows' width.
 - **A domain classifier** (:func:`domain_auc`): a small CNN trained to tell phantom from real
   frames, with folds that keep a real clip and a phantom video on one side; its held-out ROC AUC
-  (0.5: it cannot tell them apart).
+  (0.5: it cannot tell them apart), beside the same classifier on two halves of the real frames
+  (:func:`same_source_domain`: its null) and on a second real source (:func:`other_real_frames`).
 - **Sim-to-real transfer** (:func:`sim_to_real`): a U-Net trained on phantom frames only and scored
   on the real frames (pleural line, rib shadow), beside the real-to-real ceiling: the same U-Net
   and budget trained on some real clips and scored on the others (:func:`real_to_real`).
@@ -254,6 +255,24 @@ def _pleura_statistics(image: np.ndarray, inside: np.ndarray, frac: np.ndarray, 
     }
 
 
+SHADOW_DARK = 0.5  # a rib shadow's columns: darker than this share of the bright lung's
+
+
+def _shadow_width(col_mean: np.ndarray, width: int) -> float:
+    """The rib shadows' width from the pixels alone: in the scan lines' mean brightness between
+    40 % and 90 % of the depth (``col_mean``, the fan's columns left to right; Gaussian-smoothed
+    over 2 px of a 256-px frame), the runs of columns darker than :data:`SHADOW_DARK` of its 90th
+    percentile with brighter lung on both sides (whole shadows, not the fan's dim edges); their
+    mean width as a share of the frame's ``width``. NaN where a frame has none."""
+    if len(col_mean) < 8:
+        return np.nan
+    profile = ndimage.gaussian_filter1d(col_mean, 2.0 * width / 256)
+    runs, n = ndimage.label(profile < SHADOW_DARK * np.percentile(profile, 90))
+    widths = [len(c) for c in (np.flatnonzero(runs == k) for k in range(1, n + 1))
+              if c[0] > 0 and c[-1] < len(profile) - 1]  # fmt: skip
+    return float(np.mean(widths) / width) if widths else np.nan
+
+
 def _centre_share(image: np.ndarray, inside: np.ndarray, frac: np.ndarray, layer: float):
     """How the lung beneath the pleura is lit across the fan: the mean grey of the columns in the
     middle fifth of the frame's width over that of the flanks beside it (from a tenth to three
@@ -303,7 +322,8 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
         lung bands: bright specks on a smooth ground, or the dark pits of log-compressed
         speckle), ``column_contrast`` (coefficient of variation of the scan lines' mean
         brightness between 40 % and 90 % depth: rib shadows) and ``shadow_edge`` (the steepest
-        change of that lateral profile, per pixel, over its mean), ``centre_share``
+        change of that lateral profile, per pixel, over its mean), ``shadow_width``
+        (:func:`_shadow_width`: the whole shadows' width in that profile), ``centre_share``
         (:func:`_centre_share`: the lung brightest beneath the probe's centre),
         ``wall_centre_share`` and ``near_mean`` (:func:`_wall_statistics`, by rows: the chest
         wall brightest beneath the probe's centre; the skin and fat's grey), ``pit_share``
@@ -367,6 +387,7 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
             if len(col_mean) > 3
             else np.nan
         )
+        shadow_width = _shadow_width(col_mean, w)
         centre = _centre_share(img, ins, frac, layer)
         wall_stats = _wall_statistics(img, ins, *across)
         wall_std = float(wv.std()) if wv.size > 20 else np.nan
@@ -402,6 +423,7 @@ def frame_statistics(images: np.ndarray, groups) -> tuple[pd.DataFrame, dict]:
                 "step_lateral": step_lateral,
                 "column_contrast": contrast,
                 "shadow_edge": edge,
+                "shadow_width": shadow_width,
                 "centre_share": centre,
                 **wall_stats,
                 "aline_ripple": float(ripple.std() / (band.mean() + _EPS)),
@@ -438,6 +460,7 @@ STATISTICS = {
     "step_lateral": 0.003,
     "column_contrast": 0.05,
     "shadow_edge": 0.03,
+    "shadow_width": 0.01,
     "centre_share": 0.05,
     "wall_centre_share": 0.05,
     "near_mean": 0.02,
@@ -895,6 +918,50 @@ def other_real_frames(folder, n_clips: int, per_clip: int, size: int):
                       include_images=False, files=files, crop="content")  # fmt: skip
 
 
+def same_source_halves(groups) -> tuple[np.ndarray, str]:
+    """Two halves of one real set's clips, for the domain classifier's null reference: the clips of
+    the left side against those of the right where every clip's name says its side (``-L-`` or
+    ``-R-``, as ``lus_pleura_rib``'s do: the same volunteer, probe and settings, another part of
+    the chest), else alternate clips in sorted order.
+
+    Returns:
+        ``(first, split)``: per frame whether it is in the first half, and the split in words.
+
+    Raises:
+        ValueError: fewer than four clips (each half needs two, for folds by clip).
+    """
+    groups = np.asarray(groups).astype(str)
+    clips = sorted(set(groups))
+    if len(clips) < 4:
+        raise ValueError(f"same-source reference: {len(clips)} clip(s); it needs at least 4")
+    left = {c for c in clips if "-L-" in c}
+    right = {c for c in clips if "-R-" in c}
+    if left and right and len(left) + len(right) == len(clips) and min(len(left), len(right)) > 1:
+        return np.isin(groups, sorted(left)), "left-side clips vs right-side clips"
+    return np.isin(groups, clips[::2]), "alternate clips (sorted by name)"
+
+
+def same_source_domain(real, p: dict, device: str) -> dict:
+    """The domain classifier's null reference: :func:`domain_auc` between two halves of the real
+    frames themselves (:func:`same_source_halves`), the same folds by clip and budget. Near 0.5
+    when the classifier finds nothing between clips of one source; how far a phantom's AUC lies
+    above it is what it gives away.
+
+    Returns:
+        ``{"split", "clips": [first, second], "frames": [first, second], "domain"}``.
+    """
+    first, split = same_source_halves(real.groups)
+    groups = np.asarray(real.groups).astype(str)
+    images = np.asarray(real.images)
+    domain = domain_auc(images[first], groups[first], images[~first], groups[~first], p, device)
+    return {
+        "split": split,
+        "clips": [len(set(groups[first])), len(set(groups[~first]))],
+        "frames": [int(first.sum()), int((~first).sum())],
+        "domain": domain,
+    }
+
+
 def domain_auc_by_depth(
     phantom_images, phantom_groups, real_images, real_groups, p: dict, device: str
 ) -> dict:
@@ -1035,6 +1102,7 @@ def phantom_check(
     progress: bool = True,
     other_real="auto",
     central: bool = True,
+    same_source: bool = True,
     **overrides,
 ) -> dict:
     """How real is each phantom generator, against ``lus_pleura_rib``-style real frames.
@@ -1053,14 +1121,17 @@ def phantom_check(
             ``$LUS_DATA_DIR/pocus``, where it exists, else skipped and said so; ``None``: skipped.
         central: the sim-to-real U-Net learns the phantom's labels as the real annotators drew
             theirs (:func:`central_space`); ``False``: every rib and space in view.
+        same_source: also the domain classifier between two halves of the real frames
+            (:func:`same_source_domain`): its null reference, where 0.5 is reachable.
         **overrides: values of the profile to change (``size``, ``seg_epochs``, ...).
 
     Returns:
         A JSON-ready dict: ``real`` (folder, frames, clips, fingerprint), ``params``,
         ``label_thickness_px``, ``ceiling`` (real-to-real Dice per structure), per generator its
         ``version``, ``sim_to_real`` (Dice per structure), ``domain`` (AUC) and ``distances``
-        (histogram, profile, mean |z|), ``statistics`` (rows: real and every generator) and
-        ``other_real`` (the second real source's ``domain`` result, or why it was skipped).
+        (histogram, profile, mean |z|), ``statistics`` (rows: real and every generator),
+        ``same_source`` (:func:`same_source_domain`, when asked for) and ``other_real`` (the
+        second real source's ``domain`` result, or why it was skipped).
     """
     import time
 
@@ -1117,6 +1188,7 @@ def phantom_check(
         say(f"{g}: sim-to-real Dice " + ", ".join(f"{s} {sim[s]['dice']:.3f}" for s in structures))
         result["generators"][g] = {"version": a.version, "domain": domain, "sim_to_real": sim,
                                    "shadow_layout": layout,
+                                   "rib_width_mm": [2 * x for x in a.rib_half_mm],
                                    "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     rows, distances = _statistics_table(real_summary, summaries)
     for g in appearances:
@@ -1125,6 +1197,10 @@ def phantom_check(
     for key in ("depth_profile", "histogram"):
         result[key] = {"real": real_summary[key].tolist()}
         result[key].update({g: s[key].tolist() for g, s in summaries.items()})
+    if same_source:
+        result["same_source"] = same_source_domain(real, p, device)
+        say(f"same source ({result['same_source']['split']}): domain classifier AUC "
+            f"{result['same_source']['domain']['auc']:.3f}")  # fmt: skip
     result["other_real"] = _other_real_domain(other_real, real, n_clips, per_clip, p, device)
     if "domain" in result["other_real"]:
         say(f"other real source: domain classifier AUC {result['other_real']['domain']['auc']:.3f}")
@@ -1193,6 +1269,13 @@ def headline(result: dict) -> dict:
             },
             "mean_abs_z": round(r["distances"]["mean_abs_z"], 3),
         }
+    same = result.get("same_source")
+    if same:
+        line["same_source"] = {
+            "split": same["split"],
+            "domain_auc": round(same["domain"]["auc"], 4),
+            "domain_log_loss": round(same["domain"]["log_loss"], 4),
+        }
     other = result.get("other_real", {})
     if "domain" in other:
         line["other_real"] = {
@@ -1240,6 +1323,7 @@ STAT_LABELS = {
     "step_lateral": "fine texture: mean |grey step| across",
     "column_contrast": "deep scan lines' brightness: coefficient of variation (shadows)",
     "shadow_edge": "steepest lateral change of the deep brightness / its mean (shadow edges)",
+    "shadow_width": "rib shadows from the pixels: mean width of the whole dark runs / frame width",
     "centre_share": "lung beneath the pleura: middle fifth's mean grey / the flanks' (specular)",
     "wall_centre_share": "chest wall: middle fifth of the fan's grey / its flanks' (anisotropy)",
     "near_mean": "skin and fat (2 % of the depth to half the layer's), middle half: mean grey",
@@ -1302,10 +1386,12 @@ def scores_frame(check: dict) -> pd.DataFrame:
 
 def _domains(check: dict) -> dict:
     """Every domain classifier result of a check by name: the generators, then the other real
-    source (``"other real"``) where it ran."""
+    source (``"other real"``) and the real set's two halves (``"real halves"``) where they ran."""
     out = {g: r["domain"] for g, r in check["generators"].items()}
     if "domain" in check.get("other_real", {}):
         out["other real"] = check["other_real"]["domain"]
+    if check.get("same_source"):
+        out["real halves"] = check["same_source"]["domain"]
     return out
 
 
@@ -1364,6 +1450,13 @@ def check_caption(check: dict) -> str:
         f"{env.get('date', '?')[:10]}, {check['seconds']:.0f} s. Statistics at "
         f"{p['stats_size']} px on as many phantom frames (healthy, convex) as real ones."
     )
+
+
+def _rib_widths_text(check: dict, g: str) -> str:
+    """How wide a generator of a check draws its ribs (as recorded; checks before version 10
+    did not record it, when every generator drew them 10-14 mm wide)."""
+    lo, hi = check["generators"][g].get("rib_width_mm", (10.0, 14.0))
+    return f"`{g}` draws ribs {lo:.0f}-{hi:.0f} mm wide"
 
 
 def findings(check: dict) -> list[str]:
@@ -1425,10 +1518,11 @@ def findings(check: dict) -> list[str]:
             f"**Where the ribs lie.** {row / size:.0%} of the way down the frames (medians of the "
             "shadows the fan holds whole, centre to centre between neighbours), the rib shadows "
             "of " + "; ".join(layout_text(n, x) for n, x in layouts.items())
-            + ". Measured on the masks, not fitted to them: both generators draw ribs 10-14 mm "
-            "wide with gaps of 14-24 mm; the first lays them out on the arc of the probe's face, "
-            "which widens them and their gaps 1.3-1.7 times in angle at their depth, the "
-            "calibrated one (since version 8) along the pleura, where they are."
+            + ". Measured on the masks, not fitted to them: "
+            + "; ".join(_rib_widths_text(check, g) for g in gens)
+            + ", all with gaps of 14-24 mm; the first generator lays them out on the arc of the "
+            "probe's face, which widens them and their gaps 1.3-1.7 times in angle at their "
+            "depth, the calibrated one (since version 8) along the pleura, where they are."
         )  # fmt: skip
     dom = {g: check["generators"][g]["domain"] for g in gens}
     first = {g: dom[g]["auc_by_epoch"][0] for g in gens}
@@ -1483,6 +1577,22 @@ def findings(check: dict) -> list[str]:
                 for g in gens
             )
             + "."
+        )  # fmt: skip
+    same = check.get("same_source")
+    if same:
+        n = same["domain"]
+        near = abs(n["auc"] - 0.5) < 0.2
+        out.append(
+            f"**One source, two halves.** The same classifier, budget and folds tell the real "
+            f"set's halves apart ({same['split']}: {same['clips'][0]} and {same['clips'][1]} "
+            f"clips of the same volunteer and probe) with an AUC of {n['auc']:.3f} (folds: "
+            f"{', '.join(f'{a:.2f}' for a in n['auc_folds'])}) and a log-loss of "
+            f"{n['log_loss']:.4f}"
+            + (": it does not see a difference where there is none to see, so an AUC near 1 "
+               "is something the frames show, not something it learns from any two sets of clips."
+               if near else
+               ": even two halves of one source differ to it, so its AUCs above are upper "
+               "bounds of what the frames give away.")
         )  # fmt: skip
     dom = _domains(check)  # with the other real source, where it ran
     banded = [g for g in dom if dom[g].get("by_depth")]
