@@ -176,3 +176,34 @@ def test_reference_runs_round_trip_with_the_input_range_control(tmp_path, isolat
     assert f"{round(sym, 2):.2f} % with [-1, 1] input against {round(unit, 2):.2f} %" in line
     with pytest.raises(FileNotFoundError, match="run_\\*_reference.py"):
         base.read_reference(tmp_path / "missing.json")
+
+
+def test_timing_table_puts_epoch_seconds_beside_the_papers():
+    """The reference runs recorded before epoch times were give no table and no sentence; with
+    them, the median over each strategy's runs beside the paper's ~75 s (U-Net from scratch) and
+    ~25 s (MobileNetV2 decoder) on a T4, and a sentence that says what differs."""
+    from lus_common.studies import base
+
+    doc = base.read_reference(hc18_study.REFERENCE_RUNS)
+    keys = ("strategy", "seed", "input_norm")
+    runs = base.reference_rows(doc, keys, timing=True)
+    assert hc18_study.timing_table(runs).empty
+    assert hc18_study.timing_findings(runs, doc["study_params"]) == []
+    median = {"baseline": 30.0, "decoder": 10.0}
+    for r in doc["runs"]:
+        m = median.get(r["params"]["strategy"], 1.0)
+        r["epoch_seconds"] = {"first": 2 * m, "median": m, "total": 5 * m}
+    assert "epoch_seconds_median" not in base.reference_rows(doc, keys)  # other studies' rows
+    runs = base.reference_rows(doc, keys, timing=True)
+    table = hc18_study.timing_table(runs)
+    assert table.loc["baseline", "s per epoch (median)"] == 30.0
+    assert table.loc["decoder", "first epoch (s)"] == 20.0
+    assert table.loc["decoder", "runs"] == 2  # both input ranges
+    paper = "paper (NVIDIA Tesla T4, s per epoch)"
+    assert table.loc["baseline", paper] == 75.0 and pd.isna(table.loc["d0", paper])
+    found = hc18_study.timing_findings(runs, doc["study_params"])
+    assert found[0].startswith("- baseline: 30.00 s per epoch on 2-core CPU at 64 px, batch 10, ")
+    assert "639 images per epoch (0.40 of the paper's ~75 s" in found[0]
+    assert found[1].startswith("- decoder: 10.00 s") and "not comparable" in found[1]
+    same = hc18_study.timing_findings(runs, {**doc["study_params"], "image_size": 512})
+    assert "the paper's image size and batch" in same[0]

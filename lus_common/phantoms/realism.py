@@ -1456,7 +1456,7 @@ def _rib_widths_text(check: dict, g: str) -> str:
     """How wide a generator of a check draws its ribs (as recorded; checks before version 10
     did not record it, when every generator drew them 10-14 mm wide)."""
     lo, hi = check["generators"][g].get("rib_width_mm", (10.0, 14.0))
-    return f"`{g}` draws ribs {lo:.0f}-{hi:.0f} mm wide"
+    return f"`{g}` draws ribs {lo:g}-{hi:g} mm wide"
 
 
 def findings(check: dict) -> list[str]:

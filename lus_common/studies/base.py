@@ -282,9 +282,13 @@ def reference_command(script: str, argv: list[str] | None) -> str:
     return f"LUS_DATA_DIR=../shared/data python book/reference_runs/{Path(script).name} {args}"
 
 
-def reference_rows(doc: dict, keys: tuple[str, ...], keep=None) -> pd.DataFrame:
+def reference_rows(
+    doc: dict, keys: tuple[str, ...], keep=None, timing: bool = False
+) -> pd.DataFrame:
     """One row per run of a reference-run JSON (:func:`read_reference`), like a study's
-    ``"runs"``: the run's ``keys`` of its params, its device and its metrics.
+    ``"runs"``: the run's ``keys`` of its params, its device and its metrics; with ``timing``
+    also, where recorded, its training images (``n_train``) and seconds per epoch
+    (``epoch_seconds_first``, ``_median``, ``_total``).
 
     Args:
         doc: the JSON's content.
@@ -293,11 +297,14 @@ def reference_rows(doc: dict, keys: tuple[str, ...], keep=None) -> pd.DataFrame:
     """
     return pd.DataFrame(
         [
-            {**{k: r["params"][k] for k in keys}, "device": r["device"], **r["metrics"]}
+            {**{k: r["params"][k] for k in keys}, "device": r["device"], **r["metrics"],
+             **({k: r[k] for k in ("n_train",) if k in r} if timing else {}),
+             **{f"epoch_seconds_{k}": v
+                for k, v in (r.get("epoch_seconds", {}) if timing else {}).items()}}
             for r in doc["runs"]
             if keep is None or keep(r)
         ]
-    )
+    )  # fmt: skip
 
 
 def read_reference(path: Path) -> dict:

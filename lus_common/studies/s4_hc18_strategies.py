@@ -452,8 +452,58 @@ def reference_runs(path=REFERENCE_RUNS) -> tuple[str, dict, pd.DataFrame]:
         with the run's input_norm and device)``.
     """
     doc = base.read_reference(path)
-    rows = base.reference_rows(doc, ("strategy", "seed", "input_norm"))
+    rows = base.reference_rows(doc, ("strategy", "seed", "input_norm"), timing=True)
     return doc["what"], doc["study_params"], rows
+
+
+# Wang et al., Training and Evaluation: "Each epoch took around 75 seconds" (the U-Net from
+# scratch) and "around 25 seconds" (the MobileNetV2 U-Net fine-tuned), 20 epochs at batch 10 on
+# an NVIDIA Tesla T4, 512 px.
+PAPER_EPOCH_SECONDS = {"baseline": 75.0, "decoder": 25.0}
+PAPER_TIMING_DEVICE = "NVIDIA Tesla T4"
+PAPER_TRAIN_IMAGES = 799  # 80 % of the 999 HC18 training images
+
+
+def timing_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Seconds per training epoch by strategy, from reference runs that recorded them
+    (:func:`reference_runs`; empty when none did): the median over the runs of each run's
+    median epoch and of its first (which holds warm-up, compilation and cuDNN's search), the
+    device, and the paper's figure where it gives one."""
+    if "epoch_seconds_median" not in runs:
+        return pd.DataFrame()
+    timed = runs.dropna(subset=["epoch_seconds_median"])
+    table = timed.groupby("strategy").agg(
+        epoch_s=("epoch_seconds_median", "median"),
+        first_epoch_s=("epoch_seconds_first", "median"),
+        runs=("epoch_seconds_median", "size"),
+        device=("device", "first"),
+    )
+    table["paper_epoch_s"] = [PAPER_EPOCH_SECONDS.get(s) for s in table.index]
+    return table.rename(columns={
+        "epoch_s": "s per epoch (median)", "first_epoch_s": "first epoch (s)",
+        "paper_epoch_s": f"paper ({PAPER_TIMING_DEVICE}, s per epoch)"}).round(2)  # fmt: skip
+
+
+def timing_findings(runs: pd.DataFrame, p: dict) -> list[str]:
+    """Our epoch times beside the paper's, each with what differs (device, image size)."""
+    table = timing_table(runs)
+    lines = []
+    for strategy, paper in PAPER_EPOCH_SECONDS.items():
+        if strategy not in table.index:
+            continue
+        ours = table.loc[strategy, "s per epoch (median)"]
+        n = runs.loc[runs["strategy"] == strategy, "n_train"] if "n_train" in runs else []
+        images = f", {int(n.iloc[0])} images per epoch" if len(n) else ""
+        same = p["image_size"] == 512 and p.get("batch_size") == 10
+        lines.append(
+            f"- {strategy}: {ours:.2f} s per epoch on {table.loc[strategy, 'device']} "
+            f"at {p['image_size']} px, batch {p.get('batch_size')}{images} ({ours / paper:.2f} "
+            f"of the paper's ~{paper:.0f} s on a {PAPER_TIMING_DEVICE} with "
+            f"{PAPER_TRAIN_IMAGES} images per epoch"
+            + ("; the paper's image size and batch)." if same else
+               "; not comparable: the paper trained at 512 px, batch 10).")
+        )  # fmt: skip
+    return lines
 
 
 def _input_range_dice(runs: pd.DataFrame, p: dict) -> pd.DataFrame:
