@@ -182,3 +182,27 @@ def test_imagenet_file_in_keras_format_is_loaded(empty_data_dir, monkeypatch):
     model, info = km.create_keras_model("vgg16_unet", 32, "imagenet")
     assert info.used.startswith("imagenet (local file")
     np.testing.assert_allclose(model.get_layer("block3_conv2").get_weights()[0], 0.01)
+
+
+def test_keras_bench_times_the_model_beside_its_torch_twin(capsys):
+    """``lus bench --keras x_unet``: the authors' X-UNet (31,031,745 parameters) and the torch
+    plain U-Net, the same network, trained in one run; on a CPU in float32 (the bf16 policy is
+    for CUDA). An unknown model is refused with the known ones."""
+    import json
+
+    from lus_common.app.bench import benchmark_keras
+    from lus_common.app.cli import main
+    from lus_common.models.torch_smp import count_parameters, create_model
+
+    args = ["bench", "--keras", "x_unet", "--size", "32", "--batch", "2", "--steps", "1"]
+    assert main([*args, "--device", "cpu"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["keras_model"] == "x_unet" and line["torch_twin"] == "unet"
+    assert line["keras_params"] == 31_031_745
+    assert line["torch_params"] == count_parameters(create_model("unet")[0])
+    assert line["amp"] is False and line["keras_policy"] == "float32"
+    assert line["keras_images_per_s"] > 0 and line["torch_images_per_s"] > 0
+    ratio = line["keras_images_per_s"] / line["torch_images_per_s"]
+    assert line["keras_over_torch"] == pytest.approx(ratio, abs=0.002)
+    with pytest.raises(KeyError, match="x_unet"):
+        benchmark_keras("v_unet", 32, 2, steps=1, device="cpu")

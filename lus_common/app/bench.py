@@ -139,6 +139,68 @@ def benchmark(
     }
 
 
+# Each Keras model's torch counterpart for ``lus bench --keras``: x_unet and the plain U-Net are
+# the same network (Ronneberger's, 64 to 1024 filters); the others are smp U-Nets on the same
+# encoder with smp's own decoder, so their ratio compares two frameworks and two decoders.
+KERAS_TWINS = {"x_unet": "unet", "vgg16_unet": "unet_vgg16", "resnet50_unet": "unet_resnet50"}
+
+
+def benchmark_keras(
+    model: str, size: int, batch: int, amp: bool = False, steps: int = 50, device: str = "auto"
+) -> dict:
+    """Keras 3 (torch backend) training speed beside its torch counterpart, in one run.
+
+    The Keras model (:func:`lus_common.models.keras_unets.create_keras_model`, no pretrained
+    weights: speed only) trains ``steps`` batches of random data held on the device with
+    ``train_on_batch`` (Adam, binary cross-entropy), under the mixed bf16 policy with ``amp`` on
+    CUDA, else float32; its twin of :data:`KERAS_TWINS` trains as :func:`time_training` does the
+    configured variant (bf16 autocast with ``amp``, channels_last and fused Adam on CUDA).
+
+    Returns:
+        One flat dict: ``keras_images_per_s``, ``torch_images_per_s``, ``keras_over_torch``,
+        both models' parameter counts, the device and versions.
+    """
+    from lus_common.models import keras_unets
+
+    twin = lookup(KERAS_TWINS, model, "Keras model to benchmark")
+    dev = resolve_device(device)
+    use_amp = amp and dev.type == "cuda"
+    keras_unets.use_device(dev.type)
+    k = keras_unets.keras()
+    k.mixed_precision.set_global_policy("mixed_bfloat16" if use_amp else "float32")
+    net, _ = keras_unets.create_keras_model(model, size, encoder_weights=None)
+    net.compile(optimizer=k.optimizers.Adam(1e-4), loss=k.losses.BinaryCrossentropy())
+    x = k.random.normal((batch, *net.input_shape[1:]), seed=0)
+    y = k.ops.cast(k.random.uniform((batch, *net.output_shape[1:]), seed=1) > 0.5, "float32")
+    for _ in range(3):  # warm-up: the first steps build the optimizer's state
+        net.train_on_batch(x, y)
+    _sync(dev)
+    start = time.perf_counter()
+    for _ in range(steps):
+        net.train_on_batch(x, y)
+    _sync(dev)
+    keras_ips = batch * steps / (time.perf_counter() - start)
+    torch_run = time_training(twin, size, batch, steps, use_amp, dev.type == "cuda", dev)
+    torch_model, _ = create_model(twin)
+    return {
+        "keras_model": model,
+        "torch_twin": twin,
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "device": describe_device(dev),
+        "amp": use_amp,
+        "keras_policy": k.mixed_precision.global_policy().name,
+        "keras_params": int(net.count_params()),
+        "torch_params": int(sum(p.numel() for p in torch_model.parameters())),
+        "keras_images_per_s": round(keras_ips, 2),
+        "torch_images_per_s": round(torch_run["images_per_s"], 2),
+        "keras_over_torch": round(keras_ips / torch_run["images_per_s"], 3),
+        "keras": k.__version__,
+        "torch": torch.__version__,
+    }
+
+
 PHANTOMS = ("lus", "lus_v1", "lus_linear", "lus_convex", "cxr", "salient", "fetal_head")
 
 

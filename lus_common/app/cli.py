@@ -70,16 +70,20 @@ def _cmd_book(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from lus_common.app.bench import benchmark, benchmark_phantom
+    from lus_common.app.bench import benchmark, benchmark_keras, benchmark_phantom
 
     if args.phantom:
         print(json.dumps(benchmark_phantom(args.phantom, args.size, args.n)))
         return 0
+    if args.keras:
+        steps = args.steps if args.steps is not None else 50
+        print(json.dumps(benchmark_keras(args.keras, args.size, args.batch, args.amp, steps,
+                                         args.device)))  # fmt: skip
+        return 0
+    steps = args.steps if args.steps is not None else 200
     print(
         json.dumps(
-            benchmark(
-                args.model, args.size, args.batch, args.amp, args.steps, args.device, args.compile
-            )
+            benchmark(args.model, args.size, args.batch, args.amp, steps, args.device, args.compile)
         )
     )
     return 0
@@ -292,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, default=256)
     bench.add_argument("--batch", type=int, default=8)
     bench.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
-    bench.add_argument("--steps", type=int, default=200)
+    bench.add_argument("--steps", type=int, default=None, help="timed steps (200; 50 with --keras)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--compile", action="store_true", help="torch.compile the measured variant")
     bench.add_argument(
@@ -302,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
         "lus_linear, lus_convex, cxr, salient or fetal_head",
     )
     bench.add_argument("--n", type=int, default=1024, help="images to generate with --phantom")
+    bench.add_argument(
+        "--keras",
+        default=None,
+        help="time a Keras model instead (x_unet, vgg16_unet or resnet50_unet), beside its torch "
+        "counterpart in the same run (mixed bf16 policy with --amp on CUDA)",
+    )
     bench.set_defaults(func=_cmd_bench)
 
     data = sub.add_parser("data", help="list, fetch or verify datasets")

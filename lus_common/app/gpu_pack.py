@@ -155,22 +155,33 @@ def _cxr_plan(args) -> Plan:
 
 # The speed targets: (model, size, batch).
 BENCH = [("unet", 256, 64), ("unet_resnet50", 256, 128), ("unet_mobilenet_v2", 512, 32)]
+# The Keras models under the mixed bf16 policy beside their torch counterparts: (model, size,
+# batch); last, so that the torch figures come back first if the budget runs out.
+BENCH_KERAS = [("x_unet", 256, 64), ("resnet50_unet", 256, 64)]
 
 
 def _bench_plan(args) -> Plan:
     jobs = []
+    cli = f"{PYTHON_ON_DEVICE} -m lus_common.app.cli bench"
     for model, size, batch in BENCH:
         for extra in ("--amp", "--amp --compile"):
             jobs.append(
-                f"{PYTHON_ON_DEVICE} -m lus_common.app.cli bench --model {model} --size {size} "
-                f'--batch {batch} --steps {args.steps} --device cuda {extra} >> "$OUT/bench.jsonl"'
+                f"{cli} --model {model} --size {size} --batch {batch} --steps {args.steps} "
+                f'--device cuda {extra} >> "$OUT/bench.jsonl"'
             )
+    for model, size, batch in BENCH_KERAS:
+        jobs.append(
+            f"{cli} --keras {model} --size {size} --batch {batch} --steps {args.steps // 4} "
+            f'--device cuda --amp >> "$OUT/bench_keras.jsonl"'
+        )
     return Plan(
         name="bench",
-        description="lus bench on the GPU (bf16 and bf16 + torch.compile, eager fp32 baseline)",
-        wheels=("segmentation-models-pytorch",),
+        description="lus bench on the GPU (bf16 and bf16 + torch.compile, eager fp32 baseline; "
+        "the Keras models in mixed bf16 beside their torch counterparts)",
+        wheels=("segmentation-models-pytorch", "keras", "namex", "optree"),
         jobs=jobs,
-        export="(append the lines of bench.jsonl to book/appendix/bench_gpu.jsonl)",
+        export="(append the lines of bench.jsonl and bench_keras.jsonl to "
+        "book/appendix/bench_gpu.jsonl)",
     )
 
 
