@@ -171,6 +171,10 @@ def _cmd_phantom_calibrate(args) -> int:
 
     starts = calibration.start_values(args.start)  # checked before the frames are read
     real = load_lus_pleura_rib(_real_folder(args), image_size=args.size)
+    also = {}
+    for n in args.also_size or ():
+        small = load_lus_pleura_rib(_real_folder(args), image_size=n)
+        also[n] = (small.images, small.groups)
     start, previous = None, None
     if not args.fresh and calibration.CALIBRATION_FILE.is_file():  # refine the current fit
         previous = json.loads(calibration.CALIBRATION_FILE.read_text())
@@ -185,6 +189,7 @@ def _cmd_phantom_calibrate(args) -> int:
         args.seed,
         progress=not args.quiet,
         start=start,
+        also=also,
     )
     if previous is not None:  # where the refit started: the fit it refines
         record["start_from"] = {
@@ -372,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument("--real", default=None, help="real frames laid out as lus_pleura_rib")
     cal.add_argument("--size", type=int, default=256)
+    cal.add_argument(
+        "--also-size",
+        type=int,
+        action="append",
+        help="also fit the statistics at this smaller display size (repeatable; e.g. 128, the "
+        "size the check's networks see): the objective is the mean over the sizes",
+    )
     cal.add_argument(
         "--sobol", type=int, default=64, help="initial Sobol points (0: none, to refine)"
     )

@@ -315,6 +315,18 @@ def objective(phantom: dict, real: dict) -> tuple[float, dict]:
     return value, {"mean_z2": z2, **distances}
 
 
+def objectives_by_size(frames: tuple, real: dict, smaller: dict) -> dict:
+    """:func:`objective` of phantom ``(images, groups)`` against ``real`` (a summary, key
+    ``"main"``) and at each size of ``smaller`` (``{size: real summary}``, key ``str(size)``),
+    the images resized to it as the generator resizes small images."""
+    images, groups = frames
+    out = {"main": objective(realism.summarise(images, groups), real)[0]}
+    for n, summary in smaller.items():
+        small = np.rint(bmode.display_resize(images * 255, n)) / 255
+        out[str(n)] = objective(realism.summarise(small, groups), summary)[0]
+    return out
+
+
 def calibrate(
     real_images: np.ndarray,
     real_groups,
@@ -323,6 +335,7 @@ def calibrate(
     seed: int = 0,
     progress: bool = True,
     start: dict | None = None,
+    also: dict | None = None,
 ) -> dict:
     """Fit the calibrated appearance to real frames (see the module docstring).
 
@@ -338,11 +351,17 @@ def calibrate(
             the Sobol points so that a refit starts no worse than it (:func:`units_of`: clipped
             into today's ranges; a parameter it lacks starts at the first generator's value, or
             the middle of its range).
+        also: ``{size: (images, groups)}``, the real frames at smaller display sizes (the size
+            the networks see): the objective is then the mean of its value at ``real_images``'
+            size and at each of these, the phantom frames resized to them as the generator
+            resizes small images (:func:`~lus_common.phantoms.bmode.display_resize`).
 
     Returns:
         The record written by :func:`write_record`: ``appearance`` (the fitted values),
         ``units``, ``sector``, ``ribs`` (:func:`fit_rib_width`), ``objective`` before (``v1``)
-        and after, and the statistics.
+        and after (``calibrated``) at the frames' own size, where the search started (``start``,
+        the searched objective) and, with ``also``, the searched objective after (``searched``,
+        the mean over the sizes) and each size's (``by_size``), and the statistics.
     """
     from scipy.optimize import minimize
     from scipy.stats import qmc
@@ -350,6 +369,7 @@ def calibrate(
     t0 = time.perf_counter()
     size = real_images.shape[-1]
     real = realism.summarise(real_images, real_groups)
+    smaller = {int(k): realism.summarise(*v) for k, v in (also or {}).items()}
     inside = realism.sector_masks(real_images, real_groups).mean(0) > 0.5
     sector = fit_sector(inside, size)
     names = list(SEARCH)
@@ -366,7 +386,8 @@ def calibrate(
         key = tuple(np.round(np.clip(u, 0, 1), 6))
         if key not in cache:
             a = appearance_from(dict(zip(names, key)), sector, ribs=ribs)
-            cache[key] = objective(realism.summarise(*phantom_frames(a, size, seed=seed)), real)[0]
+            by_size = objectives_by_size(phantom_frames(a, size, seed=seed), real, smaller)
+            cache[key] = float(np.mean(list(by_size.values())))
             if cache[key] < best["value"]:
                 best.update(value=cache[key], units=np.array(key))
                 if progress:
@@ -393,6 +414,8 @@ def calibrate(
     fitted = appearance_from(units, sector, ribs=ribs)
     before = objective(realism.summarise(*phantom_frames(V1, size, seed=seed)), real)
     after = objective(realism.summarise(*phantom_frames(fitted, size, seed=seed)), real)
+    by_size = objectives_by_size(phantom_frames(fitted, size, seed=seed), real, smaller)
+    by_size[str(size)] = by_size.pop("main")
     changed = {
         k: v
         for k, v in fitted.as_dict().items()
@@ -403,7 +426,16 @@ def calibrate(
         "units": units,
         "sector": sector,
         "ribs": ribs,
-        "objective": {"v1": before[0], "start": start_value, "calibrated": after[0]},
+        "objective": {
+            "v1": before[0],
+            "start": start_value,
+            "calibrated": after[0],
+            **(
+                {"searched": float(np.mean(list(by_size.values()))), "by_size": by_size}
+                if smaller
+                else {}
+            ),
+        },
         "parts": {"v1": before[1], "calibrated": after[1]},
         "evaluations": len(cache),
         "seconds": round(time.perf_counter() - t0, 1),
