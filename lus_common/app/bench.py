@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lus_common.config.device import describe_device, resolve_device
 from lus_common.config.registry import lookup
-from lus_common.models.torch_smp import create_model
+from lus_common.models.torch_smp import count_parameters, create_model
 from lus_common.training.torch_loop import make_optimizer
 
 
@@ -80,6 +80,7 @@ def time_training(
     _sync(device)
     seconds = time.perf_counter() - start
     return {
+        "params": count_parameters(model),
         "images_per_s": batch * steps / seconds,
         "tflops": flops * steps / seconds / 1e12,
         "gflop_per_step": flops / 1e9,
@@ -181,7 +182,6 @@ def benchmark_keras(
     _sync(dev)
     keras_ips = batch * steps / (time.perf_counter() - start)
     torch_run = time_training(twin, size, batch, steps, use_amp, dev.type == "cuda", dev)
-    torch_model, _ = create_model(twin)
     return {
         "keras_model": model,
         "torch_twin": twin,
@@ -192,7 +192,7 @@ def benchmark_keras(
         "amp": use_amp,
         "keras_policy": k.mixed_precision.global_policy().name,
         "keras_params": int(net.count_params()),
-        "torch_params": int(sum(p.numel() for p in torch_model.parameters())),
+        "torch_params": torch_run["params"],
         "keras_images_per_s": round(keras_ips, 2),
         "torch_images_per_s": round(torch_run["images_per_s"], 2),
         "keras_over_torch": round(keras_ips / torch_run["images_per_s"], 3),

@@ -320,7 +320,13 @@ def objectives_by_size(frames: tuple, real: dict, smaller: dict) -> dict:
     ``"main"``) and at each size of ``smaller`` (``{size: real summary}``, key ``str(size)``),
     the images resized to it as the generator resizes small images."""
     images, groups = frames
-    out = {"main": objective(realism.summarise(images, groups), real)[0]}
+    return {"main": objective(realism.summarise(images, groups), real)[0],
+            **_smaller_objectives(images, groups, smaller)}  # fmt: skip
+
+
+def _smaller_objectives(images: np.ndarray, groups, smaller: dict) -> dict:
+    """:func:`objectives_by_size` at the sizes of ``smaller`` alone."""
+    out = {}
     for n, summary in smaller.items():
         small = np.rint(bmode.display_resize(images * 255, n)) / 255
         out[str(n)] = objective(realism.summarise(small, groups), summary)[0]
@@ -413,9 +419,9 @@ def calibrate(
     units = dict(zip(names, best["units"].tolist()))
     fitted = appearance_from(units, sector, ribs=ribs)
     before = objective(realism.summarise(*phantom_frames(V1, size, seed=seed)), real)
-    after = objective(realism.summarise(*phantom_frames(fitted, size, seed=seed)), real)
-    by_size = objectives_by_size(phantom_frames(fitted, size, seed=seed), real, smaller)
-    by_size[str(size)] = by_size.pop("main")
+    frames = phantom_frames(fitted, size, seed=seed)
+    after = objective(realism.summarise(*frames), real)
+    by_size = {str(size): after[0], **_smaller_objectives(*frames, smaller)}
     changed = {
         k: v
         for k, v in fitted.as_dict().items()
