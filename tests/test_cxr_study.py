@@ -113,13 +113,13 @@ def test_reference_runs_are_made_by_this_code_and_named_honestly():
             "stale reference: rerun run_cxr_reference.py"
         )
         assert params["data_source"] == "shenzhen" and params["stretch"] == "global"
-        assert (params["image_size"], r["n_train"], r["n_val"], r["n_test"], params["epochs"]) == (
-            128,
-            100,
-            49,
-            54,
-            30,
-        )
+        assert (params["image_size"], r["n_val"], r["n_test"]) == (128, 49, 54)
+        # the paper's 100 images for 30 epochs, or a point of the size curve at the same steps
+        p = cs.study_params("paper")
+        assert params["epochs"] == cs.epochs_for(p, r["n_train"])
+        assert (r["n_train"] == 100) == (params["epochs"] == 30)
+        if r["n_train"] != 100:
+            assert (params["norm"], params["bn_momentum"]) == ("batch", cs.KERAS_BN_MOMENTUM)
         assert metrics["params"] == AUTHORS_PARAMS[params["model"], params["norm"]]
         if metrics["weights_used"].startswith(
             "none"
@@ -147,6 +147,47 @@ def test_reference_findings_quote_the_file():
         text = next(t for t in sentences if t.startswith(f"**{cs.MODEL_LABELS[model]}**"))
         if "predicts all background even with batch statistics" not in text:
             assert f"{g['test_dice_training'].mean():.3f}" in text
+
+
+def test_reference_jobs_add_the_size_curve_to_the_batch_norm_jobs_at_keras_momentum():
+    jobs = [("unet", "batch", 0.99, "none"), ("unet", "group", 0.99, "none"),
+            ("unet", "batch", 0.9, "none"), ("vgg16_unet", "batch", 0.99, "hed")]  # fmt: skip
+    main = cs.reference_jobs(jobs, [0, 1], 100)
+    assert main == [(*j, s, 100) for j in jobs for s in (0, 1)]
+    runs = cs.reference_jobs(jobs, [0, 1], 100, train_sizes=[200, 25, 100], curve_seeds=[3])
+    assert runs[: len(main)] == main
+    # 100 is the main setting already; GroupNorm and momentum 0.9 stay at 100 images
+    assert runs[len(main) :] == [
+        ("unet", "batch", 0.99, "none", 3, 25),
+        ("vgg16_unet", "batch", 0.99, "hed", 3, 25),
+        ("unet", "batch", 0.99, "none", 3, 200),
+        ("vgg16_unet", "batch", 0.99, "hed", 3, 200),
+    ]
+    # without curve seeds, the curve runs every seed
+    assert len(cs.reference_jobs(jobs, [0, 1], 100, train_sizes=[50])) == len(main) + 4
+    # the curve's runs train for the main setting's 210 steps (100 images in batches of 16, 30
+    # epochs): 25 images are 2 batches an epoch, 105 epochs
+    p = cs.study_params("paper")
+    assert cs.epochs_for(p, 25) == 105 and cs.epochs_for(p, 200) == 16
+
+
+def test_size_findings_read_the_curve():
+    runs = pd.DataFrame(
+        [
+            {"model": m, "n_train": n, "seed": s, "bn_momentum": 0.99, "norm": "batch",
+             "encoder_arm": "asked", "epochs": e, "steps": 210,
+             "test_dice_inference": d + 0.01 * s, "test_dice_recomputed_bn": d + 0.1}
+            for m, n, e, d in [("unet", 25, 105, 0.5), ("unet", 100, 30, 0.8),
+                               ("unet", 200, 16, 0.7), ("vgg16_unet", 100, 30, 0.9)]
+            for s in (0, 1)
+        ]
+    )  # fmt: skip
+    curve = cs.size_curve(runs)
+    assert curve["dice"].round(3).tolist() == [0.505, 0.805, 0.705, 0.905]
+    (text,) = cs.size_findings(curve)  # the VGG16-U-Net has one size: no sentence
+    assert text.startswith("**U-Net**: test Dice 0.505 with 25 training images and 0.705 with 200")
+    assert "highest 0.805 at 100 images" in text and "2 seed(s)" in text
+    assert "recomputing the BN statistics: 0.600 and 0.800" in text
 
 
 def _run(

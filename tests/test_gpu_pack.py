@@ -222,6 +222,20 @@ def test_collect_keeps_within_what_comes_back_and_unpack_checks_the_pieces(tmp_p
         gpu_pack.collect(store, out)
 
 
+def test_the_cxr_plan_runs_the_size_curve_it_is_asked_for():
+    from lus_common.app import gpu_pack
+
+    jobs = ["unet:batch:0.99", "resnet50_unet:batch:0.99"]
+    plan = gpu_pack.PLANS["cxr"](Namespace(jobs=jobs, seeds=[0, 1]))
+    assert "--train-sizes" not in plan.jobs[0]
+    args = Namespace(jobs=jobs, seeds=[0, 1], train_sizes=[25, 50], curve_seeds=[0])
+    plan = gpu_pack.PLANS["cxr"](args)
+    (job,) = plan.jobs
+    assert "--seeds 0 1 --train-sizes 25 50 --curve-seeds 0" in job and "--no-export" in job
+    # the export here names the same runs, so that it reads them back
+    assert "--train-sizes 25 50 --curve-seeds 0" in plan.export
+
+
 def test_wheels_are_those_the_gpu_machine_installs():
     from lus_common.app.gpu_pack import _fits_target
 

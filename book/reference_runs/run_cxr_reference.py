@@ -5,8 +5,10 @@ Each job is ``model:norm:momentum[:weights]`` (e.g. ``unet:batch:0.99``, ``unet:
 the ``paper`` profile (the authors' setup) for each ``--seeds``, or is read back from the results
 store when it already ran. ``--random-arm-folders`` adds stored runs that asked for pretrained
 weights but trained from a random encoder (recorded ``none/random``) as the random control.
-``cxr_overfitting_shenzhen.json`` is then written from the run folders of *all* the jobs named,
-with this command line as its provenance::
+``--train-sizes`` adds the chapter's training-set-size curve: each job with batch norm at Keras'
+momentum (0.99) trained on that many images for the main setting's number of steps, for each
+``--curve-seeds`` (default ``--seeds``). ``cxr_overfitting_shenzhen.json`` is then written from the
+run folders of *all* the jobs named, with this command line as its provenance::
 
     LUS_DATA_DIR=../shared/data python book/reference_runs/run_cxr_reference.py \
         --jobs unet:batch:0.99 unet:batch:0.9 unet:group:0.99 resnet50_unet:batch:0.99 \
@@ -51,6 +53,17 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--device", default="2-core CPU", help="how the machine is described in the file"
     )
+    ap.add_argument(
+        "--train-sizes",
+        nargs="*",
+        type=int,
+        default=[],
+        help="the size curve: training-set sizes for the jobs with batch norm at momentum 0.99 "
+        "(at most the pool of the split; the paper profile's curve is 25 50 100 200 400)",
+    )
+    ap.add_argument(
+        "--curve-seeds", nargs="+", type=int, default=None, help="seeds of the curve (--seeds)"
+    )
     ap.add_argument("--no-export", action="store_true", help="only run (or reuse) the jobs")
     ap.add_argument(
         "--random-arm-folders",
@@ -63,21 +76,26 @@ def main(argv=None) -> int:
     jobs = [parse_job(j, args.encoder_weights) for j in args.jobs]
     p = cs.study_params("paper", seeds=args.seeds, encoder_weights=args.encoder_weights)
     splits = cs.load_splits(p)
+    pool = len(splits["pool"])
+    if any(n < 1 or n > pool for n in args.train_sizes):
+        raise SystemExit(
+            f"--train-sizes must lie in 1..{pool} (the training pool left after the "
+            f"{p['n_val']} validation and {p['n_test']} test images); got {args.train_sizes}."
+        )
     folders = []
-    for model, norm, momentum, weights in jobs:
-        p = {**p, "encoder_weights": weights}
-        for seed in args.seeds:
-            run, state = base.timed_run(
-                cs.run_one, p, model, seed, p["n_train"], momentum, splits, norm
-            )
-            m = run["metrics"]
-            print(
-                f"{model} {norm} {momentum} seed {seed}: {state}; test Dice (paper's definition) "
-                f"{m['test_dice_keras']:.3f}, inference {m['test_dice_inference']:.3f}, "
-                f"training mode {m['test_dice_training']:.3f}; weights {m['weights_used']}",
-                flush=True,
-            )
-            folders.append(run["folder"])
+    runs = cs.reference_jobs(jobs, args.seeds, p["n_train"], args.train_sizes, args.curve_seeds)
+    for model, norm, momentum, weights, seed, n_train in runs:
+        q = {**p, "encoder_weights": weights}
+        run, state = base.timed_run(cs.run_one, q, model, seed, n_train, momentum, splits, norm)
+        m = run["metrics"]
+        print(
+            f"{model} {norm} {momentum} seed {seed}, {n_train} images: {state}; test Dice "
+            f"(paper's definition) {m['test_dice_keras']:.3f}, inference "
+            f"{m['test_dice_inference']:.3f}, training mode {m['test_dice_training']:.3f}; "
+            f"weights {m['weights_used']}",
+            flush=True,
+        )
+        folders.append(run["folder"])
     for folder in args.random_arm_folders:
         config = results.load_run(folder)["config"]
         if not config["weights"]["used"].startswith("none") or config["params"]["model"] == "unet":
@@ -95,6 +113,13 @@ def main(argv=None) -> int:
             f"batch {p['batch_size']}, Adam {p['lr']:g}, Dice loss, one 2-98 % "
             f"stretch over the set), seed(s) {', '.join(map(str, args.seeds))}, on a {args.device}."
         )
+        if len(runs) > len(jobs) * len(args.seeds):
+            curve = sorted({n for *_, n in runs})
+            what += (
+                f" The size curve: {', '.join(map(str, curve))} training images at about the same "
+                f"number of steps, seed(s) "
+                f"{', '.join(map(str, args.curve_seeds or args.seeds))}."
+            )
         path = cs.export_reference(folders, what, command, args.device)
         print(f"wrote {path}")
     return 0

@@ -439,6 +439,16 @@ def build_parser() -> argparse.ArgumentParser:
         ],
         help="cxr: model:norm:momentum[:weights] jobs (as run_cxr_reference.py takes them)",
     )
+    gp.add_argument(
+        "--train-sizes",
+        nargs="*",
+        type=int,
+        default=[],
+        help="cxr: the size curve's training-set sizes (the paper profile's: 25 50 100 200 400)",
+    )
+    gp.add_argument(
+        "--curve-seeds", nargs="+", type=int, default=None, help="cxr: the curve's seeds (--seeds)"
+    )
     gp.add_argument("--steps", type=int, default=200, help="bench: timed steps per variant")
     gp.add_argument("--fp16", action="store_true", help="float16 copies of the weights")
     gp.add_argument(

@@ -131,6 +131,12 @@ def _cxr_plan(args) -> Plan:
     p = cs.study_params("paper")
     seeds = " ".join(map(str, args.seeds))
     run_args = f"--jobs {' '.join(args.jobs)} --seeds {seeds}"
+    sizes = getattr(args, "train_sizes", None) or []
+    if sizes:  # the chapter's training-set-size curve (run_cxr_reference.py --train-sizes)
+        run_args += f" --train-sizes {' '.join(map(str, sizes))}"
+        curve_seeds = getattr(args, "curve_seeds", None)
+        if curve_seeds:
+            run_args += f" --curve-seeds {' '.join(map(str, curve_seeds))}"
     script = "book/reference_runs/run_cxr_reference.py"
     # the weights the jobs name (model:norm:momentum:weights) that `lus weights import` makes
     weights = sorted({j.split(":")[3] for j in args.jobs if j.count(":") == 3} & set(SOURCES))

@@ -428,6 +428,28 @@ def jobs(p: dict) -> list[tuple[str, int, int, float, str, str]]:
     return out
 
 
+def reference_jobs(
+    jobs: list[tuple[str, str, float, str]],
+    seeds: list[int],
+    n_train: int,
+    train_sizes=(),
+    curve_seeds=None,
+) -> list[tuple[str, str, float, str, int, int]]:
+    """The runs of ``run_cxr_reference.py``, as ``(model, norm, momentum, weights, seed, n_train)``.
+
+    Every job ``(model, norm, momentum, weights)`` for every seed at the paper's ``n_train``; then,
+    as :func:`jobs` lays out the chapter's curve, each job with batch norm at Keras' momentum at
+    every other size of ``train_sizes``, for each of ``curve_seeds`` (default ``seeds``). The
+    curve's runs train for the main setting's number of steps (:func:`epochs_for`).
+    """
+    curve_seeds = seeds if curve_seeds is None else curve_seeds
+    out = [(m, norm, b, w, s, n_train) for m, norm, b, w in jobs for s in seeds]
+    out += [(m, norm, b, w, s, size) for size in sorted(set(train_sizes)) if size != n_train
+            for m, norm, b, w in jobs if (norm, b) == ("batch", KERAS_BN_MOMENTUM)
+            for s in curve_seeds]  # fmt: skip
+    return out
+
+
 def _run_job(p, splits, model, seed, n_train, momentum, norm, arm) -> dict:
     """One job of :func:`jobs` for the sweep executor."""
     return run_one(p, model, seed, n_train, momentum, splits, norm, arm=arm)
@@ -862,6 +884,27 @@ def size_curve(runs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["model", "n_train"]).reset_index(drop=True)
 
 
+def size_findings(curve: pd.DataFrame) -> list[str]:
+    """One sentence per model of :func:`size_curve` with more than one size: its test Dice
+    (inference mode) at the fewest and the most training images, with the seeds behind each."""
+    out = []
+    for model, g in curve.groupby("model", sort=False):
+        if len(g) < 2:
+            continue
+        lo, hi = g.iloc[0], g.iloc[-1]
+        best = g.loc[g["dice"].idxmax()]
+        seeds = sorted({int(lo["seeds"]), int(hi["seeds"])})
+        out.append(
+            f"**{model}**: test Dice {lo['dice']:.3f} with {int(lo['n_train'])} training images "
+            f"and {hi['dice']:.3f} with {int(hi['n_train'])} ({int(lo['steps'])} and "
+            f"{int(hi['steps'])} steps; "
+            f"{' or '.join(map(str, seeds))} seed(s) each); highest {best['dice']:.3f} at "
+            f"{int(best['n_train'])} images. After recomputing the BN statistics: "
+            f"{lo['dice_recomputed_bn']:.3f} and {hi['dice_recomputed_bn']:.3f}."
+        )
+    return out
+
+
 __all__ = [
     "PROFILES",
     "study_params",
@@ -873,6 +916,8 @@ __all__ = [
     "table2",
     "bn_table",
     "size_curve",
+    "size_findings",
+    "reference_jobs",
     "main_runs",
     "findings",
     "control_findings",
