@@ -28,26 +28,20 @@ def test_executor_is_for_studies_with_sweeps(capsys):
         main(["run", "data_reduction", "--executor", "slurm"])
 
 
-def test_bench_prints_one_json_line(capsys):
-    assert (
-        main(
-            [
-                "bench",
-                "--model",
-                "unet_mobilenet_v2",
-                "--size",
-                "32",
-                "--batch",
-                "2",
-                "--steps",
-                "2",
-            ]
-        )
-        == 0
-    )
+def test_bench_prints_one_json_line(capsys, tmp_path):
+    args = ["bench", "--model", "unet_mobilenet_v2", "--size", "32", "--batch", "2", "--steps", "2"]
+    profile = tmp_path / "profile.txt"
+    assert main([*args, "--profile", str(profile)]) == 0
     line = capsys.readouterr().out.strip()
     result = json.loads(line)
     assert result["images_per_s"] > 0 and result["baseline_images_per_s"] > 0
+    assert (result["compile"], result["compile_mode"]) == (False, None)
+    # the profiler's table of the measured variant: its convolutions, by CPU time here
+    text = profile.read_text()
+    assert text.startswith("## unet_mobilenet_v2 32px batch 2") and "by cpu_time_total" in text
+    assert "aten::convolution_backward" in text
+    assert main([*args, "--compile", "fastest"]) == 2
+    assert "Unknown torch.compile mode 'fastest'" in capsys.readouterr().err
     assert result["speedup"] == pytest.approx(
         result["images_per_s"] / result["baseline_images_per_s"], rel=0.01
     )

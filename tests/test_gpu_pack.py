@@ -236,6 +236,26 @@ def test_the_cxr_plan_runs_the_size_curve_it_is_asked_for():
     assert "--train-sizes 25 50 --curve-seeds 0" in plan.export
 
 
+def test_the_bench_plan_profiles_then_compiles_each_target():
+    from lus_common.app import gpu_pack
+
+    jobs = gpu_pack.PLANS["bench"](Namespace(steps=200)).jobs
+    torch_jobs = [j for j in jobs if "--model" in j]
+    # every speed target of the issue: bf16 profiled, then bf16 with CUDA graphs
+    assert len(torch_jobs) == 2 * len(gpu_pack.BENCH) + len(gpu_pack.BENCH_AUTOTUNE)
+    for model, size, batch in gpu_pack.BENCH:
+        mine = [j for j in torch_jobs if f"--model {model} --size {size} --batch {batch} " in j]
+        assert any('--profile "$OUT/profile.txt"' in j for j in mine)
+        assert any("--compile reduce-overhead" in j for j in mine)
+    assert jobs[-1].endswith('--compile max-autotune >> "$OUT/bench.jsonl"')
+    # each job's line parses as lus bench's arguments
+    from lus_common.app.cli import build_parser
+
+    for job in jobs:
+        words = job.split(" -m lus_common.app.cli ")[1].split(" >> ")[0].replace('"', "").split()
+        build_parser().parse_args(words)
+
+
 def test_wheels_are_those_the_gpu_machine_installs():
     from lus_common.app.gpu_pack import _fits_target
 

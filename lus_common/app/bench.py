@@ -22,6 +22,27 @@ from lus_common.config.registry import lookup
 from lus_common.models.torch_smp import count_parameters, create_model
 from lus_common.training.torch_loop import make_optimizer
 
+# torch.compile's modes: "reduce-overhead" replays the step's kernels as CUDA graphs (fixed shapes,
+# static inputs: what the benchmark's device-resident batch is), "max-autotune" also searches
+# Triton and cuBLAS/cuDNN choices per kernel (minutes of compiling) and uses CUDA graphs too.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(compile) -> str | None:
+    """The ``torch.compile`` mode of a ``compile`` argument: ``False``/``None``/``""`` for none,
+    ``True`` for ``"default"``, else one of :data:`COMPILE_MODES`.
+
+    Raises:
+        ValueError: an unknown mode, with the known ones.
+    """
+    if compile is True:
+        return "default"
+    if not compile:
+        return None
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"Unknown torch.compile mode {compile!r}: use one of {COMPILE_MODES}.")
+    return compile
+
 
 def _step_fn(model, x, y, amp: bool, device: torch.device, fast_optimizer: bool = True):
     """One training step; with ``fast_optimizer`` Adam as the studies train with it
@@ -31,7 +52,11 @@ def _step_fn(model, x, y, amp: bool, device: torch.device, fast_optimizer: bool 
                  else torch.optim.Adam(params, lr=1e-4))  # fmt: skip
     loss_fn = nn.BCEWithLogitsLoss()
 
+    graphs = hasattr(model, "_orig_mod")  # compiled: tell CUDA graphs a new step begins
+
     def step():
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = loss_fn(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -54,10 +79,17 @@ def time_training(
     amp: bool,
     channels_last: bool,
     device: torch.device,
-    compile: bool = False,
+    compile: bool | str = False,
     warmup: int = 3,
+    profile=None,
 ) -> dict:
-    """Images/s and TFLOP/s of ``steps`` training steps of one model variant."""
+    """Images/s and TFLOP/s of ``steps`` training steps of one model variant.
+
+    ``compile``: ``torch.compile`` the model (``True``: its default mode, or a mode of
+    :data:`COMPILE_MODES`). ``profile``: a text file to which ``torch.profiler``'s table of five
+    more steps is appended (the top operators by device time on CUDA, else by CPU time).
+    """
+    mode = compile_mode(compile)
     torch.manual_seed(0)
     model, _ = create_model(model_name)
     model.to(device).train()
@@ -66,8 +98,9 @@ def time_training(
     if channels_last:
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    fast = amp or channels_last or compile  # the configured variant; the baseline stays plain
-    step = _step_fn(torch.compile(model) if compile else model, x, y, amp, device, fast)
+    fast = amp or channels_last or bool(mode)  # the configured variant; the baseline stays plain
+    compiled = torch.compile(model, mode=None if mode == "default" else mode) if mode else model
+    step = _step_fn(compiled, x, y, amp, device, fast)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     flops = 3 * counter.get_total_flops()
@@ -79,6 +112,9 @@ def time_training(
         step()
     _sync(device)
     seconds = time.perf_counter() - start
+    if profile:
+        _profile_steps(step, device, profile, f"{model_name} {size}px batch {batch}, "
+                       f"amp {amp}, channels_last {channels_last}, compile {mode}")  # fmt: skip
     return {
         "params": count_parameters(model),
         "images_per_s": batch * steps / seconds,
@@ -88,6 +124,24 @@ def time_training(
     }
 
 
+def _profile_steps(step, device: torch.device, path, title: str, steps: int = 5) -> None:
+    """Append ``torch.profiler``'s operator table of ``steps`` more steps to the file ``path``."""
+    from pathlib import Path
+
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    key = "cuda_time_total" if cuda else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=25)
+    with Path(path).open("a") as f:
+        f.write(f"## {title}: {steps} steps on {describe_device(device)}, by {key}\n{table}\n\n")
+
+
 def benchmark(
     model: str,
     size: int,
@@ -95,7 +149,8 @@ def benchmark(
     amp: bool = False,
     steps: int = 200,
     device: str = "auto",
-    compile: bool = False,
+    compile: bool | str = False,
+    profile=None,
 ) -> dict:
     """Benchmark a configured variant against the eager fp32 baseline in one run.
 
@@ -106,7 +161,9 @@ def benchmark(
         amp: bf16 autocast (CUDA only; on CPU the flag is recorded but autocast stays off).
         steps: timed steps per variant.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        compile: wrap the configured variant in ``torch.compile``.
+        compile: wrap the configured variant in ``torch.compile`` (``True``: its default mode;
+            or a mode of :data:`COMPILE_MODES`, e.g. ``"reduce-overhead"`` for CUDA graphs).
+        profile: a text file to which the configured variant's profiler table is appended.
 
     Returns:
         One flat dict: the variant's ``images_per_s`` and ``tflops``, the baseline's, and
@@ -114,7 +171,9 @@ def benchmark(
     """
     dev = resolve_device(device)
     use_amp = amp and dev.type == "cuda"
-    fast = time_training(model, size, batch, steps, use_amp, dev.type == "cuda", dev, compile)
+    mode = compile_mode(compile)
+    cuda = dev.type == "cuda"
+    fast = time_training(model, size, batch, steps, use_amp, cuda, dev, mode, profile=profile)
     tuned, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     try:  # the baseline without cuDNN's autotuner, which the fast variant's optimizer switched on
         base = time_training(model, size, batch, steps, False, False, dev)
@@ -128,7 +187,8 @@ def benchmark(
         "device": describe_device(dev),
         "amp": use_amp,
         "channels_last": dev.type == "cuda",
-        "compile": compile,
+        "compile": bool(mode),
+        "compile_mode": mode,
         "fused_adam": dev.type == "cuda",
         "images_per_s": round(fast["images_per_s"], 2),
         "tflops": round(fast["tflops"], 4),

@@ -83,7 +83,16 @@ def _cmd_bench(args) -> int:
     steps = args.steps if args.steps is not None else 200
     print(
         json.dumps(
-            benchmark(args.model, args.size, args.batch, args.amp, steps, args.device, args.compile)
+            benchmark(
+                args.model,
+                args.size,
+                args.batch,
+                args.amp,
+                steps,
+                args.device,
+                args.compile,
+                args.profile,
+            )  # fmt: skip
         )
     )
     return 0
@@ -303,7 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     bench.add_argument("--steps", type=int, default=None, help="timed steps (200; 50 with --keras)")
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--compile", action="store_true", help="torch.compile the measured variant")
+    bench.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODE",
+        help="torch.compile the measured variant; MODE: default, reduce-overhead (CUDA graphs), "
+        "max-autotune or max-autotune-no-cudagraphs",
+    )
+    bench.add_argument(
+        "--profile", default=None, metavar="FILE", help="append torch.profiler's table to FILE"
+    )
     bench.add_argument(
         "--phantom",
         default=None,

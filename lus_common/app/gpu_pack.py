@@ -166,28 +166,40 @@ BENCH = [("unet", 256, 64), ("unet_resnet50", 256, 128), ("unet_mobilenet_v2", 5
 BENCH_KERAS = [("x_unet", 256, 64), ("resnet50_unet", 256, 64)]
 
 
+# The compiled variants: torch.compile with CUDA graphs for every target; max-autotune (minutes of
+# compiling) for the plain U-Net last, where the budget allows.
+BENCH_COMPILE = "reduce-overhead"
+BENCH_AUTOTUNE = [("unet", 256, 64)]
+
+
 def _bench_plan(args) -> Plan:
     jobs = []
     cli = f"{PYTHON_ON_DEVICE} -m lus_common.app.cli bench"
+
+    def torch_job(model, size, batch, extra):
+        return (f"{cli} --model {model} --size {size} --batch {batch} --steps {args.steps} "
+                f'--device cuda {extra} >> "$OUT/bench.jsonl"')  # fmt: skip
+
     for model, size, batch in BENCH:
-        for extra in ("--amp", "--amp --compile"):
-            jobs.append(
-                f"{cli} --model {model} --size {size} --batch {batch} --steps {args.steps} "
-                f'--device cuda {extra} >> "$OUT/bench.jsonl"'
-            )
+        # bf16 eager, profiled (the operators' table, before optimising), then compiled
+        jobs.append(torch_job(model, size, batch, '--amp --profile "$OUT/profile.txt"'))
+        jobs.append(torch_job(model, size, batch, f"--amp --compile {BENCH_COMPILE}"))
     for model, size, batch in BENCH_KERAS:
         jobs.append(
             f"{cli} --keras {model} --size {size} --batch {batch} --steps {args.steps // 4} "
             f'--device cuda --amp >> "$OUT/bench_keras.jsonl"'
         )
+    for model, size, batch in BENCH_AUTOTUNE:
+        jobs.append(torch_job(model, size, batch, "--amp --compile max-autotune"))
     return Plan(
         name="bench",
-        description="lus bench on the GPU (bf16 and bf16 + torch.compile, eager fp32 baseline; "
-        "the Keras models in mixed bf16 beside their torch counterparts)",
+        description="lus bench on the GPU (bf16, profiled, and bf16 + torch.compile with CUDA "
+        "graphs, each beside the eager fp32 baseline; the Keras models in mixed bf16 beside their "
+        "torch counterparts; then max-autotune for the plain U-Net)",
         wheels=("segmentation-models-pytorch", "keras", "namex", "optree"),
         jobs=jobs,
         export="(append the lines of bench.jsonl and bench_keras.jsonl to "
-        "book/appendix/bench_gpu.jsonl)",
+        "book/appendix/bench_gpu.jsonl; profile.txt is the operators' table of each bf16 target)",
     )
 
 
