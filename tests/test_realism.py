@@ -241,6 +241,33 @@ def test_domain_classifier_tells_obvious_domains_apart():
     assert out["frames"] == {"phantom": 48, "real": 48}
 
 
+def test_domain_classifier_over_seeds_is_the_mean_of_each_seeds_run():
+    d = lung_ultrasound_phantom(24, n_patients=4, frames_per_video=6, image_size=32,
+                                probe="convex", seed=3)  # fmt: skip
+    groups = list(d.meta["video"])
+    other = np.clip(d.images * 1.6, 0, 1)  # brighter: close enough that seeds differ
+    p = dict(realism.CHECK_PROFILES["smoke"], domain_epochs=2, seed=4)
+    out = realism.domain_auc(d.images, groups, other, groups, p, "cpu", seeds=2)
+    each = [realism.domain_auc(d.images, groups, other, groups, {**p, "seed": s}, "cpu")
+            for s in (4, 5)]  # fmt: skip
+    assert out["seeds"] == 2 and out["auc_seeds"] == [e["auc"] for e in each]
+    assert out["auc"] == pytest.approx(np.mean(out["auc_seeds"]))
+    assert out["log_loss"] == pytest.approx(np.mean([e["log_loss"] for e in each]))
+    assert out["auc_folds"] == each[0]["auc_folds"] + each[1]["auc_folds"]
+    assert out["auc_by_epoch"] == pytest.approx(
+        np.mean([e["auc_by_epoch"] for e in each], 0), abs=1e-4
+    )
+    assert "seeds" not in each[0]  # one seed: the result as before
+
+
+def test_auc_texts_keep_a_near_one_mean_apart_from_one():
+    assert realism.auc_text({"auc": 0.99963}) == "0.9996"
+    assert realism.auc_text({"auc": 1.0}) == "1.000" and realism.auc_text({"auc": 0.98}) == "0.980"
+    three = {"auc": 0.99953, "seeds": 3, "auc_seeds": [0.9989, 0.9997, 1.0]}
+    assert realism.spread_text(three) == "mean of 3 classifier seeds: 0.999, 0.9997, 1.000"
+    assert realism.spread_text({"auc_folds": [0.4, 0.6]}) == "folds: 0.40, 0.60"
+
+
 def test_domain_classifier_by_depth_finds_the_band_that_differs():
     d = lung_ultrasound_phantom(48, n_patients=6, frames_per_video=8, image_size=48,
                                 probe="convex", seed=3)  # fmt: skip
@@ -402,6 +429,46 @@ def test_phantom_check_command_prints_one_json_line(real_pleura_rib, real_pocus,
     assert doc["real"]["shadow_layout"]["per_frame"] > 1
     assert all(doc["generators"][g]["shadow_layout"]["frames"] > 0 for g in ("v1", "calibrated"))
     assert any(f.startswith("**Where the ribs lie.**") for f in found)
+
+
+def test_parse_changes_reads_appearance_fields():
+    assert realism.parse_changes("specks=30, speck_density=0.23") == {
+        "specks": 30.0, "speck_density": 0.23}  # fmt: skip
+    assert realism.parse_changes("gain_db=-1:9.5") == {"gain_db": (-1.0, 9.5)}
+    with pytest.raises(ValueError, match="not an appearance field; one of: .*aline_gain"):
+        realism.parse_changes("sparkle=1")
+    with pytest.raises(ValueError, match="write NAME=VALUE"):
+        realism.parse_changes("specks")
+    with pytest.raises(ValueError, match="not a number"):
+        realism.parse_changes("specks=lots")
+    with pytest.raises(ValueError, match="gain_db takes LO:HI"):
+        realism.parse_changes("gain_db=3")
+    with pytest.raises(ValueError, match="specks takes one number"):
+        realism.parse_changes("specks=1:2")
+
+
+def test_phantom_ablate_scores_each_variant_on_the_same_draws(real_pleura_rib, tmp_path, capsys):
+    """``lus phantom-ablate``: the base appearance and each variant, one JSON line each; a variant
+    that changes nothing scores as the base (same phantom draws, folds and seeds)."""
+    from lus_common.app.cli import main
+
+    out = tmp_path / "ablate.json"
+    code = main(["phantom-ablate", "--real", str(real_pleura_rib), "--profile", "smoke",
+                 "--variant", "specks=0", "--variant", "specks=30,speck_density=0.5",
+                 "--seeds", "2", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [x["variant"] for x in lines] == ["base", "specks=0", "specks=30,speck_density=0.5"]
+    assert lines[2]["changes"] == {"specks": 30.0, "speck_density": 0.5}
+    assert all(len(x["auc_seeds"]) == 2 and 0 <= x["auc"] <= 1 for x in lines)
+    doc = json.loads(out.read_text())
+    assert doc["base"] == "calibrated" and doc["params"]["domain_seeds"] == 2
+    assert doc["command"].startswith("lus phantom-ablate --real")
+    same = {"base": lines[0]} | {x["variant"]: x for x in lines[1:]}
+    if resolve_appearance("calibrated").specks == 0:  # specks=0 changes nothing
+        assert same["specks=0"]["auc_seeds"] == same["base"]["auc_seeds"]
+    assert main(["phantom-ablate", "--real", str(real_pleura_rib), "--variant", "glow=1"]) == 2
+    assert "not an appearance field" in capsys.readouterr().err
 
 
 def test_phantom_check_labels_all_keeps_every_rib(real_pleura_rib, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """The ``lus`` command: ``lus run``, ``lus book``, ``lus bench``, ``lus data``, ``lus weights``,
-``lus studies``, ``lus phantom-check``, ``lus phantom-calibrate``, ``lus gpu-pack`` and
+``lus studies``, ``lus phantom-check``, ``lus phantom-ablate``, ``lus phantom-calibrate``,
+``lus gpu-pack`` and
 ``lus gpu-unpack``."""
 
 from __future__ import annotations
@@ -171,6 +172,26 @@ def _cmd_phantom_check(args) -> int:
     if args.out:
         realism.write_check(result, args.out)
     print(json.dumps(realism.headline(result)))
+    return 0
+
+
+def _cmd_phantom_ablate(args) -> int:
+    from lus_common.phantoms import realism
+
+    variants = {text: realism.parse_changes(text) for text in args.variant}  # checked first
+    result = realism.domain_ablation(
+        _real_folder(args), variants, base=args.base, profile=args.profile, device=args.device,
+        progress=not args.quiet, **({"domain_seeds": args.seeds} if args.seeds else {}),
+    )  # fmt: skip
+    result["command"] = args.command_line
+    if args.out:
+        realism.write_check(result, args.out)
+    for name, v in result["variants"].items():
+        d = v["domain"]
+        print(json.dumps({"variant": name, "changes": v["changes"], "auc": round(d["auc"], 4),
+                          "auc_seeds": [round(x, 4) for x in d.get("auc_seeds", [d["auc"]])],
+                          "auc_after_1_epoch": round(d["auc_by_epoch"][0], 4),
+                          "log_loss": round(d["log_loss"], 4)}))  # fmt: skip
     return 0
 
 
@@ -389,6 +410,28 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", default=None, help="also write the whole result as JSON here")
     check.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     check.set_defaults(func=_cmd_phantom_check)
+
+    abl = sub.add_parser(
+        "phantom-ablate",
+        help="which features of the phantom the domain classifier keys on: its AUC and log-loss "
+        "on the appearance and on variants of it, one JSON line each",
+    )
+    abl.add_argument(
+        "--real", default=None, help="real frames laid out as lus_pleura_rib "
+        "(default: $LUS_DATA_DIR/lus_pleura_rib)",
+    )  # fmt: skip
+    abl.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+        help="appearance fields changed in one variant (repeat for more; LO:HI for a range), "
+        "e.g. specks=0 or aline_gain=0.05,rib_echo=1",
+    )  # fmt: skip
+    abl.add_argument("--base", default="calibrated", help="the appearance (default: calibrated)")
+    abl.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
+    abl.add_argument("--seeds", type=int, default=None, help="classifier seeds (profile's: 3)")
+    abl.add_argument("--device", default="cpu")
+    abl.add_argument("--out", default=None, help="also write the whole result as JSON here")
+    abl.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    abl.set_defaults(func=_cmd_phantom_ablate)
 
     cal = sub.add_parser(
         "phantom-calibrate",

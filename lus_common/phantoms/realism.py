@@ -536,14 +536,19 @@ def compare_statistics(phantom: dict, real: dict) -> tuple[pd.DataFrame, dict]:
 # Learnt measurements: a domain classifier and sim-to-real segmentation
 # ---------------------------------------------------------------------------------------------
 
-# Budgets of `lus phantom-check`: working size, phantom training frames, epochs, folds.
+# Budgets of `lus phantom-check`: working size, phantom training frames, epochs, folds, and the
+# seeds of the headline domain classifiers (the phantoms', the two halves' and POCUS': their
+# depth and scale views train one).
 CHECK_PROFILES = {
     "paper": dict(size=256, train_videos=60, frames_per_video=13, seg_epochs=30, folds=3,
-                  domain_epochs=20, batch_size=16, lr=1e-3, stats_size=256, seed=0, seg_seeds=3),
+                  domain_epochs=20, batch_size=16, lr=1e-3, stats_size=256, seed=0, seg_seeds=3,
+                  domain_seeds=3),
     "quick": dict(size=128, train_videos=24, frames_per_video=13, seg_epochs=12, folds=3,
-                  domain_epochs=10, batch_size=16, lr=2e-3, stats_size=256, seed=0, seg_seeds=3),
+                  domain_epochs=10, batch_size=16, lr=2e-3, stats_size=256, seed=0, seg_seeds=3,
+                  domain_seeds=3),
     "smoke": dict(size=64, train_videos=6, frames_per_video=6, seg_epochs=2, folds=2,
-                  domain_epochs=2, batch_size=16, lr=2e-3, stats_size=128, seed=0, seg_seeds=1),
+                  domain_epochs=2, batch_size=16, lr=2e-3, stats_size=128, seed=0, seg_seeds=1,
+                  domain_seeds=1),
 }  # fmt: skip
 SEGMENTER_FEATURES = (16, 32, 64, 128)  # a small U-Net: fast on a CPU, enough for two structures
 
@@ -795,6 +800,7 @@ def domain_auc(
     p: dict,
     device: str,
     mask: np.ndarray | None = None,
+    seeds: int = 1,
 ):
     """Held-out ROC AUC of a small CNN telling phantom (0) from real (1) frames.
 
@@ -805,6 +811,9 @@ def domain_auc(
     training frames first (:func:`.torch_loop.recompute_batch_norm`: the moving averages lag a
     few epochs behind the weights on a few hundred frames, so an early epoch's AUC measured how
     far they had come). With ``mask``, every frame is shown only inside it (black elsewhere).
+    With ``seeds`` above 1, the whole (folds and networks) is repeated with the seeds ``p["seed"]``,
+    ``p["seed"] + 1``, ... and averaged (:func:`_over_seeds`): one classifier's AUC near 1 moves
+    by a few thousandths from seed to seed.
 
     Returns:
         dict with ``auc`` (the mean of the folds' AUCs after the last epoch), ``auc_folds``,
@@ -813,8 +822,23 @@ def domain_auc(
         epoch: how fast the difference is learnt, which still tells generators apart when both
         end at 1), ``epochs_to_099`` (the first epoch at 0.99 or more, None if never),
         ``log_loss`` (held-out cross-entropy: how sure it is), ``accuracy`` (threshold 0.5) and
-        ``frames``.
+        ``frames``; with several seeds these are means over them (``auc_folds`` every fold
+        of every seed), and ``auc_seeds`` and ``log_loss_seeds`` give each seed's.
     """
+    if seeds > 1:
+        runs = [
+            domain_auc(
+                phantom_images,
+                phantom_groups,
+                real_images,
+                real_groups,
+                {**p, "seed": p["seed"] + k},
+                device,
+                mask,
+            )  # fmt: skip
+            for k in range(seeds)
+        ]
+        return _over_seeds(runs)
     import torch
     from sklearn.metrics import log_loss, roc_auc_score
 
@@ -874,6 +898,25 @@ def domain_auc(
         "log_loss": float(log_loss(domain, np.clip(special.expit(score), 1e-6, 1 - 1e-6))),
         "accuracy": float(((score > 0) == domain).mean()),
         "frames": {"phantom": int(len(phantom_images)), "real": int(len(real_images))},
+    }
+
+
+def _over_seeds(runs: list[dict]) -> dict:
+    """:func:`domain_auc`'s results of several seeds as one: their means, every fold's AUC, and
+    each seed's AUC and log-loss."""
+    curve = np.mean([r["auc_by_epoch"] for r in runs], 0)
+    return {
+        "auc": float(np.mean([r["auc"] for r in runs])),
+        "auc_folds": [a for r in runs for a in r["auc_folds"]],
+        "auc_pooled": float(np.mean([r["auc_pooled"] for r in runs])),
+        "auc_by_epoch": curve.round(4).tolist(),
+        "epochs_to_099": int(np.argmax(curve >= 0.99) + 1) if (curve >= 0.99).any() else None,
+        "log_loss": float(np.mean([r["log_loss"] for r in runs])),
+        "accuracy": float(np.mean([r["accuracy"] for r in runs])),
+        "frames": runs[0]["frames"],
+        "seeds": len(runs),
+        "auc_seeds": [r["auc"] for r in runs],
+        "log_loss_seeds": [r["log_loss"] for r in runs],
     }
 
 
@@ -953,7 +996,8 @@ def same_source_domain(real, p: dict, device: str) -> dict:
     first, split = same_source_halves(real.groups)
     groups = np.asarray(real.groups).astype(str)
     images = np.asarray(real.images)
-    domain = domain_auc(images[first], groups[first], images[~first], groups[~first], p, device)
+    domain = domain_auc(images[first], groups[first], images[~first], groups[~first], p, device,
+                        seeds=p.get("domain_seeds", 1))  # fmt: skip
     return {
         "split": split,
         "clips": [len(set(groups[first])), len(set(groups[~first]))],
@@ -1213,11 +1257,98 @@ def phantom_check(
     return result
 
 
+def parse_changes(text: str) -> dict:
+    """``"specks=30,speck_density=0.23"`` -> ``{"specks": 30.0, "speck_density": 0.23}``: fields
+    of :class:`~lus_common.phantoms.appearance.Appearance` with numbers, ``lo:hi`` for a range.
+
+    Raises:
+        ValueError: an unknown field, a missing ``=``, a value that is not a number, or a range
+            given for a single number or the reverse.
+    """
+    from dataclasses import fields
+
+    from lus_common.phantoms.appearance import V1
+
+    known = {f.name for f in fields(V1)} - {"name", "version"}
+    out = {}
+    for part in filter(None, (t.strip() for t in text.split(","))):
+        name, eq, value = part.partition("=")
+        if not eq:
+            raise ValueError(f"{part!r}: write NAME=VALUE (or NAME=LO:HI for a range)")
+        if name not in known:
+            raise ValueError(
+                f"{name!r} is not an appearance field; one of: {', '.join(sorted(known))}"
+            )
+        ranged = isinstance(getattr(V1, name), tuple)
+        try:
+            parsed = tuple(float(v) for v in value.split(":")) if ":" in value else float(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r}: not a number") from None
+        if ranged != isinstance(parsed, tuple) or (ranged and len(parsed) != 2):
+            raise ValueError(f"{name} takes {'LO:HI (a range)' if ranged else 'one number'}")
+        out[name] = parsed
+    return out
+
+
+def domain_ablation(
+    real_dir=None,
+    variants: dict | None = None,
+    base: str = "calibrated",
+    profile: str = "quick",
+    device: str = "cpu",
+    progress: bool = True,
+    **overrides,
+) -> dict:
+    """Which of an appearance's features the domain classifier keys on: :func:`domain_auc` (the
+    profile's ``domain_seeds``) of the ``base`` appearance, and of each variant of it with some
+    fields changed (``{name: {field: value}}``, e.g. a feature switched off), against the same
+    real frames, on phantom draws of the same seed (common random numbers) as
+    :func:`phantom_check` draws them. A variant the classifier learns more slowly (lower AUC
+    after one epoch, higher held-out log-loss) changed something it used; the changes are
+    diagnostics for the next calibration, not fitted to the classifier.
+
+    Returns:
+        ``{"real", "base", "base_version", "params", "variants": {name: {"changes", "domain"}},
+        "seconds"}``, the base as the variant ``"base"`` with no changes.
+    """
+    import time
+    from dataclasses import replace
+
+    from lus_common.config.profiles import resolve_params
+    from lus_common.data.lus_pleura_rib import load_lus_pleura_rib
+    from lus_common.phantoms.appearance import resolve_appearance
+
+    start = time.perf_counter()
+    p = resolve_params(CHECK_PROFILES, profile, **overrides)
+    a = resolve_appearance(base)
+    runs = {"base": {}, **(variants or {})}
+    appearances = {name: replace(a, **changes) for name, changes in runs.items()}  # checked first
+    real = load_lus_pleura_rib(real_dir, image_size=p["size"])
+    n_clips = len(set(real.groups))
+    per_clip = int(np.ceil(len(real) / n_clips))
+    out = {"real": {"folder": real.info["root"], "frames": len(real), "clips": n_clips,
+                    "fingerprint": real.fingerprint()},
+           "base": a.name, "base_version": a.version,
+           "params": {**p, "profile": profile, "device": device}, "variants": {}}  # fmt: skip
+    for name, look in appearances.items():
+        small = healthy_convex_phantom(look, n_clips, per_clip, p["size"], p["seed"] + 101)
+        domain = domain_auc(small.images, small.meta["video"], real.images, real.groups, p,
+                            device, seeds=p.get("domain_seeds", 1))  # fmt: skip
+        out["variants"][name] = {"changes": runs[name], "domain": domain}
+        if progress:
+            first, loss = domain["auc_by_epoch"][0], domain["log_loss"]
+            print(f"{name}: AUC {auc_text(domain)}, after one epoch {first:.3f}, "
+                  f"log-loss {loss:.4f}", file=sys.stderr, flush=True)  # fmt: skip
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
 def _domain_with_bands(images, groups, real, p: dict, device: str) -> dict:
     """:func:`domain_auc` of ``images`` against the real set, with its :func:`domain_auc_by_depth`
     as ``by_depth`` and its :func:`domain_auc_by_scale` as ``by_scale`` unless the profile turns
     them off (``depth_bands``, ``scale_views``)."""
-    domain = domain_auc(images, groups, real.images, real.groups, p, device)
+    domain = domain_auc(images, groups, real.images, real.groups, p, device,
+                        seeds=p.get("domain_seeds", 1))  # fmt: skip
     if p.get("depth_bands", True):
         domain["by_depth"] = domain_auc_by_depth(
             images, groups, real.images, real.groups, p, device
@@ -1260,6 +1391,11 @@ def headline(result: dict) -> dict:
             "version": r["version"],
             "sim_to_real_dice": {s: round(r["sim_to_real"][s]["dice"], 4) for s in structures},
             "domain_auc": round(r["domain"]["auc"], 4),
+            **(
+                {"domain_auc_seeds": [round(a, 4) for a in r["domain"]["auc_seeds"]]}
+                if "auc_seeds" in r["domain"]
+                else {}
+            ),  # fmt: skip
             "domain_auc_after_1_epoch": round(r["domain"]["auc_by_epoch"][0], 4),
             "domain_log_loss": round(r["domain"]["log_loss"], 4),
             **{
@@ -1445,7 +1581,9 @@ def check_caption(check: dict) -> str:
         f"{p['frames_per_video']} frames, {p['seg_epochs']} epochs, "
         f"{p.get('seg_seeds', 1)} seed(s) of the U-Net trained on phantom frames{draws} and "
         f"one per fold of the ceiling's; domain classifier "
-        f"{p['domain_epochs']} epochs, {p['folds']} folds by clip or video) on "
+        f"{p['domain_epochs']} epochs, {p['folds']} folds by clip or video"
+        + (f", {p['domain_seeds']} seeds" if p.get("domain_seeds", 1) > 1 else "")
+        + ") on "
         f"{real['frames']} real frames of {real['clips']} clips, {p['device']}, "
         f"{env.get('date', '?')[:10]}, {check['seconds']:.0f} s. Statistics at "
         f"{p['stats_size']} px on as many phantom frames (healthy, convex) as real ones."
@@ -1457,6 +1595,22 @@ def _rib_widths_text(check: dict, g: str) -> str:
     did not record it, when every generator drew them 10-14 mm wide)."""
     lo, hi = check["generators"][g].get("rib_width_mm", (10.0, 14.0))
     return f"`{g}` draws ribs {lo:g}-{hi:g} mm wide"
+
+
+def auc_text(domain: dict) -> str:
+    """A domain AUC as the chapter writes it: three decimals, four where three would round a
+    value short of 1 up to 1.000."""
+    auc = domain["auc"]
+    return f"{auc:.4f}" if 0.9995 <= auc < 1 else f"{auc:.3f}"
+
+
+def spread_text(domain: dict) -> str:
+    """What a domain AUC is the mean of: each classifier seed's AUC (several seeds) or each
+    fold's."""
+    if domain.get("seeds", 1) > 1:
+        each = ", ".join(auc_text({"auc": a}) for a in domain["auc_seeds"])
+        return f"mean of {domain['seeds']} classifier seeds: {each}"
+    return f"folds: {', '.join(f'{a:.2f}' for a in domain['auc_folds'])}"
 
 
 def findings(check: dict) -> list[str]:
@@ -1529,11 +1683,7 @@ def findings(check: dict) -> list[str]:
     out.append(
         "**Domain classifier.** Held out by clip, the small CNN tells phantom from real frames "
         "with an AUC of "
-        + ", ".join(
-            f"{dom[g]['auc']:.3f} for `{g}` (folds: "
-            f"{', '.join(f'{a:.2f}' for a in dom[g]['auc_folds'])})"
-            for g in gens
-        )
+        + ", ".join(f"{auc_text(dom[g])} for `{g}` ({spread_text(dom[g])})" for g in gens)
         + " after its last epoch"
         + (
             ": 0.5 would mean it cannot tell them apart, and no generator is there. "
@@ -1565,7 +1715,7 @@ def findings(check: dict) -> list[str]:
         out.append(
             f"**Two real sources.** The same classifier, budget and folds tell {other['clips']} "
             f"healthy convex clips of POCUS ({other['frames']} frames: other scanners, other "
-            f"people) from the real frames with an AUC of {o['auc']:.3f} after its last epoch and "
+            f"people) from the real frames with an AUC of {auc_text(o)} after its last epoch and "
             f"{o['auc_by_epoch'][0]:.3f} after one, a log-loss of {o['log_loss']:.4f}. "
             + ("An AUC near 1 at this budget therefore says 'not this scanner and volunteer' "
                "more than 'not real'. " if o["auc"] > 0.95 else "")
@@ -1585,8 +1735,8 @@ def findings(check: dict) -> list[str]:
         out.append(
             f"**One source, two halves.** The same classifier, budget and folds tell the real "
             f"set's halves apart ({same['split']}: {same['clips'][0]} and {same['clips'][1]} "
-            f"clips of the same volunteer and probe) with an AUC of {n['auc']:.3f} (folds: "
-            f"{', '.join(f'{a:.2f}' for a in n['auc_folds'])}) and a log-loss of "
+            f"clips of the same volunteer and probe) with an AUC of {auc_text(n)} "
+            f"({spread_text(n)}) and a log-loss of "
             f"{n['log_loss']:.4f}"
             + (": it does not see a difference where there is none to see, so an AUC near 1 "
                "is something the frames show, not something it learns from any two sets of clips."
