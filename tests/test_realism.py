@@ -820,6 +820,9 @@ def test_findings_read_the_same_source_reference():
     assert "halves apart (left-side clips vs right-side clips: 6 and 6 clips" in same
     assert "AUC of 0.520 (folds: 0.40, 0.60, 0.56)" in same and "where there is none" in same
     assert "real halves" in realism.domain_curves(check)
+    domain["auc"] = 0.7
+    same = next(f for f in realism.findings(check) if f.startswith("**One source"))
+    assert "differ to it somewhat" in same and "upper bounds" not in same
     domain["auc"] = 0.9
     same = next(f for f in realism.findings(check) if f.startswith("**One source"))
     assert "upper bounds" in same

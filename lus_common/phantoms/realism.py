@@ -812,8 +812,8 @@ def domain_auc(
     few epochs behind the weights on a few hundred frames, so an early epoch's AUC measured how
     far they had come). With ``mask``, every frame is shown only inside it (black elsewhere).
     With ``seeds`` above 1, the whole (folds and networks) is repeated with the seeds ``p["seed"]``,
-    ``p["seed"] + 1``, ... and averaged (:func:`_over_seeds`): one classifier's AUC near 1 moves
-    by a few thousandths from seed to seed.
+    ``p["seed"] + 1``, ... and averaged (:func:`_over_seeds`): one classifier's AUC moves from
+    seed to seed (POCUS against the real set: 1.000, 0.933, 0.971 in the reference check).
 
     Returns:
         dict with ``auc`` (the mean of the folds' AUCs after the last epoch), ``auc_folds``,
@@ -1731,7 +1731,7 @@ def findings(check: dict) -> list[str]:
     same = check.get("same_source")
     if same:
         n = same["domain"]
-        near = abs(n["auc"] - 0.5) < 0.2
+        near, some = abs(n["auc"] - 0.5) < 0.1, n["auc"] < 0.9
         out.append(
             f"**One source, two halves.** The same classifier, budget and folds tell the real "
             f"set's halves apart ({same['split']}: {same['clips'][0]} and {same['clips'][1]} "
@@ -1741,6 +1741,10 @@ def findings(check: dict) -> list[str]:
             + (": it does not see a difference where there is none to see, so an AUC near 1 "
                "is something the frames show, not something it learns from any two sets of clips."
                if near else
+               ": above 0.5, so the two halves differ to it somewhat (the two sides of one chest "
+               "are not the same scenes), yet far below 1, so an AUC near 1 is something the "
+               "frames show, not something it learns from any two sets of clips."
+               if some else
                ": even two halves of one source differ to it, so its AUCs above are upper "
                "bounds of what the frames give away.")
         )  # fmt: skip
