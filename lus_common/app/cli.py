@@ -286,6 +286,21 @@ def _cmd_gpu_unpack(args) -> int:
     return 0
 
 
+def _real_argument(parser) -> None:
+    """``--real``, the real frames of the phantom commands."""
+    parser.add_argument(
+        "--real", default=None, help="real frames laid out as lus_pleura_rib "
+        "(default: $LUS_DATA_DIR/lus_pleura_rib)",
+    )  # fmt: skip
+
+
+def _run_arguments(parser) -> None:
+    """``--device``, ``--out`` and ``--quiet`` of the phantom commands that train networks."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None, help="also write the whole result as JSON here")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lus``."""
     parser = argparse.ArgumentParser(
@@ -380,10 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how real is the lung phantom: sim-to-real Dice, real-to-real ceiling, domain AUC and "
         "appearance statistics per generator, as one JSON line",
     )
-    check.add_argument(
-        "--real", default=None, help="real frames laid out as lus_pleura_rib "
-        "(default: $LUS_DATA_DIR/lus_pleura_rib)",
-    )  # fmt: skip
+    _real_argument(check)
     check.add_argument(
         "--structure", action="append", choices=["pleural_line", "rib_shadow", "rib_line"],
         help="a real structure to segment (repeat; default: pleural_line and rib_shadow)",
@@ -406,9 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     check.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
     check.add_argument("--size", type=int, default=None, help="working size (default: profile's)")
-    check.add_argument("--device", default="cpu")
-    check.add_argument("--out", default=None, help="also write the whole result as JSON here")
-    check.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    _run_arguments(check)
     check.set_defaults(func=_cmd_phantom_check)
 
     abl = sub.add_parser(
@@ -416,10 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="which features of the phantom the domain classifier keys on: its AUC and log-loss "
         "on the appearance and on variants of it, one JSON line each",
     )
-    abl.add_argument(
-        "--real", default=None, help="real frames laid out as lus_pleura_rib "
-        "(default: $LUS_DATA_DIR/lus_pleura_rib)",
-    )  # fmt: skip
+    _real_argument(abl)
     abl.add_argument(
         "--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
         help="appearance fields changed in one variant (repeat for more; LO:HI for a range), "
@@ -428,9 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--base", default="calibrated", help="the appearance (default: calibrated)")
     abl.add_argument("--profile", choices=PROFILE_NAMES, default="quick")
     abl.add_argument("--seeds", type=int, default=None, help="classifier seeds (profile's: 3)")
-    abl.add_argument("--device", default="cpu")
-    abl.add_argument("--out", default=None, help="also write the whole result as JSON here")
-    abl.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    _run_arguments(abl)
     abl.set_defaults(func=_cmd_phantom_ablate)
 
     cal = sub.add_parser(
