@@ -1,7 +1,6 @@
 """The ``lus`` command: ``lus run``, ``lus book``, ``lus bench``, ``lus data``, ``lus weights``,
 ``lus studies``, ``lus phantom-check``, ``lus phantom-ablate``, ``lus phantom-calibrate``,
-``lus gpu-pack`` and
-``lus gpu-unpack``."""
+``lus gpu-pack`` and ``lus gpu-unpack``."""
 
 from __future__ import annotations
 

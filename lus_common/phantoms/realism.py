@@ -1137,6 +1137,22 @@ def _statistics_table(real: dict, phantoms: dict) -> tuple[list[dict], dict]:
     return list(rows.values()), distances
 
 
+def _real_layout(real) -> tuple[dict, int, int]:
+    """A real set's record (folder, frames, clips, fingerprint), its clips and frames per clip:
+    what the phantom draws of :func:`_phantom_like` match."""
+    n_clips = len(set(real.groups))
+    per_clip = int(np.ceil(len(real) / n_clips))
+    record = {"folder": real.info["root"], "frames": len(real), "clips": n_clips,
+              "fingerprint": real.fingerprint()}  # fmt: skip
+    return record, n_clips, per_clip
+
+
+def _phantom_like(appearance, n_clips: int, per_clip: int, size: int, p: dict):
+    """The check's phantom frames of an appearance: as many videos and frames as the real set
+    has clips and frames, one seed for every appearance (common random numbers)."""
+    return healthy_convex_phantom(appearance, n_clips, per_clip, size, p["seed"] + 101)
+
+
 def phantom_check(
     real_dir=None,
     structures=("pleural_line", "rib_shadow"),
@@ -1192,12 +1208,11 @@ def phantom_check(
     appearances = {g: resolve_appearance(g) for g in generators}
     real = load_lus_pleura_rib(real_dir, image_size=p["size"])
     real_stats_set = load_lus_pleura_rib(real_dir, image_size=p["stats_size"])
-    n_clips, per_clip = len(set(real.groups)), int(np.ceil(len(real) / len(set(real.groups))))
+    real_record, n_clips, per_clip = _real_layout(real)
     thickness = label_thickness_px(real.layers["pleural_line"])
     say(f"real: {len(real)} frames, {n_clips} clips; pleural line drawn {thickness:.1f} px thick")
     result = {
-        "real": {"folder": real.info["root"], "frames": len(real), "clips": n_clips,
-                 "fingerprint": real.fingerprint()},
+        "real": real_record,
         "params": {**p, "profile": profile, "structures": list(structures), "device": device,
                    "labels": "central" if central else "all"},
         "label_thickness_px": thickness,
@@ -1211,9 +1226,9 @@ def phantom_check(
     summaries = {}
     for g, a in appearances.items():
         t0 = time.perf_counter()
-        look = healthy_convex_phantom(a, n_clips, per_clip, p["stats_size"], p["seed"] + 101)
+        look = _phantom_like(a, n_clips, per_clip, p["stats_size"], p)
         summaries[g] = summarise(look.images, look.meta["video"])
-        small = healthy_convex_phantom(a, n_clips, per_clip, p["size"], p["seed"] + 101)
+        small = _phantom_like(a, n_clips, per_clip, p["size"], p)
         domain = _domain_with_bands(small.images, small.meta["video"], real, p, device)
         layout = shadow_layout(small.layers["rib_shadow"],
                                sector_masks(small.images, small.meta["video"]))  # fmt: skip
@@ -1324,14 +1339,11 @@ def domain_ablation(
     runs = {"base": {}, **(variants or {})}
     appearances = {name: replace(a, **changes) for name, changes in runs.items()}  # checked first
     real = load_lus_pleura_rib(real_dir, image_size=p["size"])
-    n_clips = len(set(real.groups))
-    per_clip = int(np.ceil(len(real) / n_clips))
-    out = {"real": {"folder": real.info["root"], "frames": len(real), "clips": n_clips,
-                    "fingerprint": real.fingerprint()},
-           "base": a.name, "base_version": a.version,
+    real_record, n_clips, per_clip = _real_layout(real)
+    out = {"real": real_record, "base": a.name, "base_version": a.version,
            "params": {**p, "profile": profile, "device": device}, "variants": {}}  # fmt: skip
     for name, look in appearances.items():
-        small = healthy_convex_phantom(look, n_clips, per_clip, p["size"], p["seed"] + 101)
+        small = _phantom_like(look, n_clips, per_clip, p["size"], p)
         domain = domain_auc(small.images, small.meta["video"], real.images, real.groups, p,
                             device, seeds=p.get("domain_seeds", 1))  # fmt: skip
         out["variants"][name] = {"changes": runs[name], "domain": domain}
